@@ -1,0 +1,62 @@
+//! Typed errors of both directions of the protocol.
+
+use crate::{PropolisUuid, VmmState, VmmStateRequested};
+
+/// An error from another process or library, kept as the `source` of a typed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a sled agent could not do what Nexus asked.
+///
+/// `NoSuchVmm` is the one answer that means "gone": the watcher and the stop path
+/// treat it as a VMM failure, and every other variant as inconclusive.
+#[derive(Debug, thiserror::Error)]
+pub enum SledAgentError {
+    #[error("no such VMM {propolis_id} on this sled")]
+    NoSuchVmm { propolis_id: PropolisUuid },
+
+    #[error("VMM {propolis_id} cannot go to {requested} from {current}")]
+    InvalidTransition {
+        propolis_id: PropolisUuid,
+        current: VmmState,
+        requested: VmmStateRequested,
+    },
+
+    #[error("VMM {propolis_id} cannot be registered: {reason}")]
+    InvalidRegistration { propolis_id: PropolisUuid, reason: String },
+
+    #[error("could not reach the sled agent for {operation}")]
+    Communication {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("sled agent answered {operation} with status {status}: {message}")]
+    UnexpectedResponse { operation: &'static str, status: u16, message: String },
+}
+
+impl SledAgentError {
+    /// True only for the answer omicron reads as "the VMM is gone"
+    /// (404 with `NO_SUCH_INSTANCE`, RFD 486 §6.3).
+    pub fn vmm_gone(&self) -> bool {
+        matches!(self, SledAgentError::NoSuchVmm { .. })
+    }
+}
+
+/// Why Nexus did not take a VMM state report from a sled agent. A stale report is
+/// not among these: Nexus answers it with success and writes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum NexusApiError {
+    #[error("Nexus has no record of VMM {propolis_id}")]
+    NoSuchVmm { propolis_id: PropolisUuid },
+
+    #[error("could not reach Nexus for {operation}")]
+    Communication {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("Nexus answered {operation} with status {status}: {message}")]
+    UnexpectedResponse { operation: &'static str, status: u16, message: String },
+}
