@@ -1,0 +1,389 @@
+//! `SimSledAgent`: a simulated sled agent whose VMM-table removal ordering is a setting.
+//!
+//! It implements `SledAgentApi` for Nexus and reports state through any
+//! `NexusInternalApi`. The sim-only controls (poke, single step, table inspection)
+//! are inherent methods, never part of the API trait.
+//!
+//! The ordering setting is the subject of omicron#7282. `RemoveThenPublish` is what
+//! omicron's sim does: it drops a destroyed VMM from its table, then reports
+//! Destroyed to Nexus, so a `vmm_get_state` in between answers `NoSuchVmm` while
+//! Nexus still holds the VMM as live. `PublishThenRemove` (RFD 486 §6.1) removes
+//! the VMM only once Nexus has acknowledged the terminal state.
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sled_agent_api::{
+    Clock, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
+    SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
+    VmmRuntimeState, VmmUnregisterResponse,
+};
+use slog::{debug, info, o, warn, Logger};
+use tokio::sync::Notify;
+
+mod vmm;
+
+use vmm::SimVmm;
+
+/// When a VMM that reached Destroyed leaves the table, relative to reporting it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RemovalOrdering {
+    /// Report the terminal state, wait for Nexus to acknowledge it, then remove
+    /// (RFD 486 §6.1). A later `NoSuchVmm` can then only reach a caller whose view
+    /// of the VMM is older than the terminal generation Nexus already holds.
+    #[default]
+    PublishThenRemove,
+    /// Remove, then report: omicron's sim at the time of #7282, kept to reproduce it.
+    RemoveThenPublish,
+}
+
+impl RemovalOrdering {
+    pub const fn label(self) -> &'static str {
+        match self {
+            RemovalOrdering::PublishThenRemove => "publish-then-remove",
+            RemovalOrdering::RemoveThenPublish => "remove-then-publish",
+        }
+    }
+}
+
+/// How queued transitions get executed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimMode {
+    /// Only when someone pokes the sim, as in omicron's integration tests.
+    #[default]
+    Explicit,
+    /// A per-VMM task drains the queue `delay` after each state change, as in
+    /// omicron-dev. Needs a tokio runtime when the sim is built.
+    Auto { delay: Duration },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimConfig {
+    pub ordering: RemovalOrdering,
+    pub mode: SimMode,
+}
+
+/// How far one poke goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PokeMode {
+    /// Execute and report queued transitions until none is left.
+    Drain,
+    /// Execute and report one.
+    SingleStep,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("no such VMM {propolis_id} on this sled")]
+    NoSuchVmm { propolis_id: PropolisUuid },
+
+    /// The VMM is kept in the table at `state`, so the next poke reports it again.
+    #[error("reporting VMM {propolis_id} at {state} to Nexus failed; kept in the table")]
+    ReportFailed {
+        propolis_id: PropolisUuid,
+        state: VmmRuntimeState,
+        #[source]
+        source: NexusApiError,
+    },
+
+    #[error("Auto mode needs a tokio runtime to run its stepper tasks")]
+    NoRuntime,
+}
+
+/// What a poke did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PokeOutcome {
+    /// Every state reported to Nexus, in order; each was acknowledged.
+    pub published: Vec<SledVmmState>,
+    /// Whether the VMM left the table.
+    pub removed: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    vmm: SimVmm,
+    /// The Auto-mode stepper; `None` in Explicit mode.
+    stepper: Option<Stepper>,
+}
+
+/// Handle on a VMM's Auto-mode stepper task; dropping it (the VMM left the table,
+/// or the sim was dropped) ends the task, so no stepper outlives its VMM.
+#[derive(Debug)]
+struct Stepper {
+    wake: Arc<Notify>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Stepper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+pub struct SimSledAgent<N> {
+    log: Logger,
+    sled_id: SledUuid,
+    config: SimConfig,
+    nexus: N,
+    clock: Arc<dyn Clock>,
+    vmms: Mutex<BTreeMap<PropolisUuid, Entry>>,
+    runtime: Option<tokio::runtime::Handle>,
+    this: Weak<Self>,
+}
+
+impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
+    pub fn new(
+        log: &Logger,
+        sled_id: SledUuid,
+        config: SimConfig,
+        nexus: N,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, SimError> {
+        let runtime = match config.mode {
+            SimMode::Explicit => None,
+            SimMode::Auto { .. } => {
+                Some(tokio::runtime::Handle::try_current().map_err(|_| SimError::NoRuntime)?)
+            }
+        };
+        let log = log.new(o!(
+            "component" => "SimSledAgent",
+            "sled_id" => sled_id.to_string(),
+            "ordering" => config.ordering.label(),
+        ));
+        Ok(Arc::new_cyclic(|this| SimSledAgent {
+            log,
+            sled_id,
+            config,
+            nexus,
+            clock,
+            vmms: Mutex::new(BTreeMap::new()),
+            runtime,
+            this: this.clone(),
+        }))
+    }
+
+    pub fn sled_id(&self) -> SledUuid {
+        self.sled_id
+    }
+
+    pub fn config(&self) -> SimConfig {
+        self.config
+    }
+
+    // The table lock is never held across an await, so a poisoned lock can only
+    // come from a panic in this file's own short critical sections; the map is
+    // still consistent then, so keep serving rather than spread the panic.
+    fn table(&self) -> MutexGuard<'_, BTreeMap<PropolisUuid, Entry>> {
+        self.vmms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sim-only: whether the VMM is in the table.
+    pub fn contains_vmm(&self, propolis_id: PropolisUuid) -> bool {
+        self.table().contains_key(&propolis_id)
+    }
+
+    /// Sim-only: the VMMs in the table, in id order.
+    pub fn vmm_ids(&self) -> Vec<PropolisUuid> {
+        self.table().keys().copied().collect()
+    }
+
+    /// Sim-only: how many observations are queued for a VMM.
+    pub fn queued(&self, propolis_id: PropolisUuid) -> Option<usize> {
+        self.table().get(&propolis_id).map(|e| e.vmm.queued())
+    }
+
+    /// Sim-only: feeds everything that decides the sim's future behaviour into `h`
+    /// (timestamps excluded), so an explorer can tell two situations apart.
+    pub fn hash_state<H: Hasher>(&self, h: &mut H) {
+        for (id, entry) in self.table().iter() {
+            std::hash::Hash::hash(id, h);
+            entry.vmm.hash_state(h);
+        }
+    }
+
+    /// Sim-only: executes queued transitions and reports each to Nexus, awaiting
+    /// each report before the next. At least one step always runs, so a poke with
+    /// nothing queued reports the current state again (which is how a failed report
+    /// gets retried).
+    pub async fn poke(
+        &self,
+        propolis_id: PropolisUuid,
+        mode: PokeMode,
+    ) -> Result<PokeOutcome, SimError> {
+        let mut outcome = PokeOutcome { published: Vec::new(), removed: false };
+        loop {
+            // One step under the lock; the lock is released before Nexus is called.
+            let (state, finished, more, taken) = {
+                let mut table = self.table();
+                let entry = table
+                    .get_mut(&propolis_id)
+                    .ok_or(SimError::NoSuchVmm { propolis_id })?;
+                entry.vmm.execute_next(&*self.clock);
+                let state = entry.vmm.current();
+                let finished = entry.vmm.ready_to_destroy();
+                let more = mode == PokeMode::Drain && entry.vmm.desired().is_some();
+                // A taken entry lives until this iteration ends, after the report, so
+                // dropping its stepper handle cannot cancel the report in flight.
+                let taken = if finished
+                    && self.config.ordering == RemovalOrdering::RemoveThenPublish
+                {
+                    // The #7282 window opens here: the VMM is gone from the table
+                    // while Nexus still holds it at an earlier generation.
+                    table.remove(&propolis_id)
+                } else {
+                    None
+                };
+                (state, finished, more, taken)
+            };
+            debug!(self.log, "reporting VMM state";
+                "propolis_id" => %propolis_id, "state" => %state.vmm_state.state,
+                "gen" => state.vmm_state.gen.as_u64());
+            if let Err(source) = self.nexus.cpapi_instances_put(propolis_id, state).await {
+                warn!(self.log, "report to Nexus failed; keeping VMM";
+                    "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
+                    "error" => %source);
+                if let Some(entry) = taken {
+                    self.table().entry(propolis_id).or_insert(entry);
+                }
+                return Err(SimError::ReportFailed {
+                    propolis_id,
+                    state: state.vmm_state,
+                    source,
+                });
+            }
+            outcome.published.push(state);
+            if finished {
+                outcome.removed = match self.config.ordering {
+                    RemovalOrdering::RemoveThenPublish => true,
+                    RemovalOrdering::PublishThenRemove => self.remove_if_at(propolis_id, state),
+                };
+                info!(self.log, "VMM destroyed and removed";
+                    "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64());
+                return Ok(outcome);
+            }
+            if !more {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Removes the VMM if it is still at the acknowledged state; a concurrent poke
+    /// may have removed it already.
+    fn remove_if_at(&self, propolis_id: PropolisUuid, acked: SledVmmState) -> bool {
+        let mut table = self.table();
+        match table.get(&propolis_id) {
+            Some(e) if e.vmm.runtime.gen == acked.vmm_state.gen => {
+                table.remove(&propolis_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn start_stepper(&self, propolis_id: PropolisUuid) -> Option<Stepper> {
+        let (SimMode::Auto { delay }, Some(runtime)) = (self.config.mode, &self.runtime) else {
+            return None;
+        };
+        let wake = Arc::new(Notify::new());
+        let task = runtime
+            .spawn(stepper(self.this.clone(), propolis_id, Arc::clone(&wake), delay))
+            .abort_handle();
+        Some(Stepper { wake, task })
+    }
+}
+
+/// Auto mode: drains a VMM's queue `delay` after each wake-up, until the VMM is gone.
+/// A failed report is retried after another delay; nothing is dropped.
+async fn stepper<N: NexusInternalApi + 'static>(
+    sim: Weak<SimSledAgent<N>>,
+    propolis_id: PropolisUuid,
+    wake: Arc<Notify>,
+    delay: Duration,
+) {
+    loop {
+        wake.notified().await;
+        tokio::time::sleep(delay).await;
+        let Some(sim) = sim.upgrade() else { return };
+        match sim.poke(propolis_id, PokeMode::Drain).await {
+            Ok(outcome) if outcome.removed => return,
+            Ok(_) => {}
+            Err(SimError::NoSuchVmm { .. }) => return,
+            Err(error) => {
+                warn!(sim.log, "auto step failed; will retry";
+                    "propolis_id" => %propolis_id, "error" => %error);
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<N: NexusInternalApi + 'static> SledAgentApi for SimSledAgent<N> {
+    async fn vmm_register(
+        &self,
+        propolis_id: PropolisUuid,
+        body: InstanceEnsureBody,
+    ) -> Result<SledVmmState, SledAgentError> {
+        let mut table = self.table();
+        if let Some(existing) = table.get(&propolis_id) {
+            return Ok(existing.vmm.current());
+        }
+        let vmm = SimVmm::new(propolis_id, body.instance_id, body.vmm_runtime)?;
+        let state = vmm.current();
+        let stepper = self.start_stepper(propolis_id);
+        table.insert(propolis_id, Entry { vmm, stepper });
+        debug!(self.log, "VMM registered";
+            "propolis_id" => %propolis_id, "instance_id" => %body.instance_id,
+            "gen" => state.vmm_state.gen.as_u64());
+        Ok(state)
+    }
+
+    async fn vmm_unregister(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<VmmUnregisterResponse, SledAgentError> {
+        let Some(mut entry) = self.table().remove(&propolis_id) else {
+            return Ok(VmmUnregisterResponse { updated_runtime: None });
+        };
+        entry.vmm.terminate(&*self.clock);
+        debug!(self.log, "VMM unregistered"; "propolis_id" => %propolis_id);
+        Ok(VmmUnregisterResponse { updated_runtime: Some(entry.vmm.current()) })
+    }
+
+    async fn vmm_put_state(
+        &self,
+        propolis_id: PropolisUuid,
+        body: VmmPutStateBody,
+    ) -> Result<VmmPutStateResponse, SledAgentError> {
+        let mut table = self.table();
+        let entry =
+            table.get_mut(&propolis_id).ok_or(SledAgentError::NoSuchVmm { propolis_id })?;
+        let bumped = entry.vmm.request_transition(propolis_id, body.state, &*self.clock)?;
+        // As in omicron, only a transition that moved the generation and left work
+        // queued wakes the stepper; a queued Running from Starting does not.
+        if bumped && entry.vmm.desired().is_some() {
+            if let Some(stepper) = &entry.stepper {
+                stepper.wake.notify_one();
+            }
+        }
+        let state = entry.vmm.current();
+        debug!(self.log, "VMM state requested";
+            "propolis_id" => %propolis_id, "requested" => %body.state,
+            "state" => %state.vmm_state.state, "gen" => state.vmm_state.gen.as_u64());
+        Ok(VmmPutStateResponse { updated_runtime: Some(state) })
+    }
+
+    async fn vmm_get_state(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<SledVmmState, SledAgentError> {
+        self.table()
+            .get(&propolis_id)
+            .map(|e| e.vmm.current())
+            .ok_or(SledAgentError::NoSuchVmm { propolis_id })
+    }
+}

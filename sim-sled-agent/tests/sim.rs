@@ -1,0 +1,240 @@
+//! SimSledAgent against a mocked Nexus: generation sequences, the two removal
+//! orderings, failed reports, and Auto mode.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use sim_sled_agent::{PokeMode, RemovalOrdering, SimConfig, SimError, SimMode, SimSledAgent};
+use sled_agent_api::{
+    Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockNexusInternalApi,
+    NexusApiError, PropolisUuid, SledAgentApi, SledAgentError, SledUuid, SledVmmState,
+    VmmPutStateBody, VmmRuntimeState, VmmState, VmmStateRequested,
+};
+
+type Sim = SimSledAgent<MockNexusInternalApi>;
+
+const VMM: PropolisUuid = PropolisUuid::from_u128(0x10);
+const INSTANCE: InstanceUuid = InstanceUuid::from_u128(0x20);
+
+fn sim(config: SimConfig, nexus: MockNexusInternalApi) -> Arc<Sim> {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    SimSledAgent::new(&log, SledUuid::from_u128(1), config, nexus, Arc::new(LogicalClock::default()))
+        .expect("explicit mode needs no runtime")
+}
+
+/// A mocked Nexus that records every report and, while answering, asks `probe`
+/// about the sim (which the closure reaches through a late-bound weak pointer).
+struct Recorder {
+    reports: Arc<Mutex<Vec<(VmmState, u64, bool)>>>,
+    sim: Arc<OnceLock<Weak<Sim>>>,
+}
+
+impl Recorder {
+    /// `fail_on`: a state whose report fails once.
+    fn mock(fail_on: Option<VmmState>) -> (Recorder, MockNexusInternalApi) {
+        let rec = Recorder { reports: Arc::default(), sim: Arc::new(OnceLock::new()) };
+        let (reports, late) = (Arc::clone(&rec.reports), Arc::clone(&rec.sim));
+        let failed_once = Arc::new(Mutex::new(false));
+        let mut nexus = MockNexusInternalApi::new();
+        nexus.expect_cpapi_instances_put().returning(move |id, st: SledVmmState| {
+            assert_eq!(id, VMM);
+            let in_table =
+                late.get().and_then(Weak::upgrade).expect("sim is bound").contains_vmm(id);
+            let s = st.vmm_state;
+            reports.lock().unwrap().push((s.state, s.gen.as_u64(), in_table));
+            let mut failed = failed_once.lock().unwrap();
+            if Some(s.state) == fail_on && !*failed {
+                *failed = true;
+                return Err(NexusApiError::UnexpectedResponse {
+                    operation: "cpapi_instances_put",
+                    status: 503,
+                    message: "unavailable".into(),
+                });
+            }
+            Ok(())
+        });
+        (rec, nexus)
+    }
+
+    fn bind(&self, sim: &Arc<Sim>) {
+        self.sim.set(Arc::downgrade(sim)).expect("bound once");
+    }
+
+    fn reports(&self) -> Vec<(VmmState, u64, bool)> {
+        self.reports.lock().unwrap().clone()
+    }
+}
+
+fn starting_at_gen_2() -> InstanceEnsureBody {
+    InstanceEnsureBody {
+        instance_id: INSTANCE,
+        vmm_runtime: VmmRuntimeState {
+            state: VmmState::Starting,
+            gen: Generation::new().next(),
+            time_updated: LogicalClock::default().now(),
+        },
+    }
+}
+
+async fn put(sim: &Sim, state: VmmStateRequested) -> Result<(VmmState, u64), SledAgentError> {
+    let r = sim.vmm_put_state(VMM, VmmPutStateBody { state }).await?;
+    let s = r.updated_runtime.expect("sim always returns the new state").vmm_state;
+    Ok((s.state, s.gen.as_u64()))
+}
+
+/// Register at gen 2, start (queued), stop: the omicron test's steps before the poke.
+async fn started_then_stopped(ordering: RemovalOrdering, fail_on: Option<VmmState>) -> (Arc<Sim>, Recorder) {
+    let (rec, nexus) = Recorder::mock(fail_on);
+    let sim = sim(SimConfig { ordering, mode: SimMode::Explicit }, nexus);
+    rec.bind(&sim);
+    let registered = sim.vmm_register(VMM, starting_at_gen_2()).await.expect("registers");
+    assert_eq!(registered.vmm_state.gen.as_u64(), 2);
+    assert_eq!(put(&sim, VmmStateRequested::Running).await.unwrap(), (VmmState::Starting, 2));
+    assert_eq!(put(&sim, VmmStateRequested::Stopped).await.unwrap(), (VmmState::Stopping, 3));
+    (sim, rec)
+}
+
+#[tokio::test]
+async fn stop_of_a_running_vmm_reports_generations_4_to_7() {
+    let (sim, rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    let outcome = sim.poke(VMM, PokeMode::Drain).await.expect("poke drains");
+    let seq: Vec<_> = rec.reports().iter().map(|&(s, g, _)| (s, g)).collect();
+    assert_eq!(
+        seq,
+        [
+            (VmmState::Running, 4),
+            (VmmState::Stopping, 5),
+            (VmmState::Stopping, 6),
+            (VmmState::Destroyed, 7)
+        ]
+    );
+    assert!(outcome.removed);
+    assert_eq!(outcome.published.len(), 4);
+}
+
+#[tokio::test]
+async fn publish_then_remove_keeps_the_vmm_while_reporting_destroyed() {
+    let (sim, rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    sim.poke(VMM, PokeMode::Drain).await.expect("poke drains");
+    assert_eq!(rec.reports().last(), Some(&(VmmState::Destroyed, 7, true)));
+    assert!(!sim.contains_vmm(VMM), "removed once Nexus acknowledged");
+}
+
+#[tokio::test]
+async fn remove_then_publish_drops_the_vmm_before_reporting_destroyed() {
+    let (sim, rec) = started_then_stopped(RemovalOrdering::RemoveThenPublish, None).await;
+    sim.poke(VMM, PokeMode::Drain).await.expect("poke drains");
+    assert_eq!(rec.reports().last(), Some(&(VmmState::Destroyed, 7, false)));
+    // Every earlier report happened with the VMM still present.
+    assert!(rec.reports()[..3].iter().all(|&(_, _, present)| present));
+}
+
+#[tokio::test]
+async fn a_failed_terminal_report_keeps_the_vmm_and_is_retried() {
+    for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
+        let (sim, _rec) = started_then_stopped(ordering, Some(VmmState::Destroyed)).await;
+        let err = sim.poke(VMM, PokeMode::Drain).await.expect_err("the Destroyed report fails");
+        assert!(
+            matches!(err, SimError::ReportFailed { state, .. }
+                if state.state == VmmState::Destroyed && state.gen.as_u64() == 7),
+            "{ordering:?}: {err:?}"
+        );
+        assert!(sim.contains_vmm(VMM), "{ordering:?}: the VMM must stay in the table");
+        let got = sim.vmm_get_state(VMM).await.expect("still answerable");
+        assert_eq!(got.vmm_state.state, VmmState::Destroyed);
+
+        // The next poke has nothing queued, so it reports Destroyed/7 again.
+        let outcome = sim.poke(VMM, PokeMode::Drain).await.expect("retry succeeds");
+        assert_eq!(outcome.published.len(), 1, "{ordering:?}");
+        assert_eq!(outcome.published[0].vmm_state.gen.as_u64(), 7);
+        assert!(outcome.removed && !sim.contains_vmm(VMM), "{ordering:?}");
+    }
+}
+
+#[tokio::test]
+async fn single_step_reports_one_transition_per_poke() {
+    let (sim, rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    for want in [(VmmState::Running, 4), (VmmState::Stopping, 5)] {
+        let outcome = sim.poke(VMM, PokeMode::SingleStep).await.expect("steps");
+        let s = outcome.published[0].vmm_state;
+        assert_eq!((outcome.published.len(), s.state, s.gen.as_u64()), (1, want.0, want.1));
+    }
+    assert_eq!(sim.queued(VMM), Some(2));
+    assert_eq!(rec.reports().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_requests_get_typed_errors() {
+    let (sim, _rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    let unknown = PropolisUuid::from_u128(0x99);
+
+    let e = sim.vmm_get_state(unknown).await.expect_err("unknown VMM");
+    assert!(e.vmm_gone(), "{e:?}");
+    let e = sim
+        .vmm_put_state(unknown, VmmPutStateBody { state: VmmStateRequested::Stopped })
+        .await
+        .expect_err("unknown VMM");
+    assert!(matches!(e, SledAgentError::NoSuchVmm { propolis_id } if propolis_id == unknown));
+    let e = sim.poke(unknown, PokeMode::Drain).await.expect_err("unknown VMM");
+    assert!(matches!(e, SimError::NoSuchVmm { .. }), "{e:?}");
+
+    let e = put(&sim, VmmStateRequested::Running).await.expect_err("stopping VMM cannot run");
+    assert!(matches!(e, SledAgentError::InvalidTransition { .. }), "{e:?}");
+    assert!(!e.vmm_gone());
+
+    let mut body = starting_at_gen_2();
+    body.vmm_runtime.state = VmmState::Running;
+    let e = sim
+        .vmm_register(PropolisUuid::from_u128(0x98), body)
+        .await
+        .expect_err("must register as starting");
+    assert!(matches!(e, SledAgentError::InvalidRegistration { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn unregister_fails_the_vmm_and_forgets_it() {
+    let (sim, _rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    let r = sim.vmm_unregister(VMM).await.expect("unregisters");
+    let s = r.updated_runtime.expect("was present").vmm_state;
+    assert_eq!((s.state, s.gen.as_u64()), (VmmState::Failed, 4));
+    assert!(!sim.contains_vmm(VMM));
+    let again = sim.vmm_unregister(VMM).await.expect("absent is not an error");
+    assert_eq!(again.updated_runtime, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_mode_drains_after_the_delay() {
+    let (rec, nexus) = Recorder::mock(None);
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let config = SimConfig {
+        ordering: RemovalOrdering::PublishThenRemove,
+        mode: SimMode::Auto { delay: Duration::from_millis(1500) },
+    };
+    let sim = SimSledAgent::new(&log, SledUuid::from_u128(1), config, nexus, Arc::new(LogicalClock::default()))
+        .expect("inside a runtime");
+    rec.bind(&sim);
+    sim.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    put(&sim, VmmStateRequested::Running).await.unwrap();
+    put(&sim, VmmStateRequested::Stopped).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(rec.reports().is_empty(), "nothing before the delay");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gens: Vec<_> = rec.reports().iter().map(|&(_, g, _)| g).collect();
+    assert_eq!(gens, [4, 5, 6, 7]);
+    assert!(!sim.contains_vmm(VMM));
+}
+
+#[test]
+fn auto_mode_without_a_runtime_is_an_error() {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let config = SimConfig { mode: SimMode::Auto { delay: Duration::ZERO }, ..SimConfig::default() };
+    let r = SimSledAgent::new(
+        &log,
+        SledUuid::from_u128(1),
+        config,
+        MockNexusInternalApi::new(),
+        Arc::new(LogicalClock::default()),
+    );
+    assert!(matches!(r, Err(SimError::NoRuntime)));
+}
