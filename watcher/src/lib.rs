@@ -1,0 +1,210 @@
+//! The instance watcher: one pass that asks each sled agent about the VMMs Nexus
+//! thinks are alive, and turns "no such VMM" into a Failed write.
+//!
+//! It is generic over `SledAgentApi` and over `WatcherDatastore`, the two reads and
+//! one write it needs from Nexus's database, so it never names a concrete sled agent
+//! or Nexus. As in omicron (nexus/src/app/background/tasks/instance_watcher.rs):
+//! - `Ok(state)` from the sled agent is submitted as an ordinary VMM write;
+//! - `NoSuchVmm` (404 `NO_SUCH_INSTANCE`) becomes Failed at the listed gen + 1;
+//! - any other error is inconclusive and writes nothing.
+//!
+//! The Failed write is only safe because Nexus checks generations: if the sled
+//! agent published a terminal state before forgetting the VMM, that state already
+//! holds the listed gen + 1 and the watcher's write is stale.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sled_agent_api::{
+    BoxError, Clock, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, SledVmmState,
+    VmmRuntimeState, VmmState,
+};
+use slog::{debug, info, o, warn, Logger};
+
+/// A VMM row as the watcher lists it: its generation is the basis of a Failed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedVmm {
+    pub instance_id: InstanceUuid,
+    pub propolis_id: PropolisUuid,
+    pub sled_id: SledUuid,
+    pub runtime: VmmRuntimeState,
+}
+
+/// The result of a generation-checked VMM write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmmWriteOutcome {
+    /// The write's generation was newer than the stored one, and it was applied.
+    pub updated: bool,
+    /// An instance update step was started because of it.
+    pub update_queued: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("no VMM record {propolis_id}")]
+    NoSuchVmm { propolis_id: PropolisUuid },
+
+    #[error("datastore unavailable for {operation}")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// What the watcher needs from Nexus's database.
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
+#[async_trait]
+pub trait WatcherDatastore: Send + Sync {
+    /// VMMs that are not Creating or Destroyed and not deleted, ordered by
+    /// (sled, VMM) as omicron pages them.
+    async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError>;
+
+    /// The same generation-checked write a sled agent's report goes through.
+    async fn vmm_update_runtime(
+        &self,
+        propolis_id: PropolisUuid,
+        new_state: SledVmmState,
+    ) -> Result<VmmWriteOutcome, DatastoreError>;
+}
+
+#[async_trait]
+impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Arc<T> {
+    async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
+        (**self).vmm_list_for_watcher().await
+    }
+
+    async fn vmm_update_runtime(
+        &self,
+        propolis_id: PropolisUuid,
+        new_state: SledVmmState,
+    ) -> Result<VmmWriteOutcome, DatastoreError> {
+        (**self).vmm_update_runtime(propolis_id, new_state).await
+    }
+}
+
+/// Seeded bugs, for checking that the explorer catches them. All off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatcherFaults {
+    /// Write Failed at listed gen + 2 instead of + 1.
+    pub skip_generation: bool,
+}
+
+/// Counts of one pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PassCounts {
+    /// VMMs listed and checked.
+    pub checked: usize,
+    /// Checks where the sled agent said the VMM is gone, so Failed was submitted.
+    pub failed: usize,
+    /// Checks that could not tell (sled unknown or unreachable, other errors).
+    pub inconclusive: usize,
+    /// Writes that were applied (newer generation).
+    pub updated: usize,
+    /// Writes the datastore refused with an error.
+    pub write_errors: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatcherError {
+    #[error("listing VMMs to check failed")]
+    List {
+        #[source]
+        source: DatastoreError,
+    },
+}
+
+#[derive(Debug)]
+pub struct InstanceWatcher<D, S> {
+    log: Logger,
+    datastore: D,
+    sleds: BTreeMap<SledUuid, S>,
+    clock: Arc<dyn Clock>,
+    faults: WatcherFaults,
+}
+
+impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
+    pub fn new(
+        log: &Logger,
+        datastore: D,
+        sleds: BTreeMap<SledUuid, S>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let log = log.new(o!("component" => "InstanceWatcher"));
+        InstanceWatcher { log, datastore, sleds, clock, faults: WatcherFaults::default() }
+    }
+
+    pub fn with_faults(mut self, faults: WatcherFaults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// One activation: list, then check each VMM in listing order.
+    pub async fn activate(&self) -> Result<PassCounts, WatcherError> {
+        let listed = self
+            .datastore
+            .vmm_list_for_watcher()
+            .await
+            .map_err(|source| WatcherError::List { source })?;
+        let mut counts = PassCounts::default();
+        for vmm in listed {
+            counts.checked += 1;
+            self.check(&vmm, &mut counts).await;
+        }
+        info!(self.log, "pass done";
+            "checked" => counts.checked, "failed" => counts.failed,
+            "inconclusive" => counts.inconclusive, "updated" => counts.updated);
+        Ok(counts)
+    }
+
+    async fn check(&self, vmm: &WatchedVmm, counts: &mut PassCounts) {
+        let log = self.log.new(o!(
+            "propolis_id" => vmm.propolis_id.to_string(),
+            "instance_id" => vmm.instance_id.to_string(),
+            "listed_gen" => vmm.runtime.gen.as_u64(),
+        ));
+        let Some(sled) = self.sleds.get(&vmm.sled_id) else {
+            warn!(log, "no client for sled"; "sled_id" => %vmm.sled_id);
+            counts.inconclusive += 1;
+            return;
+        };
+        let new_state = match sled.vmm_get_state(vmm.propolis_id).await {
+            Ok(state) => state,
+            Err(e) if e.vmm_gone() => {
+                counts.failed += 1;
+                let gen = if self.faults.skip_generation {
+                    vmm.runtime.gen.next().next()
+                } else {
+                    vmm.runtime.gen.next()
+                };
+                info!(log, "sled agent says VMM is gone; marking it failed"; "gen" => gen.as_u64());
+                SledVmmState {
+                    vmm_state: VmmRuntimeState {
+                        state: VmmState::Failed,
+                        gen,
+                        time_updated: self.clock.now(),
+                    },
+                }
+            }
+            Err(e) => {
+                debug!(log, "check inconclusive"; "error" => %e);
+                counts.inconclusive += 1;
+                return;
+            }
+        };
+        match self.datastore.vmm_update_runtime(vmm.propolis_id, new_state).await {
+            Ok(outcome) => {
+                counts.updated += usize::from(outcome.updated);
+                debug!(log, "VMM state written";
+                    "state" => %new_state.vmm_state.state,
+                    "gen" => new_state.vmm_state.gen.as_u64(), "updated" => outcome.updated);
+            }
+            Err(e) => {
+                warn!(log, "VMM write failed"; "error" => %e);
+                counts.write_errors += 1;
+            }
+        }
+    }
+}
