@@ -1,0 +1,217 @@
+//! Nexus's records (instances, VMMs, disks) and the views users see of them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sled_agent_api::{
+    DiskUuid, Generation, InstanceUuid, PropolisUuid, SledUuid, VmmRuntimeState, VmmState,
+};
+
+/// A VMM row's state. Nexus knows two states no sled agent reports: `Creating`
+/// (inserted, not yet registered) and `SagaUnwound` (a start that was rolled back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbVmmState {
+    Creating,
+    SagaUnwound,
+    Reported(VmmState),
+}
+
+impl DbVmmState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, DbVmmState::Reported(s) if s.is_terminal())
+    }
+}
+
+impl fmt::Display for DbVmmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbVmmState::Creating => f.write_str("creating"),
+            DbVmmState::SagaUnwound => f.write_str("saga_unwound"),
+            DbVmmState::Reported(s) => fmt::Display::fmt(s, f),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VmmRecord {
+    pub id: PropolisUuid,
+    pub instance_id: InstanceUuid,
+    pub sled_id: SledUuid,
+    pub state: DbVmmState,
+    pub gen: Generation,
+    pub time_state_updated: DateTime<Utc>,
+    /// Soft-deleted by the update step; a deleted row takes no more writes.
+    pub deleted: bool,
+}
+
+impl VmmRecord {
+    /// The row as a sled-reported runtime state, if it is in one.
+    pub fn runtime(&self) -> Option<VmmRuntimeState> {
+        match self.state {
+            DbVmmState::Reported(state) => {
+                Some(VmmRuntimeState { state, gen: self.gen, time_updated: self.time_state_updated })
+            }
+            DbVmmState::Creating | DbVmmState::SagaUnwound => None,
+        }
+    }
+}
+
+/// Nexus's own instance state (omicron's `InstanceState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// No active VMM: the user sees Stopped.
+    NoVmm,
+    /// An active VMM; what the user sees depends on the VMM.
+    Vmm,
+    /// The last VMM failed; the instance may be auto-restarted.
+    Failed,
+}
+
+/// What the user last asked for; decides auto-restart under the current policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntendedState {
+    Running,
+    Stopped,
+}
+
+/// The instance state the external API shows (omicron's `InstanceStateComputer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Rebooting,
+    Migrating,
+    Failed,
+}
+
+impl fmt::Display for ExternalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExternalState::Starting => "starting",
+            ExternalState::Running => "running",
+            ExternalState::Stopping => "stopping",
+            ExternalState::Stopped => "stopped",
+            ExternalState::Rebooting => "rebooting",
+            ExternalState::Migrating => "migrating",
+            ExternalState::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: InstanceUuid,
+    pub name: String,
+    pub state: InstanceState,
+    pub propolis_id: Option<PropolisUuid>,
+    pub gen: Generation,
+    pub intended: IntendedState,
+    pub time_last_auto_restarted: Option<DateTime<Utc>>,
+    pub auto_restarts: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "state", content = "instance", rename_all = "snake_case")]
+pub enum DiskState {
+    Detached,
+    Attached(InstanceUuid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DiskView {
+    pub id: DiskUuid,
+    pub name: String,
+    #[serde(flatten)]
+    pub state: DiskState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceView {
+    pub id: InstanceUuid,
+    pub name: String,
+    pub state: ExternalState,
+    pub propolis_id: Option<PropolisUuid>,
+    pub intended: IntendedState,
+    pub auto_restarts: u32,
+}
+
+/// One attempted VMM write, kept so an observer can check generations and see
+/// which report lost a race.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VmmWrite {
+    pub propolis_id: PropolisUuid,
+    pub state: VmmState,
+    pub gen: Generation,
+    /// The stored generation when the write arrived.
+    pub prev_gen: Generation,
+    pub applied: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Db {
+    pub(crate) instances: BTreeMap<InstanceUuid, InstanceRecord>,
+    pub(crate) vmms: BTreeMap<PropolisUuid, VmmRecord>,
+    pub(crate) disks: BTreeMap<DiskUuid, (String, DiskState)>,
+    pub(crate) writes: Vec<VmmWrite>,
+    pub(crate) next_id: u64,
+}
+
+impl Db {
+    pub(crate) fn external_state(&self, inst: &InstanceRecord) -> ExternalState {
+        match inst.state {
+            InstanceState::NoVmm => ExternalState::Stopped,
+            InstanceState::Failed => ExternalState::Failed,
+            InstanceState::Vmm => {
+                let vmm = inst.propolis_id.and_then(|id| self.vmms.get(&id));
+                match vmm.map(|v| v.state) {
+                    None | Some(DbVmmState::Creating) => ExternalState::Starting,
+                    Some(DbVmmState::SagaUnwound) => ExternalState::Failed,
+                    Some(DbVmmState::Reported(s)) => match s {
+                        VmmState::Starting => ExternalState::Starting,
+                        VmmState::Running => ExternalState::Running,
+                        VmmState::Rebooting => ExternalState::Rebooting,
+                        VmmState::Migrating => ExternalState::Migrating,
+                        // A terminal VMM still linked: the update step has not run yet.
+                        VmmState::Stopping
+                        | VmmState::Stopped
+                        | VmmState::Destroyed
+                        | VmmState::Failed => ExternalState::Stopping,
+                    },
+                }
+            }
+        }
+    }
+
+    pub(crate) fn instance_view(&self, inst: &InstanceRecord) -> InstanceView {
+        InstanceView {
+            id: inst.id,
+            name: inst.name.clone(),
+            state: self.external_state(inst),
+            propolis_id: inst.propolis_id,
+            intended: inst.intended,
+            auto_restarts: inst.auto_restarts,
+        }
+    }
+
+    /// Hashes what decides future behaviour; timestamps and the write log are left out.
+    pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H) {
+        for (id, i) in &self.instances {
+            (id, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
+        }
+        for (id, v) in &self.vmms {
+            (id, v.state, v.gen, v.deleted).hash(h);
+        }
+        for (id, (_, state)) in &self.disks {
+            (id, state).hash(h);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! NexusStub's rules, one test each, against mocked sled agents.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nexus_stub::{
+    DbVmmState, DeferredSpawner, DiskState, ExternalState, NexusConfig, NexusError, NexusFaults,
+    NexusStub, RestartPolicy, UpdateOutcome,
+};
+use sled_agent_api::{
+    Clock, Generation, InstanceUuid, LogicalClock, MockSledAgentApi, NexusApiError,
+    NexusInternalApi, PropolisUuid, SledAgentError, SledUuid, SledVmmState, VmmPutStateResponse,
+    VmmRuntimeState, VmmState, VmmStateRequested,
+};
+use watcher::WatcherDatastore;
+
+const SLED: SledUuid = SledUuid::from_u128(1);
+
+struct Harness {
+    nexus: Arc<NexusStub<MockSledAgentApi>>,
+    updates: Arc<DeferredSpawner>,
+}
+
+fn state(state: VmmState, gen: u64) -> SledVmmState {
+    SledVmmState {
+        vmm_state: VmmRuntimeState {
+            state,
+            gen: Generation::try_from(gen).expect("valid"),
+            time_updated: LogicalClock::default().now(),
+        },
+    }
+}
+
+/// A sled agent that behaves like the sim for one start and one stop: registered
+/// at gen 2, Running only queued, Stopped answered with Stopping/3.
+fn sim_like_sled() -> MockSledAgentApi {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register().returning(|_, body| Ok(SledVmmState { vmm_state: body.vmm_runtime }));
+    sled.expect_vmm_put_state().returning(|_, body| {
+        let s = match body.state {
+            VmmStateRequested::Running => state(VmmState::Starting, 2),
+            VmmStateRequested::Stopped => state(VmmState::Stopping, 3),
+            VmmStateRequested::Reboot => state(VmmState::Rebooting, 3),
+        };
+        Ok(VmmPutStateResponse { updated_runtime: Some(s) })
+    });
+    sled
+}
+
+fn harness_with(sled: MockSledAgentApi, config: NexusConfig) -> Harness {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let updates = Arc::new(DeferredSpawner::default());
+    let nexus = NexusStub::new(
+        &log,
+        config,
+        BTreeMap::from([(SLED, sled)]),
+        Arc::new(LogicalClock::default()),
+        Arc::clone(&updates) as _,
+    );
+    Harness { nexus, updates }
+}
+
+fn harness() -> Harness {
+    harness_with(sim_like_sled(), NexusConfig::default())
+}
+
+impl Harness {
+    /// Creates and starts an instance; returns it and its VMM.
+    async fn started(&self, name: &str) -> (InstanceUuid, PropolisUuid) {
+        let view = self.nexus.instance_create(name, true).await.expect("starts");
+        (view.id, view.propolis_id.expect("has a VMM"))
+    }
+
+    /// A report from the sled agent; returns whether it applied.
+    async fn report(&self, vmm: PropolisUuid, s: VmmState, gen: u64) -> bool {
+        let before = self.nexus.vmm_writes().len();
+        self.nexus.cpapi_instances_put(vmm, state(s, gen)).await.expect("known VMM");
+        self.nexus.vmm_writes()[before].applied
+    }
+
+    /// Runs the update steps started so far.
+    async fn run_updates(&self) -> Vec<UpdateOutcome> {
+        let mut out = Vec::new();
+        for (_, task) in self.updates.take() {
+            out.push(task.await.expect("update step runs"));
+        }
+        out
+    }
+
+    fn stored(&self, vmm: PropolisUuid) -> (DbVmmState, u64) {
+        let r = self.nexus.vmm(vmm).expect("VMM row");
+        (r.state, r.gen.as_u64())
+    }
+
+    fn external(&self, id: InstanceUuid) -> ExternalState {
+        self.nexus.instance(id).expect("instance").state
+    }
+}
+
+#[tokio::test]
+async fn start_registers_at_gen_2_and_running_is_only_queued() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Starting), 2));
+    assert_eq!(h.external(inst), ExternalState::Starting);
+    let applied: Vec<_> = h.nexus.vmm_writes().iter().map(|w| (w.gen.as_u64(), w.applied)).collect();
+    // Starting/2 over Creating/1 applies; the put-state answer Starting/2 is stale.
+    assert_eq!(applied, [(2, true), (2, false)]);
+}
+
+#[tokio::test]
+async fn writes_apply_only_with_a_newer_generation() {
+    let h = harness();
+    let (_, vmm) = h.started("inst").await;
+    assert!(h.report(vmm, VmmState::Running, 4).await, "newer applies");
+    assert!(!h.report(vmm, VmmState::Stopping, 4).await, "equal is stale");
+    assert!(!h.report(vmm, VmmState::Starting, 3).await, "older is stale");
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Running), 4));
+}
+
+#[tokio::test]
+async fn a_stale_terminal_write_triggers_nothing() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    assert!(h.report(vmm, VmmState::Stopping, 6).await);
+    assert!(!h.report(vmm, VmmState::Destroyed, 6).await);
+    assert!(h.run_updates().await.is_empty(), "no update step for a stale write");
+    assert_eq!(h.external(inst), ExternalState::Stopping);
+}
+
+#[tokio::test]
+async fn destroyed_runs_the_update_step_to_stopped() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    h.nexus.instance_stop(inst).await.expect("stops");
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Stopping), 3));
+    assert!(h.report(vmm, VmmState::Destroyed, 7).await);
+    // Until the update step runs, the user sees Stopping.
+    assert_eq!(h.external(inst), ExternalState::Stopping);
+    assert_eq!(h.run_updates().await, [UpdateOutcome::Stopped { propolis_id: vmm }]);
+    assert_eq!(h.external(inst), ExternalState::Stopped);
+    let row = h.nexus.vmm(vmm).expect("row kept");
+    assert!(row.deleted);
+    assert!(!h.report(vmm, VmmState::Failed, 8).await, "a deleted row takes no writes");
+}
+
+#[tokio::test]
+async fn failed_runs_the_update_step_to_failed() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    assert!(h.report(vmm, VmmState::Failed, 3).await);
+    assert_eq!(h.run_updates().await, [UpdateOutcome::Failed { propolis_id: vmm }]);
+    assert_eq!(h.external(inst), ExternalState::Failed);
+}
+
+#[tokio::test]
+async fn the_7282_order_of_writes_fails_the_instance() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    h.nexus.instance_stop(inst).await.expect("stops");
+    assert!(h.report(vmm, VmmState::Stopping, 6).await);
+    // The watcher's Failed at listed gen 6 + 1 commits first ...
+    let w = h.nexus.vmm_update_runtime(vmm, state(VmmState::Failed, 7)).await.expect("writes");
+    assert!(w.updated && w.update_queued);
+    // ... so the sim's real Destroyed/7 is stale.
+    assert!(!h.report(vmm, VmmState::Destroyed, 7).await);
+    h.run_updates().await;
+    assert_eq!(h.external(inst), ExternalState::Failed);
+}
+
+#[tokio::test]
+async fn seeded_fault_skips_the_generation_check() {
+    let config = NexusConfig {
+        faults: NexusFaults { skip_generation_check: true, ..NexusFaults::default() },
+        ..NexusConfig::default()
+    };
+    let h = harness_with(sim_like_sled(), config);
+    let (_, vmm) = h.started("inst").await;
+    assert!(h.report(vmm, VmmState::Running, 4).await);
+    assert!(h.report(vmm, VmmState::Starting, 3).await, "older applies under the fault");
+}
+
+#[tokio::test]
+async fn stop_answered_with_no_such_vmm_marks_the_vmm_failed_at_once() {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register().returning(|_, b| Ok(SledVmmState { vmm_state: b.vmm_runtime }));
+    sled.expect_vmm_put_state().returning(|id, b| match b.state {
+        VmmStateRequested::Running => Ok(VmmPutStateResponse { updated_runtime: None }),
+        _ => Err(SledAgentError::NoSuchVmm { propolis_id: id }),
+    });
+    let h = harness_with(sled, NexusConfig::default());
+    let (inst, vmm) = h.started("inst").await;
+    let view = h.nexus.instance_stop(inst).await.expect("stop itself succeeds");
+    assert_eq!(view.state, ExternalState::Failed);
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Failed), 3));
+    assert!(h.run_updates().await.is_empty(), "run synchronously, not spawned");
+}
+
+#[tokio::test]
+async fn a_failed_registration_unwinds_the_start() {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register().returning(|_, _| {
+        Err(SledAgentError::UnexpectedResponse {
+            operation: "vmm_register",
+            status: 500,
+            message: "too many vCPUs".into(),
+        })
+    });
+    let h = harness_with(sled, NexusConfig::default());
+    let err = h.nexus.instance_create("inst", true).await.expect_err("start fails");
+    assert!(matches!(err, NexusError::SledAgent { operation: "vmm_register", .. }), "{err:?}");
+    let inst = h.nexus.instances()[0].clone();
+    assert_eq!((inst.state, inst.propolis_id), (ExternalState::Stopped, None));
+}
+
+#[tokio::test]
+async fn disk_attach_and_detach_follow_the_test_rules() {
+    let h = harness();
+    let disk = h.nexus.disk_create("d").expect("created").id;
+    let (i1, v1) = h.started("i1").await;
+    let (i2, v2) = h.started("i2").await;
+
+    let e = h.nexus.disk_attach(disk, i1).expect_err("instance is running");
+    assert!(matches!(e, NexusError::InstanceNotStopped { state: ExternalState::Starting, .. }), "{e:?}");
+
+    for (inst, vmm) in [(i1, v1), (i2, v2)] {
+        h.nexus.instance_stop(inst).await.expect("stops");
+        h.report(vmm, VmmState::Destroyed, 7).await;
+    }
+    h.run_updates().await;
+
+    let attached = |to| DiskState::Attached(to);
+    assert_eq!(h.nexus.disk_attach(disk, i1).expect("attach").state, attached(i1));
+    assert_eq!(h.nexus.disk_attach(disk, i1).expect("idempotent").state, attached(i1));
+    let e = h.nexus.disk_attach(disk, i2).expect_err("attached to i1");
+    assert!(matches!(e, NexusError::DiskAttachedToAnother { attached_to, .. } if attached_to == i1));
+    let e = h.nexus.disk_detach(disk, i2).expect_err("not attached to i2");
+    assert!(matches!(e, NexusError::DiskAttachedToAnother { .. }), "{e:?}");
+    assert_eq!(h.nexus.disk_detach(disk, i1).expect("detach").state, DiskState::Detached);
+    for inst in [i1, i2] {
+        assert_eq!(h.nexus.disk_detach(disk, inst).expect("idempotent").state, DiskState::Detached);
+    }
+    assert_eq!(h.nexus.disk_attach(disk, i2).expect("attach").state, attached(i2));
+    assert!(h.nexus.disk_attach(disk, i1).is_err());
+}
+
+#[tokio::test]
+async fn auto_restart_policy_decides_for_user_stopped_instances() {
+    for (policy, restarted) in [(RestartPolicy::Current, 0), (RestartPolicy::Policy2024, 1)] {
+        let h = harness_with(sim_like_sled(), NexusConfig { restart_policy: policy, ..NexusConfig::default() });
+        let (inst, vmm) = h.started("inst").await;
+        h.nexus.instance_stop(inst).await.expect("stops");
+        h.report(vmm, VmmState::Failed, 7).await;
+        h.run_updates().await;
+        let counts = h.nexus.reincarnation_pass().await;
+        assert_eq!(counts.started, restarted, "{policy:?}");
+        assert_eq!(h.nexus.instance(inst).unwrap().auto_restarts, restarted as u32);
+    }
+}
+
+#[tokio::test]
+async fn auto_restart_restarts_an_instance_meant_to_run_once_per_cooldown() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    assert_eq!(h.nexus.reincarnation_pass().await.started, 1);
+    assert_eq!(h.external(inst), ExternalState::Starting);
+    let new_vmm = h.nexus.instance(inst).unwrap().propolis_id.expect("new VMM");
+    assert_ne!(new_vmm, vmm);
+    h.report(new_vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    assert_eq!(h.nexus.reincarnation_pass().await.found, 0, "cooldown");
+}
+
+#[tokio::test]
+async fn watcher_listing_skips_creating_destroyed_and_deleted() {
+    let h = harness();
+    let (_, live) = h.started("live").await;
+    let (_, destroyed) = h.started("destroyed").await;
+    h.report(destroyed, VmmState::Destroyed, 7).await;
+    let (gone_inst, gone) = h.started("gone").await;
+    h.report(gone, VmmState::Failed, 3).await;
+    let _ = gone_inst;
+    h.run_updates().await; // deletes both terminal rows
+    let listed: Vec<_> = h.nexus.vmm_list_for_watcher().await.unwrap().iter().map(|w| w.propolis_id).collect();
+    assert_eq!(listed, [live]);
+
+    let config = NexusConfig {
+        faults: NexusFaults { list_terminal_for_watcher: true, ..NexusFaults::default() },
+        ..NexusConfig::default()
+    };
+    let h = harness_with(sim_like_sled(), config);
+    let (_, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Destroyed, 7).await;
+    let listed = h.nexus.vmm_list_for_watcher().await.unwrap();
+    assert_eq!(listed.len(), 1, "seeded fault lists the Destroyed row");
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors() {
+    let h = harness();
+    let unknown_vmm = PropolisUuid::from_u128(0x999);
+    let e = h.nexus.cpapi_instances_put(unknown_vmm, state(VmmState::Running, 4)).await.unwrap_err();
+    assert!(matches!(e, NexusApiError::NoSuchVmm { propolis_id } if propolis_id == unknown_vmm));
+    let unknown = InstanceUuid::from_u128(0x998);
+    assert!(matches!(h.nexus.instance_stop(unknown).await, Err(NexusError::NoSuchInstance { .. })));
+    h.started("dup").await;
+    assert!(matches!(h.nexus.instance_create("dup", false).await, Err(NexusError::NameInUse { .. })));
+    h.nexus.disk_create("d").unwrap();
+    assert!(matches!(h.nexus.disk_create("d"), Err(NexusError::NameInUse { .. })));
+}
