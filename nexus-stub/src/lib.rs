@@ -281,9 +281,18 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         self.db().vmms.get(&propolis_id).copied()
     }
 
+    /// Every VMM row, deleted or not, in id order.
+    pub fn vmms(&self) -> Vec<VmmRecord> {
+        self.db().vmms.values().copied().collect()
+    }
+
     /// Every VMM write attempted so far, applied or not, in order.
     pub fn vmm_writes(&self) -> Vec<VmmWrite> {
         self.db().writes.clone()
+    }
+
+    pub fn vmm_writes_len(&self) -> usize {
+        self.db().writes.len()
     }
 
     /// The writes from index `from` on (so an observer can poll cheaply).

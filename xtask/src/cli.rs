@@ -1,0 +1,312 @@
+//! The command line: flags of the command contract, logging set-up, exit codes
+//! (0 every invariant held, 1 a violation or failed scenario, 2 bad usage).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nexus_stub::RestartPolicy;
+use sim_sled_agent::RemovalOrdering;
+use slog::{o, Drain, Logger};
+
+use crate::harness::schedule::{ScheduleError, ScheduleSpec};
+use crate::harness::{self, RunConfig, RunError, ScenarioKind};
+use crate::report;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "sledsim: the VMM lifecycle race of omicron#7282, run and checked")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Term)]
+    log_format: LogFormat,
+    /// Least severe log level shown.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Warn)]
+    log_level: LogLevel,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the disk-move scenario (or the stop race) under one schedule and check
+    /// every invariant.
+    Scenario(ScenarioArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Term,
+    Bunyan,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum ScenarioArg {
+    #[default]
+    DiskMove,
+    StopRace,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum OrderingArg {
+    #[default]
+    PublishThenRemove,
+    RemoveThenPublish,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum RestartPolicyArg {
+    #[default]
+    Current,
+    #[value(name = "2024")]
+    Policy2024,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    #[default]
+    Inproc,
+    Http,
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    #[arg(long, value_enum, default_value_t)]
+    scenario: ScenarioArg,
+    #[arg(long, value_enum, default_value_t)]
+    ordering: OrderingArg,
+    /// `happy`, `seed-7282`, or a replay string printed by a run or by explore.
+    #[arg(long, default_value = "seed-7282", value_parser = ScheduleSpec::parse)]
+    schedule: ScheduleSpec,
+    #[arg(long, value_enum, default_value_t)]
+    restart_policy: RestartPolicyArg,
+    #[arg(long, value_enum, default_value_t)]
+    transport: TransportArg,
+    /// Watcher passes the watcher actor makes.
+    #[arg(long, default_value_t = 2)]
+    watcher_passes: usize,
+    /// Auto-restart passes.
+    #[arg(long, default_value_t = 1)]
+    restart_passes: usize,
+    /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<ScenarioArg> for ScenarioKind {
+    fn from(a: ScenarioArg) -> Self {
+        match a {
+            ScenarioArg::DiskMove => ScenarioKind::DiskMove,
+            ScenarioArg::StopRace => ScenarioKind::StopRace,
+        }
+    }
+}
+
+impl From<OrderingArg> for RemovalOrdering {
+    fn from(a: OrderingArg) -> Self {
+        match a {
+            OrderingArg::PublishThenRemove => RemovalOrdering::PublishThenRemove,
+            OrderingArg::RemoveThenPublish => RemovalOrdering::RemoveThenPublish,
+        }
+    }
+}
+
+impl From<RestartPolicyArg> for RestartPolicy {
+    fn from(a: RestartPolicyArg) -> Self {
+        match a {
+            RestartPolicyArg::Current => RestartPolicy::Current,
+            RestartPolicyArg::Policy2024 => RestartPolicy::Policy2024,
+        }
+    }
+}
+
+fn logger(format: LogFormat, level: LogLevel) -> Logger {
+    let level = match level {
+        LogLevel::Off => return Logger::root(slog::Discard, o!()),
+        LogLevel::Error => slog::Level::Error,
+        LogLevel::Warn => slog::Level::Warning,
+        LogLevel::Info => slog::Level::Info,
+        LogLevel::Debug => slog::Level::Debug,
+        LogLevel::Trace => slog::Level::Trace,
+    };
+    match format {
+        LogFormat::Term => {
+            let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+            let drain = slog_term::FullFormat::new(decorator).build().fuse();
+            Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!("name" => "sledsim"))
+        }
+        LogFormat::Bunyan => {
+            let drain = Mutex::new(slog_bunyan::with_name("sledsim", std::io::stderr()).build()).fuse();
+            Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
+        }
+    }
+}
+
+/// clap's errors span several lines; the contract wants one.
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or("error").trim().to_string();
+    let valid: Vec<String> = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(v)) => v.clone(),
+        Some(ContextValue::String(v)) => vec![v.clone()],
+        _ => Vec::new(),
+    };
+    if valid.is_empty() {
+        first
+    } else {
+        format!("{first} (expected one of: {})", valid.join(", "))
+    }
+}
+
+/// Runs the command line; returns the exit code.
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = write!(out, "{e}");
+            return 0;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{}", one_line(&e));
+            return 2;
+        }
+    };
+    let log = logger(cli.log_format, cli.log_level);
+    let result = match cli.command {
+        Command::Scenario(a) => scenario(a, log, out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Usage(msg)) => {
+            let _ = writeln!(err, "error: {msg}");
+            2
+        }
+    }
+}
+
+/// A bad-usage error: reported on one line, exit 2.
+struct Usage(String);
+
+fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usage> {
+    if a.transport == TransportArg::Http {
+        return Err(Usage("--transport http is not built yet (issue 4); use --transport inproc".into()));
+    }
+    let config = RunConfig {
+        scenario: a.scenario.into(),
+        ordering: a.ordering.into(),
+        restart_policy: a.restart_policy.into(),
+        watcher_passes: a.watcher_passes,
+        restart_passes: a.restart_passes,
+        ..RunConfig::new(log)
+    };
+    let mut chooser = a.schedule.chooser().map_err(|e| Usage(e.to_string()))?;
+    let result = match harness::run(&config, &mut *chooser) {
+        Ok(r) => r,
+        Err(RunError::Schedule(e)) => return Err(Usage(schedule_error(&e))),
+        Err(e @ RunError::Setup(_)) => return Err(Usage(e.to_string())),
+    };
+    let passed = result.passed();
+    let steps = report::steps_out(&result);
+    let violations = report::violations_out(&result);
+    if a.json {
+        let json = serde_json::json!({
+            "scenario": config.scenario.label(),
+            "ordering": config.ordering.label(),
+            "schedule": a.schedule.to_string(),
+            "restart_policy": config.restart_policy.label(),
+            "transport": "inproc",
+            "passed": passed,
+            "violations": violations,
+            "instances": report::instances_out(&result),
+            "disk": report::disk_out(&result),
+            "terminal_writes": report::terminal_writes(&result),
+            "watcher": result.watcher,
+            "end": report::end_text(&result.end),
+            "scenario_error": result.scenario_outcome.clone().and_then(Result::err),
+            "replay": result.replay(),
+            "steps": steps,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = write!(out, "{}", human(&config, &a.schedule, &result, &steps, &violations));
+    }
+    Ok(if passed { 0 } else { 1 })
+}
+
+fn schedule_error(e: &ScheduleError) -> String {
+    e.to_string()
+}
+
+fn human(
+    config: &RunConfig,
+    schedule: &ScheduleSpec,
+    r: &harness::RunResult,
+    steps: &[report::StepOut],
+    violations: &[report::ViolationOut],
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let shown = match schedule {
+        ScheduleSpec::Replay(_) => "replay string",
+        _ => "",
+    };
+    let _ = writeln!(
+        s,
+        "scenario {} | ordering {} | schedule {} | restart policy {}\n",
+        config.scenario.label(),
+        config.ordering.label(),
+        if shown.is_empty() { schedule.to_string() } else { shown.to_string() },
+        config.restart_policy.label()
+    );
+    let first_violation = violations.first().map(|v| v.step);
+    s.push_str(&report::step_table(steps, first_violation));
+    let _ = writeln!(s, "\nterminal states written at Nexus:");
+    for line in report::terminal_writes(r) {
+        let _ = writeln!(s, "  {line}");
+    }
+    let _ = writeln!(s, "\nend state ({}):", report::end_text(&r.end));
+    for (name, i) in report::instances_out(r) {
+        let _ = writeln!(s, "  {name:<6} {:<9} auto-restarts {}", i.state, i.auto_restarts);
+    }
+    if let Some(d) = report::disk_out(r) {
+        let _ = writeln!(s, "  {:<6} {} {}", d.name, d.state, d.instance.unwrap_or_default());
+    }
+    for (k, c) in r.watcher.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  watcher pass {}: checked {}, failed {}, inconclusive {}, updated {}",
+            k + 1,
+            c.checked,
+            c.failed,
+            c.inconclusive,
+            c.updated
+        );
+    }
+    if violations.is_empty() {
+        let _ = writeln!(s, "\nPASSED: every invariant held");
+    } else {
+        let _ = writeln!(s, "\nFAILED: {} invariant(s) broken", violations.len());
+        for v in violations {
+            let _ = writeln!(s, "  invariant {} ({}) at step {}: {}", v.invariant, v.rule, v.step, v.message);
+        }
+    }
+    let _ = writeln!(s, "\nreplay: {}", r.replay());
+    s
+}
+
+pub fn main() -> ExitCode {
+    let code = run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    ExitCode::from(code)
+}

@@ -1,0 +1,187 @@
+//! Gates: wrappers that implement the same traits as what they wrap, and park each
+//! call until the scheduler releases it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sled_agent_api::{
+    InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
+    SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
+};
+use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
+
+use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
+
+/// `inner`, with every call parked at the scheduler first.
+#[derive(Debug)]
+pub struct Gated<T> {
+    inner: T,
+    sched: Arc<Sched>,
+    /// The caller's side, for the step log (the callee is fixed by the trait).
+    from: Component,
+}
+
+impl<T> Gated<T> {
+    pub fn new(inner: T, sched: &Arc<Sched>, from: Component) -> Self {
+        Gated { inner, sched: Arc::clone(sched), from }
+    }
+
+    fn call(&self, kind: CallKind, to: Component, vmm: Option<PropolisUuid>, arg: Arg) -> Call {
+        Call { kind, from: self.from, to, vmm, arg }
+    }
+}
+
+fn state_answer(sched: &Sched, r: &Result<SledVmmState, SledAgentError>) -> Answer {
+    match r {
+        Ok(s) => Answer::State(s.vmm_state.state, s.vmm_state.gen),
+        Err(e) => sled_error_answer(sched, e),
+    }
+}
+
+fn sled_error_answer(sched: &Sched, e: &SledAgentError) -> Answer {
+    match e {
+        SledAgentError::NoSuchVmm { propolis_id } => {
+            Answer::Gone { nexus_had: sched.probe(*propolis_id) }
+        }
+        SledAgentError::InvalidTransition { .. } => Answer::Error("invalid_transition"),
+        SledAgentError::InvalidRegistration { .. } => Answer::Error("invalid_registration"),
+        SledAgentError::Communication { .. } => Answer::Error("communication"),
+        SledAgentError::UnexpectedResponse { .. } => Answer::Error("unexpected_response"),
+    }
+}
+
+fn optional_state_answer(sched: &Sched, r: Result<Option<SledVmmState>, &SledAgentError>) -> Answer {
+    match r {
+        Ok(Some(s)) => Answer::State(s.vmm_state.state, s.vmm_state.gen),
+        Ok(None) => Answer::NoState,
+        Err(e) => sled_error_answer(sched, e),
+    }
+}
+
+#[async_trait]
+impl<T: SledAgentApi> SledAgentApi for Gated<T> {
+    async fn vmm_register(
+        &self,
+        propolis_id: PropolisUuid,
+        body: InstanceEnsureBody,
+    ) -> Result<SledVmmState, SledAgentError> {
+        let rt = body.vmm_runtime;
+        let call = self.call(
+            CallKind::VmmRegister,
+            Component::SledAgent,
+            Some(propolis_id),
+            Arg::State(rt.state, rt.gen),
+        );
+        let sched = &self.sched;
+        sched
+            .gate(call, None, || self.inner.vmm_register(propolis_id, body), |r| state_answer(sched, r))
+            .await
+    }
+
+    async fn vmm_unregister(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<VmmUnregisterResponse, SledAgentError> {
+        let call = self.call(CallKind::VmmUnregister, Component::SledAgent, Some(propolis_id), Arg::None);
+        let sched = &self.sched;
+        sched
+            .gate(call, None, || self.inner.vmm_unregister(propolis_id), |r| {
+                optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime))
+            })
+            .await
+    }
+
+    async fn vmm_put_state(
+        &self,
+        propolis_id: PropolisUuid,
+        body: VmmPutStateBody,
+    ) -> Result<VmmPutStateResponse, SledAgentError> {
+        let call = self.call(
+            CallKind::VmmPutState,
+            Component::SledAgent,
+            Some(propolis_id),
+            Arg::Requested(body.state),
+        );
+        let sched = &self.sched;
+        sched
+            .gate(call, None, || self.inner.vmm_put_state(propolis_id, body), |r| {
+                optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime))
+            })
+            .await
+    }
+
+    async fn vmm_get_state(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<SledVmmState, SledAgentError> {
+        let call = self.call(CallKind::VmmGetState, Component::SledAgent, Some(propolis_id), Arg::None);
+        let sched = &self.sched;
+        sched
+            .gate(call, None, || self.inner.vmm_get_state(propolis_id), |r| state_answer(sched, r))
+            .await
+    }
+}
+
+#[async_trait]
+impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
+    async fn cpapi_instances_put(
+        &self,
+        propolis_id: PropolisUuid,
+        new_runtime_state: SledVmmState,
+    ) -> Result<(), NexusApiError> {
+        let s = new_runtime_state.vmm_state;
+        let call = self.call(
+            CallKind::CpapiInstancesPut,
+            Component::Nexus,
+            Some(propolis_id),
+            Arg::State(s.state, s.gen),
+        );
+        self.sched
+            .gate(
+                call,
+                None,
+                || self.inner.cpapi_instances_put(propolis_id, new_runtime_state),
+                |r| match r {
+                    Ok(()) => Answer::Ack,
+                    Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error("no_such_vmm"),
+                    Err(_) => Answer::Error("nexus_error"),
+                },
+            )
+            .await
+    }
+}
+
+#[async_trait]
+impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
+    async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
+        let call = self.call(CallKind::VmmList, Component::Datastore, None, Arg::None);
+        self.sched
+            .gate(call, None, || self.inner.vmm_list_for_watcher(), |r| match r {
+                Ok(rows) => Answer::Listed(
+                    rows.iter().map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen)).collect(),
+                ),
+                Err(_) => Answer::Error("datastore_error"),
+            })
+            .await
+    }
+
+    async fn vmm_update_runtime(
+        &self,
+        propolis_id: PropolisUuid,
+        new_state: SledVmmState,
+    ) -> Result<VmmWriteOutcome, DatastoreError> {
+        let s = new_state.vmm_state;
+        let call = self.call(
+            CallKind::VmmWrite,
+            Component::Datastore,
+            Some(propolis_id),
+            Arg::State(s.state, s.gen),
+        );
+        self.sched
+            .gate(call, None, || self.inner.vmm_update_runtime(propolis_id, new_state), |r| match r {
+                Ok(o) => Answer::Write { applied: o.updated },
+                Err(_) => Answer::Error("datastore_error"),
+            })
+            .await
+    }
+}

@@ -1,0 +1,376 @@
+//! The deterministic run harness: wires the real components through gates, runs
+//! the actors on one `LocalPool`, and lets a `Chooser` pick every release.
+//!
+//! Nothing here reads the wall clock or real randomness: ids come from Nexus's
+//! counter, timestamps from a `LogicalClock`, maps are `BTreeMap`s, and the order
+//! of events is exactly the order of releases, so a schedule fixes the run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use async_trait::async_trait;
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use nexus_stub::{
+    DeferredSpawner, DiskView, InstanceView, NexusConfig, NexusFaults, NexusStub, RestartPolicy,
+    UpdateOutcome,
+};
+use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
+use sled_agent_api::{
+    Clock, InstanceUuid, LogicalClock, NexusApiError, NexusInternalApi, PropolisUuid, SledUuid,
+    SledVmmState,
+};
+use slog::Logger;
+use watcher::{InstanceWatcher, PassCounts, WatcherFaults};
+
+pub mod gates;
+pub mod observe;
+pub mod sched;
+pub mod schedule;
+pub mod script;
+
+use gates::Gated;
+use observe::{Observer, Violation};
+use sched::{Answer, Arg, Call, CallKind, Component, Probes, Sched, Step, Tagged};
+use schedule::{ChoiceCtx, Chooser, ScheduleError};
+pub use script::{Progress, ScenarioKind};
+
+pub type Sim = SimSledAgent<Gated<Arc<LateNexus>>>;
+pub type Nexus = NexusStub<Gated<Arc<Sim>>>;
+pub type Watcher = InstanceWatcher<Gated<Arc<Nexus>>, Gated<Arc<Sim>>>;
+
+/// The one sled of every run.
+pub const SLED: SledUuid = SledUuid::from_u128(0x5_0000_0000_0000_0000_0000_0001);
+
+/// The sim's way to Nexus, bound once Nexus exists. It holds Nexus weakly, so the
+/// sim -> Nexus -> sim ownership loop never forms and each run frees everything.
+#[derive(Debug, Default)]
+pub struct LateNexus {
+    nexus: OnceLock<Weak<Nexus>>,
+}
+
+#[async_trait]
+impl NexusInternalApi for LateNexus {
+    async fn cpapi_instances_put(
+        &self,
+        propolis_id: PropolisUuid,
+        new_runtime_state: SledVmmState,
+    ) -> Result<(), NexusApiError> {
+        let Some(nexus) = self.nexus.get().and_then(Weak::upgrade) else {
+            return Err(NexusApiError::Communication {
+                operation: "cpapi_instances_put",
+                source: "Nexus is not running".into(),
+            });
+        };
+        nexus.cpapi_instances_put(propolis_id, new_runtime_state).await
+    }
+}
+
+/// A known bug seeded into the clean model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Inject {
+    NoGenerationCheck,
+    WatcherListsTerminal,
+    WatcherSkipsGeneration,
+}
+
+impl Inject {
+    pub const ALL: [Inject; 3] =
+        [Inject::NoGenerationCheck, Inject::WatcherListsTerminal, Inject::WatcherSkipsGeneration];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Inject::NoGenerationCheck => "no-generation-check",
+            Inject::WatcherListsTerminal => "watcher-lists-terminal",
+            Inject::WatcherSkipsGeneration => "watcher-skips-generation",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub scenario: ScenarioKind,
+    pub ordering: RemovalOrdering,
+    pub restart_policy: RestartPolicy,
+    pub watcher_passes: usize,
+    pub restart_passes: usize,
+    pub max_steps: usize,
+    pub inject: Option<Inject>,
+    pub log: Logger,
+}
+
+impl RunConfig {
+    pub fn new(log: Logger) -> Self {
+        RunConfig {
+            scenario: ScenarioKind::DiskMove,
+            ordering: RemovalOrdering::PublishThenRemove,
+            restart_policy: RestartPolicy::Current,
+            watcher_passes: 2,
+            restart_passes: 1,
+            max_steps: 400,
+            inject: None,
+            log,
+        }
+    }
+}
+
+/// How a run stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every actor finished.
+    Finished,
+    /// Actors are left but none can be released; their names.
+    Deadlock(Vec<String>),
+    /// The step bound was reached.
+    StepBound(usize),
+}
+
+/// One run's components, wired.
+pub struct World {
+    pub sched: Arc<Sched>,
+    pub nexus: Arc<Nexus>,
+    pub sim: Arc<Sim>,
+    progress: Arc<Mutex<Progress>>,
+    spawner: Arc<DeferredSpawner>,
+    watcher_counts: Arc<Mutex<Vec<PassCounts>>>,
+}
+
+impl fmt::Debug for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("World").field("sched", &self.sched).finish_non_exhaustive()
+    }
+}
+
+/// Display names: instances by name, VMMs as `inst1/vmm1`.
+#[derive(Debug, Default)]
+pub struct Names {
+    instances: BTreeMap<InstanceUuid, String>,
+    vmms: BTreeMap<PropolisUuid, String>,
+}
+
+impl Names {
+    pub fn vmm(&self, id: PropolisUuid) -> String {
+        self.vmms.get(&id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
+    pub fn instance(&self, id: InstanceUuid) -> String {
+        self.instances.get(&id).cloned().unwrap_or_else(|| id.to_string())
+    }
+}
+
+impl World {
+    fn build(config: &RunConfig) -> Result<World, RunError> {
+        let log = &config.log;
+        let sched = Sched::new();
+        let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
+        let late = Arc::new(LateNexus::default());
+        let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
+        let to_nexus = Gated::new(Arc::clone(&late), &sched, Component::SledAgent);
+        let sim = SimSledAgent::new(log, SLED, sim_config, to_nexus, Arc::clone(&clock))
+            .map_err(RunError::Setup)?;
+        let spawner = Arc::new(DeferredSpawner::default());
+        let nexus_config = NexusConfig {
+            restart_policy: config.restart_policy,
+            faults: NexusFaults {
+                skip_generation_check: config.inject == Some(Inject::NoGenerationCheck),
+                list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
+            },
+            ..NexusConfig::default()
+        };
+        let sleds = BTreeMap::from([(SLED, Gated::new(Arc::clone(&sim), &sched, Component::Nexus))]);
+        let nexus = NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
+        // Set once on a fresh cell; a failure would only mean it was already bound.
+        let _ = late.nexus.set(Arc::downgrade(&nexus));
+        let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
+        sched.set_probes(Probes {
+            vmm: Box::new(move |vmm| w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))),
+            writes: Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len())),
+        });
+        Ok(World {
+            sched,
+            nexus,
+            sim,
+            progress: Arc::default(),
+            spawner,
+            watcher_counts: Arc::default(),
+        })
+    }
+
+    fn watcher(&self, config: &RunConfig, clock: Arc<dyn Clock>) -> Watcher {
+        let ds = Gated::new(Arc::clone(&self.nexus), &self.sched, Component::Watcher);
+        let sleds = BTreeMap::from([(SLED, Gated::new(Arc::clone(&self.sim), &self.sched, Component::Watcher))]);
+        let faults = WatcherFaults { skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration) };
+        InstanceWatcher::new(&config.log, ds, sleds, clock).with_faults(faults)
+    }
+
+    pub fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn names(&self) -> Names {
+        let mut names = Names::default();
+        for (name, id) in &self.progress().instances {
+            names.instances.insert(*id, name.clone());
+        }
+        let mut per_instance: BTreeMap<InstanceUuid, usize> = BTreeMap::new();
+        for v in self.nexus.vmms() {
+            let n = per_instance.entry(v.instance_id).or_default();
+            *n += 1;
+            let inst = names.instance(v.instance_id);
+            names.vmms.insert(v.id, format!("{inst}/vmm{n}"));
+        }
+        names
+    }
+
+    /// Starts each update step Nexus queued as its own actor. Returns how many.
+    fn spawn_updates(&self, pool: &LocalPool) -> usize {
+        let queued = self.spawner.take();
+        let n = queued.len();
+        for (instance_id, task) in queued {
+            let name = format!("update{}", self.sched.actor_names().iter().filter(|a| a.starts_with("update")).count() + 1);
+            let id = self.sched.add_actor(name);
+            let sched = Arc::clone(&self.sched);
+            let call = Call {
+                kind: CallKind::InstanceUpdate,
+                from: Component::UpdateStep,
+                to: Component::Datastore,
+                vmm: None,
+                arg: Arg::Instance(instance_id),
+            };
+            let fut = async move {
+                // The outcome, error included, is recorded as the step's answer.
+                let _ = sched
+                    .gate(call, None, || task, |r| {
+                        Answer::Updated(match r {
+                            Ok(UpdateOutcome::Stopped { .. }) => "instance_stopped",
+                            Ok(UpdateOutcome::Failed { .. }) => "instance_failed",
+                            Ok(UpdateOutcome::NothingToDo) => "nothing_to_do",
+                            Err(_) => "error",
+                        })
+                    })
+                    .await;
+            };
+            spawn(pool, id, &self.sched, Box::pin(fut));
+        }
+        n
+    }
+}
+
+type ActorFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+fn spawn(pool: &LocalPool, id: usize, sched: &Arc<Sched>, fut: ActorFuture) {
+    if let Err(e) = pool.spawner().spawn_local(Tagged::new(id, Arc::clone(sched), fut)) {
+        // A LocalPool only refuses once shut down, which this harness never does.
+        sched.record_error(format!("spawning actor {id}: {e}"));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("building the simulated sled agent failed")]
+    Setup(#[source] sim_sled_agent::SimError),
+}
+
+/// Everything a run produced, read from state once it ended.
+#[derive(Debug)]
+pub struct RunResult {
+    pub end: RunEnd,
+    pub steps: Vec<Step>,
+    pub actor_names: Vec<String>,
+    pub violations: Vec<Violation>,
+    pub instances: Vec<InstanceView>,
+    pub disk: Option<DiskView>,
+    pub watcher: Vec<PassCounts>,
+    pub names: Names,
+    pub scenario_outcome: Option<Result<(), String>>,
+    pub harness_errors: Vec<String>,
+    /// Nexus's VMM write log; `Step::writes_from` indexes into it.
+    pub writes: Vec<nexus_stub::VmmWrite>,
+}
+
+impl RunResult {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.harness_errors.is_empty()
+    }
+
+    pub fn replay(&self) -> String {
+        schedule::replay_string(&self.steps, &self.actor_names)
+    }
+}
+
+/// Runs one schedule from scratch.
+pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, RunError> {
+    let world = World::build(config)?;
+    let mut pool = LocalPool::new();
+    let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
+
+    let scenario_id = world.sched.add_actor("scenario".into());
+    let fut = script::scenario(
+        config.scenario,
+        Arc::clone(&world.nexus),
+        Arc::clone(&world.sim),
+        Arc::clone(&world.sched),
+        Arc::clone(&world.progress),
+    );
+    spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
+    let watcher_id = world.sched.add_actor("watcher".into());
+    let fut = script::watcher(world.watcher(config, clock), config.watcher_passes, Arc::clone(&world.watcher_counts));
+    spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
+    let restart_id = world.sched.add_actor("restart".into());
+    let fut = script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
+    spawn(&pool, restart_id, &world.sched, Box::pin(fut));
+
+    let mut observer = Observer::default();
+    let end = loop {
+        pool.run_until_stalled();
+        if world.spawn_updates(&pool) > 0 {
+            continue;
+        }
+        observer.check(&world);
+        let enabled = world.sched.enabled();
+        if enabled.is_empty() {
+            break if world.sched.all_done() {
+                RunEnd::Finished
+            } else {
+                RunEnd::Deadlock(world.sched.unfinished())
+            };
+        }
+        let step = world.sched.steps_len();
+        if step >= config.max_steps {
+            break RunEnd::StepBound(config.max_steps);
+        }
+        let actor_names = world.sched.actor_names();
+        let ctx = ChoiceCtx { step, enabled: &enabled, actor_names: &actor_names, world: &world };
+        let pick = chooser.choose(&ctx)?;
+        let Some(choice) = enabled.get(pick) else {
+            return Err(RunError::Schedule(ScheduleError::Mismatch {
+                step: step + 1,
+                index: pick,
+                wanted: format!("choice {pick}"),
+                enabled: format!("{} choices", enabled.len()),
+            }));
+        };
+        world.sched.release(choice.ticket);
+    };
+    chooser.finish(world.sched.steps_len())?;
+    observer.finish(&world, &end, config.scenario);
+    let disk = world.progress().disk.and_then(|d| world.nexus.disk(d).ok());
+    let scenario_outcome = world.progress().outcome.clone();
+    let watcher = world.watcher_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(RunResult {
+        end,
+        steps: world.sched.steps(),
+        actor_names: world.sched.actor_names(),
+        violations: observer.violations().to_vec(),
+        instances: world.nexus.instances(),
+        disk,
+        watcher,
+        names: world.names(),
+        scenario_outcome,
+        harness_errors: world.sched.errors(),
+        writes: world.nexus.vmm_writes(),
+    })
+}

@@ -1,0 +1,432 @@
+//! The scheduler's half of every gate: parked calls, their release in a chosen
+//! order, and the log of steps that results.
+//!
+//! A gate parks its caller until the scheduler releases it. Actors are tasks on one
+//! `LocalPool`; the pool's `run_until_stalled` returns exactly when every actor is
+//! parked at a gate or done, which is when the scheduler picks the next release.
+//! Which actor is calling is read from a thread-local that the actor's wrapper
+//! future sets while it is polled, so gates need no actor argument and the
+//! components' code is unchanged.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use nexus_stub::{DbVmmState, ExternalState};
+use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState, VmmStateRequested};
+
+pub type ActorId = usize;
+
+thread_local! {
+    static CURRENT: Cell<Option<ActorId>> = const { Cell::new(None) };
+}
+
+/// Who is on either side of a call, for the step log and the sequence diagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Scenario,
+    Nexus,
+    Datastore,
+    Watcher,
+    UpdateStep,
+    SledAgent,
+}
+
+impl Component {
+    pub const ALL: [Component; 6] = [
+        Component::Scenario,
+        Component::Nexus,
+        Component::Datastore,
+        Component::Watcher,
+        Component::UpdateStep,
+        Component::SledAgent,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Component::Scenario => "scenario",
+            Component::Nexus => "nexus",
+            Component::Datastore => "datastore",
+            Component::Watcher => "watcher",
+            Component::UpdateStep => "update-step",
+            Component::SledAgent => "sled-agent",
+        }
+    }
+}
+
+/// The kinds of gated call; their labels are what replay strings are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    VmmRegister,
+    VmmUnregister,
+    VmmPutState,
+    VmmGetState,
+    CpapiInstancesPut,
+    VmmList,
+    VmmWrite,
+    InstanceUpdate,
+    Reincarnation,
+    WaitForState,
+}
+
+impl CallKind {
+    pub const ALL: [CallKind; 10] = [
+        CallKind::VmmRegister,
+        CallKind::VmmUnregister,
+        CallKind::VmmPutState,
+        CallKind::VmmGetState,
+        CallKind::CpapiInstancesPut,
+        CallKind::VmmList,
+        CallKind::VmmWrite,
+        CallKind::InstanceUpdate,
+        CallKind::Reincarnation,
+        CallKind::WaitForState,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            CallKind::VmmRegister => "vmm_register",
+            CallKind::VmmUnregister => "vmm_unregister",
+            CallKind::VmmPutState => "vmm_put_state",
+            CallKind::VmmGetState => "vmm_get_state",
+            CallKind::CpapiInstancesPut => "cpapi_instances_put",
+            CallKind::VmmList => "vmm_list",
+            CallKind::VmmWrite => "vmm_write",
+            CallKind::InstanceUpdate => "instance_update",
+            CallKind::Reincarnation => "reincarnation",
+            CallKind::WaitForState => "wait_for_state",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<CallKind> {
+        CallKind::ALL.into_iter().find(|k| k.label() == s)
+    }
+}
+
+/// A call's argument, kept structured so the hot path formats nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    None,
+    Requested(VmmStateRequested),
+    State(VmmState, Generation),
+    Instance(InstanceUuid),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Call {
+    pub kind: CallKind,
+    pub from: Component,
+    pub to: Component,
+    pub vmm: Option<PropolisUuid>,
+    pub arg: Arg,
+}
+
+/// What a gated call answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// Released, not yet answered (or still running when the run ended).
+    Pending,
+    State(VmmState, Generation),
+    /// A put-state or unregister that returned no state.
+    NoState,
+    /// `NoSuchVmm`, with what Nexus held for the VMM at that instant.
+    Gone { nexus_had: Option<(DbVmmState, Generation)> },
+    /// Another error, by kind.
+    Error(&'static str),
+    Ack,
+    Write { applied: bool },
+    Listed(Vec<(PropolisUuid, VmmState, Generation)>),
+    Updated(&'static str),
+    Candidates(usize),
+    Waited(ExternalState),
+}
+
+impl Answer {
+    /// The generation the answer carries, for the step table.
+    pub fn gen(&self) -> Option<Generation> {
+        match self {
+            Answer::State(_, g) => Some(*g),
+            _ => None,
+        }
+    }
+}
+
+/// One released call: the unit of a schedule.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub actor: ActorId,
+    pub call: Call,
+    pub answer: Answer,
+    /// Length of Nexus's write log when the step was released. A step runs
+    /// atomically, so the writes it caused are those up to the next step's mark.
+    pub writes_from: usize,
+}
+
+/// A parked call the scheduler may release now.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice {
+    pub ticket: u64,
+    pub actor: ActorId,
+    pub call: Call,
+}
+
+/// A condition a parked call waits for before it may be released.
+pub type WaitPred = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Read-only views of Nexus the scheduler takes at the instant something happens.
+pub struct Probes {
+    /// What Nexus stores for a VMM (taken when `NoSuchVmm` is answered).
+    pub vmm: Box<dyn Fn(PropolisUuid) -> Option<(DbVmmState, Generation)> + Send + Sync>,
+    /// How many VMM writes Nexus has logged (taken at every release).
+    pub writes: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+struct Parked {
+    ticket: u64,
+    actor: ActorId,
+    call: Call,
+    /// The step index once released.
+    released: Option<usize>,
+    waker: Option<Waker>,
+    wait: Option<WaitPred>,
+}
+
+#[derive(Debug)]
+struct ActorInfo {
+    name: String,
+    done: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    actors: Vec<ActorInfo>,
+    parked: Vec<Parked>,
+    steps: Vec<Step>,
+    errors: Vec<String>,
+    next_ticket: u64,
+}
+
+#[derive(Default)]
+pub struct Sched {
+    inner: Mutex<Inner>,
+    probes: OnceLock<Probes>,
+}
+
+impl fmt::Debug for Sched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.lock();
+        f.debug_struct("Sched")
+            .field("actors", &g.actors)
+            .field("parked", &g.parked.len())
+            .field("steps", &g.steps.len())
+            .finish()
+    }
+}
+
+impl Sched {
+    pub fn new() -> Arc<Sched> {
+        Arc::new(Sched::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_probes(&self, probes: Probes) {
+        // Set once per run, right after Nexus exists; a second call is a harness bug.
+        if self.probes.set(probes).is_err() {
+            self.record_error("probes set twice".into());
+        }
+    }
+
+    /// A fault of the harness itself; it fails the run.
+    pub fn record_error(&self, msg: String) {
+        self.lock().errors.push(msg);
+    }
+
+    pub fn add_actor(&self, name: String) -> ActorId {
+        let mut g = self.lock();
+        g.actors.push(ActorInfo { name, done: false });
+        g.actors.len() - 1
+    }
+
+    pub fn actor_name(&self, id: ActorId) -> String {
+        self.lock().actors.get(id).map_or_else(|| format!("actor{id}"), |a| a.name.clone())
+    }
+
+    pub fn actor_names(&self) -> Vec<String> {
+        self.lock().actors.iter().map(|a| a.name.clone()).collect()
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.lock().actors.iter().all(|a| a.done)
+    }
+
+    /// Actors still running (parked or blocked), by name.
+    pub fn unfinished(&self) -> Vec<String> {
+        self.lock().actors.iter().filter(|a| !a.done).map(|a| a.name.clone()).collect()
+    }
+
+    fn actor_done(&self, id: ActorId) {
+        if let Some(a) = self.lock().actors.get_mut(id) {
+            a.done = true;
+        }
+    }
+
+    pub fn steps_len(&self) -> usize {
+        self.lock().steps.len()
+    }
+
+    pub fn steps(&self) -> Vec<Step> {
+        self.lock().steps.clone()
+    }
+
+    pub fn steps_since(&self, from: usize) -> Vec<Step> {
+        self.lock().steps.get(from..).map(<[Step]>::to_vec).unwrap_or_default()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.lock().errors.clone()
+    }
+
+    /// Calls parked and not yet released, whether or not they may go now.
+    pub fn parked_calls(&self) -> Vec<(ActorId, Call)> {
+        self.lock().parked.iter().filter(|p| p.released.is_none()).map(|p| (p.actor, p.call)).collect()
+    }
+
+    /// The parked calls that may be released now, in actor order.
+    pub fn enabled(&self) -> Vec<Choice> {
+        let g = self.lock();
+        let mut out: Vec<Choice> = g
+            .parked
+            .iter()
+            .filter(|p| p.released.is_none() && p.wait.as_ref().is_none_or(|w| w()))
+            .map(|p| Choice { ticket: p.ticket, actor: p.actor, call: p.call })
+            .collect();
+        out.sort_by_key(|c| (c.actor, c.ticket));
+        out
+    }
+
+    /// Lets one parked call go; it becomes the next step.
+    pub fn release(&self, ticket: u64) {
+        let writes_from = self.probes.get().map_or(0, |p| (p.writes)());
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(p) = g.parked.iter_mut().find(|p| p.ticket == ticket && p.released.is_none())
+        else {
+            g.errors.push(format!("release of unknown ticket {ticket}"));
+            return;
+        };
+        g.steps.push(Step { actor: p.actor, call: p.call, answer: Answer::Pending, writes_from });
+        p.released = Some(g.steps.len() - 1);
+        if let Some(w) = p.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn park(&self, actor: ActorId, call: Call, wait: Option<WaitPred>) -> u64 {
+        let mut g = self.lock();
+        g.next_ticket += 1;
+        let ticket = g.next_ticket;
+        g.parked.push(Parked { ticket, actor, call, released: None, waker: None, wait });
+        ticket
+    }
+
+    fn complete(&self, step: usize, answer: Answer) {
+        let mut g = self.lock();
+        match g.steps.get_mut(step) {
+            Some(s) => s.answer = answer,
+            None => g.errors.push(format!("completion of unknown step {step}")),
+        }
+    }
+
+    /// What Nexus holds for a VMM right now (for `Answer::Gone`).
+    pub fn probe(&self, vmm: PropolisUuid) -> Option<(DbVmmState, Generation)> {
+        self.probes.get().and_then(|p| (p.vmm)(vmm))
+    }
+
+    /// Parks the calling actor until released (and, with `wait`, until the condition
+    /// holds), then runs the call and records its answer.
+    pub async fn gate<T, Fut>(
+        self: &Arc<Self>,
+        call: Call,
+        wait: Option<WaitPred>,
+        run: impl FnOnce() -> Fut,
+        describe: impl FnOnce(&T) -> Answer,
+    ) -> T
+    where
+        Fut: Future<Output = T>,
+    {
+        let Some(actor) = CURRENT.with(Cell::get) else {
+            // Only reachable if a component spawns work outside the harness's actors;
+            // the run is then not deterministic, so it is recorded as a harness error.
+            self.record_error(format!("{} called outside any actor", call.kind.label()));
+            return run().await;
+        };
+        let ticket = self.park(actor, call, wait);
+        let step = Admission { sched: Arc::clone(self), ticket }.await;
+        let out = run().await;
+        if let Some(step) = step {
+            self.complete(step, describe(&out));
+        }
+        out
+    }
+}
+
+/// Resolves when the scheduler has released the ticket, to the step index.
+struct Admission {
+    sched: Arc<Sched>,
+    ticket: u64,
+}
+
+impl Future for Admission {
+    type Output = Option<usize>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        let mut g = self.sched.lock();
+        let Some(pos) = g.parked.iter().position(|p| p.ticket == self.ticket) else {
+            g.errors.push(format!("ticket {} vanished", self.ticket));
+            return Poll::Ready(None);
+        };
+        match g.parked[pos].released {
+            Some(step) => {
+                g.parked.remove(pos);
+                Poll::Ready(Some(step))
+            }
+            None => {
+                g.parked[pos].waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// An actor's future, tagged with its id while it is polled.
+pub struct Tagged {
+    id: ActorId,
+    sched: Arc<Sched>,
+    inner: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl Tagged {
+    pub fn new(id: ActorId, sched: Arc<Sched>, inner: Pin<Box<dyn Future<Output = ()>>>) -> Self {
+        Tagged { id, sched, inner }
+    }
+}
+
+impl Future for Tagged {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let prev = CURRENT.with(|c| c.replace(Some(self.id)));
+        let r = self.inner.as_mut().poll(cx);
+        CURRENT.with(|c| c.set(prev));
+        if r.is_ready() {
+            self.sched.actor_done(self.id);
+        }
+        r
+    }
+}

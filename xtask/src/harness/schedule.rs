@@ -1,0 +1,355 @@
+//! Schedules: who picks the next parked call to release. Two named policies
+//! (`happy`, `seed-7282`) and replay strings, which name every step as
+//! `actor.call` (with `*N` for N in a row) and re-run exactly one schedule.
+
+use std::fmt;
+
+use nexus_stub::DbVmmState;
+use sled_agent_api::VmmState;
+
+use super::sched::{Answer, Arg, CallKind, Choice, Step};
+use super::World;
+
+/// What a chooser sees when it picks.
+pub struct ChoiceCtx<'a> {
+    /// How many steps ran before this one.
+    pub step: usize,
+    pub enabled: &'a [Choice],
+    pub actor_names: &'a [String],
+    pub world: &'a World,
+}
+
+impl ChoiceCtx<'_> {
+    fn name(&self, c: &Choice) -> &str {
+        self.actor_names.get(c.actor).map_or("?", String::as_str)
+    }
+
+    fn token(&self, c: &Choice) -> String {
+        format!("{}.{}", self.name(c), c.call.kind.label())
+    }
+}
+
+pub trait Chooser {
+    /// Index into `ctx.enabled` of the call to release next.
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError>;
+
+    /// Called once the run ends after `steps` steps.
+    fn finish(&mut self, _steps: usize) -> Result<(), ScheduleError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("malformed replay string at token {index} (character {offset}, {token:?}): {reason}")]
+    Malformed { index: usize, offset: usize, token: String, reason: String },
+
+    #[error("replay stopped matching at step {step} (token {index}): it says {wanted}, but the run can only do {enabled}")]
+    Mismatch { step: usize, index: usize, wanted: String, enabled: String },
+
+    #[error("replay ended at step {step}, but the run can still do {enabled}")]
+    TooShort { step: usize, enabled: String },
+
+    #[error("the run finished after {steps} steps, but the replay has {left} more")]
+    TooLong { steps: usize, left: usize },
+}
+
+/// Scheduling priority of an actor under the named policies: the scenario first,
+/// then the update steps it waits for, then background tasks.
+fn priority(name: &str) -> u8 {
+    if name == "scenario" {
+        0
+    } else if name.starts_with("update") {
+        1
+    } else if name == "restart" {
+        2
+    } else {
+        3
+    }
+}
+
+fn by_priority(ctx: &ChoiceCtx<'_>, skip_watcher: bool) -> Option<usize> {
+    ctx.enabled
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !(skip_watcher && ctx.name(c) == "watcher"))
+        .min_by_key(|(_, c)| (priority(ctx.name(c)), c.actor))
+        .map(|(i, _)| i)
+}
+
+/// The watcher and auto-restart go only when nothing else can: they never interfere.
+#[derive(Debug, Default)]
+pub struct Happy;
+
+impl Chooser for Happy {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
+        Ok(by_priority(ctx, false).unwrap_or(0))
+    }
+}
+
+/// The interleaving in the #7282 log: the watcher lists the VMM at Stopping/6; its
+/// get-state lands once the sim has reached Destroyed/7 and is reporting it, before
+/// Nexus commits that report; and its write goes before the report.
+#[derive(Debug, Default)]
+pub struct Seed7282 {
+    phase: Phase,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    WaitForGen6,
+    WaitForDestroyedReport,
+    WatcherWrites,
+    Done,
+}
+
+impl Seed7282 {
+    fn watcher(ctx: &ChoiceCtx<'_>, kind: CallKind) -> Option<usize> {
+        ctx.enabled.iter().position(|c| ctx.name(c) == "watcher" && c.call.kind == kind)
+    }
+}
+
+impl Chooser for Seed7282 {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
+        match self.phase {
+            Phase::WaitForGen6 => {
+                let at_gen_6 = ctx.world.nexus.vmms().iter().any(|v| {
+                    !v.deleted
+                        && v.state == DbVmmState::Reported(VmmState::Stopping)
+                        && v.gen.as_u64() == 6
+                });
+                if let (true, Some(i)) = (at_gen_6, Self::watcher(ctx, CallKind::VmmList)) {
+                    self.phase = Phase::WaitForDestroyedReport;
+                    return Ok(i);
+                }
+            }
+            Phase::WaitForDestroyedReport => {
+                let reporting_destroyed = ctx.world.sched.parked_calls().iter().any(|(_, c)| {
+                    c.kind == CallKind::CpapiInstancesPut
+                        && matches!(c.arg, Arg::State(VmmState::Destroyed, _))
+                });
+                if let (true, Some(i)) =
+                    (reporting_destroyed, Self::watcher(ctx, CallKind::VmmGetState))
+                {
+                    self.phase = Phase::WatcherWrites;
+                    return Ok(i);
+                }
+                return Ok(by_priority(ctx, true).unwrap_or(0));
+            }
+            Phase::WatcherWrites => {
+                self.phase = Phase::Done;
+                if let Some(i) = Self::watcher(ctx, CallKind::VmmWrite) {
+                    return Ok(i);
+                }
+            }
+            Phase::Done => {
+                // As in the bug report: once the instance has failed, auto-restart
+                // gets to it before the test looks again.
+                if !ctx.world.nexus.restart_candidates().is_empty() {
+                    if let Some(i) = ctx.enabled.iter().position(|c| ctx.name(c) == "restart") {
+                        return Ok(i);
+                    }
+                }
+            }
+        }
+        Ok(by_priority(ctx, self.phase != Phase::Done).unwrap_or(0))
+    }
+}
+
+/// One step of a replay string: `actor.call`, repeated `count` times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Token {
+    actor: String,
+    call: CallKind,
+    count: usize,
+}
+
+/// Re-runs the schedule a replay string names, failing where it stops matching.
+#[derive(Debug)]
+pub struct Replay {
+    tokens: Vec<Token>,
+    /// Position: token index and repetitions of it used.
+    index: usize,
+    used: usize,
+}
+
+fn valid_actor(name: &str) -> bool {
+    matches!(name, "scenario" | "watcher" | "restart")
+        || name
+            .strip_prefix("update")
+            .is_some_and(|n| !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Replay {
+    pub fn parse(s: &str) -> Result<Replay, ScheduleError> {
+        let mut tokens = Vec::new();
+        let mut offset = 0;
+        for (index, raw) in s.split(' ').enumerate() {
+            let here = offset;
+            offset += raw.len() + 1;
+            let bad = |reason: &str| ScheduleError::Malformed {
+                index: index + 1,
+                offset: here,
+                token: raw.to_string(),
+                reason: reason.to_string(),
+            };
+            if raw.is_empty() {
+                return Err(bad("empty token (steps are separated by single spaces)"));
+            }
+            let (body, count) = match raw.split_once('*') {
+                Some((body, n)) => {
+                    let count = n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&c| c > 0)
+                        .ok_or_else(|| bad("a repeat count after '*' must be a whole number above 0"))?;
+                    (body, count)
+                }
+                None => (raw, 1),
+            };
+            let (actor, call) =
+                body.split_once('.').ok_or_else(|| bad("expected actor.call, e.g. watcher.vmm_get_state"))?;
+            if !valid_actor(actor) {
+                return Err(bad("unknown actor (scenario, watcher, restart, update1, update2, ...)"));
+            }
+            let call = CallKind::from_label(call).ok_or_else(|| {
+                let known: Vec<_> = CallKind::ALL.iter().map(|k| k.label()).collect();
+                bad(&format!("unknown call; known calls: {}", known.join(", ")))
+            })?;
+            tokens.push(Token { actor: actor.to_string(), call, count });
+        }
+        Ok(Replay { tokens, index: 0, used: 0 })
+    }
+}
+
+fn enabled_list(ctx: &ChoiceCtx<'_>) -> String {
+    let v: Vec<_> = ctx.enabled.iter().map(|c| ctx.token(c)).collect();
+    v.join(", ")
+}
+
+impl Chooser for Replay {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
+        let Some(tok) = self.tokens.get(self.index) else {
+            return Err(ScheduleError::TooShort { step: ctx.step + 1, enabled: enabled_list(ctx) });
+        };
+        let found = ctx.enabled.iter().position(|c| ctx.name(c) == tok.actor && c.call.kind == tok.call);
+        let Some(i) = found else {
+            return Err(ScheduleError::Mismatch {
+                step: ctx.step + 1,
+                index: self.index + 1,
+                wanted: format!("{}.{}", tok.actor, tok.call.label()),
+                enabled: enabled_list(ctx),
+            });
+        };
+        self.used += 1;
+        if self.used == tok.count {
+            self.index += 1;
+            self.used = 0;
+        }
+        Ok(i)
+    }
+
+    fn finish(&mut self, steps: usize) -> Result<(), ScheduleError> {
+        let left: usize = self.tokens.iter().skip(self.index).map(|t| t.count).sum::<usize>() - self.used;
+        if left > 0 {
+            return Err(ScheduleError::TooLong { steps, left });
+        }
+        Ok(())
+    }
+}
+
+/// The replay string of a run: every step, runs of the same token folded as `*N`.
+pub fn replay_string(steps: &[Step], actor_names: &[String]) -> String {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for s in steps {
+        let name = actor_names.get(s.actor).map_or("?", String::as_str);
+        let tok = format!("{name}.{}", s.call.kind.label());
+        match out.last_mut() {
+            Some((last, n)) if *last == tok => *n += 1,
+            _ => out.push((tok, 1)),
+        }
+    }
+    let parts: Vec<String> = out
+        .into_iter()
+        .map(|(t, n)| if n == 1 { t } else { format!("{t}*{n}") })
+        .collect();
+    parts.join(" ")
+}
+
+/// The schedules a user can name on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleSpec {
+    Happy,
+    Seed7282,
+    Replay(String),
+}
+
+impl ScheduleSpec {
+    /// A named schedule, or else a replay string (checked now, so a malformed one is
+    /// reported before anything runs).
+    pub fn parse(s: &str) -> Result<ScheduleSpec, ScheduleError> {
+        match s {
+            "happy" => Ok(ScheduleSpec::Happy),
+            "seed-7282" => Ok(ScheduleSpec::Seed7282),
+            other => Replay::parse(other).map(|_| ScheduleSpec::Replay(other.to_string())),
+        }
+    }
+
+    pub fn chooser(&self) -> Result<Box<dyn Chooser>, ScheduleError> {
+        Ok(match self {
+            ScheduleSpec::Happy => Box::new(Happy),
+            ScheduleSpec::Seed7282 => Box::<Seed7282>::default(),
+            ScheduleSpec::Replay(s) => Box::new(Replay::parse(s)?),
+        })
+    }
+}
+
+impl fmt::Display for ScheduleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleSpec::Happy => f.write_str("happy"),
+            ScheduleSpec::Seed7282 => f.write_str("seed-7282"),
+            ScheduleSpec::Replay(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Whether a step's answer was the watcher being told a VMM is gone.
+pub fn is_gone(step: &Step) -> bool {
+    matches!(step.answer, Answer::Gone { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_malformed(s: &str, index: usize, reason_part: &str) {
+        match Replay::parse(s) {
+            Err(ScheduleError::Malformed { index: i, reason, .. }) => {
+                assert_eq!(i, index, "{s}");
+                assert!(reason.contains(reason_part), "{s}: {reason}");
+            }
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_strings_say_where() {
+        check_malformed("not a schedule ###", 1, "actor.call");
+        check_malformed("scenario.vmm_register  watcher.vmm_list", 2, "empty token");
+        check_malformed("scenario.vmm_register watcher.bogus", 2, "unknown call");
+        check_malformed("sim.vmm_register", 1, "unknown actor");
+        check_malformed("update0.instance_update", 1, "unknown actor");
+        check_malformed("scenario.vmm_register*0", 1, "repeat count");
+        check_malformed("scenario.vmm_register*x", 1, "repeat count");
+    }
+
+    #[test]
+    fn well_formed_strings_parse_with_counts() {
+        let r = Replay::parse("scenario.vmm_register update12.instance_update*3").expect("parses");
+        assert_eq!(r.tokens.len(), 2);
+        assert_eq!(r.tokens[1].count, 3);
+        assert_eq!(r.tokens[1].actor, "update12");
+    }
+}

@@ -1,0 +1,228 @@
+//! The actors' scripts: the scenario (the omicron test's steps), the watcher, and
+//! auto-restart. Each runs real component code; only the gates are the harness's.
+
+use std::sync::{Arc, Mutex};
+
+use nexus_stub::{DiskState, DiskView, ExternalState, NexusError};
+use sim_sled_agent::PokeMode;
+use sled_agent_api::{DiskUuid, InstanceUuid};
+
+use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
+use super::{Nexus, Sim, Watcher};
+
+/// Which scenario to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ScenarioKind {
+    /// omicron's `test_disk_move_between_instances`, up to the disk sitting on
+    /// instance 2.
+    #[default]
+    DiskMove,
+    /// One instance started and stopped: the smallest case of #7282.
+    StopRace,
+}
+
+impl ScenarioKind {
+    pub const fn label(self) -> &'static str {
+        match self {
+            ScenarioKind::DiskMove => "disk-move",
+            ScenarioKind::StopRace => "stop-race",
+        }
+    }
+}
+
+/// What the scenario did, for the observer and the report.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Instances the scenario created, by name, in order.
+    pub instances: Vec<(String, InstanceUuid)>,
+    /// Instances the user stopped: they must end Stopped.
+    pub stopped: Vec<InstanceUuid>,
+    pub disk: Option<DiskUuid>,
+    /// `None` while running (or stuck); the failure message if a step failed.
+    pub outcome: Option<Result<(), String>>,
+}
+
+/// A scenario step that did not go as the real test expects.
+#[derive(Debug, thiserror::Error)]
+pub enum StepFailed {
+    #[error("{step}: {source}")]
+    Nexus {
+        step: String,
+        #[source]
+        source: NexusError,
+    },
+    #[error("{step}: expected {expected}, got {got}")]
+    Unexpected { step: String, expected: String, got: String },
+    #[error("{step}: the sim could not finish the transitions")]
+    Sim {
+        step: String,
+        #[source]
+        source: sim_sled_agent::SimError,
+    },
+}
+
+struct Ctx {
+    nexus: Arc<Nexus>,
+    sim: Arc<Sim>,
+    sched: Arc<Sched>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl Ctx {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create, start, stop, finish the sim's transitions, wait for the instance to
+    /// settle: the test's `instance_simulate` + `instance_wait_for_state(Stopped)`.
+    async fn create_and_stop(&self, name: &str) -> Result<InstanceUuid, StepFailed> {
+        let nexus_err = |step: &str| {
+            let step = format!("{step} {name}");
+            move |source| StepFailed::Nexus { step, source }
+        };
+        let view = self.nexus.instance_create(name, true).await.map_err(nexus_err("create"))?;
+        self.progress().instances.push((name.to_string(), view.id));
+        self.progress().stopped.push(view.id);
+        self.nexus.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
+        if let Some(vmm) = view.propolis_id {
+            self.sim.poke(vmm, PokeMode::Drain).await.map_err(|source| StepFailed::Sim {
+                step: format!("simulate {name}"),
+                source,
+            })?;
+        }
+        let state = self.wait_until_settled(view.id).await.map_err(nexus_err("wait for"))?;
+        if state != ExternalState::Stopped {
+            return Err(StepFailed::Unexpected {
+                step: format!("wait for {name} to stop"),
+                expected: "stopped (the real test would time out after 320 s)".into(),
+                got: state.to_string(),
+            });
+        }
+        Ok(view.id)
+    }
+
+    /// Parks until the instance is no longer Stopping, then reads its state. The
+    /// gate's condition stands in for the real test's one-second polling loop.
+    async fn wait_until_settled(&self, id: InstanceUuid) -> Result<ExternalState, NexusError> {
+        let weak = Arc::downgrade(&self.nexus);
+        let settled = Box::new(move || {
+            weak.upgrade()
+                .is_none_or(|n| n.instance(id).map_or(true, |v| v.state != ExternalState::Stopping))
+        });
+        let call = Call {
+            kind: CallKind::WaitForState,
+            from: Component::Scenario,
+            to: Component::Nexus,
+            vmm: None,
+            arg: Arg::Instance(id),
+        };
+        let nexus = &self.nexus;
+        self.sched
+            .gate(call, Some(settled), || async { nexus.instance(id).map(|v| v.state) }, |r| match r {
+                Ok(s) => Answer::Waited(*s),
+                Err(_) => Answer::Error("no_such_instance"),
+            })
+            .await
+    }
+}
+
+fn expect_disk(step: &str, got: Result<DiskView, NexusError>, want: DiskState) -> Result<(), StepFailed> {
+    match got {
+        Ok(d) if d.state == want => Ok(()),
+        Ok(d) => Err(StepFailed::Unexpected {
+            step: step.to_string(),
+            expected: format!("{want:?}"),
+            got: format!("{:?}", d.state),
+        }),
+        Err(source) => Err(StepFailed::Nexus { step: step.to_string(), source }),
+    }
+}
+
+fn expect_attached_elsewhere(step: &str, got: Result<DiskView, NexusError>) -> Result<(), StepFailed> {
+    match got {
+        Err(NexusError::DiskAttachedToAnother { .. }) => Ok(()),
+        other => Err(StepFailed::Unexpected {
+            step: step.to_string(),
+            expected: "400: disk attached to another instance".into(),
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+async fn disk_move(cx: &Ctx) -> Result<(), StepFailed> {
+    let disk = cx
+        .nexus
+        .disk_create("disk")
+        .map_err(|source| StepFailed::Nexus { step: "create disk".into(), source })?
+        .id;
+    cx.progress().disk = Some(disk);
+    let n = &cx.nexus;
+
+    let i1 = cx.create_and_stop("inst1").await?;
+    expect_disk("attach disk to inst1", n.disk_attach(disk, i1), DiskState::Attached(i1))?;
+    expect_disk("attach disk to inst1 again", n.disk_attach(disk, i1), DiskState::Attached(i1))?;
+
+    let i2 = cx.create_and_stop("inst2").await?;
+    expect_attached_elsewhere("attach disk to inst2 while on inst1", n.disk_attach(disk, i2))?;
+    expect_disk("detach disk from inst1", n.disk_detach(disk, i1), DiskState::Detached)?;
+    expect_disk("detach disk from inst1 again", n.disk_detach(disk, i1), DiskState::Detached)?;
+    expect_disk("detach disk from inst2", n.disk_detach(disk, i2), DiskState::Detached)?;
+    expect_disk("attach disk to inst2", n.disk_attach(disk, i2), DiskState::Attached(i2))?;
+    expect_attached_elsewhere("attach disk to inst1 while on inst2", n.disk_attach(disk, i1))?;
+    expect_disk("attach disk to inst2 again", n.disk_attach(disk, i2), DiskState::Attached(i2))?;
+    Ok(())
+}
+
+pub(super) async fn scenario(
+    kind: ScenarioKind,
+    nexus: Arc<Nexus>,
+    sim: Arc<Sim>,
+    sched: Arc<Sched>,
+    progress: Arc<Mutex<Progress>>,
+) {
+    let cx = Ctx { nexus, sim, sched, progress };
+    let r = match kind {
+        ScenarioKind::DiskMove => disk_move(&cx).await,
+        ScenarioKind::StopRace => cx.create_and_stop("inst1").await.map(|_| ()),
+    };
+    cx.progress().outcome = Some(r.map_err(|e| {
+        // The chain, so "stop inst1: sled agent call ... failed: no such VMM" reads whole.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        msg
+    }));
+}
+
+pub(super) async fn watcher(
+    watcher: Watcher,
+    passes: usize,
+    counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
+) {
+    for _ in 0..passes {
+        // A failed listing is already logged by the watcher; the pass just counts as empty.
+        let c = watcher.activate().await.unwrap_or_default();
+        counts.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+}
+
+pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize) {
+    for _ in 0..passes {
+        let call = Call {
+            kind: CallKind::Reincarnation,
+            from: Component::Nexus,
+            to: Component::Datastore,
+            vmm: None,
+            arg: Arg::None,
+        };
+        let n = &nexus;
+        sched
+            .gate(call, None, || async { n.restart_candidates().len() }, |c| Answer::Candidates(*c))
+            .await;
+        nexus.reincarnation_pass().await;
+    }
+}

@@ -1,0 +1,6 @@
+//! sledsim's `cargo xtask`: the only crate that knows every concrete type. It wires
+//! the components, runs the disk-move scenario under a chosen schedule, and reports.
+
+pub mod cli;
+pub mod harness;
+pub mod report;

@@ -1,0 +1,217 @@
+//! Turns a run into what the user reads: the step table, the outcome, and the JSON
+//! object of the command contract. Everything here is read from the run's state.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use nexus_stub::{DiskState, VmmWrite};
+use serde::Serialize;
+
+use crate::harness::observe::invariant_text;
+use crate::harness::sched::{Answer, Arg, CallKind, Step};
+use crate::harness::{Names, RunEnd, RunResult};
+
+#[derive(Debug, Serialize)]
+pub struct StepOut {
+    pub n: usize,
+    pub actor: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub call: &'static str,
+    pub target: Option<String>,
+    pub arg: Option<String>,
+    pub answer: String,
+    pub gen: Option<u64>,
+    /// Nexus VMM writes this step caused: "destroyed/g7 applied", "failed/g7 stale".
+    pub writes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViolationOut {
+    pub invariant: u8,
+    pub rule: &'static str,
+    pub step: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceOut {
+    pub id: String,
+    pub state: String,
+    pub intended: String,
+    pub auto_restarts: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskOut {
+    pub id: String,
+    pub name: String,
+    pub state: &'static str,
+    pub instance: Option<String>,
+}
+
+fn arg_text(arg: Arg, names: &Names) -> Option<String> {
+    match arg {
+        Arg::None => None,
+        Arg::Requested(r) => Some(r.to_string()),
+        Arg::State(s, g) => Some(format!("{s}/g{g}")),
+        Arg::Instance(i) => Some(names.instance(i)),
+    }
+}
+
+pub fn answer_text(a: &Answer, names: &Names) -> String {
+    match a {
+        Answer::Pending => "(no answer)".into(),
+        Answer::State(s, g) => format!("{s}/g{g}"),
+        Answer::NoState => "no state".into(),
+        Answer::Gone { nexus_had } => match nexus_had {
+            Some((s, g)) => format!("404 NO_SUCH_INSTANCE (nexus holds {s}/g{g})"),
+            None => "404 NO_SUCH_INSTANCE".into(),
+        },
+        Answer::Error(kind) => format!("error: {kind}"),
+        Answer::Ack => "204".into(),
+        Answer::Write { applied: true } => "updated".into(),
+        Answer::Write { applied: false } => "not updated".into(),
+        Answer::Listed(rows) => {
+            let rows: Vec<_> = rows.iter().map(|(v, s, g)| format!("{} {s}/g{g}", names.vmm(*v))).collect();
+            if rows.is_empty() { "[]".into() } else { format!("[{}]", rows.join(", ")) }
+        }
+        Answer::Updated(what) => what.to_string(),
+        Answer::Candidates(n) => format!("{n} to restart"),
+        Answer::Waited(s) => s.to_string(),
+    }
+}
+
+fn write_text(w: &VmmWrite, names: &Names) -> String {
+    let verdict = if w.applied { "applied".to_string() } else { format!("stale, stored g{}", w.prev_gen) };
+    format!("{} {}/g{} {verdict}", names.vmm(w.propolis_id), w.state, w.gen)
+}
+
+pub fn steps_out(r: &RunResult) -> Vec<StepOut> {
+    let bounds: Vec<usize> = r.steps.iter().map(|s| s.writes_from).chain([r.writes.len()]).collect();
+    r.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| step_out(i, s, r, bounds[i]..bounds[i + 1].max(bounds[i])))
+        .collect()
+}
+
+fn step_out(i: usize, s: &Step, r: &RunResult, writes: std::ops::Range<usize>) -> StepOut {
+    let names = &r.names;
+    StepOut {
+        n: i + 1,
+        actor: r.actor_names.get(s.actor).cloned().unwrap_or_default(),
+        from: s.call.from.label(),
+        to: s.call.to.label(),
+        call: s.call.kind.label(),
+        target: s.call.vmm.map(|v| names.vmm(v)),
+        arg: arg_text(s.call.arg, names),
+        answer: answer_text(&s.answer, names),
+        gen: s.answer.gen().map(|g| g.as_u64()),
+        writes: r.writes.get(writes).unwrap_or_default().iter().map(|w| write_text(w, names)).collect(),
+    }
+}
+
+pub fn violations_out(r: &RunResult) -> Vec<ViolationOut> {
+    let mut v: Vec<ViolationOut> = r
+        .violations
+        .iter()
+        .map(|v| ViolationOut {
+            invariant: v.invariant,
+            rule: invariant_text(v.invariant),
+            step: v.step,
+            message: v.message.clone(),
+        })
+        .collect();
+    // A harness fault makes the run worthless; say so rather than pass it.
+    v.extend(r.harness_errors.iter().map(|e| ViolationOut {
+        invariant: 0,
+        rule: "the harness itself worked",
+        step: 0,
+        message: e.clone(),
+    }));
+    v
+}
+
+pub fn instances_out(r: &RunResult) -> BTreeMap<String, InstanceOut> {
+    r.instances
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                InstanceOut {
+                    id: i.id.to_string(),
+                    state: i.state.to_string(),
+                    intended: format!("{:?}", i.intended).to_lowercase(),
+                    auto_restarts: i.auto_restarts,
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn disk_out(r: &RunResult) -> Option<DiskOut> {
+    r.disk.as_ref().map(|d| DiskOut {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        state: match d.state {
+            DiskState::Detached => "detached",
+            DiskState::Attached(_) => "attached",
+        },
+        instance: match d.state {
+            DiskState::Attached(i) => Some(r.names.instance(i)),
+            DiskState::Detached => None,
+        },
+    })
+}
+
+pub fn end_text(end: &RunEnd) -> String {
+    match end {
+        RunEnd::Finished => "finished".into(),
+        RunEnd::Deadlock(w) => format!("deadlock ({})", w.join(", ")),
+        RunEnd::StepBound(n) => format!("step bound {n} reached"),
+    }
+}
+
+/// The numbered step table, one line a step.
+pub fn step_table(steps: &[StepOut], highlight: Option<usize>) -> String {
+    let mut out = String::new();
+    for s in steps {
+        let mark = if Some(s.n) == highlight { ">>" } else { "  " };
+        let what = [Some(s.call.to_string()), s.target.clone(), s.arg.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = write!(
+            out,
+            "{mark}{:>3}  {:<9} {:>11} -> {:<11} {:<44} => {}",
+            s.n, s.actor, s.from, s.to, what, s.answer
+        );
+        if !s.writes.is_empty() {
+            let _ = write!(out, "   [nexus: {}]", s.writes.join("; "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Terminal-state writes for each VMM, in order: the heart of #7282 at a glance.
+pub fn terminal_writes(r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, s) in r.steps.iter().enumerate() {
+        let end = r.steps.get(i + 1).map_or(r.writes.len(), |n| n.writes_from);
+        for w in r.writes.get(s.writes_from..end).unwrap_or_default() {
+            if w.state.is_terminal() {
+                let who = r.actor_names.get(s.actor).map_or("?", String::as_str);
+                let via = match s.call.kind {
+                    CallKind::CpapiInstancesPut => "sled-agent report",
+                    CallKind::VmmWrite => "watcher write",
+                    _ => s.call.kind.label(),
+                };
+                out.push(format!("step {:>3}: {} ({who}, {via})", i + 1, write_text(w, &r.names)));
+            }
+        }
+    }
+    out
+}
