@@ -52,9 +52,11 @@ impl VmmRecord {
     /// The row as a sled-reported runtime state, if it is in one.
     pub fn runtime(&self) -> Option<VmmRuntimeState> {
         match self.state {
-            DbVmmState::Reported(state) => {
-                Some(VmmRuntimeState { state, gen: self.gen, time_updated: self.time_state_updated })
-            }
+            DbVmmState::Reported(state) => Some(VmmRuntimeState {
+                state,
+                gen: self.gen,
+                time_updated: self.time_state_updated,
+            }),
             DbVmmState::Creating | DbVmmState::SagaUnwound => None,
         }
     }

@@ -18,20 +18,20 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use sled_agent_api::{
-    Clock, DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, NexusApiError,
-    NexusInternalApi, PropolisUuid, SledAgentApi, SledAgentError, SledUuid, SledVmmState,
-    VmmPutStateBody, VmmRuntimeState, VmmState, VmmStateRequested,
+    Clock, DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi,
+    PropolisUuid, SledAgentApi, SledAgentError, SledUuid, SledVmmState, VmmPutStateBody,
+    VmmRuntimeState, VmmState, VmmStateRequested,
 };
 use slog::{debug, info, o, warn, Logger};
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 mod db;
 
+use db::Db;
 pub use db::{
     DbVmmState, DiskState, DiskView, ExternalState, InstanceRecord, InstanceState, InstanceView,
     IntendedState, VmmRecord, VmmWrite,
 };
-use db::Db;
 
 /// Which Failed instances auto-restart may start again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -420,7 +420,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         Ok(DiskView { id, name: name.to_string(), state: DiskState::Detached })
     }
 
-    pub async fn instance_create(&self, name: &str, start: bool) -> Result<InstanceView, NexusError> {
+    pub async fn instance_create(
+        &self,
+        name: &str,
+        start: bool,
+    ) -> Result<InstanceView, NexusError> {
         let instance_id = {
             let mut db = self.db();
             if db.instances.values().any(|i| i.name == name) {
@@ -449,7 +453,10 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         }
     }
 
-    pub async fn instance_start(&self, instance_id: InstanceUuid) -> Result<InstanceView, NexusError> {
+    pub async fn instance_start(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
         self.start(instance_id, StartReason::User).await
     }
 
@@ -468,7 +475,9 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 InstanceState::Vmm => {
                     let state = db.external_state(inst);
                     return match state {
-                        ExternalState::Starting | ExternalState::Running => Ok(db.instance_view(inst)),
+                        ExternalState::Starting | ExternalState::Running => {
+                            Ok(db.instance_view(inst))
+                        }
                         _ => Err(NexusError::InstanceNotStartable { instance_id, state }),
                     };
                 }
@@ -488,7 +497,10 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                     deleted: false,
                 },
             );
-            let inst = db.instances.get_mut(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+            let inst = db
+                .instances
+                .get_mut(&instance_id)
+                .ok_or(NexusError::NoSuchInstance { instance_id })?;
             inst.state = InstanceState::Vmm;
             inst.propolis_id = Some(propolis_id);
             inst.gen = inst.gen.next();
@@ -518,7 +530,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             }
             Err(source) => {
                 self.unwind_start(instance_id, propolis_id);
-                return Err(NexusError::SledAgent { operation: "vmm_register", propolis_id, source });
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_register",
+                    propolis_id,
+                    source,
+                });
             }
         }
         let running = VmmPutStateBody { state: VmmStateRequested::Running };
@@ -530,7 +546,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             }
             Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id)?,
             Err(source) => {
-                return Err(NexusError::SledAgent { operation: "vmm_put_state", propolis_id, source })
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_put_state",
+                    propolis_id,
+                    source,
+                })
             }
         }
         self.instance(instance_id)
@@ -553,7 +573,10 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         }
     }
 
-    pub async fn instance_stop(&self, instance_id: InstanceUuid) -> Result<InstanceView, NexusError> {
+    pub async fn instance_stop(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
         let target = {
             let mut db = self.db();
             let db = &mut *db;
@@ -564,7 +587,8 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             inst.intended = IntendedState::Stopped;
             match (inst.state, inst.propolis_id) {
                 (InstanceState::Vmm, Some(propolis_id)) => {
-                    let vmm = db.vmms.get(&propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
+                    let vmm =
+                        db.vmms.get(&propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
                     Some((propolis_id, vmm.sled_id))
                 }
                 // Stopping a Failed instance (or one whose link is already gone)
@@ -591,15 +615,24 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             }
             Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id)?,
             Err(source) => {
-                return Err(NexusError::SledAgent { operation: "vmm_put_state", propolis_id, source })
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_put_state",
+                    propolis_id,
+                    source,
+                })
             }
         }
         self.instance(instance_id)
     }
 
-    pub fn disk_attach(&self, disk_id: DiskUuid, instance_id: InstanceUuid) -> Result<DiskView, NexusError> {
+    pub fn disk_attach(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+    ) -> Result<DiskView, NexusError> {
         let mut db = self.db();
-        let inst = db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        let inst =
+            db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
         let external = db.external_state(inst);
         let no_vmm = inst.state == InstanceState::NoVmm;
         let (name, state) = db.disks.get_mut(&disk_id).ok_or(NexusError::NoSuchDisk { disk_id })?;
@@ -620,9 +653,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         Ok(DiskView { id: disk_id, name: name.clone(), state: *state })
     }
 
-    pub fn disk_detach(&self, disk_id: DiskUuid, instance_id: InstanceUuid) -> Result<DiskView, NexusError> {
+    pub fn disk_detach(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+    ) -> Result<DiskView, NexusError> {
         let mut db = self.db();
-        let inst = db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        let inst =
+            db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
         let external = db.external_state(inst);
         let no_vmm = inst.state == InstanceState::NoVmm;
         let (name, state) = db.disks.get_mut(&disk_id).ok_or(NexusError::NoSuchDisk { disk_id })?;
@@ -691,7 +729,9 @@ impl<S: SledAgentApi + 'static> NexusInternalApi for NexusStub<S> {
             "propolis_id" => %propolis_id, "vmm_state" => %new_runtime_state);
         match self.process_vmm_update(propolis_id, new_runtime_state) {
             Ok(_) => Ok(()),
-            Err(NexusError::NoSuchVmm { propolis_id }) => Err(NexusApiError::NoSuchVmm { propolis_id }),
+            Err(NexusError::NoSuchVmm { propolis_id }) => {
+                Err(NexusApiError::NoSuchVmm { propolis_id })
+            }
             Err(e) => Err(NexusApiError::UnexpectedResponse {
                 operation: "cpapi_instances_put",
                 status: 500,
@@ -731,7 +771,10 @@ impl<S: SledAgentApi + 'static> WatcherDatastore for NexusStub<S> {
     ) -> Result<VmmWriteOutcome, DatastoreError> {
         self.process_vmm_update(propolis_id, new_state).map_err(|e| match e {
             NexusError::NoSuchVmm { propolis_id } => DatastoreError::NoSuchVmm { propolis_id },
-            other => DatastoreError::Unavailable { operation: "vmm_update_runtime", source: Box::new(other) },
+            other => DatastoreError::Unavailable {
+                operation: "vmm_update_runtime",
+                source: Box::new(other),
+            },
         })
     }
 }

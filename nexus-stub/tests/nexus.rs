@@ -1,5 +1,8 @@
 //! NexusStub's rules, one test each, against mocked sled agents.
 
+// A panic is how a test reports failure; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -35,7 +38,8 @@ fn state(state: VmmState, gen: u64) -> SledVmmState {
 /// at gen 2, Running only queued, Stopped answered with Stopping/3.
 fn sim_like_sled() -> MockSledAgentApi {
     let mut sled = MockSledAgentApi::new();
-    sled.expect_vmm_register().returning(|_, body| Ok(SledVmmState { vmm_state: body.vmm_runtime }));
+    sled.expect_vmm_register()
+        .returning(|_, body| Ok(SledVmmState { vmm_state: body.vmm_runtime }));
     sled.expect_vmm_put_state().returning(|_, body| {
         let s = match body.state {
             VmmStateRequested::Running => state(VmmState::Starting, 2),
@@ -103,7 +107,8 @@ async fn start_registers_at_gen_2_and_running_is_only_queued() {
     let (inst, vmm) = h.started("inst").await;
     assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Starting), 2));
     assert_eq!(h.external(inst), ExternalState::Starting);
-    let applied: Vec<_> = h.nexus.vmm_writes().iter().map(|w| (w.gen.as_u64(), w.applied)).collect();
+    let applied: Vec<_> =
+        h.nexus.vmm_writes().iter().map(|w| (w.gen.as_u64(), w.applied)).collect();
     // Starting/2 over Creating/1 applies; the put-state answer Starting/2 is stale.
     assert_eq!(applied, [(2, true), (2, false)]);
 }
@@ -221,7 +226,10 @@ async fn disk_attach_and_detach_follow_the_test_rules() {
     let (i2, v2) = h.started("i2").await;
 
     let e = h.nexus.disk_attach(disk, i1).expect_err("instance is running");
-    assert!(matches!(e, NexusError::InstanceNotStopped { state: ExternalState::Starting, .. }), "{e:?}");
+    assert!(
+        matches!(e, NexusError::InstanceNotStopped { state: ExternalState::Starting, .. }),
+        "{e:?}"
+    );
 
     for (inst, vmm) in [(i1, v1), (i2, v2)] {
         h.nexus.instance_stop(inst).await.expect("stops");
@@ -233,7 +241,9 @@ async fn disk_attach_and_detach_follow_the_test_rules() {
     assert_eq!(h.nexus.disk_attach(disk, i1).expect("attach").state, attached(i1));
     assert_eq!(h.nexus.disk_attach(disk, i1).expect("idempotent").state, attached(i1));
     let e = h.nexus.disk_attach(disk, i2).expect_err("attached to i1");
-    assert!(matches!(e, NexusError::DiskAttachedToAnother { attached_to, .. } if attached_to == i1));
+    assert!(
+        matches!(e, NexusError::DiskAttachedToAnother { attached_to, .. } if attached_to == i1)
+    );
     let e = h.nexus.disk_detach(disk, i2).expect_err("not attached to i2");
     assert!(matches!(e, NexusError::DiskAttachedToAnother { .. }), "{e:?}");
     assert_eq!(h.nexus.disk_detach(disk, i1).expect("detach").state, DiskState::Detached);
@@ -247,7 +257,10 @@ async fn disk_attach_and_detach_follow_the_test_rules() {
 #[tokio::test]
 async fn auto_restart_policy_decides_for_user_stopped_instances() {
     for (policy, restarted) in [(RestartPolicy::Current, 0), (RestartPolicy::Policy2024, 1)] {
-        let h = harness_with(sim_like_sled(), NexusConfig { restart_policy: policy, ..NexusConfig::default() });
+        let h = harness_with(
+            sim_like_sled(),
+            NexusConfig { restart_policy: policy, ..NexusConfig::default() },
+        );
         let (inst, vmm) = h.started("inst").await;
         h.nexus.instance_stop(inst).await.expect("stops");
         h.report(vmm, VmmState::Failed, 7).await;
@@ -283,7 +296,8 @@ async fn watcher_listing_skips_creating_destroyed_and_deleted() {
     h.report(gone, VmmState::Failed, 3).await;
     let _ = gone_inst;
     h.run_updates().await; // deletes both terminal rows
-    let listed: Vec<_> = h.nexus.vmm_list_for_watcher().await.unwrap().iter().map(|w| w.propolis_id).collect();
+    let listed: Vec<_> =
+        h.nexus.vmm_list_for_watcher().await.unwrap().iter().map(|w| w.propolis_id).collect();
     assert_eq!(listed, [live]);
 
     let config = NexusConfig {
@@ -301,12 +315,16 @@ async fn watcher_listing_skips_creating_destroyed_and_deleted() {
 async fn bad_input_gets_typed_errors() {
     let h = harness();
     let unknown_vmm = PropolisUuid::from_u128(0x999);
-    let e = h.nexus.cpapi_instances_put(unknown_vmm, state(VmmState::Running, 4)).await.unwrap_err();
+    let e =
+        h.nexus.cpapi_instances_put(unknown_vmm, state(VmmState::Running, 4)).await.unwrap_err();
     assert!(matches!(e, NexusApiError::NoSuchVmm { propolis_id } if propolis_id == unknown_vmm));
     let unknown = InstanceUuid::from_u128(0x998);
     assert!(matches!(h.nexus.instance_stop(unknown).await, Err(NexusError::NoSuchInstance { .. })));
     h.started("dup").await;
-    assert!(matches!(h.nexus.instance_create("dup", false).await, Err(NexusError::NameInUse { .. })));
+    assert!(matches!(
+        h.nexus.instance_create("dup", false).await,
+        Err(NexusError::NameInUse { .. })
+    ));
     h.nexus.disk_create("d").unwrap();
     assert!(matches!(h.nexus.disk_create("d"), Err(NexusError::NameInUse { .. })));
 }

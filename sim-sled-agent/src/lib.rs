@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sled_agent_api::{
     Clock, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
-    SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
-    VmmRuntimeState, VmmUnregisterResponse,
+    SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmRuntimeState,
+    VmmUnregisterResponse,
 };
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::Notify;
@@ -219,24 +219,22 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             // One step under the lock; the lock is released before Nexus is called.
             let (state, finished, more, taken) = {
                 let mut table = self.table();
-                let entry = table
-                    .get_mut(&propolis_id)
-                    .ok_or(SimError::NoSuchVmm { propolis_id })?;
+                let entry =
+                    table.get_mut(&propolis_id).ok_or(SimError::NoSuchVmm { propolis_id })?;
                 entry.vmm.execute_next(&*self.clock);
                 let state = entry.vmm.current();
                 let finished = entry.vmm.ready_to_destroy();
                 let more = mode == PokeMode::Drain && entry.vmm.desired().is_some();
                 // A taken entry lives until this iteration ends, after the report, so
                 // dropping its stepper handle cannot cancel the report in flight.
-                let taken = if finished
-                    && self.config.ordering == RemovalOrdering::RemoveThenPublish
-                {
-                    // The #7282 window opens here: the VMM is gone from the table
-                    // while Nexus still holds it at an earlier generation.
-                    table.remove(&propolis_id)
-                } else {
-                    None
-                };
+                let taken =
+                    if finished && self.config.ordering == RemovalOrdering::RemoveThenPublish {
+                        // The #7282 window opens here: the VMM is gone from the table
+                        // while Nexus still holds it at an earlier generation.
+                        table.remove(&propolis_id)
+                    } else {
+                        None
+                    };
                 (state, finished, more, taken)
             };
             debug!(self.log, "reporting VMM state";
@@ -249,11 +247,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
                 if let Some(entry) = taken {
                     self.table().entry(propolis_id).or_insert(entry);
                 }
-                return Err(SimError::ReportFailed {
-                    propolis_id,
-                    state: state.vmm_state,
-                    source,
-                });
+                return Err(SimError::ReportFailed { propolis_id, state: state.vmm_state, source });
             }
             outcome.published.push(state);
             if finished {
@@ -360,8 +354,7 @@ impl<N: NexusInternalApi + 'static> SledAgentApi for SimSledAgent<N> {
         body: VmmPutStateBody,
     ) -> Result<VmmPutStateResponse, SledAgentError> {
         let mut table = self.table();
-        let entry =
-            table.get_mut(&propolis_id).ok_or(SledAgentError::NoSuchVmm { propolis_id })?;
+        let entry = table.get_mut(&propolis_id).ok_or(SledAgentError::NoSuchVmm { propolis_id })?;
         let bumped = entry.vmm.request_transition(propolis_id, body.state, &*self.clock)?;
         // As in omicron, only a transition that moved the generation and left work
         // queued wakes the stepper; a queued Running from Starting does not.

@@ -93,11 +93,8 @@ impl SimVmm {
     }
 
     fn set_state(&mut self, state: VmmState, clock: &dyn Clock) {
-        self.runtime = VmmRuntimeState {
-            state,
-            gen: self.runtime.gen.next(),
-            time_updated: clock.now(),
-        };
+        self.runtime =
+            VmmRuntimeState { state, gen: self.runtime.gen.next(), time_updated: clock.now() };
     }
 
     /// Applies a requested state. Returns whether the generation changed.
@@ -119,10 +116,9 @@ impl SimVmm {
                 // Only queued: the generation moves when the observation executes.
                 VmmState::Starting => self.queue.push_back(PropolisState::Running),
                 VmmState::Running | VmmState::Rebooting | VmmState::Migrating => {}
-                VmmState::Stopping
-                | VmmState::Stopped
-                | VmmState::Failed
-                | VmmState::Destroyed => return Err(invalid()),
+                VmmState::Stopping | VmmState::Stopped | VmmState::Failed | VmmState::Destroyed => {
+                    return Err(invalid())
+                }
             },
             VmmStateRequested::Stopped => match resting {
                 // Never ran, so there is nothing to stop gracefully. As in omicron,

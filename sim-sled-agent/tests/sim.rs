@@ -1,6 +1,9 @@
 //! SimSledAgent against a mocked Nexus: generation sequences, the two removal
 //! orderings, failed reports, and Auto mode.
 
+// A panic is how a test reports failure; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -18,8 +21,14 @@ const INSTANCE: InstanceUuid = InstanceUuid::from_u128(0x20);
 
 fn sim(config: SimConfig, nexus: MockNexusInternalApi) -> Arc<Sim> {
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    SimSledAgent::new(&log, SledUuid::from_u128(1), config, nexus, Arc::new(LogicalClock::default()))
-        .expect("explicit mode needs no runtime")
+    SimSledAgent::new(
+        &log,
+        SledUuid::from_u128(1),
+        config,
+        nexus,
+        Arc::new(LogicalClock::default()),
+    )
+    .expect("explicit mode needs no runtime")
 }
 
 /// A mocked Nexus that records every report and, while answering, asks `probe`
@@ -83,7 +92,10 @@ async fn put(sim: &Sim, state: VmmStateRequested) -> Result<(VmmState, u64), Sle
 }
 
 /// Register at gen 2, start (queued), stop: the omicron test's steps before the poke.
-async fn started_then_stopped(ordering: RemovalOrdering, fail_on: Option<VmmState>) -> (Arc<Sim>, Recorder) {
+async fn started_then_stopped(
+    ordering: RemovalOrdering,
+    fail_on: Option<VmmState>,
+) -> (Arc<Sim>, Recorder) {
     let (rec, nexus) = Recorder::mock(fail_on);
     let sim = sim(SimConfig { ordering, mode: SimMode::Explicit }, nexus);
     rec.bind(&sim);
@@ -210,8 +222,14 @@ async fn auto_mode_drains_after_the_delay() {
         ordering: RemovalOrdering::PublishThenRemove,
         mode: SimMode::Auto { delay: Duration::from_millis(1500) },
     };
-    let sim = SimSledAgent::new(&log, SledUuid::from_u128(1), config, nexus, Arc::new(LogicalClock::default()))
-        .expect("inside a runtime");
+    let sim = SimSledAgent::new(
+        &log,
+        SledUuid::from_u128(1),
+        config,
+        nexus,
+        Arc::new(LogicalClock::default()),
+    )
+    .expect("inside a runtime");
     rec.bind(&sim);
     sim.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
     put(&sim, VmmStateRequested::Running).await.unwrap();
@@ -228,7 +246,8 @@ async fn auto_mode_drains_after_the_delay() {
 #[test]
 fn auto_mode_without_a_runtime_is_an_error() {
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let config = SimConfig { mode: SimMode::Auto { delay: Duration::ZERO }, ..SimConfig::default() };
+    let config =
+        SimConfig { mode: SimMode::Auto { delay: Duration::ZERO }, ..SimConfig::default() };
     let r = SimSledAgent::new(
         &log,
         SledUuid::from_u128(1),

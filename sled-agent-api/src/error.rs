@@ -15,11 +15,7 @@ pub enum SledAgentError {
     NoSuchVmm { propolis_id: PropolisUuid },
 
     #[error("VMM {propolis_id} cannot go to {requested} from {current}")]
-    InvalidTransition {
-        propolis_id: PropolisUuid,
-        current: VmmState,
-        requested: VmmStateRequested,
-    },
+    InvalidTransition { propolis_id: PropolisUuid, current: VmmState, requested: VmmStateRequested },
 
     #[error("VMM {propolis_id} cannot be registered: {reason}")]
     InvalidRegistration { propolis_id: PropolisUuid, reason: String },

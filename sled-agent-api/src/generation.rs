@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 /// which is what makes a late or duplicated report harmless. The maximum is
 /// `i64::MAX` because the real system stores it in a signed database column; the wire
 /// form rejects anything larger.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u64")]
 pub struct Generation(u64);
 

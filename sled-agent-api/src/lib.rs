@@ -53,8 +53,10 @@ pub trait SledAgentApi: Send + Sync {
     ) -> Result<VmmPutStateResponse, SledAgentError>;
 
     /// `GET /vmms/{propolis_id}/state`: the VMM's current state, or `NoSuchVmm`.
-    async fn vmm_get_state(&self, propolis_id: PropolisUuid)
-        -> Result<SledVmmState, SledAgentError>;
+    async fn vmm_get_state(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<SledVmmState, SledAgentError>;
 }
 
 /// The internal Nexus endpoint through which a sled agent reports VMM state.

@@ -1,17 +1,20 @@
 //! The watcher pass against mocked sled agents and a mocked datastore, one test per
 //! kind of sled-agent answer.
 
+// A panic is how a test reports failure; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mockall::predicate::eq;
 use sled_agent_api::{
-    Clock, Generation, InstanceUuid, LogicalClock, MockSledAgentApi, PropolisUuid,
-    SledAgentError, SledUuid, SledVmmState, VmmRuntimeState, VmmState,
+    Clock, Generation, InstanceUuid, LogicalClock, MockSledAgentApi, PropolisUuid, SledAgentError,
+    SledUuid, SledVmmState, VmmRuntimeState, VmmState,
 };
 use watcher::{
-    DatastoreError, InstanceWatcher, MockWatcherDatastore, PassCounts, VmmWriteOutcome,
-    WatchedVmm, WatcherError, WatcherFaults,
+    DatastoreError, InstanceWatcher, MockWatcherDatastore, PassCounts, VmmWriteOutcome, WatchedVmm,
+    WatcherError, WatcherFaults,
 };
 
 const SLED: SledUuid = SledUuid::from_u128(1);
@@ -44,7 +47,9 @@ fn datastore(want_write: Option<(VmmState, u64)>, applied: bool) -> MockWatcherD
                     *id == VMM && s.vmm_state.state == state && s.vmm_state.gen.as_u64() == gen
                 })
                 .times(1)
-                .returning(move |_, _| Ok(VmmWriteOutcome { updated: applied, update_queued: applied }));
+                .returning(move |_, _| {
+                    Ok(VmmWriteOutcome { updated: applied, update_queued: applied })
+                });
         }
         None => {
             ds.expect_vmm_update_runtime().times(0);
@@ -72,7 +77,9 @@ async fn check(
         .expect("listing succeeds")
 }
 
-fn one_sled(answer: fn() -> Result<SledVmmState, SledAgentError>) -> BTreeMap<SledUuid, MockSledAgentApi> {
+fn one_sled(
+    answer: fn() -> Result<SledVmmState, SledAgentError>,
+) -> BTreeMap<SledUuid, MockSledAgentApi> {
     BTreeMap::from([(SLED, sled(answer))])
 }
 
@@ -97,8 +104,7 @@ async fn no_such_vmm_writes_failed_at_listed_gen_plus_one() {
 async fn seeded_skip_generation_fault_writes_listed_gen_plus_two() {
     let ds = datastore(Some((VmmState::Failed, 8)), true);
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
-    let counts =
-        check(ds, sleds, WatcherFaults { skip_generation: true }).await;
+    let counts = check(ds, sleds, WatcherFaults { skip_generation: true }).await;
     assert_eq!(counts.failed, 1);
 }
 
@@ -112,7 +118,12 @@ async fn other_errors_are_inconclusive_and_write_nothing() {
                 message: "terminating".into(),
             })
         },
-        || Err(SledAgentError::Communication { operation: "vmm_get_state", source: "reset".into() }),
+        || {
+            Err(SledAgentError::Communication {
+                operation: "vmm_get_state",
+                source: "reset".into(),
+            })
+        },
         || {
             Err(SledAgentError::InvalidTransition {
                 propolis_id: VMM,
@@ -122,7 +133,8 @@ async fn other_errors_are_inconclusive_and_write_nothing() {
         },
     ];
     for answer in answers {
-        let counts = check(datastore(None, false), one_sled(answer), WatcherFaults::default()).await;
+        let counts =
+            check(datastore(None, false), one_sled(answer), WatcherFaults::default()).await;
         assert_eq!(counts, PassCounts { checked: 1, inconclusive: 1, ..PassCounts::default() });
     }
 }
@@ -148,14 +160,20 @@ async fn write_errors_are_counted_not_dropped() {
         .returning(|id, _| Err(DatastoreError::NoSuchVmm { propolis_id: id }));
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
     let counts = check(ds, sleds, WatcherFaults::default()).await;
-    assert_eq!(counts, PassCounts { checked: 1, failed: 1, write_errors: 1, ..PassCounts::default() });
+    assert_eq!(
+        counts,
+        PassCounts { checked: 1, failed: 1, write_errors: 1, ..PassCounts::default() }
+    );
 }
 
 #[tokio::test]
 async fn a_failed_listing_is_an_error() {
     let mut ds = MockWatcherDatastore::new();
     ds.expect_vmm_list_for_watcher().returning(|| {
-        Err(DatastoreError::Unavailable { operation: "vmm_list_for_watcher", source: "down".into() })
+        Err(DatastoreError::Unavailable {
+            operation: "vmm_list_for_watcher",
+            source: "down".into(),
+        })
     });
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let w = InstanceWatcher::<_, MockSledAgentApi>::new(

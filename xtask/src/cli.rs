@@ -12,12 +12,15 @@ use nexus_stub::RestartPolicy;
 use sim_sled_agent::RemovalOrdering;
 use slog::{o, Drain, Logger};
 
-use crate::harness::schedule::{ScheduleError, ScheduleSpec};
+use crate::harness::schedule::ScheduleSpec;
 use crate::harness::{self, RunConfig, RunError, ScenarioKind};
 use crate::report;
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "sledsim: the VMM lifecycle race of omicron#7282, run and checked")]
+#[command(
+    name = "cargo xtask",
+    about = "sledsim: the VMM lifecycle race of omicron#7282, run and checked"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Term)]
@@ -148,7 +151,8 @@ fn logger(format: LogFormat, level: LogLevel) -> Logger {
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!("name" => "sledsim"))
         }
         LogFormat::Bunyan => {
-            let drain = Mutex::new(slog_bunyan::with_name("sledsim", std::io::stderr()).build()).fuse();
+            let drain =
+                Mutex::new(slog_bunyan::with_name("sledsim", std::io::stderr()).build()).fuse();
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
         }
     }
@@ -171,7 +175,11 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// Runs the command line; returns the exit code.
-pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub fn run(
+    args: impl IntoIterator<Item = OsString>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -201,7 +209,9 @@ struct Usage(String);
 
 fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usage> {
     if a.transport == TransportArg::Http {
-        return Err(Usage("--transport http is not built yet (issue 4); use --transport inproc".into()));
+        return Err(Usage(
+            "--transport http is not built yet (issue 4); use --transport inproc".into(),
+        ));
     }
     let config = RunConfig {
         scenario: a.scenario.into(),
@@ -214,7 +224,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usa
     let mut chooser = a.schedule.chooser().map_err(|e| Usage(e.to_string()))?;
     let result = match harness::run(&config, &mut *chooser) {
         Ok(r) => r,
-        Err(RunError::Schedule(e)) => return Err(Usage(schedule_error(&e))),
+        Err(RunError::Schedule(e)) => return Err(Usage(e.to_string())),
         Err(e @ RunError::Setup(_)) => return Err(Usage(e.to_string())),
     };
     let passed = result.passed();
@@ -243,10 +253,6 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usa
         let _ = write!(out, "{}", human(&config, &a.schedule, &result, &steps, &violations));
     }
     Ok(if passed { 0 } else { 1 })
-}
-
-fn schedule_error(e: &ScheduleError) -> String {
-    e.to_string()
 }
 
 fn human(
@@ -299,7 +305,11 @@ fn human(
     } else {
         let _ = writeln!(s, "\nFAILED: {} invariant(s) broken", violations.len());
         for v in violations {
-            let _ = writeln!(s, "  invariant {} ({}) at step {}: {}", v.invariant, v.rule, v.step, v.message);
+            let _ = writeln!(
+                s,
+                "  invariant {} ({}) at step {}: {}",
+                v.invariant, v.rule, v.step, v.message
+            );
         }
     }
     let _ = writeln!(s, "\nreplay: {}", r.replay());
@@ -307,6 +317,7 @@ fn human(
 }
 
 pub fn main() -> ExitCode {
-    let code = run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    let code =
+        run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
     ExitCode::from(code)
 }

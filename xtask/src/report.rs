@@ -73,8 +73,13 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
         Answer::Write { applied: true } => "updated".into(),
         Answer::Write { applied: false } => "not updated".into(),
         Answer::Listed(rows) => {
-            let rows: Vec<_> = rows.iter().map(|(v, s, g)| format!("{} {s}/g{g}", names.vmm(*v))).collect();
-            if rows.is_empty() { "[]".into() } else { format!("[{}]", rows.join(", ")) }
+            let rows: Vec<_> =
+                rows.iter().map(|(v, s, g)| format!("{} {s}/g{g}", names.vmm(*v))).collect();
+            if rows.is_empty() {
+                "[]".into()
+            } else {
+                format!("[{}]", rows.join(", "))
+            }
         }
         Answer::Updated(what) => what.to_string(),
         Answer::Candidates(n) => format!("{n} to restart"),
@@ -83,12 +88,14 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
 }
 
 fn write_text(w: &VmmWrite, names: &Names) -> String {
-    let verdict = if w.applied { "applied".to_string() } else { format!("stale, stored g{}", w.prev_gen) };
+    let verdict =
+        if w.applied { "applied".to_string() } else { format!("stale, stored g{}", w.prev_gen) };
     format!("{} {}/g{} {verdict}", names.vmm(w.propolis_id), w.state, w.gen)
 }
 
 pub fn steps_out(r: &RunResult) -> Vec<StepOut> {
-    let bounds: Vec<usize> = r.steps.iter().map(|s| s.writes_from).chain([r.writes.len()]).collect();
+    let bounds: Vec<usize> =
+        r.steps.iter().map(|s| s.writes_from).chain([r.writes.len()]).collect();
     r.steps
         .iter()
         .enumerate()
@@ -108,7 +115,13 @@ fn step_out(i: usize, s: &Step, r: &RunResult, writes: std::ops::Range<usize>) -
         arg: arg_text(s.call.arg, names),
         answer: answer_text(&s.answer, names),
         gen: s.answer.gen().map(|g| g.as_u64()),
-        writes: r.writes.get(writes).unwrap_or_default().iter().map(|w| write_text(w, names)).collect(),
+        writes: r
+            .writes
+            .get(writes)
+            .unwrap_or_default()
+            .iter()
+            .map(|w| write_text(w, names))
+            .collect(),
     }
 }
 

@@ -50,7 +50,10 @@ fn sled_error_answer(sched: &Sched, e: &SledAgentError) -> Answer {
     }
 }
 
-fn optional_state_answer(sched: &Sched, r: Result<Option<SledVmmState>, &SledAgentError>) -> Answer {
+fn optional_state_answer(
+    sched: &Sched,
+    r: Result<Option<SledVmmState>, &SledAgentError>,
+) -> Answer {
     match r {
         Ok(Some(s)) => Answer::State(s.vmm_state.state, s.vmm_state.gen),
         Ok(None) => Answer::NoState,
@@ -74,7 +77,12 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         );
         let sched = &self.sched;
         sched
-            .gate(call, None, || self.inner.vmm_register(propolis_id, body), |r| state_answer(sched, r))
+            .gate(
+                call,
+                None,
+                || self.inner.vmm_register(propolis_id, body),
+                |r| state_answer(sched, r),
+            )
             .await
     }
 
@@ -82,12 +90,16 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         &self,
         propolis_id: PropolisUuid,
     ) -> Result<VmmUnregisterResponse, SledAgentError> {
-        let call = self.call(CallKind::VmmUnregister, Component::SledAgent, Some(propolis_id), Arg::None);
+        let call =
+            self.call(CallKind::VmmUnregister, Component::SledAgent, Some(propolis_id), Arg::None);
         let sched = &self.sched;
         sched
-            .gate(call, None, || self.inner.vmm_unregister(propolis_id), |r| {
-                optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime))
-            })
+            .gate(
+                call,
+                None,
+                || self.inner.vmm_unregister(propolis_id),
+                |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
+            )
             .await
     }
 
@@ -104,9 +116,12 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         );
         let sched = &self.sched;
         sched
-            .gate(call, None, || self.inner.vmm_put_state(propolis_id, body), |r| {
-                optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime))
-            })
+            .gate(
+                call,
+                None,
+                || self.inner.vmm_put_state(propolis_id, body),
+                |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
+            )
             .await
     }
 
@@ -114,7 +129,8 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         &self,
         propolis_id: PropolisUuid,
     ) -> Result<SledVmmState, SledAgentError> {
-        let call = self.call(CallKind::VmmGetState, Component::SledAgent, Some(propolis_id), Arg::None);
+        let call =
+            self.call(CallKind::VmmGetState, Component::SledAgent, Some(propolis_id), Arg::None);
         let sched = &self.sched;
         sched
             .gate(call, None, || self.inner.vmm_get_state(propolis_id), |r| state_answer(sched, r))
@@ -156,12 +172,19 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
         let call = self.call(CallKind::VmmList, Component::Datastore, None, Arg::None);
         self.sched
-            .gate(call, None, || self.inner.vmm_list_for_watcher(), |r| match r {
-                Ok(rows) => Answer::Listed(
-                    rows.iter().map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen)).collect(),
-                ),
-                Err(_) => Answer::Error("datastore_error"),
-            })
+            .gate(
+                call,
+                None,
+                || self.inner.vmm_list_for_watcher(),
+                |r| match r {
+                    Ok(rows) => Answer::Listed(
+                        rows.iter()
+                            .map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen))
+                            .collect(),
+                    ),
+                    Err(_) => Answer::Error("datastore_error"),
+                },
+            )
             .await
     }
 
@@ -178,10 +201,15 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
             Arg::State(s.state, s.gen),
         );
         self.sched
-            .gate(call, None, || self.inner.vmm_update_runtime(propolis_id, new_state), |r| match r {
-                Ok(o) => Answer::Write { applied: o.updated },
-                Err(_) => Answer::Error("datastore_error"),
-            })
+            .gate(
+                call,
+                None,
+                || self.inner.vmm_update_runtime(propolis_id, new_state),
+                |r| match r {
+                    Ok(o) => Answer::Write { applied: o.updated },
+                    Err(_) => Answer::Error("datastore_error"),
+                },
+            )
             .await
     }
 }

@@ -178,13 +178,17 @@ impl World {
             },
             ..NexusConfig::default()
         };
-        let sleds = BTreeMap::from([(SLED, Gated::new(Arc::clone(&sim), &sched, Component::Nexus))]);
-        let nexus = NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
+        let sleds =
+            BTreeMap::from([(SLED, Gated::new(Arc::clone(&sim), &sched, Component::Nexus))]);
+        let nexus =
+            NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
         // Set once on a fresh cell; a failure would only mean it was already bound.
         let _ = late.nexus.set(Arc::downgrade(&nexus));
         let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {
-            vmm: Box::new(move |vmm| w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))),
+            vmm: Box::new(move |vmm| {
+                w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))
+            }),
             writes: Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len())),
         });
         Ok(World {
@@ -199,8 +203,13 @@ impl World {
 
     fn watcher(&self, config: &RunConfig, clock: Arc<dyn Clock>) -> Watcher {
         let ds = Gated::new(Arc::clone(&self.nexus), &self.sched, Component::Watcher);
-        let sleds = BTreeMap::from([(SLED, Gated::new(Arc::clone(&self.sim), &self.sched, Component::Watcher))]);
-        let faults = WatcherFaults { skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration) };
+        let sleds = BTreeMap::from([(
+            SLED,
+            Gated::new(Arc::clone(&self.sim), &self.sched, Component::Watcher),
+        )]);
+        let faults = WatcherFaults {
+            skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration),
+        };
         InstanceWatcher::new(&config.log, ds, sleds, clock).with_faults(faults)
     }
 
@@ -228,7 +237,10 @@ impl World {
         let queued = self.spawner.take();
         let n = queued.len();
         for (instance_id, task) in queued {
-            let name = format!("update{}", self.sched.actor_names().iter().filter(|a| a.starts_with("update")).count() + 1);
+            let name = format!(
+                "update{}",
+                self.sched.actor_names().iter().filter(|a| a.starts_with("update")).count() + 1
+            );
             let id = self.sched.add_actor(name);
             let sched = Arc::clone(&self.sched);
             let call = Call {
@@ -241,14 +253,19 @@ impl World {
             let fut = async move {
                 // The outcome, error included, is recorded as the step's answer.
                 let _ = sched
-                    .gate(call, None, || task, |r| {
-                        Answer::Updated(match r {
-                            Ok(UpdateOutcome::Stopped { .. }) => "instance_stopped",
-                            Ok(UpdateOutcome::Failed { .. }) => "instance_failed",
-                            Ok(UpdateOutcome::NothingToDo) => "nothing_to_do",
-                            Err(_) => "error",
-                        })
-                    })
+                    .gate(
+                        call,
+                        None,
+                        || task,
+                        |r| {
+                            Answer::Updated(match r {
+                                Ok(UpdateOutcome::Stopped { .. }) => "instance_stopped",
+                                Ok(UpdateOutcome::Failed { .. }) => "instance_failed",
+                                Ok(UpdateOutcome::NothingToDo) => "nothing_to_do",
+                                Err(_) => "error",
+                            })
+                        },
+                    )
                     .await;
             };
             spawn(pool, id, &self.sched, Box::pin(fut));
@@ -317,10 +334,15 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
     );
     spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
     let watcher_id = world.sched.add_actor("watcher".into());
-    let fut = script::watcher(world.watcher(config, clock), config.watcher_passes, Arc::clone(&world.watcher_counts));
+    let fut = script::watcher(
+        world.watcher(config, clock),
+        config.watcher_passes,
+        Arc::clone(&world.watcher_counts),
+    );
     spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
     let restart_id = world.sched.add_actor("restart".into());
-    let fut = script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
+    let fut =
+        script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
 
     let mut observer = Observer::default();

@@ -104,9 +104,14 @@ impl Observer {
                 self.failed_recorded.insert(w.propolis_id);
             }
         }
-        if let Some(vmm) = self.destroyed_published.intersection(&self.failed_recorded).next().copied() {
+        if let Some(vmm) =
+            self.destroyed_published.intersection(&self.failed_recorded).next().copied()
+        {
             self.broke(2, now, || {
-                format!("{} was recorded Failed after its Destroyed was published", names().vmm(vmm))
+                format!(
+                    "{} was recorded Failed after its Destroyed was published",
+                    names().vmm(vmm)
+                )
             });
         }
 
@@ -118,7 +123,9 @@ impl Observer {
                 self.broke(4, now, || format!("{}, stopped by the user, went failed", view.name));
             }
             if view.auto_restarts > 0 {
-                self.broke(4, now, || format!("{}, stopped by the user, was auto-restarted", view.name));
+                self.broke(4, now, || {
+                    format!("{}, stopped by the user, was auto-restarted", view.name)
+                });
             }
         }
     }

@@ -133,11 +133,15 @@ pub enum Answer {
     /// A put-state or unregister that returned no state.
     NoState,
     /// `NoSuchVmm`, with what Nexus held for the VMM at that instant.
-    Gone { nexus_had: Option<(DbVmmState, Generation)> },
+    Gone {
+        nexus_had: Option<(DbVmmState, Generation)>,
+    },
     /// Another error, by kind.
     Error(&'static str),
     Ack,
-    Write { applied: bool },
+    Write {
+        applied: bool,
+    },
     Listed(Vec<(PropolisUuid, VmmState, Generation)>),
     Updated(&'static str),
     Candidates(usize),
@@ -294,7 +298,12 @@ impl Sched {
 
     /// Calls parked and not yet released, whether or not they may go now.
     pub fn parked_calls(&self) -> Vec<(ActorId, Call)> {
-        self.lock().parked.iter().filter(|p| p.released.is_none()).map(|p| (p.actor, p.call)).collect()
+        self.lock()
+            .parked
+            .iter()
+            .filter(|p| p.released.is_none())
+            .map(|p| (p.actor, p.call))
+            .collect()
     }
 
     /// The parked calls that may be released now, in actor order.

@@ -7,7 +7,7 @@ use std::fmt;
 use nexus_stub::DbVmmState;
 use sled_agent_api::VmmState;
 
-use super::sched::{Answer, Arg, CallKind, Choice, Step};
+use super::sched::{Arg, CallKind, Choice, Step};
 use super::World;
 
 /// What a chooser sees when it picks.
@@ -176,9 +176,9 @@ pub struct Replay {
 
 fn valid_actor(name: &str) -> bool {
     matches!(name, "scenario" | "watcher" | "restart")
-        || name
-            .strip_prefix("update")
-            .is_some_and(|n| !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
+        || name.strip_prefix("update").is_some_and(|n| {
+            !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 impl Replay {
@@ -199,19 +199,20 @@ impl Replay {
             }
             let (body, count) = match raw.split_once('*') {
                 Some((body, n)) => {
-                    let count = n
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&c| c > 0)
-                        .ok_or_else(|| bad("a repeat count after '*' must be a whole number above 0"))?;
+                    let count = n.parse::<usize>().ok().filter(|&c| c > 0).ok_or_else(|| {
+                        bad("a repeat count after '*' must be a whole number above 0")
+                    })?;
                     (body, count)
                 }
                 None => (raw, 1),
             };
-            let (actor, call) =
-                body.split_once('.').ok_or_else(|| bad("expected actor.call, e.g. watcher.vmm_get_state"))?;
+            let (actor, call) = body
+                .split_once('.')
+                .ok_or_else(|| bad("expected actor.call, e.g. watcher.vmm_get_state"))?;
             if !valid_actor(actor) {
-                return Err(bad("unknown actor (scenario, watcher, restart, update1, update2, ...)"));
+                return Err(bad(
+                    "unknown actor (scenario, watcher, restart, update1, update2, ...)",
+                ));
             }
             let call = CallKind::from_label(call).ok_or_else(|| {
                 let known: Vec<_> = CallKind::ALL.iter().map(|k| k.label()).collect();
@@ -233,7 +234,8 @@ impl Chooser for Replay {
         let Some(tok) = self.tokens.get(self.index) else {
             return Err(ScheduleError::TooShort { step: ctx.step + 1, enabled: enabled_list(ctx) });
         };
-        let found = ctx.enabled.iter().position(|c| ctx.name(c) == tok.actor && c.call.kind == tok.call);
+        let found =
+            ctx.enabled.iter().position(|c| ctx.name(c) == tok.actor && c.call.kind == tok.call);
         let Some(i) = found else {
             return Err(ScheduleError::Mismatch {
                 step: ctx.step + 1,
@@ -251,7 +253,8 @@ impl Chooser for Replay {
     }
 
     fn finish(&mut self, steps: usize) -> Result<(), ScheduleError> {
-        let left: usize = self.tokens.iter().skip(self.index).map(|t| t.count).sum::<usize>() - self.used;
+        let left: usize =
+            self.tokens.iter().skip(self.index).map(|t| t.count).sum::<usize>() - self.used;
         if left > 0 {
             return Err(ScheduleError::TooLong { steps, left });
         }
@@ -270,10 +273,8 @@ pub fn replay_string(steps: &[Step], actor_names: &[String]) -> String {
             _ => out.push((tok, 1)),
         }
     }
-    let parts: Vec<String> = out
-        .into_iter()
-        .map(|(t, n)| if n == 1 { t } else { format!("{t}*{n}") })
-        .collect();
+    let parts: Vec<String> =
+        out.into_iter().map(|(t, n)| if n == 1 { t } else { format!("{t}*{n}") }).collect();
     parts.join(" ")
 }
 
@@ -313,11 +314,6 @@ impl fmt::Display for ScheduleSpec {
             ScheduleSpec::Replay(s) => f.write_str(s),
         }
     }
-}
-
-/// Whether a step's answer was the watcher being told a VMM is gone.
-pub fn is_gone(step: &Step) -> bool {
-    matches!(step.answer, Answer::Gone { .. })
 }
 
 #[cfg(test)]

@@ -85,10 +85,10 @@ impl Ctx {
         self.progress().stopped.push(view.id);
         self.nexus.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
         if let Some(vmm) = view.propolis_id {
-            self.sim.poke(vmm, PokeMode::Drain).await.map_err(|source| StepFailed::Sim {
-                step: format!("simulate {name}"),
-                source,
-            })?;
+            self.sim
+                .poke(vmm, PokeMode::Drain)
+                .await
+                .map_err(|source| StepFailed::Sim { step: format!("simulate {name}"), source })?;
         }
         let state = self.wait_until_settled(view.id).await.map_err(nexus_err("wait for"))?;
         if state != ExternalState::Stopped {
@@ -118,15 +118,24 @@ impl Ctx {
         };
         let nexus = &self.nexus;
         self.sched
-            .gate(call, Some(settled), || async { nexus.instance(id).map(|v| v.state) }, |r| match r {
-                Ok(s) => Answer::Waited(*s),
-                Err(_) => Answer::Error("no_such_instance"),
-            })
+            .gate(
+                call,
+                Some(settled),
+                || async { nexus.instance(id).map(|v| v.state) },
+                |r| match r {
+                    Ok(s) => Answer::Waited(*s),
+                    Err(_) => Answer::Error("no_such_instance"),
+                },
+            )
             .await
     }
 }
 
-fn expect_disk(step: &str, got: Result<DiskView, NexusError>, want: DiskState) -> Result<(), StepFailed> {
+fn expect_disk(
+    step: &str,
+    got: Result<DiskView, NexusError>,
+    want: DiskState,
+) -> Result<(), StepFailed> {
     match got {
         Ok(d) if d.state == want => Ok(()),
         Ok(d) => Err(StepFailed::Unexpected {
@@ -138,7 +147,10 @@ fn expect_disk(step: &str, got: Result<DiskView, NexusError>, want: DiskState) -
     }
 }
 
-fn expect_attached_elsewhere(step: &str, got: Result<DiskView, NexusError>) -> Result<(), StepFailed> {
+fn expect_attached_elsewhere(
+    step: &str,
+    got: Result<DiskView, NexusError>,
+) -> Result<(), StepFailed> {
     match got {
         Err(NexusError::DiskAttachedToAnother { .. }) => Ok(()),
         other => Err(StepFailed::Unexpected {
