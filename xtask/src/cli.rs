@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Term)]
     log_format: LogFormat,
     /// Least severe log level shown.
-    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Warn)]
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
     #[command(subcommand)]
     command: Command,
