@@ -107,7 +107,7 @@ fn step_out(i: usize, s: &Step, r: &RunResult, writes: std::ops::Range<usize>) -
     let names = &r.names;
     StepOut {
         n: i + 1,
-        actor: r.actor_names.get(s.actor).cloned().unwrap_or_default(),
+        actor: r.actors.get(s.actor).map(ToString::to_string).unwrap_or_default(),
         from: s.call.from.label(),
         to: s.call.to.label(),
         call: s.call.kind.label(),
@@ -181,7 +181,11 @@ pub fn disk_out(r: &RunResult) -> Option<DiskOut> {
 pub fn end_text(end: &RunEnd) -> String {
     match end {
         RunEnd::Finished => "finished".into(),
-        RunEnd::Deadlock(w) => format!("deadlock ({})", w.join(", ")),
+        RunEnd::Deadlock(w) => {
+            let w: Vec<String> = w.iter().map(ToString::to_string).collect();
+            format!("deadlock ({})", w.join(", "))
+        }
+        RunEnd::Stopped => "stopped by the chooser".into(),
         RunEnd::StepBound(n) => format!("step bound {n} reached"),
     }
 }
@@ -216,7 +220,7 @@ pub fn terminal_writes(r: &RunResult) -> Vec<String> {
         let end = r.steps.get(i + 1).map_or(r.writes.len(), |n| n.writes_from);
         for w in r.writes.get(s.writes_from..end).unwrap_or_default() {
             if w.state.is_terminal() {
-                let who = r.actor_names.get(s.actor).map_or("?", String::as_str);
+                let who = r.actors.get(s.actor).map_or_else(|| "?".into(), ToString::to_string);
                 let via = match s.call.kind {
                     CallKind::CpapiInstancesPut => "sled-agent report",
                     CallKind::VmmWrite => "watcher write",

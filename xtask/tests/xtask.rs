@@ -7,7 +7,7 @@
 use nexus_stub::{ExternalState, RestartPolicy};
 use sim_sled_agent::RemovalOrdering;
 use sled_agent_api::VmmState;
-use xtask::harness::sched::{Answer, CallKind};
+use xtask::harness::sched::{ActorKind, Answer, CallKind};
 use xtask::harness::schedule::{Happy, Replay, Seed7282};
 use xtask::harness::{self, RunConfig, RunResult, ScenarioKind};
 
@@ -43,7 +43,7 @@ fn seed_7282(ordering: RemovalOrdering, policy: RestartPolicy) -> RunResult {
 fn watcher_get_state(r: &RunResult) -> Answer {
     r.steps
         .iter()
-        .find(|s| r.actor_names[s.actor] == "watcher" && s.call.kind == CallKind::VmmGetState)
+        .find(|s| r.actors[s.actor] == ActorKind::Watcher && s.call.kind == CallKind::VmmGetState)
         .map(|s| s.answer.clone())
         .expect("the watcher checked a VMM")
 }

@@ -32,7 +32,7 @@ pub mod script;
 
 use gates::Gated;
 use observe::{Observer, Violation};
-use sched::{Answer, Arg, Call, CallKind, Component, Probes, Sched, Step, Tagged};
+use sched::{ActorKind, Answer, Arg, Call, CallKind, Component, Probes, Sched, Step, Tagged};
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
 pub use script::{Progress, ScenarioKind};
 
@@ -120,10 +120,12 @@ impl RunConfig {
 pub enum RunEnd {
     /// Every actor finished.
     Finished,
-    /// Actors are left but none can be released; their names.
-    Deadlock(Vec<String>),
+    /// Actors are left but none can be released.
+    Deadlock(Vec<ActorKind>),
     /// The step bound was reached.
     StepBound(usize),
+    /// The chooser stopped the run (the explorer prunes a situation it has seen).
+    Stopped,
 }
 
 /// One run's components, wired.
@@ -237,11 +239,7 @@ impl World {
         let queued = self.spawner.take();
         let n = queued.len();
         for (instance_id, task) in queued {
-            let name = format!(
-                "update{}",
-                self.sched.actor_names().iter().filter(|a| a.starts_with("update")).count() + 1
-            );
-            let id = self.sched.add_actor(name);
+            let id = self.sched.add_actor(self.sched.next_update());
             let sched = Arc::clone(&self.sched);
             let call = Call {
                 kind: CallKind::InstanceUpdate,
@@ -296,7 +294,7 @@ pub enum RunError {
 pub struct RunResult {
     pub end: RunEnd,
     pub steps: Vec<Step>,
-    pub actor_names: Vec<String>,
+    pub actors: Vec<ActorKind>,
     pub violations: Vec<Violation>,
     pub instances: Vec<InstanceView>,
     pub disk: Option<DiskView>,
@@ -314,7 +312,7 @@ impl RunResult {
     }
 
     pub fn replay(&self) -> String {
-        schedule::replay_string(&self.steps, &self.actor_names)
+        schedule::replay_string(&self.steps, &self.actors)
     }
 }
 
@@ -324,7 +322,7 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
     let mut pool = LocalPool::new();
     let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
 
-    let scenario_id = world.sched.add_actor("scenario".into());
+    let scenario_id = world.sched.add_actor(ActorKind::Scenario);
     let fut = script::scenario(
         config.scenario,
         Arc::clone(&world.nexus),
@@ -333,14 +331,14 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
         Arc::clone(&world.progress),
     );
     spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
-    let watcher_id = world.sched.add_actor("watcher".into());
+    let watcher_id = world.sched.add_actor(ActorKind::Watcher);
     let fut = script::watcher(
         world.watcher(config, clock),
         config.watcher_passes,
         Arc::clone(&world.watcher_counts),
     );
     spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
-    let restart_id = world.sched.add_actor("restart".into());
+    let restart_id = world.sched.add_actor(ActorKind::Restart);
     let fut =
         script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
@@ -364,9 +362,10 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
         if step >= config.max_steps {
             break RunEnd::StepBound(config.max_steps);
         }
-        let actor_names = world.sched.actor_names();
-        let ctx = ChoiceCtx { step, enabled: &enabled, actor_names: &actor_names, world: &world };
-        let pick = chooser.choose(&ctx)?;
+        let ctx = ChoiceCtx { step, enabled: &enabled, world: &world, observer: &observer };
+        let Some(pick) = chooser.choose(&ctx)? else {
+            break RunEnd::Stopped;
+        };
         let Some(choice) = enabled.get(pick) else {
             return Err(RunError::Schedule(ScheduleError::Mismatch {
                 step: step + 1,
@@ -385,7 +384,7 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
     Ok(RunResult {
         end,
         steps: world.sched.steps(),
-        actor_names: world.sched.actor_names(),
+        actors: world.sched.actor_kinds(),
         violations: observer.violations().to_vec(),
         instances: world.nexus.instances(),
         disk,

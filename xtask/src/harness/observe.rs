@@ -46,6 +46,16 @@ impl Observer {
         &self.violations
     }
 
+    /// Feeds the history the invariants depend on into `h`.
+    pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
+        use std::hash::Hash;
+        self.destroyed_published.hash(h);
+        self.failed_recorded.hash(h);
+        for v in &self.violations {
+            v.invariant.hash(h);
+        }
+    }
+
     /// Records the first break of each invariant; later ones of the same add nothing.
     fn broke(&mut self, invariant: u8, step: usize, message: impl FnOnce() -> String) {
         if self.violations.iter().all(|v| v.invariant != invariant) {
@@ -135,8 +145,11 @@ impl Observer {
         let steps = world.sched.steps_len();
         match end {
             RunEnd::Finished => {}
+            // A pruned run is the prefix of runs explored elsewhere: no end to judge.
+            RunEnd::Stopped => return,
             RunEnd::Deadlock(waiting) => self.broke(5, steps, || {
-                format!("no call can proceed; still waiting: {}", waiting.join(", "))
+                let w: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+                format!("no call can proceed; still waiting: {}", w.join(", "))
             }),
             RunEnd::StepBound(max) => {
                 self.broke(5, steps, || format!("the step bound ({max}) was reached"))

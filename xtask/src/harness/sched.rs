@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -22,6 +23,44 @@ pub type ActorId = usize;
 
 thread_local! {
     static CURRENT: Cell<Option<ActorId>> = const { Cell::new(None) };
+}
+
+/// Which actor: the unit a schedule interleaves. Update steps are numbered in the
+/// order Nexus started them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorKind {
+    Scenario,
+    Watcher,
+    Restart,
+    Update(u32),
+}
+
+impl ActorKind {
+    pub fn parse(s: &str) -> Option<ActorKind> {
+        match s {
+            "scenario" => Some(ActorKind::Scenario),
+            "watcher" => Some(ActorKind::Watcher),
+            "restart" => Some(ActorKind::Restart),
+            _ => {
+                let n = s.strip_prefix("update")?;
+                if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                n.parse().ok().filter(|&n| n > 0).map(ActorKind::Update)
+            }
+        }
+    }
+}
+
+impl fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActorKind::Scenario => f.write_str("scenario"),
+            ActorKind::Watcher => f.write_str("watcher"),
+            ActorKind::Restart => f.write_str("restart"),
+            ActorKind::Update(n) => write!(f, "update{n}"),
+        }
+    }
 }
 
 /// Who is on either side of a call, for the step log and the sequence diagram.
@@ -149,6 +188,15 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Hashes what the caller learned; `Gone`'s view of Nexus is the observer's,
+    /// not the caller's, so it is left out.
+    pub fn hash_learned<H: Hasher>(&self, h: &mut H) {
+        match self {
+            Answer::Gone { .. } => 0xdead_u32.hash(h),
+            other => other.hash(h),
+        }
+    }
+
     /// The generation the answer carries, for the step table.
     pub fn gen(&self) -> Option<Generation> {
         match self {
@@ -174,6 +222,7 @@ pub struct Step {
 pub struct Choice {
     pub ticket: u64,
     pub actor: ActorId,
+    pub kind: ActorKind,
     pub call: Call,
 }
 
@@ -200,8 +249,11 @@ struct Parked {
 
 #[derive(Debug)]
 struct ActorInfo {
-    name: String,
+    kind: ActorKind,
     done: bool,
+    /// A rolling hash of every (call, answer) the actor has seen. An actor's code is
+    /// deterministic, so this stands for its local state when runs are compared.
+    history: u64,
 }
 
 #[derive(Default)]
@@ -251,27 +303,42 @@ impl Sched {
         self.lock().errors.push(msg);
     }
 
-    pub fn add_actor(&self, name: String) -> ActorId {
+    pub fn add_actor(&self, kind: ActorKind) -> ActorId {
         let mut g = self.lock();
-        g.actors.push(ActorInfo { name, done: false });
+        g.actors.push(ActorInfo { kind, done: false, history: 0 });
         g.actors.len() - 1
     }
 
-    pub fn actor_name(&self, id: ActorId) -> String {
-        self.lock().actors.get(id).map_or_else(|| format!("actor{id}"), |a| a.name.clone())
+    /// The next update step's kind (`update1`, `update2`, ...).
+    pub fn next_update(&self) -> ActorKind {
+        let n =
+            self.lock().actors.iter().filter(|a| matches!(a.kind, ActorKind::Update(_))).count();
+        ActorKind::Update(u32::try_from(n + 1).unwrap_or(u32::MAX))
     }
 
-    pub fn actor_names(&self) -> Vec<String> {
-        self.lock().actors.iter().map(|a| a.name.clone()).collect()
+    pub fn actor_kinds(&self) -> Vec<ActorKind> {
+        self.lock().actors.iter().map(|a| a.kind).collect()
+    }
+
+    /// Feeds every actor's identity, progress and history, and every parked call,
+    /// into `h`: with the components' own state, this identifies a situation.
+    pub fn hash_actors<H: Hasher>(&self, h: &mut H) {
+        let g = self.lock();
+        for a in &g.actors {
+            (a.kind, a.done, a.history).hash(h);
+        }
+        for p in &g.parked {
+            (p.actor, p.call, p.released.is_some()).hash(h);
+        }
     }
 
     pub fn all_done(&self) -> bool {
         self.lock().actors.iter().all(|a| a.done)
     }
 
-    /// Actors still running (parked or blocked), by name.
-    pub fn unfinished(&self) -> Vec<String> {
-        self.lock().actors.iter().filter(|a| !a.done).map(|a| a.name.clone()).collect()
+    /// Actors still running (parked or blocked).
+    pub fn unfinished(&self) -> Vec<ActorKind> {
+        self.lock().actors.iter().filter(|a| !a.done).map(|a| a.kind).collect()
     }
 
     fn actor_done(&self, id: ActorId) {
@@ -313,7 +380,12 @@ impl Sched {
             .parked
             .iter()
             .filter(|p| p.released.is_none() && p.wait.as_ref().is_none_or(|w| w()))
-            .map(|p| Choice { ticket: p.ticket, actor: p.actor, call: p.call })
+            .map(|p| Choice {
+                ticket: p.ticket,
+                actor: p.actor,
+                kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
+                call: p.call,
+            })
             .collect();
         out.sort_by_key(|c| (c.actor, c.ticket));
         out
@@ -346,10 +418,18 @@ impl Sched {
 
     fn complete(&self, step: usize, answer: Answer) {
         let mut g = self.lock();
-        match g.steps.get_mut(step) {
-            Some(s) => s.answer = answer,
-            None => g.errors.push(format!("completion of unknown step {step}")),
+        let g = &mut *g;
+        let Some(s) = g.steps.get_mut(step) else {
+            g.errors.push(format!("completion of unknown step {step}"));
+            return;
+        };
+        if let Some(a) = g.actors.get_mut(s.actor) {
+            let mut h = DefaultHasher::new();
+            (a.history, s.call).hash(&mut h);
+            answer.hash_learned(&mut h);
+            a.history = h.finish();
         }
+        s.answer = answer;
     }
 
     /// What Nexus holds for a VMM right now (for `Answer::Gone`).

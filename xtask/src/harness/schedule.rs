@@ -7,7 +7,8 @@ use std::fmt;
 use nexus_stub::DbVmmState;
 use sled_agent_api::VmmState;
 
-use super::sched::{Arg, CallKind, Choice, Step};
+use super::observe::Observer;
+use super::sched::{ActorKind, Arg, CallKind, Choice, Step};
 use super::World;
 
 /// What a chooser sees when it picks.
@@ -15,23 +16,18 @@ pub struct ChoiceCtx<'a> {
     /// How many steps ran before this one.
     pub step: usize,
     pub enabled: &'a [Choice],
-    pub actor_names: &'a [String],
     pub world: &'a World,
+    pub observer: &'a Observer,
 }
 
-impl ChoiceCtx<'_> {
-    fn name(&self, c: &Choice) -> &str {
-        self.actor_names.get(c.actor).map_or("?", String::as_str)
-    }
-
-    fn token(&self, c: &Choice) -> String {
-        format!("{}.{}", self.name(c), c.call.kind.label())
-    }
+fn token(c: &Choice) -> String {
+    format!("{}.{}", c.kind, c.call.kind.label())
 }
 
 pub trait Chooser {
-    /// Index into `ctx.enabled` of the call to release next.
-    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError>;
+    /// Index into `ctx.enabled` of the call to release next, or `None` to stop the
+    /// run here.
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError>;
 
     /// Called once the run ends after `steps` steps.
     fn finish(&mut self, _steps: usize) -> Result<(), ScheduleError> {
@@ -56,24 +52,21 @@ pub enum ScheduleError {
 
 /// Scheduling priority of an actor under the named policies: the scenario first,
 /// then the update steps it waits for, then background tasks.
-fn priority(name: &str) -> u8 {
-    if name == "scenario" {
-        0
-    } else if name.starts_with("update") {
-        1
-    } else if name == "restart" {
-        2
-    } else {
-        3
+fn priority(kind: ActorKind) -> u8 {
+    match kind {
+        ActorKind::Scenario => 0,
+        ActorKind::Update(_) => 1,
+        ActorKind::Restart => 2,
+        ActorKind::Watcher => 3,
     }
 }
 
-fn by_priority(ctx: &ChoiceCtx<'_>, skip_watcher: bool) -> Option<usize> {
-    ctx.enabled
+pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usize> {
+    enabled
         .iter()
         .enumerate()
-        .filter(|(_, c)| !(skip_watcher && ctx.name(c) == "watcher"))
-        .min_by_key(|(_, c)| (priority(ctx.name(c)), c.actor))
+        .filter(|(_, c)| !(skip_watcher && c.kind == ActorKind::Watcher))
+        .min_by_key(|(_, c)| (priority(c.kind), c.actor))
         .map(|(i, _)| i)
 }
 
@@ -82,8 +75,8 @@ fn by_priority(ctx: &ChoiceCtx<'_>, skip_watcher: bool) -> Option<usize> {
 pub struct Happy;
 
 impl Chooser for Happy {
-    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
-        Ok(by_priority(ctx, false).unwrap_or(0))
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        Ok(by_priority(ctx.enabled, false))
     }
 }
 
@@ -106,12 +99,12 @@ enum Phase {
 
 impl Seed7282 {
     fn watcher(ctx: &ChoiceCtx<'_>, kind: CallKind) -> Option<usize> {
-        ctx.enabled.iter().position(|c| ctx.name(c) == "watcher" && c.call.kind == kind)
+        ctx.enabled.iter().position(|c| c.kind == ActorKind::Watcher && c.call.kind == kind)
     }
 }
 
 impl Chooser for Seed7282 {
-    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         match self.phase {
             Phase::WaitForGen6 => {
                 let at_gen_6 = ctx.world.nexus.vmms().iter().any(|v| {
@@ -121,7 +114,7 @@ impl Chooser for Seed7282 {
                 });
                 if let (true, Some(i)) = (at_gen_6, Self::watcher(ctx, CallKind::VmmList)) {
                     self.phase = Phase::WaitForDestroyedReport;
-                    return Ok(i);
+                    return Ok(Some(i));
                 }
             }
             Phase::WaitForDestroyedReport => {
@@ -133,34 +126,34 @@ impl Chooser for Seed7282 {
                     (reporting_destroyed, Self::watcher(ctx, CallKind::VmmGetState))
                 {
                     self.phase = Phase::WatcherWrites;
-                    return Ok(i);
+                    return Ok(Some(i));
                 }
-                return Ok(by_priority(ctx, true).unwrap_or(0));
+                return Ok(by_priority(ctx.enabled, true).or(Some(0)));
             }
             Phase::WatcherWrites => {
                 self.phase = Phase::Done;
                 if let Some(i) = Self::watcher(ctx, CallKind::VmmWrite) {
-                    return Ok(i);
+                    return Ok(Some(i));
                 }
             }
             Phase::Done => {
                 // As in the bug report: once the instance has failed, auto-restart
                 // gets to it before the test looks again.
                 if !ctx.world.nexus.restart_candidates().is_empty() {
-                    if let Some(i) = ctx.enabled.iter().position(|c| ctx.name(c) == "restart") {
-                        return Ok(i);
+                    if let Some(i) = ctx.enabled.iter().position(|c| c.kind == ActorKind::Restart) {
+                        return Ok(Some(i));
                     }
                 }
             }
         }
-        Ok(by_priority(ctx, self.phase != Phase::Done).unwrap_or(0))
+        Ok(by_priority(ctx.enabled, self.phase != Phase::Done).or(Some(0)))
     }
 }
 
 /// One step of a replay string: `actor.call`, repeated `count` times.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Token {
-    actor: String,
+    actor: ActorKind,
     call: CallKind,
     count: usize,
 }
@@ -172,13 +165,6 @@ pub struct Replay {
     /// Position: token index and repetitions of it used.
     index: usize,
     used: usize,
-}
-
-fn valid_actor(name: &str) -> bool {
-    matches!(name, "scenario" | "watcher" | "restart")
-        || name.strip_prefix("update").is_some_and(|n| {
-            !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
-        })
 }
 
 impl Replay {
@@ -209,33 +195,30 @@ impl Replay {
             let (actor, call) = body
                 .split_once('.')
                 .ok_or_else(|| bad("expected actor.call, e.g. watcher.vmm_get_state"))?;
-            if !valid_actor(actor) {
-                return Err(bad(
-                    "unknown actor (scenario, watcher, restart, update1, update2, ...)",
-                ));
-            }
+            let actor = ActorKind::parse(actor).ok_or_else(|| {
+                bad("unknown actor (scenario, watcher, restart, update1, update2, ...)")
+            })?;
             let call = CallKind::from_label(call).ok_or_else(|| {
                 let known: Vec<_> = CallKind::ALL.iter().map(|k| k.label()).collect();
                 bad(&format!("unknown call; known calls: {}", known.join(", ")))
             })?;
-            tokens.push(Token { actor: actor.to_string(), call, count });
+            tokens.push(Token { actor, call, count });
         }
         Ok(Replay { tokens, index: 0, used: 0 })
     }
 }
 
 fn enabled_list(ctx: &ChoiceCtx<'_>) -> String {
-    let v: Vec<_> = ctx.enabled.iter().map(|c| ctx.token(c)).collect();
+    let v: Vec<_> = ctx.enabled.iter().map(token).collect();
     v.join(", ")
 }
 
 impl Chooser for Replay {
-    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<usize, ScheduleError> {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let Some(tok) = self.tokens.get(self.index) else {
             return Err(ScheduleError::TooShort { step: ctx.step + 1, enabled: enabled_list(ctx) });
         };
-        let found =
-            ctx.enabled.iter().position(|c| ctx.name(c) == tok.actor && c.call.kind == tok.call);
+        let found = ctx.enabled.iter().position(|c| c.kind == tok.actor && c.call.kind == tok.call);
         let Some(i) = found else {
             return Err(ScheduleError::Mismatch {
                 step: ctx.step + 1,
@@ -249,7 +232,7 @@ impl Chooser for Replay {
             self.index += 1;
             self.used = 0;
         }
-        Ok(i)
+        Ok(Some(i))
     }
 
     fn finish(&mut self, steps: usize) -> Result<(), ScheduleError> {
@@ -263,10 +246,10 @@ impl Chooser for Replay {
 }
 
 /// The replay string of a run: every step, runs of the same token folded as `*N`.
-pub fn replay_string(steps: &[Step], actor_names: &[String]) -> String {
+pub fn replay_string(steps: &[Step], actors: &[ActorKind]) -> String {
     let mut out: Vec<(String, usize)> = Vec::new();
     for s in steps {
-        let name = actor_names.get(s.actor).map_or("?", String::as_str);
+        let name = actors.get(s.actor).map_or_else(|| "?".to_string(), ToString::to_string);
         let tok = format!("{name}.{}", s.call.kind.label());
         match out.last_mut() {
             Some((last, n)) if *last == tok => *n += 1,
@@ -346,6 +329,6 @@ mod tests {
         let r = Replay::parse("scenario.vmm_register update12.instance_update*3").expect("parses");
         assert_eq!(r.tokens.len(), 2);
         assert_eq!(r.tokens[1].count, 3);
-        assert_eq!(r.tokens[1].actor, "update12");
+        assert_eq!(r.tokens[1].actor, ActorKind::Update(12));
     }
 }
