@@ -206,6 +206,7 @@ impl Db {
 
     /// Hashes what decides future behaviour; timestamps and the write log are left out.
     pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H) {
+        self.next_id.hash(h);
         for (id, i) in &self.instances {
             (id, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
         }

@@ -132,6 +132,9 @@ impl DeferredSpawner {
     /// The update steps started since the last call, in the order they started.
     pub fn take(&self) -> Vec<(InstanceUuid, UpdateTask)> {
         let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return Vec::new();
+        }
         q.drain(..).map(|(id, t)| (id, t.0)).collect()
     }
 }
@@ -262,6 +265,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         Ok(db.instance_view(inst))
     }
 
+    /// The user-visible state and auto-restart count, without building a view.
+    pub fn instance_status(&self, instance_id: InstanceUuid) -> Option<(ExternalState, u32)> {
+        let db = self.db();
+        db.instances.get(&instance_id).map(|i| (db.external_state(i), i.auto_restarts))
+    }
+
     pub fn instance_record(&self, instance_id: InstanceUuid) -> Option<InstanceRecord> {
         self.db().instances.get(&instance_id).cloned()
     }
@@ -295,9 +304,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         self.db().writes.len()
     }
 
-    /// The writes from index `from` on (so an observer can poll cheaply).
-    pub fn vmm_writes_since(&self, from: usize) -> Vec<VmmWrite> {
-        self.db().writes.get(from..).map(<[VmmWrite]>::to_vec).unwrap_or_default()
+    /// Visits the writes from index `from` on (so an observer can poll cheaply);
+    /// returns the log's length.
+    pub fn visit_writes_since(&self, from: usize, mut f: impl FnMut(&VmmWrite)) -> usize {
+        let db = self.db();
+        db.writes.get(from..).unwrap_or_default().iter().for_each(&mut f);
+        db.writes.len()
     }
 
     /// Feeds everything that decides Nexus's future behaviour into `h`.

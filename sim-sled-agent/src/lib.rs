@@ -151,7 +151,8 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         };
         let log = log.new(o!(
             "component" => "SimSledAgent",
-            "sled_id" => sled_id.to_string(),
+            // Formatted only if a line is actually logged.
+            "sled_id" => slog::FnValue(move |_| sled_id.to_string()),
             "ordering" => config.ordering.label(),
         ));
         Ok(Arc::new_cyclic(|this| SimSledAgent {

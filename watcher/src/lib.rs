@@ -160,13 +160,13 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
     }
 
     async fn check(&self, vmm: &WatchedVmm, counts: &mut PassCounts) {
-        let log = self.log.new(o!(
-            "propolis_id" => vmm.propolis_id.to_string(),
-            "instance_id" => vmm.instance_id.to_string(),
-            "listed_gen" => vmm.runtime.gen.as_u64(),
-        ));
+        // The VMM's identity goes on every line rather than into a child logger: a
+        // child logger allocates per check, and the explorer runs millions of checks.
+        let (log, id, inst, listed) =
+            (&self.log, vmm.propolis_id, vmm.instance_id, vmm.runtime.gen.as_u64());
         let Some(sled) = self.sleds.get(&vmm.sled_id) else {
-            warn!(log, "no client for sled"; "sled_id" => %vmm.sled_id);
+            warn!(log, "no client for sled"; "sled_id" => %vmm.sled_id,
+                "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed);
             counts.inconclusive += 1;
             return;
         };
@@ -179,7 +179,8 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
                 } else {
                     vmm.runtime.gen.next()
                 };
-                info!(log, "sled agent says VMM is gone; marking it failed"; "gen" => gen.as_u64());
+                info!(log, "sled agent says VMM is gone; marking it failed"; "gen" => gen.as_u64(),
+                    "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed);
                 SledVmmState {
                     vmm_state: VmmRuntimeState {
                         state: VmmState::Failed,
@@ -189,7 +190,8 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
                 }
             }
             Err(e) => {
-                debug!(log, "check inconclusive"; "error" => %e);
+                debug!(log, "check inconclusive"; "error" => %e,
+                    "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed);
                 counts.inconclusive += 1;
                 return;
             }
@@ -198,11 +200,13 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             Ok(outcome) => {
                 counts.updated += usize::from(outcome.updated);
                 debug!(log, "VMM state written";
+                    "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed,
                     "state" => %new_state.vmm_state.state,
                     "gen" => new_state.vmm_state.gen.as_u64(), "updated" => outcome.updated);
             }
             Err(e) => {
-                warn!(log, "VMM write failed"; "error" => %e);
+                warn!(log, "VMM write failed"; "error" => %e,
+                    "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed);
                 counts.write_errors += 1;
             }
         }

@@ -12,8 +12,9 @@ use nexus_stub::RestartPolicy;
 use sim_sled_agent::RemovalOrdering;
 use slog::{o, Drain, Logger};
 
+use crate::explore::ExploreConfig;
 use crate::harness::schedule::ScheduleSpec;
-use crate::harness::{self, RunConfig, RunError, ScenarioKind};
+use crate::harness::{self, Inject, RunConfig, RunError, ScenarioKind};
 use crate::report;
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,8 @@ enum Command {
     /// Run the disk-move scenario (or the stop race) under one schedule and check
     /// every invariant.
     Scenario(ScenarioArgs),
+    /// Explore every interleaving within bounds; print the shortest counterexample.
+    Explore(ExploreArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +107,56 @@ struct ScenarioArgs {
     #[arg(long, default_value_t = 1)]
     restart_passes: usize,
     /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InjectArg {
+    NoGenerationCheck,
+    WatcherListsTerminal,
+    WatcherSkipsGeneration,
+}
+
+impl From<InjectArg> for Inject {
+    fn from(a: InjectArg) -> Self {
+        match a {
+            InjectArg::NoGenerationCheck => Inject::NoGenerationCheck,
+            InjectArg::WatcherListsTerminal => Inject::WatcherListsTerminal,
+            InjectArg::WatcherSkipsGeneration => Inject::WatcherSkipsGeneration,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ExploreArgs {
+    #[arg(long, value_enum, default_value_t)]
+    scenario: ScenarioArg,
+    #[arg(long, value_enum, default_value_t)]
+    ordering: OrderingArg,
+    #[arg(long, value_enum, default_value_t)]
+    restart_policy: RestartPolicyArg,
+    /// Watcher passes; each may start at any point.
+    #[arg(long, default_value_t = 2)]
+    watcher_passes: usize,
+    /// Auto-restart passes; each may start at any point.
+    #[arg(long, default_value_t = 1)]
+    restart_passes: usize,
+    /// Steps one schedule may take before it counts as not terminating.
+    #[arg(long, default_value_t = 200)]
+    max_steps: usize,
+    /// Schedules to run at most; a search cut short is not exhaustive.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_schedules: usize,
+    /// Seed a known bug into the model.
+    #[arg(long, value_enum)]
+    inject: Option<InjectArg>,
+    /// Write a self-contained HTML page with the sequence diagram.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<std::path::PathBuf>,
+    /// Print the counterexample as a Mermaid sequence diagram.
+    #[arg(long)]
+    mermaid: bool,
     #[arg(long)]
     json: bool,
 }
@@ -194,22 +247,40 @@ pub fn run(
     let log = logger(cli.log_format, cli.log_level);
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
+        Command::Explore(a) => explore(a, out, err),
     };
     match result {
         Ok(code) => code,
-        Err(Usage(msg)) => {
+        Err(Fail::Usage(msg)) => {
             let _ = writeln!(err, "error: {msg}");
             2
+        }
+        Err(Fail::Broken(msg)) => {
+            let _ = writeln!(err, "error: {msg}");
+            1
         }
     }
 }
 
 /// A bad-usage error: reported on one line, exit 2.
-struct Usage(String);
+enum Fail {
+    /// Bad usage: exit 2.
+    Usage(String),
+    /// The run itself could not be trusted (a harness fault): exit 1.
+    Broken(String),
+}
 
-fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usage> {
+/// A run error: a schedule that does not fit is the user's; the rest are ours.
+fn run_failure(e: RunError) -> Fail {
+    match e {
+        RunError::Schedule(e) => Fail::Usage(e.to_string()),
+        e @ (RunError::Setup(_) | RunError::Harness(_)) => Fail::Broken(e.to_string()),
+    }
+}
+
+fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
     if a.transport == TransportArg::Http {
-        return Err(Usage(
+        return Err(Fail::Usage(
             "--transport http is not built yet (issue 4); use --transport inproc".into(),
         ));
     }
@@ -221,12 +292,8 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Usa
         restart_passes: a.restart_passes,
         ..RunConfig::new(log)
     };
-    let mut chooser = a.schedule.chooser().map_err(|e| Usage(e.to_string()))?;
-    let result = match harness::run(&config, &mut *chooser) {
-        Ok(r) => r,
-        Err(RunError::Schedule(e)) => return Err(Usage(e.to_string())),
-        Err(e @ RunError::Setup(_)) => return Err(Usage(e.to_string())),
-    };
+    let mut chooser = a.schedule.chooser().map_err(|e| Fail::Usage(e.to_string()))?;
+    let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;
     let passed = result.passed();
     let steps = report::steps_out(&result);
     let violations = report::violations_out(&result);
@@ -320,4 +387,55 @@ pub fn main() -> ExitCode {
     let code =
         run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
     ExitCode::from(code)
+}
+
+fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fail> {
+    use std::io::IsTerminal;
+    // Logging stays off the hot path: a run takes microseconds, a log line more.
+    let log = Logger::root(slog::Discard, o!());
+    let cfg = ExploreConfig {
+        run: RunConfig {
+            scenario: a.scenario.into(),
+            ordering: a.ordering.into(),
+            restart_policy: a.restart_policy.into(),
+            watcher_passes: a.watcher_passes,
+            restart_passes: a.restart_passes,
+            max_steps: a.max_steps,
+            inject: a.inject.map(Into::into),
+            ..RunConfig::new(log)
+        },
+        max_schedules: a.max_schedules,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = false;
+    let result = crate::explore::explore(&cfg, &mut |p| {
+        if tty && p.elapsed.as_secs_f64() >= 1.0 {
+            shown = true;
+            let _ = write!(
+                err,
+                "\r{} schedules, {} states, {} violations, {:.1} s",
+                p.schedules,
+                p.states,
+                p.violations,
+                p.elapsed.as_secs_f64()
+            );
+        }
+    })
+    .map_err(run_failure)?;
+    if shown {
+        let _ = writeln!(err);
+    }
+    let view = crate::explore_report::View::new(&cfg, &result);
+    if let Some(path) = &a.report {
+        std::fs::write(path, view.html())
+            .map_err(|e| Fail::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if a.json {
+        let _ = writeln!(out, "{}", view.json());
+    } else if a.mermaid {
+        let _ = write!(out, "{}", view.mermaid());
+    } else {
+        let _ = write!(out, "{}", view.human());
+    }
+    Ok(if result.violations == 0 { 0 } else { 1 })
 }

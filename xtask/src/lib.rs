@@ -2,5 +2,7 @@
 //! the components, runs the disk-move scenario under a chosen schedule, and reports.
 
 pub mod cli;
+pub mod explore;
+pub mod explore_report;
 pub mod harness;
 pub mod report;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ use slog::Logger;
 use watcher::{InstanceWatcher, PassCounts, WatcherFaults};
 
 pub mod gates;
+pub mod hash;
 pub mod observe;
 pub mod sched;
 pub mod schedule;
@@ -215,6 +217,18 @@ impl World {
         InstanceWatcher::new(&config.log, ds, sleds, clock).with_faults(faults)
     }
 
+    /// Identifies the situation: every component's state, every actor's history
+    /// and parked call, and what the invariants remember. Two runs with the same
+    /// fingerprint have the same futures, so the explorer visits each once.
+    pub fn fingerprint(&self, observer: &Observer) -> u64 {
+        let mut h = hash::StableHasher::default();
+        self.nexus.hash_state(&mut h);
+        self.sim.hash_state(&mut h);
+        self.sched.hash_actors(&mut h);
+        observer.hash_state(&mut h);
+        h.finish()
+    }
+
     pub fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -287,6 +301,8 @@ pub enum RunError {
     Schedule(#[from] ScheduleError),
     #[error("building the simulated sled agent failed")]
     Setup(#[source] sim_sled_agent::SimError),
+    #[error("the harness failed: {0}")]
+    Harness(String),
 }
 
 /// Everything a run produced, read from state once it ended.
@@ -316,8 +332,50 @@ impl RunResult {
     }
 }
 
-/// Runs one schedule from scratch.
+/// Runs one schedule from scratch and reads everything a report needs.
 pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, RunError> {
+    let (world, end, observer) = drive(config, chooser)?;
+    let disk = world.progress().disk.and_then(|d| world.nexus.disk(d).ok());
+    let scenario_outcome = world.progress().outcome.clone();
+    let watcher = world.watcher_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(RunResult {
+        end,
+        steps: world.sched.steps(),
+        actors: world.sched.actor_kinds(),
+        violations: observer.violations().to_vec(),
+        instances: world.nexus.instances(),
+        disk,
+        watcher,
+        names: world.names(),
+        scenario_outcome,
+        harness_errors: world.sched.errors(),
+        writes: world.nexus.vmm_writes(),
+    })
+}
+
+/// How a run ended and what it broke: all the explorer reads, so nothing else is
+/// copied out of the run.
+#[derive(Debug)]
+pub struct Verdict {
+    pub end: RunEnd,
+    pub violations: Vec<Violation>,
+    pub harness_errors: Vec<String>,
+}
+
+/// Runs one schedule from scratch and reads only its verdict.
+pub fn run_verdict(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<Verdict, RunError> {
+    let (world, end, observer) = drive(config, chooser)?;
+    Ok(Verdict {
+        end,
+        violations: observer.violations().to_vec(),
+        harness_errors: world.sched.errors(),
+    })
+}
+
+fn drive(
+    config: &RunConfig,
+    chooser: &mut dyn Chooser,
+) -> Result<(World, RunEnd, Observer), RunError> {
     let world = World::build(config)?;
     let mut pool = LocalPool::new();
     let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
@@ -378,20 +436,5 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
     };
     chooser.finish(world.sched.steps_len())?;
     observer.finish(&world, &end, config.scenario);
-    let disk = world.progress().disk.and_then(|d| world.nexus.disk(d).ok());
-    let scenario_outcome = world.progress().outcome.clone();
-    let watcher = world.watcher_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(RunResult {
-        end,
-        steps: world.sched.steps(),
-        actors: world.sched.actor_kinds(),
-        violations: observer.violations().to_vec(),
-        instances: world.nexus.instances(),
-        disk,
-        watcher,
-        names: world.names(),
-        scenario_outcome,
-        harness_errors: world.sched.errors(),
-        writes: world.nexus.vmm_writes(),
-    })
+    Ok((world, end, observer))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use nexus_stub::{DiskState, ExternalState};
 use serde::Serialize;
-use sled_agent_api::{PropolisUuid, VmmState};
+use sled_agent_api::{InstanceUuid, PropolisUuid, VmmState};
 
 use super::sched::{Answer, Arg, CallKind};
 use super::script::ScenarioKind;
@@ -64,55 +64,61 @@ impl Observer {
     }
 
     pub fn check(&mut self, world: &World) {
-        let now = world.sched.steps_len();
         let names = || world.names();
 
         // 1: every NoSuchVmm answer, against what Nexus held at that instant.
-        for (i, step) in world.sched.steps_since(self.steps_seen).iter().enumerate() {
+        let mut gone = Vec::new();
+        let now = world.sched.visit_steps_since(self.steps_seen, |i, step| {
             if let (Answer::Gone { nexus_had }, Some(vmm)) = (&step.answer, step.call.vmm) {
                 if !nexus_had.is_some_and(|(s, _)| s.is_terminal()) {
-                    let at = self.steps_seen + i + 1;
-                    let held = nexus_had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
-                    self.broke(1, at, || {
-                        format!(
-                            "the sled agent answered NoSuchVmm for {} while Nexus held it at {held}",
-                            names().vmm(vmm)
-                        )
-                    });
+                    gone.push((i + 1, vmm, *nexus_had));
                 }
             }
-        }
+        });
         self.steps_seen = now;
+        for (at, vmm, had) in gone {
+            let held = had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
+            self.broke(1, at, || {
+                format!(
+                    "the sled agent answered NoSuchVmm for {} while Nexus held it at {held}",
+                    names().vmm(vmm)
+                )
+            });
+        }
 
         // 2: a Destroyed report counts as published once the sled agent sent it, that
         // is once it is parked at the gate; every parked call is seen here before the
         // scheduler can release it.
-        for (_, call) in world.sched.parked_calls() {
+        let published = &mut self.destroyed_published;
+        world.sched.visit_parked(|call| {
             if let (CallKind::CpapiInstancesPut, Arg::State(VmmState::Destroyed, _), Some(vmm)) =
                 (call.kind, call.arg, call.vmm)
             {
-                self.destroyed_published.insert(vmm);
+                published.insert(vmm);
             }
-        }
+        });
 
         // 3, and the Failed records 2 needs: every write since the last look.
-        let writes = world.nexus.vmm_writes_since(self.writes_seen);
-        self.writes_seen += writes.len();
-        for w in writes {
-            if w.applied && w.gen <= w.prev_gen {
-                self.broke(3, now, || {
-                    format!(
-                        "{}: {}/g{} was applied over stored g{}",
-                        names().vmm(w.propolis_id),
-                        w.state,
-                        w.gen,
-                        w.prev_gen
-                    )
-                });
+        let mut backwards = None;
+        let failed = &mut self.failed_recorded;
+        self.writes_seen = world.nexus.visit_writes_since(self.writes_seen, |w| {
+            if w.applied && w.gen <= w.prev_gen && backwards.is_none() {
+                backwards = Some(*w);
             }
             if w.applied && w.state == VmmState::Failed {
-                self.failed_recorded.insert(w.propolis_id);
+                failed.insert(w.propolis_id);
             }
+        });
+        if let Some(w) = backwards {
+            self.broke(3, now, || {
+                format!(
+                    "{}: {}/g{} was applied over stored g{}",
+                    names().vmm(w.propolis_id),
+                    w.state,
+                    w.gen,
+                    w.prev_gen
+                )
+            });
         }
         if let Some(vmm) =
             self.destroyed_published.intersection(&self.failed_recorded).next().copied()
@@ -126,15 +132,17 @@ impl Observer {
         }
 
         // 4: user-stopped instances never go Failed and are never restarted.
-        let stopped = world.progress().stopped.clone();
+        let stopped: Vec<InstanceUuid> = world.progress().stopped.clone();
         for id in stopped {
-            let Ok(view) = world.nexus.instance(id) else { continue };
-            if view.state == ExternalState::Failed {
-                self.broke(4, now, || format!("{}, stopped by the user, went failed", view.name));
-            }
-            if view.auto_restarts > 0 {
+            let Some((state, restarts)) = world.nexus.instance_status(id) else { continue };
+            if state == ExternalState::Failed {
                 self.broke(4, now, || {
-                    format!("{}, stopped by the user, was auto-restarted", view.name)
+                    format!("{}, stopped by the user, went failed", names().instance(id))
+                });
+            }
+            if restarts > 0 {
+                self.broke(4, now, || {
+                    format!("{}, stopped by the user, was auto-restarted", names().instance(id))
                 });
             }
         }

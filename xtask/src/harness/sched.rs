@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -355,22 +355,28 @@ impl Sched {
         self.lock().steps.clone()
     }
 
-    pub fn steps_since(&self, from: usize) -> Vec<Step> {
-        self.lock().steps.get(from..).map(<[Step]>::to_vec).unwrap_or_default()
+    /// Visits the steps from index `from` on, with their indices; returns how many
+    /// steps there are. `f` runs under the scheduler's lock: it must not call back in.
+    pub fn visit_steps_since(&self, from: usize, mut f: impl FnMut(usize, &Step)) -> usize {
+        let g = self.lock();
+        for (i, s) in g.steps.iter().enumerate().skip(from) {
+            f(i, s);
+        }
+        g.steps.len()
     }
 
     pub fn errors(&self) -> Vec<String> {
         self.lock().errors.clone()
     }
 
-    /// Calls parked and not yet released, whether or not they may go now.
-    pub fn parked_calls(&self) -> Vec<(ActorId, Call)> {
-        self.lock()
-            .parked
-            .iter()
-            .filter(|p| p.released.is_none())
-            .map(|p| (p.actor, p.call))
-            .collect()
+    /// Whether any call parked and not yet released satisfies `f`.
+    pub fn any_parked(&self, mut f: impl FnMut(&Call) -> bool) -> bool {
+        self.lock().parked.iter().any(|p| p.released.is_none() && f(&p.call))
+    }
+
+    /// Visits every call parked and not yet released. `f` runs under the lock.
+    pub fn visit_parked(&self, mut f: impl FnMut(&Call)) {
+        self.lock().parked.iter().filter(|p| p.released.is_none()).for_each(|p| f(&p.call));
     }
 
     /// The parked calls that may be released now, in actor order.
@@ -424,7 +430,7 @@ impl Sched {
             return;
         };
         if let Some(a) = g.actors.get_mut(s.actor) {
-            let mut h = DefaultHasher::new();
+            let mut h = super::hash::StableHasher::default();
             (a.history, s.call).hash(&mut h);
             answer.hash_learned(&mut h);
             a.history = h.finish();

@@ -118,7 +118,7 @@ impl Chooser for Seed7282 {
                 }
             }
             Phase::WaitForDestroyedReport => {
-                let reporting_destroyed = ctx.world.sched.parked_calls().iter().any(|(_, c)| {
+                let reporting_destroyed = ctx.world.sched.any_parked(|c| {
                     c.kind == CallKind::CpapiInstancesPut
                         && matches!(c.arg, Arg::State(VmmState::Destroyed, _))
                 });

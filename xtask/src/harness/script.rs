@@ -76,9 +76,9 @@ impl Ctx {
     /// Create, start, stop, finish the sim's transitions, wait for the instance to
     /// settle: the test's `instance_simulate` + `instance_wait_for_state(Stopped)`.
     async fn create_and_stop(&self, name: &str) -> Result<InstanceUuid, StepFailed> {
-        let nexus_err = |step: &str| {
-            let step = format!("{step} {name}");
-            move |source| StepFailed::Nexus { step, source }
+        // The step name is only built when a step fails.
+        let nexus_err = |step: &'static str| {
+            move |source| StepFailed::Nexus { step: format!("{step} {name}"), source }
         };
         let view = self.nexus.instance_create(name, true).await.map_err(nexus_err("create"))?;
         self.progress().instances.push((name.to_string(), view.id));
