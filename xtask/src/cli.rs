@@ -106,6 +106,9 @@ struct ScenarioArgs {
     /// Auto-restart passes.
     #[arg(long, default_value_t = 1)]
     restart_passes: usize,
+    /// Seed a known bug into the model (to replay an explorer's counterexample).
+    #[arg(long, value_enum)]
+    inject: Option<InjectArg>,
     /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
@@ -290,6 +293,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
         restart_policy: a.restart_policy.into(),
         watcher_passes: a.watcher_passes,
         restart_passes: a.restart_passes,
+        inject: a.inject.map(Into::into),
         ..RunConfig::new(log)
     };
     let mut chooser = a.schedule.chooser().map_err(|e| Fail::Usage(e.to_string()))?;

@@ -235,16 +235,16 @@ impl<'a> View<'a> {
             esc(&self.bounds_text()),
             esc(&self.counts_text())
         );
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<tr><th>violating schedules</th><td>{}</td></tr></table>\n",
+            "<tr><th>violating schedules</th><td>{}</td></tr></table>",
             self.r.violations
         );
         match &self.r.counterexample {
             None => {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<p>No violation in any of {} schedules within these bounds.</p>\n",
+                    "<p>No violation in any of {} schedules within these bounds.</p>",
                     self.r.schedules
                 );
             }
@@ -294,10 +294,10 @@ impl<'a> View<'a> {
              </marker></defs>\n"
         );
         for &c in &lanes {
-            let _ = write!(
+            let _ = writeln!(
                 s,
                 "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
-                 <line x1=\"{0}\" y1=\"28\" x2=\"{0}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n",
+                 <line x1=\"{0}\" y1=\"28\" x2=\"{0}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>",
                 x(c),
                 c.label(),
                 height - 10
@@ -307,9 +307,9 @@ impl<'a> View<'a> {
             let y = TOP + ROW * i + 14;
             let (x1, x2) = (x(component(st.from)), x(component(st.to)));
             if st.n == violating {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<rect x=\"4\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffd7d7\"/>\n",
+                    "<rect x=\"4\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffd7d7\"/>",
                     y - 16,
                     width - 8,
                     ROW - 2
