@@ -40,6 +40,14 @@ enum Command {
     Scenario(ScenarioArgs),
     /// Explore every interleaving within bounds; print the shortest counterexample.
     Explore(ExploreArgs),
+    /// Measure the performance targets (rebuilds and runs itself in release).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -251,6 +259,7 @@ pub fn run(
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out, err),
+        Command::Bench(a) => bench(&a, out),
     };
     match result {
         Ok(code) => code,
@@ -442,4 +451,32 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
         let _ = write!(out, "{}", view.human());
     }
     Ok(if result.violations == 0 { 0 } else { 1 })
+}
+
+fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
+    // Figures from a debug build would mislead: re-run this command in release.
+    if cfg!(debug_assertions) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--", "bench"]);
+        if a.json {
+            cmd.arg("--json");
+        }
+        let output = cmd
+            .output()
+            .map_err(|e| Fail::Broken(format!("cannot start the release build: {e}")))?;
+        let _ = out.write_all(&output.stdout);
+        let _ = std::io::stderr().write_all(&output.stderr);
+        return match output.status.code() {
+            Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
+            None => Err(Fail::Broken("the release bench was killed".into())),
+        };
+    }
+    let b = crate::bench::measure().map_err(run_failure)?;
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&b).unwrap_or_default());
+    } else {
+        let _ = write!(out, "{}", crate::bench::human(&b));
+    }
+    Ok(if b.targets.all_met() { 0 } else { 1 })
 }

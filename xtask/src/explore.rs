@@ -76,6 +76,10 @@ struct Dfs<'a> {
 }
 
 impl Chooser for Dfs<'_> {
+    fn replaying(&self, steps: usize) -> bool {
+        steps < self.prefix.len()
+    }
+
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         if !ctx.observer.violations().is_empty() {
             return Ok(None);
@@ -144,7 +148,8 @@ pub fn explore(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExploreResult, RunError> {
     let start = Instant::now();
-    let mut visited: Visited = HashMap::default();
+    // Sized for the default disk-move proof, so the table is not rebuilt as it grows.
+    let mut visited: Visited = HashMap::with_capacity_and_hasher(1 << 16, Default::default());
     let mut frontier: Vec<Vec<u32>> = vec![Vec::new()];
     let mut best: Option<(Vec<u32>, usize, u8)> = None;
     let mut out = ExploreResult {

@@ -216,8 +216,15 @@ fn explore_finds_the_shortest_legacy_counterexample_and_scenario_replays_it() {
         assert!(steps[7]["answer"].as_str().unwrap().starts_with("404"), "{}", steps[7]);
 
         let replay = c["replay"].as_str().unwrap();
-        let args =
-            ["scenario", "--scenario", scenario, "--ordering", "remove-then-publish", "--schedule", replay];
+        let args = [
+            "scenario",
+            "--scenario",
+            scenario,
+            "--ordering",
+            "remove-then-publish",
+            "--schedule",
+            replay,
+        ];
         let again = json(&args, 1);
         assert_eq!(again["violations"][0]["invariant"], 1);
         assert_eq!(again["violations"][0]["step"], 8);
@@ -259,6 +266,9 @@ fn explore_draws_the_counterexample() {
     let (code, _, _) = xtask(&["explore", "--scenario", "stop-race", "--report", path]);
     assert_eq!(code, 0);
     let html = std::fs::read_to_string(&file).unwrap();
-    assert!(html.contains("No violation in any of") && html.contains("watcher pass"), "bounds shown");
+    assert!(
+        html.contains("No violation in any of") && html.contains("watcher pass"),
+        "bounds shown"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

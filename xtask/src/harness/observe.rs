@@ -68,7 +68,15 @@ impl Observer {
 
         // 1: every NoSuchVmm answer, against what Nexus held at that instant.
         let mut gone = Vec::new();
+        let published = &mut self.destroyed_published;
         let now = world.sched.visit_steps_since(self.steps_seen, |i, step| {
+            // A released Destroyed report was parked, so published, before it went;
+            // seen here too in case no check ran while it was parked.
+            if let (CallKind::CpapiInstancesPut, Arg::State(VmmState::Destroyed, _), Some(vmm)) =
+                (step.call.kind, step.call.arg, step.call.vmm)
+            {
+                published.insert(vmm);
+            }
             if let (Answer::Gone { nexus_had }, Some(vmm)) = (&step.answer, step.call.vmm) {
                 if !nexus_had.is_some_and(|(s, _)| s.is_terminal()) {
                     gone.push((i + 1, vmm, *nexus_had));

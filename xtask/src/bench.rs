@@ -1,0 +1,173 @@
+//! `cargo xtask bench`: the performance figures the README promises, measured in a
+//! release build, each target checked.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sim_sled_agent::RemovalOrdering;
+use slog::{o, Logger};
+
+use crate::explore::{explore, ExploreConfig, ExploreResult};
+use crate::harness::schedule::Seed7282;
+use crate::harness::{self, RunConfig, RunError, ScenarioKind};
+
+/// The targets, as the README states them.
+pub const PROOF_TARGET: Duration = Duration::from_secs(1);
+pub const FIRST_COUNTEREXAMPLE_TARGET: usize = 50;
+pub const THROUGHPUT_TARGET: f64 = 100_000.0;
+
+#[derive(Debug, Serialize)]
+pub struct Scaled {
+    pub watcher_passes: usize,
+    pub schedules: usize,
+    pub states: usize,
+    pub ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Bench {
+    /// One disk-move run under seed-7282, median of many.
+    pub scenario_run_us: f64,
+    /// Exhaustive stop-race at default bounds, median of repetitions.
+    pub stop_race_schedules_per_s: f64,
+    pub stop_race_states_per_s: f64,
+    /// Exhaustive disk-move proof of publish-then-remove at default bounds.
+    pub proof_ms: f64,
+    pub proof_schedules: usize,
+    pub proof_states: usize,
+    /// Legacy ordering, disk-move: when the first counterexample turned up.
+    pub first_counterexample_schedules: usize,
+    pub first_counterexample_ms: f64,
+    pub shortest_counterexample_steps: usize,
+    /// stop-race with 1, 2 and 3 watcher passes.
+    pub scaled: Vec<Scaled>,
+    pub targets: Targets,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Targets {
+    pub proof_under_1s: bool,
+    pub first_counterexample_within_50_schedules: bool,
+    pub at_least_100k_schedules_per_s: bool,
+}
+
+impl Targets {
+    pub fn all_met(&self) -> bool {
+        self.proof_under_1s
+            && self.first_counterexample_within_50_schedules
+            && self.at_least_100k_schedules_per_s
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn config(scenario: ScenarioKind, ordering: RemovalOrdering) -> RunConfig {
+    RunConfig { scenario, ordering, ..RunConfig::new(Logger::root(slog::Discard, o!())) }
+}
+
+fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
+    explore(&ExploreConfig { run, max_schedules: usize::MAX }, &mut |_| {})
+}
+
+pub fn measure() -> Result<Bench, RunError> {
+    let fixed = RemovalOrdering::PublishThenRemove;
+
+    let scenario = config(ScenarioKind::DiskMove, fixed);
+    let mut runs = Vec::new();
+    for _ in 0..301 {
+        let t = Instant::now();
+        harness::run(&scenario, &mut Seed7282::default())?;
+        runs.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+
+    let (mut sps, mut stps) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let r = explore_once(config(ScenarioKind::StopRace, fixed))?;
+        let s = r.elapsed.as_secs_f64();
+        sps.push(r.schedules as f64 / s);
+        stps.push(r.states as f64 / s);
+    }
+
+    let mut proofs = Vec::new();
+    let mut proof = None;
+    for _ in 0..3 {
+        let r = explore_once(config(ScenarioKind::DiskMove, fixed))?;
+        proofs.push(r.elapsed.as_secs_f64() * 1e3);
+        proof = Some(r);
+    }
+    let proof = proof.ok_or_else(|| RunError::Harness("no proof run".into()))?;
+    if proof.violations > 0 || !proof.exhaustive {
+        return Err(RunError::Harness("the fixed ordering did not prove clean".into()));
+    }
+
+    let legacy = explore_once(config(ScenarioKind::DiskMove, RemovalOrdering::RemoveThenPublish))?;
+    let (first_n, first_t) = legacy
+        .first_violation
+        .ok_or_else(|| RunError::Harness("the legacy ordering found no counterexample".into()))?;
+
+    let mut scaled = Vec::new();
+    for w in 1..=3 {
+        let run = RunConfig { watcher_passes: w, ..config(ScenarioKind::StopRace, fixed) };
+        let r = explore_once(run)?;
+        scaled.push(Scaled {
+            watcher_passes: w,
+            schedules: r.schedules,
+            states: r.states,
+            ms: r.elapsed.as_secs_f64() * 1e3,
+        });
+    }
+
+    let proof_ms = median(proofs);
+    let stop_race_schedules_per_s = median(sps);
+    Ok(Bench {
+        scenario_run_us: median(runs),
+        stop_race_schedules_per_s,
+        stop_race_states_per_s: median(stps),
+        proof_ms,
+        proof_schedules: proof.schedules,
+        proof_states: proof.states,
+        first_counterexample_schedules: first_n,
+        first_counterexample_ms: first_t.as_secs_f64() * 1e3,
+        shortest_counterexample_steps: legacy.counterexample.map_or(0, |c| c.len),
+        scaled,
+        targets: Targets {
+            proof_under_1s: proof_ms < PROOF_TARGET.as_secs_f64() * 1e3,
+            first_counterexample_within_50_schedules: first_n <= FIRST_COUNTEREXAMPLE_TARGET,
+            at_least_100k_schedules_per_s: stop_race_schedules_per_s >= THROUGHPUT_TARGET,
+        },
+    })
+}
+
+pub fn human(b: &Bench) -> String {
+    let yes = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mut s = format!(
+        "one disk-move scenario run (seed-7282):   {:>10.1} us (median of 301)\n\
+         explore stop-race, default bounds:        {:>10.0} schedules/s, {:.0} states/s (median of 15)\n\
+         prove publish-then-remove (disk-move):    {:>10.1} ms, {} schedules, {} states (median of 3)   target < 1 s: {}\n\
+         first counterexample, remove-then-publish: {:>9} schedules, {:.2} ms; shortest {} steps   target <= 50 schedules: {}\n\
+         throughput target >= 100,000 schedules/s on stop-race: {}\n\n\
+         stop-race by watcher passes (restart passes 1):\n",
+        b.scenario_run_us,
+        b.stop_race_schedules_per_s,
+        b.stop_race_states_per_s,
+        b.proof_ms,
+        b.proof_schedules,
+        b.proof_states,
+        yes(b.targets.proof_under_1s),
+        b.first_counterexample_schedules,
+        b.first_counterexample_ms,
+        b.shortest_counterexample_steps,
+        yes(b.targets.first_counterexample_within_50_schedules),
+        yes(b.targets.at_least_100k_schedules_per_s),
+    );
+    for sc in &b.scaled {
+        s.push_str(&format!(
+            "  W={}: {:>7} schedules, {:>7} states, {:>8.1} ms\n",
+            sc.watcher_passes, sc.schedules, sc.states, sc.ms
+        ));
+    }
+    s
+}
