@@ -281,7 +281,7 @@ impl<'a> View<'a> {
     /// The counterexample as an SVG sequence diagram, violating step highlighted.
     fn svg(&self, violating: usize) -> String {
         const COL: usize = 170;
-        const ROW: usize = 44;
+        const ROW: usize = 48;
         const TOP: usize = 50;
         let lanes = Component::ALL;
         let x = |c: Component| 90 + COL * lanes.iter().position(|&l| l == c).unwrap_or(0);
@@ -316,18 +316,17 @@ impl<'a> View<'a> {
                 );
             }
             let mid = (x1 + x2) / 2;
-            let _ = write!(
+            let (n, ry, label_y, answer_y) = (st.n, y + 18, y - 3, y + 14);
+            let call = esc(&format!("{} {}", st.actor, call_text(st)));
+            let answer = esc(&answer_text(st));
+            let _ = writeln!(
                 s,
-                "<text x=\"4\" y=\"{y}\">{}</text><line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" \
-                 stroke=\"black\" marker-end=\"url(#a)\"/><text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
-                 <line x1=\"{x2}\" y1=\"{}\" x2=\"{x1}\" y2=\"{0}\" stroke=\"#555\" stroke-dasharray=\"3 2\" \
-                 marker-end=\"url(#a)\"/><text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\" fill=\"#333\">{}</text>\n",
-                st.n,
-                y - 3,
-                esc(&format!("{} {}", st.actor, call_text(st))),
-                y + 14,
-                y + 25,
-                esc(&answer_text(st))
+                "<text x=\"4\" y=\"{y}\">{n}</text>\
+                 <line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"black\" marker-end=\"url(#a)\"/>\
+                 <text x=\"{mid}\" y=\"{label_y}\" text-anchor=\"middle\">{call}</text>\
+                 <line x1=\"{x2}\" y1=\"{ry}\" x2=\"{x1}\" y2=\"{ry}\" stroke=\"#555\" \
+                 stroke-dasharray=\"3 2\" marker-end=\"url(#a)\"/>\
+                 <text x=\"{mid}\" y=\"{answer_y}\" text-anchor=\"middle\" fill=\"#333\">{answer}</text>"
             );
         }
         s.push_str("</svg>");
