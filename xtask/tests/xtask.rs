@@ -272,3 +272,16 @@ fn explore_draws_the_counterexample() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn explore_is_deterministic() {
+    let args = ["explore", "--scenario", "stop-race", "--ordering", "remove-then-publish"];
+    let (a, b) = (json(&args, 1), json(&args, 1));
+    for field in ["schedules", "states", "violations", "counterexample"] {
+        assert_eq!(a[field], b[field], "{field}");
+    }
+    // More watcher passes can only add situations.
+    let one = json(&["explore", "--scenario", "stop-race", "--watcher-passes", "1"], 0);
+    let two = json(&["explore", "--scenario", "stop-race", "--watcher-passes", "2"], 0);
+    assert!(one["states"].as_u64() < two["states"].as_u64());
+}
