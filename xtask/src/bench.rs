@@ -69,7 +69,7 @@ fn config(scenario: ScenarioKind, ordering: RemovalOrdering) -> RunConfig {
 }
 
 fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
-    explore(&ExploreConfig { run, max_schedules: usize::MAX }, &mut |_| {})
+    explore(&ExploreConfig { run, max_schedules: usize::MAX, prune: true }, &mut |_| {})
 }
 
 pub fn measure() -> Result<Bench, RunError> {

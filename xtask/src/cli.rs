@@ -418,6 +418,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
             ..RunConfig::new(log)
         },
         max_schedules: a.max_schedules,
+        prune: true,
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;

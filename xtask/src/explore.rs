@@ -23,6 +23,9 @@ pub struct ExploreConfig {
     pub run: RunConfig,
     /// Stop after this many schedules (the result is then not exhaustive).
     pub max_schedules: usize,
+    /// Prune on fingerprints (the point of the explorer). Off, every schedule runs
+    /// to its end, which only a test comparing the two should want.
+    pub prune: bool,
 }
 
 /// The shortest schedule that broke an invariant.
@@ -73,6 +76,7 @@ struct Dfs<'a> {
     visited: &'a mut Visited,
     frontier: &'a mut Vec<Vec<u32>>,
     best: Option<usize>,
+    prune: bool,
 }
 
 impl Chooser for Dfs<'_> {
@@ -89,15 +93,15 @@ impl Chooser for Dfs<'_> {
             return follow(&mut self.path, i, ctx.enabled, depth);
         }
         // A violation found from here would be no shorter than the best one.
-        if self.best.is_some_and(|b| depth + 1 >= b) {
+        if self.prune && self.best.is_some_and(|b| depth + 1 >= b) {
             return Ok(None);
         }
         let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
         let seen = self.visited.entry(ctx.world.fingerprint(ctx.observer)).or_insert(u32::MAX);
-        if *seen <= depth32 {
+        if self.prune && *seen <= depth32 {
             return Ok(None);
         }
-        *seen = depth32;
+        *seen = (*seen).min(depth32);
         for alt in (1..ctx.enabled.len()).rev() {
             let mut p = self.path.clone();
             p.push(u32::try_from(alt).unwrap_or(u32::MAX));
@@ -176,6 +180,7 @@ pub fn explore(
             visited: &mut visited,
             frontier: &mut frontier,
             best: best.as_ref().map(|b| b.1),
+            prune: cfg.prune,
         };
         let r = harness::run_verdict(&cfg.run, &mut dfs)?;
         if let Some(e) = r.harness_errors.first() {

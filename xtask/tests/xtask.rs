@@ -285,3 +285,25 @@ fn explore_is_deterministic() {
     let two = json(&["explore", "--scenario", "stop-race", "--watcher-passes", "2"], 0);
     assert!(one["states"].as_u64() < two["states"].as_u64());
 }
+
+/// Pruning must not lose a situation: every fingerprint that running every schedule
+/// to its end reaches, the pruned search reaches too.
+#[test]
+fn pruning_reaches_every_situation_that_brute_force_does() {
+    use xtask::explore::{explore, ExploreConfig};
+    for passes in [1, 2] {
+        let run = RunConfig {
+            scenario: ScenarioKind::StopRace,
+            watcher_passes: passes,
+            ..config(RemovalOrdering::PublishThenRemove, RestartPolicy::Current)
+        };
+        let search = |prune| {
+            let cfg = ExploreConfig { run: run.clone(), max_schedules: usize::MAX, prune };
+            explore(&cfg, &mut |_| {}).expect("explores")
+        };
+        let (pruned, brute) = (search(true), search(false));
+        assert_eq!(pruned.states, brute.states, "W={passes}");
+        assert!(brute.schedules > 2 * pruned.schedules, "W={passes}: pruning prunes");
+        assert_eq!((pruned.violations, brute.violations), (0, 0));
+    }
+}
