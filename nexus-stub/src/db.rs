@@ -75,7 +75,7 @@ pub enum InstanceState {
 }
 
 /// What the user last asked for; decides auto-restart under the current policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IntendedState {
     Running,
@@ -83,7 +83,7 @@ pub enum IntendedState {
 }
 
 /// The instance state the external API shows (omicron's `InstanceStateComputer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExternalState {
     Starting,
@@ -121,14 +121,14 @@ pub struct InstanceRecord {
     pub auto_restarts: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(tag = "state", content = "instance", rename_all = "snake_case")]
 pub enum DiskState {
     Detached,
     Attached(InstanceUuid),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DiskView {
     pub id: DiskUuid,
     pub name: String,
@@ -136,7 +136,7 @@ pub struct DiskView {
     pub state: DiskState,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct InstanceView {
     pub id: InstanceUuid,
     pub name: String,

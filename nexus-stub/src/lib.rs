@@ -26,6 +26,7 @@ use slog::{debug, info, o, warn, Logger};
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 mod db;
+pub mod http;
 
 use db::Db;
 pub use db::{

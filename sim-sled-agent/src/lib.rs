@@ -24,6 +24,7 @@ use sled_agent_api::{
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::Notify;
 
+pub mod http;
 mod vmm;
 
 use vmm::SimVmm;

@@ -54,6 +54,28 @@ impl fmt::Debug for Generation {
     }
 }
 
+#[cfg(feature = "schemars")]
+impl schemars::JsonSchema for Generation {
+    fn schema_name() -> String {
+        "Generation".to_string()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        use schemars::schema::{InstanceType, NumberValidation, SchemaObject};
+        SchemaObject {
+            instance_type: Some(InstanceType::Integer.into()),
+            format: Some("uint64".to_string()),
+            number: Some(Box::new(NumberValidation {
+                minimum: Some(1.0),
+                maximum: Some(i64::MAX as f64),
+                ..NumberValidation::default()
+            })),
+            ..SchemaObject::default()
+        }
+        .into()
+    }
+}
+
 /// A generation outside `1..=i64::MAX`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("generation {value} is out of range 1..={max}")]

@@ -46,6 +46,17 @@ macro_rules! typed_uuid {
             }
         }
 
+        #[cfg(feature = "schemars")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> String {
+                stringify!($name).to_string()
+            }
+
+            fn json_schema(g: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+                <Uuid as schemars::JsonSchema>::json_schema(g)
+            }
+        }
+
         impl FromStr for $name {
             type Err = uuid::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -21,8 +21,8 @@ pub use error::{BoxError, NexusApiError, SledAgentError};
 pub use generation::{Generation, GenerationOutOfRange};
 pub use ids::{DiskUuid, InstanceUuid, PropolisUuid, SledUuid};
 pub use state::{
-    InstanceEnsureBody, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmRuntimeState,
-    VmmState, VmmStateRequested, VmmUnregisterResponse,
+    error_codes, ErrorBody, InstanceEnsureBody, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
+    VmmRuntimeState, VmmState, VmmStateRequested, VmmUnregisterResponse,
 };
 
 /// The VMM endpoints of a sled agent, as Nexus uses them.

@@ -9,6 +9,7 @@ use crate::{Generation, InstanceUuid};
 
 /// The state of a VMM as a sled agent reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VmmState {
     Starting,
@@ -50,6 +51,7 @@ impl fmt::Display for VmmState {
 
 /// What Nexus asks a sled agent to do with a VMM (migration is not modelled).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum VmmStateRequested {
     Running,
@@ -69,6 +71,7 @@ impl fmt::Display for VmmStateRequested {
 
 /// A VMM's state at one generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct VmmRuntimeState {
     pub state: VmmState,
     pub gen: Generation,
@@ -84,6 +87,7 @@ impl fmt::Display for VmmRuntimeState {
 /// What a sled agent reports about a VMM. omicron's type also carries migration
 /// states; this model has no migration, so it has only the VMM's own state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct SledVmmState {
     pub vmm_state: VmmRuntimeState,
 }
@@ -96,6 +100,7 @@ impl fmt::Display for SledVmmState {
 
 /// Body of `PUT /vmms/{propolis_id}`: asks a sled agent to track a new VMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct InstanceEnsureBody {
     pub instance_id: InstanceUuid,
     /// The state the VMM starts in, at the generation Nexus chose (row gen + 1).
@@ -104,18 +109,46 @@ pub struct InstanceEnsureBody {
 
 /// Body of `PUT /vmms/{propolis_id}/state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct VmmPutStateBody {
     pub state: VmmStateRequested,
 }
 
 /// Answer to a put-state: the VMM's state right after the request took effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct VmmPutStateResponse {
     pub updated_runtime: Option<SledVmmState>,
 }
 
 /// Answer to an unregister: the final state for Nexus to write, if the VMM existed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct VmmUnregisterResponse {
     pub updated_runtime: Option<SledVmmState>,
+}
+
+/// The body of an error response from either server: omicron's `error_code` and
+/// `message`, plus the VMM's state where the error is about it (an invalid
+/// transition), so a client can rebuild the typed error exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct ErrorBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_state: Option<VmmState>,
+}
+
+/// `error_code`s on the wire.
+pub mod error_codes {
+    /// 404: the VMM is not in the sled agent's table (omicron's code).
+    pub const NO_SUCH_INSTANCE: &str = "NO_SUCH_INSTANCE";
+    /// 400: the requested state cannot be reached from the VMM's state.
+    pub const INVALID_TRANSITION: &str = "INVALID_TRANSITION";
+    /// 400: a registration with a bad initial state.
+    pub const INVALID_REGISTRATION: &str = "INVALID_REGISTRATION";
+    /// 404: Nexus has no record of the VMM being reported.
+    pub const NO_SUCH_VMM: &str = "NO_SUCH_VMM";
 }

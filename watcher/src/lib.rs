@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sled_agent_api::{
     BoxError, Clock, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, SledVmmState,
     VmmRuntimeState, VmmState,
@@ -24,7 +24,8 @@ use sled_agent_api::{
 use slog::{debug, info, o, warn, Logger};
 
 /// A VMM row as the watcher lists it: its generation is the basis of a Failed write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct WatchedVmm {
     pub instance_id: InstanceUuid,
     pub propolis_id: PropolisUuid,
@@ -33,7 +34,8 @@ pub struct WatchedVmm {
 }
 
 /// The result of a generation-checked VMM write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct VmmWriteOutcome {
     /// The write's generation was newer than the stored one, and it was applied.
     pub updated: bool,

@@ -1,0 +1,303 @@
+//! The Nexus stub over HTTP: the internal endpoint sled agents report VMM state to,
+//! the datastore port the watcher uses, and a small external API for instances and
+//! disks. A thin adapter over `NexusStub`.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dropshot::{
+    HttpResponseCreated, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext,
+    TypedBody,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sled_agent_api::{
+    error_codes, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, SledVmmState,
+};
+use sledsim_http::ApiError;
+use slog::Logger;
+use watcher::{VmmWriteOutcome, WatchedVmm, WatcherDatastore};
+
+use crate::{DiskView, InstanceView, NexusError, NexusStub};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmmPath {
+    pub propolis_id: PropolisUuid,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InstancePath {
+    pub instance_id: InstanceUuid,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiskPath {
+    pub disk_id: DiskUuid,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InstanceCreate {
+    pub name: String,
+    #[serde(default)]
+    pub start: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiskCreate {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiskInstance {
+    pub instance_id: InstanceUuid,
+}
+
+/// The HTTP API of the Nexus stub.
+#[dropshot::api_description]
+pub trait NexusStubHttpApi {
+    type Context;
+
+    /// omicron's `cpapi_instances_put`: a sled agent reports a VMM's state. A stale
+    /// report is accepted (204) and changes nothing.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}", tags = ["internal"] }]
+    async fn cpapi_instances_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseUpdatedNoContent, ApiError>;
+
+    /// The VMM rows the instance watcher checks.
+    #[endpoint { method = GET, path = "/datastore/vmms", tags = ["datastore"] }]
+    async fn vmm_list_for_watcher(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, ApiError>;
+
+    /// The generation-checked VMM write, as the watcher submits it.
+    #[endpoint { method = PUT, path = "/datastore/vmms/{propolis_id}", tags = ["datastore"] }]
+    async fn vmm_update_runtime(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError>;
+
+    #[endpoint { method = POST, path = "/instances", tags = ["instances"] }]
+    async fn instance_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<InstanceCreate>,
+    ) -> Result<HttpResponseCreated<InstanceView>, ApiError>;
+
+    #[endpoint { method = GET, path = "/instances/{instance_id}", tags = ["instances"] }]
+    async fn instance_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+
+    #[endpoint { method = POST, path = "/instances/{instance_id}/start", tags = ["instances"] }]
+    async fn instance_start(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+
+    #[endpoint { method = POST, path = "/instances/{instance_id}/stop", tags = ["instances"] }]
+    async fn instance_stop(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+
+    #[endpoint { method = POST, path = "/disks", tags = ["disks"] }]
+    async fn disk_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<DiskCreate>,
+    ) -> Result<HttpResponseCreated<DiskView>, ApiError>;
+
+    #[endpoint { method = GET, path = "/disks/{disk_id}", tags = ["disks"] }]
+    async fn disk_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+
+    #[endpoint { method = POST, path = "/disks/{disk_id}/attach", tags = ["disks"] }]
+    async fn disk_attach(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+        body: TypedBody<DiskInstance>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+
+    #[endpoint { method = POST, path = "/disks/{disk_id}/detach", tags = ["disks"] }]
+    async fn disk_detach(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+        body: TypedBody<DiskInstance>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+}
+
+/// The server side of `NexusStubHttpApi` for a Nexus calling sled agents `S`.
+#[derive(Debug)]
+pub struct NexusHttp<S>(PhantomData<fn() -> S>);
+
+/// The whole cause chain, since `Display` of each error leaves its source out.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+impl From<NexusError> for ApiError {
+    fn from(e: NexusError) -> Self {
+        let msg = chain(&e);
+        match e {
+            NexusError::NoSuchVmm { .. } => ApiError::not_found(error_codes::NO_SUCH_VMM, msg),
+            NexusError::NoSuchInstance { .. } | NexusError::NoSuchDisk { .. } => {
+                ApiError::not_found("ObjectNotFound", msg)
+            }
+            NexusError::NameInUse { .. } => ApiError::bad_request("ObjectAlreadyExists", msg),
+            NexusError::InstanceNotStopped { .. }
+            | NexusError::InstanceNotStartable { .. }
+            | NexusError::DiskAttachedToAnother { .. } => {
+                ApiError::bad_request("InvalidRequest", msg)
+            }
+            NexusError::SledAgent { .. } | NexusError::NoSleds => ApiError::new(
+                dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
+                Some("ServiceNotAvailable"),
+                msg,
+            ),
+            NexusError::NoRuntime => ApiError::internal(msg),
+        }
+    }
+}
+
+impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
+    type Context = Arc<NexusStub<S>>;
+
+    async fn cpapi_instances_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseUpdatedNoContent, ApiError> {
+        let nexus = rqctx.context();
+        nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn vmm_list_for_watcher(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, ApiError> {
+        let rows = rqctx.context().vmm_list_for_watcher().await;
+        rows.map(HttpResponseOk).map_err(|e| ApiError::internal(chain(&e)))
+    }
+
+    async fn vmm_update_runtime(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError> {
+        let nexus = rqctx.context();
+        Ok(HttpResponseOk(
+            nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?,
+        ))
+    }
+
+    async fn instance_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<InstanceCreate>,
+    ) -> Result<HttpResponseCreated<InstanceView>, ApiError> {
+        let b = body.into_inner();
+        Ok(HttpResponseCreated(rqctx.context().instance_create(&b.name, b.start).await?))
+    }
+
+    async fn instance_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+        Ok(HttpResponseOk(rqctx.context().instance(path.into_inner().instance_id)?))
+    }
+
+    async fn instance_start(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+        Ok(HttpResponseOk(rqctx.context().instance_start(path.into_inner().instance_id).await?))
+    }
+
+    async fn instance_stop(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+        Ok(HttpResponseOk(rqctx.context().instance_stop(path.into_inner().instance_id).await?))
+    }
+
+    async fn disk_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<DiskCreate>,
+    ) -> Result<HttpResponseCreated<DiskView>, ApiError> {
+        Ok(HttpResponseCreated(rqctx.context().disk_create(&body.into_inner().name)?))
+    }
+
+    async fn disk_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+        Ok(HttpResponseOk(rqctx.context().disk(path.into_inner().disk_id)?))
+    }
+
+    async fn disk_attach(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+        body: TypedBody<DiskInstance>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+        let (disk, inst) = (path.into_inner().disk_id, body.into_inner().instance_id);
+        Ok(HttpResponseOk(rqctx.context().disk_attach(disk, inst)?))
+    }
+
+    async fn disk_detach(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<DiskPath>,
+        body: TypedBody<DiskInstance>,
+    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+        let (disk, inst) = (path.into_inner().disk_id, body.into_inner().instance_id);
+        Ok(HttpResponseOk(rqctx.context().disk_detach(disk, inst)?))
+    }
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("building the API description failed: {0}")]
+    Api(String),
+    #[error("starting the server on {bind} failed")]
+    Start {
+        bind: SocketAddr,
+        #[source]
+        source: dropshot::BuildError,
+    },
+}
+
+/// Serves `nexus` on `bind` (port 0 for an ephemeral one).
+pub fn serve<S: SledAgentApi + 'static>(
+    nexus: Arc<NexusStub<S>>,
+    bind: SocketAddr,
+    log: &Logger,
+) -> Result<dropshot::HttpServer<Arc<NexusStub<S>>>, ServerError> {
+    let api = nexus_stub_http_api_mod::api_description::<NexusHttp<S>>()
+        .map_err(|e| ServerError::Api(e.to_string()))?;
+    let log = log.new(slog::o!("component" => "NexusStubHttp"));
+    dropshot::ServerBuilder::new(api, nexus, log)
+        .config(sledsim_http::server_config(bind))
+        .start()
+        .map_err(|source| ServerError::Start { bind, source })
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> Result<serde_json::Value, ServerError> {
+    let api = nexus_stub_http_api_mod::stub_api_description()
+        .map_err(|e| ServerError::Api(e.to_string()))?;
+    api.openapi("sledsim Nexus stub", semver::Version::new(0, 1, 0))
+        .json()
+        .map_err(|e| ServerError::Api(e.to_string()))
+}

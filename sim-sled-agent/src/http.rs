@@ -1,0 +1,195 @@
+//! The sim sled agent over HTTP: omicron's VMM endpoints, plus the sim-only pokes on
+//! paths of their own. A thin adapter: every handler calls `SledAgentApi` or an
+//! inherent sim control and maps the error.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dropshot::{HttpResponseOk, Path, RequestContext, TypedBody};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sled_agent_api::{
+    InstanceEnsureBody, NexusInternalApi, PropolisUuid, SledAgentApi, SledAgentError, SledVmmState,
+    VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
+};
+use sledsim_http::{ApiError, PokeResponse};
+use slog::Logger;
+
+use crate::{PokeMode, SimError, SimSledAgent};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmmPath {
+    pub propolis_id: PropolisUuid,
+}
+
+/// The HTTP API of the simulated sled agent.
+#[dropshot::api_description]
+pub trait SimSledAgentHttpApi {
+    type Context;
+
+    /// Start tracking a VMM.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}", tags = ["vmms"] }]
+    async fn vmm_register(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<InstanceEnsureBody>,
+    ) -> Result<HttpResponseOk<SledVmmState>, ApiError>;
+
+    /// Stop tracking a VMM; returns the Failed state for Nexus to write.
+    #[endpoint { method = DELETE, path = "/vmms/{propolis_id}", tags = ["vmms"] }]
+    async fn vmm_unregister(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, ApiError>;
+
+    /// Ask for a state change.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/state", tags = ["vmms"] }]
+    async fn vmm_put_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<VmmPutStateBody>,
+    ) -> Result<HttpResponseOk<VmmPutStateResponse>, ApiError>;
+
+    /// A VMM's state; 404 `NO_SUCH_INSTANCE` if it is not in the table.
+    #[endpoint { method = GET, path = "/vmms/{propolis_id}/state", tags = ["vmms"] }]
+    async fn vmm_get_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<SledVmmState>, ApiError>;
+
+    /// Sim only: finish every queued transition, reporting each to Nexus.
+    #[endpoint { method = POST, path = "/vmms/{propolis_id}/poke", tags = ["sim"] }]
+    async fn vmm_poke(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<PokeResponse>, ApiError>;
+
+    /// Sim only: finish one queued transition and report it.
+    #[endpoint { method = POST, path = "/vmms/{propolis_id}/poke-single-step", tags = ["sim"] }]
+    async fn vmm_poke_single_step(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<PokeResponse>, ApiError>;
+}
+
+/// The server side of `SimSledAgentHttpApi` for a sim reporting through `N`.
+#[derive(Debug)]
+pub struct SimHttp<N>(PhantomData<fn() -> N>);
+
+fn sled(e: SledAgentError) -> ApiError {
+    ApiError::from(&e)
+}
+
+async fn poke<N: NexusInternalApi + 'static>(
+    sim: &SimSledAgent<N>,
+    propolis_id: PropolisUuid,
+    mode: PokeMode,
+) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+    match sim.poke(propolis_id, mode).await {
+        Ok(o) => Ok(HttpResponseOk(PokeResponse { published: o.published, removed: o.removed })),
+        Err(SimError::NoSuchVmm { propolis_id }) => {
+            Err(sled(SledAgentError::NoSuchVmm { propolis_id }))
+        }
+        Err(e @ SimError::ReportFailed { .. }) => Err(ApiError::new(
+            dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
+            Some("REPORT_FAILED"),
+            // The chain says why Nexus did not take it.
+            format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+            ),
+        )),
+        Err(e @ SimError::NoRuntime) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
+    type Context = Arc<SimSledAgent<N>>;
+
+    async fn vmm_register(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<InstanceEnsureBody>,
+    ) -> Result<HttpResponseOk<SledVmmState>, ApiError> {
+        let id = path.into_inner().propolis_id;
+        rqctx.context().vmm_register(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
+    }
+
+    async fn vmm_unregister(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, ApiError> {
+        let id = path.into_inner().propolis_id;
+        rqctx.context().vmm_unregister(id).await.map(HttpResponseOk).map_err(sled)
+    }
+
+    async fn vmm_put_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+        body: TypedBody<VmmPutStateBody>,
+    ) -> Result<HttpResponseOk<VmmPutStateResponse>, ApiError> {
+        let id = path.into_inner().propolis_id;
+        rqctx.context().vmm_put_state(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
+    }
+
+    async fn vmm_get_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<SledVmmState>, ApiError> {
+        let id = path.into_inner().propolis_id;
+        rqctx.context().vmm_get_state(id).await.map(HttpResponseOk).map_err(sled)
+    }
+
+    async fn vmm_poke(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+        poke(rqctx.context(), path.into_inner().propolis_id, PokeMode::Drain).await
+    }
+
+    async fn vmm_poke_single_step(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPath>,
+    ) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+        poke(rqctx.context(), path.into_inner().propolis_id, PokeMode::SingleStep).await
+    }
+}
+
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("building the API description failed: {0}")]
+    Api(String),
+    #[error("starting the server on {bind} failed")]
+    Start {
+        bind: SocketAddr,
+        #[source]
+        source: dropshot::BuildError,
+    },
+}
+
+/// Serves `sim` on `bind` (port 0 for an ephemeral one); the server's
+/// `local_addr()` says where.
+pub fn serve<N: NexusInternalApi + 'static>(
+    sim: Arc<SimSledAgent<N>>,
+    bind: SocketAddr,
+    log: &Logger,
+) -> Result<dropshot::HttpServer<Arc<SimSledAgent<N>>>, ServerError> {
+    let api = sim_sled_agent_http_api_mod::api_description::<SimHttp<N>>()
+        .map_err(|e| ServerError::Api(e.to_string()))?;
+    let log = log.new(slog::o!("component" => "SimSledAgentHttp"));
+    dropshot::ServerBuilder::new(api, sim, log)
+        .config(sledsim_http::server_config(bind))
+        .start()
+        .map_err(|source| ServerError::Start { bind, source })
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> Result<serde_json::Value, ServerError> {
+    let api = sim_sled_agent_http_api_mod::stub_api_description()
+        .map_err(|e| ServerError::Api(e.to_string()))?;
+    api.openapi("sledsim simulated sled agent", semver::Version::new(0, 1, 0))
+        .json()
+        .map_err(|e| ServerError::Api(e.to_string()))
+}

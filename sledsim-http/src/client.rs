@@ -1,0 +1,280 @@
+//! HTTP clients that implement the protocol traits, so a remote sled agent or
+//! Nexus drops in wherever an in-process one did.
+
+use async_trait::async_trait;
+use reqwest::{Method, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled_agent_api::{
+    error_codes, ErrorBody, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid,
+    SledAgentApi, SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
+    VmmStateRequested, VmmUnregisterResponse,
+};
+use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
+
+/// What a sim-only poke did: every state reported to Nexus, and whether the VMM
+/// left the table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PokeResponse {
+    pub published: Vec<SledVmmState>,
+    pub removed: bool,
+}
+
+/// How a request failed before any typed error could be read.
+enum Failure {
+    /// No HTTP answer at all (refused, reset, timed out).
+    Transport(reqwest::Error),
+    /// An answer with an error status, and the body if it was ours.
+    Status(StatusCode, Option<ErrorBody>, String),
+    /// A success status with a body that is not what the API promises.
+    Undecodable(StatusCode, reqwest::Error),
+}
+
+#[derive(Clone, Debug)]
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new(base: &str) -> Self {
+        Http { base: base.trim_end_matches('/').to_string(), client: reqwest::Client::new() }
+    }
+
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response, Failure> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(Failure::Transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<ErrorBody>(&text).ok();
+        Err(Failure::Status(status, body, text))
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Failure> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        resp.json::<T>().await.map_err(|e| Failure::Undecodable(status, e))
+    }
+}
+
+fn code_is(body: &Option<ErrorBody>, code: &str) -> bool {
+    body.as_ref().and_then(|b| b.error_code.as_deref()) == Some(code)
+}
+
+fn message(body: &Option<ErrorBody>, raw: String) -> String {
+    body.as_ref().map_or(raw, |b| b.message.clone())
+}
+
+/// A sled agent over HTTP (the paths of omicron's sled-agent API).
+#[derive(Clone, Debug)]
+pub struct SledAgentClient {
+    http: Http,
+}
+
+impl SledAgentClient {
+    /// `base` is like `http://127.0.0.1:12345`.
+    pub fn new(base: &str) -> Self {
+        SledAgentClient { http: Http::new(base) }
+    }
+
+    fn error(
+        operation: &'static str,
+        propolis_id: PropolisUuid,
+        requested: Option<VmmStateRequested>,
+        f: Failure,
+    ) -> SledAgentError {
+        match f {
+            Failure::Transport(e) => {
+                SledAgentError::Communication { operation, source: Box::new(e) }
+            }
+            Failure::Undecodable(status, e) => SledAgentError::UnexpectedResponse {
+                operation,
+                status: status.as_u16(),
+                message: format!("undecodable response body: {e}"),
+            },
+            Failure::Status(status, body, raw) => {
+                // Only 404 with NO_SUCH_INSTANCE means gone (RFD 486 §6.3); a 404
+                // without it (a wrong URL, a proxy) is just an unexpected answer.
+                if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_INSTANCE)
+                {
+                    return SledAgentError::NoSuchVmm { propolis_id };
+                }
+                if status == StatusCode::BAD_REQUEST {
+                    if let (true, Some(current), Some(requested)) = (
+                        code_is(&body, error_codes::INVALID_TRANSITION),
+                        body.as_ref().and_then(|b| b.vmm_state),
+                        requested,
+                    ) {
+                        return SledAgentError::InvalidTransition {
+                            propolis_id,
+                            current,
+                            requested,
+                        };
+                    }
+                    if code_is(&body, error_codes::INVALID_REGISTRATION) {
+                        let reason = message(&body, raw);
+                        return SledAgentError::InvalidRegistration { propolis_id, reason };
+                    }
+                }
+                SledAgentError::UnexpectedResponse {
+                    operation,
+                    status: status.as_u16(),
+                    message: message(&body, raw),
+                }
+            }
+        }
+    }
+
+    /// Sim-only: `POST /vmms/{id}/poke` (drain) or `/poke-single-step`. Not part of
+    /// `SledAgentApi`, on purpose.
+    pub async fn poke(
+        &self,
+        propolis_id: PropolisUuid,
+        single_step: bool,
+    ) -> Result<PokeResponse, SledAgentError> {
+        let path = if single_step {
+            format!("/vmms/{propolis_id}/poke-single-step")
+        } else {
+            format!("/vmms/{propolis_id}/poke")
+        };
+        self.http
+            .call(Method::POST, &path, None::<&()>)
+            .await
+            .map_err(|f| Self::error("vmm_poke", propolis_id, None, f))
+    }
+}
+
+#[async_trait]
+impl SledAgentApi for SledAgentClient {
+    async fn vmm_register(
+        &self,
+        propolis_id: PropolisUuid,
+        body: InstanceEnsureBody,
+    ) -> Result<SledVmmState, SledAgentError> {
+        self.http
+            .call(Method::PUT, &format!("/vmms/{propolis_id}"), Some(&body))
+            .await
+            .map_err(|f| Self::error("vmm_register", propolis_id, None, f))
+    }
+
+    async fn vmm_unregister(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<VmmUnregisterResponse, SledAgentError> {
+        self.http
+            .call(Method::DELETE, &format!("/vmms/{propolis_id}"), None::<&()>)
+            .await
+            .map_err(|f| Self::error("vmm_unregister", propolis_id, None, f))
+    }
+
+    async fn vmm_put_state(
+        &self,
+        propolis_id: PropolisUuid,
+        body: VmmPutStateBody,
+    ) -> Result<VmmPutStateResponse, SledAgentError> {
+        self.http
+            .call(Method::PUT, &format!("/vmms/{propolis_id}/state"), Some(&body))
+            .await
+            .map_err(|f| Self::error("vmm_put_state", propolis_id, Some(body.state), f))
+    }
+
+    async fn vmm_get_state(
+        &self,
+        propolis_id: PropolisUuid,
+    ) -> Result<SledVmmState, SledAgentError> {
+        self.http
+            .call(Method::GET, &format!("/vmms/{propolis_id}/state"), None::<&()>)
+            .await
+            .map_err(|f| Self::error("vmm_get_state", propolis_id, None, f))
+    }
+}
+
+/// Nexus over HTTP: its internal API (what sled agents call) and the datastore
+/// port the watcher uses.
+#[derive(Clone, Debug)]
+pub struct NexusClient {
+    http: Http,
+}
+
+impl NexusClient {
+    pub fn new(base: &str) -> Self {
+        NexusClient { http: Http::new(base) }
+    }
+}
+
+fn boxed(f: Failure) -> Box<dyn std::error::Error + Send + Sync> {
+    match f {
+        Failure::Transport(e) | Failure::Undecodable(_, e) => Box::new(e),
+        Failure::Status(status, body, raw) => format!("{status}: {}", message(&body, raw)).into(),
+    }
+}
+
+#[async_trait]
+impl NexusInternalApi for NexusClient {
+    async fn cpapi_instances_put(
+        &self,
+        propolis_id: PropolisUuid,
+        new_runtime_state: SledVmmState,
+    ) -> Result<(), NexusApiError> {
+        let operation = "cpapi_instances_put";
+        match self
+            .http
+            .send(Method::PUT, &format!("/vmms/{propolis_id}"), Some(&new_runtime_state))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Status(status, body, _))
+                if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_VMM) =>
+            {
+                Err(NexusApiError::NoSuchVmm { propolis_id })
+            }
+            Err(Failure::Status(status, body, raw)) => Err(NexusApiError::UnexpectedResponse {
+                operation,
+                status: status.as_u16(),
+                message: message(&body, raw),
+            }),
+            Err(f) => Err(NexusApiError::Communication { operation, source: boxed(f) }),
+        }
+    }
+}
+
+#[async_trait]
+impl WatcherDatastore for NexusClient {
+    async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
+        self.http.call(Method::GET, "/datastore/vmms", None::<&()>).await.map_err(|f| {
+            DatastoreError::Unavailable { operation: "vmm_list_for_watcher", source: boxed(f) }
+        })
+    }
+
+    async fn vmm_update_runtime(
+        &self,
+        propolis_id: PropolisUuid,
+        new_state: SledVmmState,
+    ) -> Result<VmmWriteOutcome, DatastoreError> {
+        let path = format!("/datastore/vmms/{propolis_id}");
+        self.http.call(Method::PUT, &path, Some(&new_state)).await.map_err(|f| match f {
+            Failure::Status(status, body, _)
+                if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_VMM) =>
+            {
+                DatastoreError::NoSuchVmm { propolis_id }
+            }
+            f => DatastoreError::Unavailable { operation: "vmm_update_runtime", source: boxed(f) },
+        })
+    }
+}

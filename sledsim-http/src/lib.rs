@@ -1,0 +1,14 @@
+//! The HTTP binding of sledsim's traits: clients that implement `SledAgentApi`,
+//! `NexusInternalApi` and `WatcherDatastore` over HTTP, and `ApiError`, the error
+//! the dropshot servers answer with.
+//!
+//! Errors travel as omicron's do: a status, an `error_code` and a message. A
+//! NoSuchVmm is 404 with `NO_SUCH_INSTANCE`, and only that maps back to
+//! `SledAgentError::NoSuchVmm`, so the watcher treats a remote sled agent exactly
+//! as an in-process one: gone means gone, anything else is inconclusive.
+
+mod client;
+mod error;
+
+pub use client::{NexusClient, PokeResponse, SledAgentClient};
+pub use error::{server_config, ApiError, REQUEST_BODY_MAX_BYTES};
