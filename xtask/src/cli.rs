@@ -14,7 +14,7 @@ use slog::{o, Drain, Logger};
 
 use crate::explore::ExploreConfig;
 use crate::harness::schedule::ScheduleSpec;
-use crate::harness::{self, Inject, RunConfig, RunError, ScenarioKind};
+use crate::harness::{self, Inject, RunConfig, RunError, ScenarioKind, Transport};
 use crate::report;
 
 #[derive(Debug, Parser)]
@@ -282,20 +282,29 @@ enum Fail {
     Broken(String),
 }
 
+/// An error with its causes, `Display` of each leaving its source out.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// A run error: a schedule that does not fit is the user's; the rest are ours.
 fn run_failure(e: RunError) -> Fail {
     match e {
         RunError::Schedule(e) => Fail::Usage(e.to_string()),
-        e @ (RunError::Setup(_) | RunError::Harness(_)) => Fail::Broken(e.to_string()),
+        e @ (RunError::Setup(_) | RunError::Harness(_) | RunError::Transport(_)) => {
+            Fail::Broken(chain(&e))
+        }
     }
 }
 
 fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
-    if a.transport == TransportArg::Http {
-        return Err(Fail::Usage(
-            "--transport http is not built yet (issue 4); use --transport inproc".into(),
-        ));
-    }
     let config = RunConfig {
         scenario: a.scenario.into(),
         ordering: a.ordering.into(),
@@ -303,6 +312,10 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
         watcher_passes: a.watcher_passes,
         restart_passes: a.restart_passes,
         inject: a.inject.map(Into::into),
+        transport: match a.transport {
+            TransportArg::Inproc => Transport::InProc,
+            TransportArg::Http => Transport::Http,
+        },
         ..RunConfig::new(log)
     };
     let mut chooser = a.schedule.chooser().map_err(|e| Fail::Usage(e.to_string()))?;
@@ -316,7 +329,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
             "ordering": config.ordering.label(),
             "schedule": a.schedule.to_string(),
             "restart_policy": config.restart_policy.label(),
-            "transport": "inproc",
+            "transport": config.transport.label(),
             "passed": passed,
             "violations": violations,
             "instances": report::instances_out(&result),

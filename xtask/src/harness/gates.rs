@@ -10,7 +10,7 @@ use sled_agent_api::{
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
-use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
+use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Sched};
 
 /// `inner`, with every call parked at the scheduler first.
 #[derive(Debug)]
@@ -19,11 +19,18 @@ pub struct Gated<T> {
     sched: Arc<Sched>,
     /// The caller's side, for the step log (the callee is fixed by the trait).
     from: Component,
+    /// The actor a call is charged to when no actor is being polled on this thread.
+    fallback: Option<ActorId>,
 }
 
 impl<T> Gated<T> {
     pub fn new(inner: T, sched: &Arc<Sched>, from: Component) -> Self {
-        Gated { inner, sched: Arc::clone(sched), from }
+        Gated { inner, sched: Arc::clone(sched), from, fallback: None }
+    }
+
+    pub fn with_fallback_actor(mut self, actor: ActorId) -> Self {
+        self.fallback = Some(actor);
+        self
     }
 
     fn call(&self, kind: CallKind, to: Component, vmm: Option<PropolisUuid>, arg: Arg) -> Call {
@@ -80,6 +87,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.vmm_register(propolis_id, body),
                 |r| state_answer(sched, r),
             )
@@ -97,6 +105,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.vmm_unregister(propolis_id),
                 |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
             )
@@ -119,6 +128,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.vmm_put_state(propolis_id, body),
                 |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
             )
@@ -133,7 +143,13 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             self.call(CallKind::VmmGetState, Component::SledAgent, Some(propolis_id), Arg::None);
         let sched = &self.sched;
         sched
-            .gate(call, None, || self.inner.vmm_get_state(propolis_id), |r| state_answer(sched, r))
+            .gate(
+                call,
+                None,
+                self.fallback,
+                || self.inner.vmm_get_state(propolis_id),
+                |r| state_answer(sched, r),
+            )
             .await
     }
 }
@@ -156,6 +172,7 @@ impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.cpapi_instances_put(propolis_id, new_runtime_state),
                 |r| match r {
                     Ok(()) => Answer::Ack,
@@ -175,6 +192,7 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.vmm_list_for_watcher(),
                 |r| match r {
                     Ok(rows) => Answer::Listed(
@@ -204,6 +222,7 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
             .gate(
                 call,
                 None,
+                self.fallback,
                 || self.inner.vmm_update_runtime(propolis_id, new_state),
                 |r| match r {
                     Ok(o) => Answer::Write { applied: o.updated },

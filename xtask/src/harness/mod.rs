@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hasher;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_trait::async_trait;
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use nexus_stub::{
@@ -19,11 +18,10 @@ use nexus_stub::{
 };
 use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
 use sled_agent_api::{
-    Clock, InstanceUuid, LogicalClock, NexusApiError, NexusInternalApi, PropolisUuid, SledUuid,
-    SledVmmState,
+    Clock, InstanceUuid, LogicalClock, NexusInternalApi, PropolisUuid, SledAgentApi, SledUuid,
 };
 use slog::Logger;
-use watcher::{InstanceWatcher, PassCounts, WatcherFaults};
+use watcher::{InstanceWatcher, PassCounts, WatcherDatastore, WatcherFaults};
 
 pub mod gates;
 pub mod hash;
@@ -31,6 +29,7 @@ pub mod observe;
 pub mod sched;
 pub mod schedule;
 pub mod script;
+pub mod transport;
 
 use gates::Gated;
 use observe::{Observer, Violation};
@@ -38,36 +37,14 @@ use sched::{ActorKind, Answer, Arg, Call, CallKind, Component, Probes, Sched, St
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
 pub use script::{Progress, ScenarioKind};
 
-pub type Sim = SimSledAgent<Gated<Arc<LateNexus>>>;
-pub type Nexus = NexusStub<Gated<Arc<Sim>>>;
-pub type Watcher = InstanceWatcher<Gated<Arc<Nexus>>, Gated<Arc<Sim>>>;
+// The components talk to each other through trait objects, so one set of types
+// serves both transports: in process, or over HTTP with clients behind the gates.
+pub type Sim = SimSledAgent<Gated<Arc<dyn NexusInternalApi>>>;
+pub type Nexus = NexusStub<Gated<Arc<dyn SledAgentApi>>>;
+pub type Watcher = InstanceWatcher<Gated<Arc<dyn WatcherDatastore>>, Gated<Arc<dyn SledAgentApi>>>;
 
 /// The one sled of every run.
 pub const SLED: SledUuid = SledUuid::from_u128(0x5_0000_0000_0000_0000_0000_0001);
-
-/// The sim's way to Nexus, bound once Nexus exists. It holds Nexus weakly, so the
-/// sim -> Nexus -> sim ownership loop never forms and each run frees everything.
-#[derive(Debug, Default)]
-pub struct LateNexus {
-    nexus: OnceLock<Weak<Nexus>>,
-}
-
-#[async_trait]
-impl NexusInternalApi for LateNexus {
-    async fn cpapi_instances_put(
-        &self,
-        propolis_id: PropolisUuid,
-        new_runtime_state: SledVmmState,
-    ) -> Result<(), NexusApiError> {
-        let Some(nexus) = self.nexus.get().and_then(Weak::upgrade) else {
-            return Err(NexusApiError::Communication {
-                operation: "cpapi_instances_put",
-                source: "Nexus is not running".into(),
-            });
-        };
-        nexus.cpapi_instances_put(propolis_id, new_runtime_state).await
-    }
-}
 
 /// A known bug seeded into the clean model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,7 +76,28 @@ pub struct RunConfig {
     pub restart_passes: usize,
     pub max_steps: usize,
     pub inject: Option<Inject>,
+    pub transport: Transport,
     pub log: Logger,
+}
+
+/// How the components reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Direct calls: what the explorer runs.
+    #[default]
+    InProc,
+    /// Real loopback sockets: the sim and Nexus are dropshot servers, and every
+    /// cross-component call is an HTTP request made behind its gate.
+    Http,
+}
+
+impl Transport {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Transport::InProc => "inproc",
+            Transport::Http => "http",
+        }
+    }
 }
 
 impl RunConfig {
@@ -112,6 +110,7 @@ impl RunConfig {
             restart_passes: 1,
             max_steps: 400,
             inject: None,
+            transport: Transport::InProc,
             log,
         }
     }
@@ -135,6 +134,9 @@ pub struct World {
     pub sched: Arc<Sched>,
     pub nexus: Arc<Nexus>,
     pub sim: Arc<Sim>,
+    /// How the scenario pokes the sim, and how the watcher reaches the sled agent
+    /// and the datastore: directly, or through HTTP clients.
+    links: transport::Links,
     progress: Arc<Mutex<Progress>>,
     spawner: Arc<DeferredSpawner>,
     watcher_counts: Arc<Mutex<Vec<PassCounts>>>,
@@ -168,9 +170,18 @@ impl World {
         let log = &config.log;
         let sched = Sched::new();
         let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
-        let late = Arc::new(LateNexus::default());
+        let late = Arc::new(transport::LateNexus::default());
         let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
-        let to_nexus = Gated::new(Arc::clone(&late), &sched, Component::SledAgent);
+        let mut to_nexus = Gated::new(
+            Arc::clone(&late) as Arc<dyn NexusInternalApi>,
+            &sched,
+            Component::SledAgent,
+        );
+        if config.transport == Transport::Http {
+            // Over HTTP the sim reports from its server's threads, outside any actor;
+            // only the scenario pokes, so its reports are the scenario's calls.
+            to_nexus = to_nexus.with_fallback_actor(transport::SCENARIO_ACTOR);
+        }
         let sim = SimSledAgent::new(log, SLED, sim_config, to_nexus, Arc::clone(&clock))
             .map_err(RunError::Setup)?;
         let spawner = Arc::new(DeferredSpawner::default());
@@ -182,12 +193,14 @@ impl World {
             },
             ..NexusConfig::default()
         };
-        let sleds =
-            BTreeMap::from([(SLED, Gated::new(Arc::clone(&sim), &sched, Component::Nexus))]);
+        let (sled_for_nexus, links) = match config.transport {
+            Transport::InProc => transport::in_process(&sim),
+            Transport::Http => transport::http(&sim, log).map_err(RunError::Transport)?,
+        };
+        let sleds = BTreeMap::from([(SLED, Gated::new(sled_for_nexus, &sched, Component::Nexus))]);
         let nexus =
             NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
-        // Set once on a fresh cell; a failure would only mean it was already bound.
-        let _ = late.nexus.set(Arc::downgrade(&nexus));
+        let links = links.finish(&nexus, &late, log).map_err(RunError::Transport)?;
         let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {
             vmm: Box::new(move |vmm| {
@@ -199,6 +212,7 @@ impl World {
             sched,
             nexus,
             sim,
+            links,
             progress: Arc::default(),
             spawner,
             watcher_counts: Arc::default(),
@@ -206,15 +220,13 @@ impl World {
     }
 
     fn watcher(&self, config: &RunConfig, clock: Arc<dyn Clock>) -> Watcher {
-        let ds = Gated::new(Arc::clone(&self.nexus), &self.sched, Component::Watcher);
-        let sleds = BTreeMap::from([(
-            SLED,
-            Gated::new(Arc::clone(&self.sim), &self.sched, Component::Watcher),
-        )]);
+        let ds = Gated::new(self.links.datastore(&self.nexus), &self.sched, Component::Watcher);
+        let sled = Gated::new(self.links.sled(&self.sim), &self.sched, Component::Watcher);
         let faults = WatcherFaults {
             skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration),
         };
-        InstanceWatcher::new(&config.log, ds, sleds, clock).with_faults(faults)
+        InstanceWatcher::new(&config.log, ds, BTreeMap::from([(SLED, sled)]), clock)
+            .with_faults(faults)
     }
 
     /// Identifies the situation: every component's state, every actor's history
@@ -268,6 +280,7 @@ impl World {
                     .gate(
                         call,
                         None,
+                        None,
                         || task,
                         |r| {
                             Answer::Updated(match r {
@@ -303,6 +316,8 @@ pub enum RunError {
     Setup(#[source] sim_sled_agent::SimError),
     #[error("the harness failed: {0}")]
     Harness(String),
+    #[error("setting up the HTTP transport failed")]
+    Transport(#[source] transport::TransportError),
 }
 
 /// Everything a run produced, read from state once it ended.
@@ -381,10 +396,13 @@ fn drive(
     let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
 
     let scenario_id = world.sched.add_actor(ActorKind::Scenario);
+    if scenario_id != transport::SCENARIO_ACTOR {
+        return Err(RunError::Harness("the scenario must be the first actor".into()));
+    }
     let fut = script::scenario(
         config.scenario,
         Arc::clone(&world.nexus),
-        Arc::clone(&world.sim),
+        world.links.sim_port(&world.sim),
         Arc::clone(&world.sched),
         Arc::clone(&world.progress),
     );
@@ -401,9 +419,12 @@ fn drive(
         script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
 
+    let _runtime = world.links.enter();
     let mut observer = Observer::default();
     let end = loop {
-        pool.run_until_stalled();
+        if !world.links.settle(&mut pool, &world.sched) {
+            break RunEnd::Deadlock(world.sched.unfinished());
+        }
         if world.spawn_updates(&pool) > 0 {
             continue;
         }

@@ -258,6 +258,9 @@ struct ActorInfo {
 
 #[derive(Default)]
 struct Inner {
+    /// Woken when the run may have become quiescent (see `idle`); only set while
+    /// something waits for that, which happens over HTTP.
+    idle: Option<Waker>,
     actors: Vec<ActorInfo>,
     parked: Vec<Parked>,
     steps: Vec<Step>,
@@ -342,9 +345,22 @@ impl Sched {
     }
 
     fn actor_done(&self, id: ActorId) {
-        if let Some(a) = self.lock().actors.get_mut(id) {
+        let mut g = self.lock();
+        if let Some(a) = g.actors.get_mut(id) {
             a.done = true;
         }
+        wake_idle(&mut g);
+    }
+
+    /// Every actor is done or has a call parked and not yet released: nothing moves
+    /// until the scheduler releases something.
+    pub fn quiescent(&self) -> bool {
+        quiescent(&self.lock())
+    }
+
+    /// Resolves once the run is quiescent.
+    pub fn idle(&self) -> Idle<'_> {
+        Idle { sched: self }
     }
 
     pub fn steps_len(&self) -> usize {
@@ -419,6 +435,7 @@ impl Sched {
         g.next_ticket += 1;
         let ticket = g.next_ticket;
         g.parked.push(Parked { ticket, actor, call, released: None, waker: None, wait });
+        wake_idle(&mut g);
         ticket
     }
 
@@ -436,6 +453,7 @@ impl Sched {
             a.history = h.finish();
         }
         s.answer = answer;
+        wake_idle(g);
     }
 
     /// What Nexus holds for a VMM right now (for `Answer::Gone`).
@@ -444,18 +462,21 @@ impl Sched {
     }
 
     /// Parks the calling actor until released (and, with `wait`, until the condition
-    /// holds), then runs the call and records its answer.
+    /// holds), then runs the call and records its answer. The caller is the actor
+    /// being polled on this thread, else `fallback` (for calls a server makes on
+    /// an actor's behalf).
     pub async fn gate<T, Fut>(
         self: &Arc<Self>,
         call: Call,
         wait: Option<WaitPred>,
+        fallback: Option<ActorId>,
         run: impl FnOnce() -> Fut,
         describe: impl FnOnce(&T) -> Answer,
     ) -> T
     where
         Fut: Future<Output = T>,
     {
-        let Some(actor) = CURRENT.with(Cell::get) else {
+        let Some(actor) = CURRENT.with(Cell::get).or(fallback) else {
             // Only reachable if a component spawns work outside the harness's actors;
             // the run is then not deterministic, so it is recorded as a harness error.
             self.record_error(format!("{} called outside any actor", call.kind.label()));
@@ -468,6 +489,37 @@ impl Sched {
             self.complete(step, describe(&out));
         }
         out
+    }
+}
+
+fn quiescent(g: &Inner) -> bool {
+    g.actors
+        .iter()
+        .enumerate()
+        .all(|(id, a)| a.done || g.parked.iter().any(|p| p.actor == id && p.released.is_none()))
+}
+
+fn wake_idle(g: &mut Inner) {
+    if let Some(w) = g.idle.take() {
+        w.wake();
+    }
+}
+
+/// See `Sched::idle`.
+pub struct Idle<'a> {
+    sched: &'a Sched,
+}
+
+impl Future for Idle<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut g = self.sched.lock();
+        if quiescent(&g) {
+            return Poll::Ready(());
+        }
+        g.idle = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 

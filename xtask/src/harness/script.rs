@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use nexus_stub::{DiskState, DiskView, ExternalState, NexusError};
-use sim_sled_agent::PokeMode;
 use sled_agent_api::{DiskUuid, InstanceUuid};
 
 use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
-use super::{Nexus, Sim, Watcher};
+use super::transport::SimPort;
+use super::{Nexus, Watcher};
 
 /// Which scenario to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -57,13 +57,13 @@ pub enum StepFailed {
     Sim {
         step: String,
         #[source]
-        source: sim_sled_agent::SimError,
+        source: sled_agent_api::BoxError,
     },
 }
 
 struct Ctx {
     nexus: Arc<Nexus>,
-    sim: Arc<Sim>,
+    sim: SimPort,
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 }
@@ -86,7 +86,7 @@ impl Ctx {
         self.nexus.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
         if let Some(vmm) = view.propolis_id {
             self.sim
-                .poke(vmm, PokeMode::Drain)
+                .poke(vmm)
                 .await
                 .map_err(|source| StepFailed::Sim { step: format!("simulate {name}"), source })?;
         }
@@ -121,6 +121,7 @@ impl Ctx {
             .gate(
                 call,
                 Some(settled),
+                None,
                 || async { nexus.instance(id).map(|v| v.state) },
                 |r| match r {
                     Ok(s) => Answer::Waited(*s),
@@ -188,7 +189,7 @@ async fn disk_move(cx: &Ctx) -> Result<(), StepFailed> {
 pub(super) async fn scenario(
     kind: ScenarioKind,
     nexus: Arc<Nexus>,
-    sim: Arc<Sim>,
+    sim: SimPort,
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 ) {
@@ -233,7 +234,13 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
         };
         let n = &nexus;
         sched
-            .gate(call, None, || async { n.restart_candidates().len() }, |c| Answer::Candidates(*c))
+            .gate(
+                call,
+                None,
+                None,
+                || async { n.restart_candidates().len() },
+                |c| Answer::Candidates(*c),
+            )
             .await;
         nexus.reincarnation_pass().await;
     }
