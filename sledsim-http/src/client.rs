@@ -81,6 +81,44 @@ fn message(body: &Option<ErrorBody>, raw: String) -> String {
     body.as_ref().map_or(raw, |b| b.message.clone())
 }
 
+/// A Nexus whose address is known only after it starts: two servers that point at
+/// each other cannot both be built with the other's address. Until bound, a report
+/// fails as unreachable, which the sim answers by keeping the VMM and retrying.
+#[derive(Default)]
+pub struct LateNexus {
+    target: std::sync::OnceLock<std::sync::Arc<dyn NexusInternalApi>>,
+}
+
+impl LateNexus {
+    /// Returns false if it was bound already (the first binding stays).
+    pub fn bind(&self, target: std::sync::Arc<dyn NexusInternalApi>) -> bool {
+        self.target.set(target).is_ok()
+    }
+}
+
+impl std::fmt::Debug for LateNexus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateNexus").field("bound", &self.target.get().is_some()).finish()
+    }
+}
+
+#[async_trait]
+impl NexusInternalApi for LateNexus {
+    async fn cpapi_instances_put(
+        &self,
+        propolis_id: PropolisUuid,
+        new_runtime_state: SledVmmState,
+    ) -> Result<(), NexusApiError> {
+        let Some(nexus) = self.target.get() else {
+            return Err(NexusApiError::Communication {
+                operation: "cpapi_instances_put",
+                source: "Nexus's address is not known yet".into(),
+            });
+        };
+        nexus.cpapi_instances_put(propolis_id, new_runtime_state).await
+    }
+}
+
 /// A sled agent over HTTP (the paths of omicron's sled-agent API).
 #[derive(Clone, Debug)]
 pub struct SledAgentClient {

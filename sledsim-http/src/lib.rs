@@ -10,5 +10,5 @@
 mod client;
 mod error;
 
-pub use client::{NexusClient, PokeResponse, SledAgentClient};
+pub use client::{LateNexus, NexusClient, PokeResponse, SledAgentClient};
 pub use error::{server_config, ApiError, REQUEST_BODY_MAX_BYTES};

@@ -170,7 +170,7 @@ impl World {
         let log = &config.log;
         let sched = Sched::new();
         let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
-        let late = Arc::new(transport::LateNexus::default());
+        let late = Arc::new(sledsim_http::LateNexus::default());
         let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
         let mut to_nexus = Gated::new(
             Arc::clone(&late) as Arc<dyn NexusInternalApi>,

@@ -2,7 +2,7 @@
 //! loopback sockets. Either way every cross-component call goes through a gate on
 //! the caller's side, so a schedule means the same thing on both.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use sim_sled_agent::PokeMode;
 use sled_agent_api::{
     BoxError, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi, SledVmmState,
 };
-use sledsim_http::{NexusClient, SledAgentClient};
+use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::WatcherDatastore;
 
@@ -33,35 +33,6 @@ pub enum TransportError {
     Sim(#[source] sim_sled_agent::http::ServerError),
     #[error("starting the Nexus stub's server failed")]
     Nexus(#[source] nexus_stub::http::ServerError),
-}
-
-/// The sim's way to Nexus, bound once Nexus exists.
-#[derive(Default)]
-pub struct LateNexus {
-    target: OnceLock<Arc<dyn NexusInternalApi>>,
-}
-
-impl std::fmt::Debug for LateNexus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LateNexus").field("bound", &self.target.get().is_some()).finish()
-    }
-}
-
-#[async_trait]
-impl NexusInternalApi for LateNexus {
-    async fn cpapi_instances_put(
-        &self,
-        propolis_id: PropolisUuid,
-        new_runtime_state: SledVmmState,
-    ) -> Result<(), NexusApiError> {
-        let Some(nexus) = self.target.get() else {
-            return Err(NexusApiError::Communication {
-                operation: "cpapi_instances_put",
-                source: "Nexus is not up yet".into(),
-            });
-        };
-        nexus.cpapi_instances_put(propolis_id, new_runtime_state).await
-    }
 }
 
 /// Nexus in process, held weakly so the sim -> Nexus -> sim loop of owners never
@@ -166,7 +137,7 @@ impl PendingLinks {
         log: &Logger,
     ) -> Result<Links, TransportError> {
         let Some((runtime, sim_server, sim_url)) = self.wire else {
-            let _ = late.target.set(Arc::new(WeakNexus(Arc::downgrade(nexus))));
+            late.bind(Arc::new(WeakNexus(Arc::downgrade(nexus))));
             return Ok(Links { wire: None });
         };
         let bind = ([127, 0, 0, 1], 0).into();
@@ -175,7 +146,7 @@ impl PendingLinks {
             nexus_stub::http::serve(Arc::clone(nexus), bind, log).map_err(TransportError::Nexus)?
         };
         let nexus_url = format!("http://{}", nexus_server.local_addr());
-        let _ = late.target.set(Arc::new(NexusClient::new(&nexus_url)));
+        late.bind(Arc::new(NexusClient::new(&nexus_url)));
         Ok(Links {
             wire: Some(Wire {
                 runtime,
