@@ -42,6 +42,8 @@ enum Command {
     Explore(ExploreArgs),
     /// Measure the performance targets (rebuilds and runs itself in release).
     Bench(BenchArgs),
+    /// Regenerate the OpenAPI documents under openapi/ from the code.
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +262,17 @@ pub fn run(
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out, err),
         Command::Bench(a) => bench(&a, out),
+        Command::Openapi => match crate::openapi::write() {
+            Ok(changed) if changed.is_empty() => {
+                let _ = writeln!(out, "openapi/ is up to date");
+                Ok(0)
+            }
+            Ok(changed) => {
+                let _ = writeln!(out, "wrote openapi/{}", changed.join(", openapi/"));
+                Ok(0)
+            }
+            Err(e) => Err(Fail::Broken(e)),
+        },
     };
     match result {
         Ok(code) => code,

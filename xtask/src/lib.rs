@@ -6,4 +6,5 @@ pub mod cli;
 pub mod explore;
 pub mod explore_report;
 pub mod harness;
+pub mod openapi;
 pub mod report;

@@ -307,3 +307,38 @@ fn pruning_reaches_every_situation_that_brute_force_does() {
         assert_eq!((pruned.violations, brute.violations), (0, 0));
     }
 }
+
+#[test]
+fn checked_in_openapi_documents_match_the_code() {
+    for doc in xtask::openapi::generate().expect("documents generate") {
+        let path = xtask::openapi::dir().join(doc.file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == doc.text,
+            "{} differs from what the code generates; run `cargo xtask openapi`",
+            path.display()
+        );
+    }
+}
+
+/// Over real sockets, with the gates on the client side, every schedule gives the
+/// same result as in process.
+#[test]
+fn http_transport_gives_the_same_runs_as_in_process() {
+    let explored = json(&["explore", "--ordering", "remove-then-publish"], 1);
+    let replay = explored["counterexample"]["replay"].as_str().unwrap().to_string();
+    let cases: [(&[&str], u8); 5] = [
+        (&[], 0),
+        (&["--ordering", "remove-then-publish"], 1),
+        (&["--ordering", "remove-then-publish", "--restart-policy", "2024"], 1),
+        (&["--ordering", "remove-then-publish", "--schedule", "happy"], 0),
+        (&["--ordering", "remove-then-publish", "--schedule", &replay], 1),
+    ];
+    for (args, code) in cases {
+        let inproc = json(&[&["scenario"][..], args].concat(), code);
+        let mut http = json(&[&["scenario", "--transport", "http"][..], args].concat(), code);
+        assert_eq!(http["transport"], "http");
+        http["transport"] = "inproc".into();
+        assert_eq!(inproc, http, "{args:?}");
+    }
+}
