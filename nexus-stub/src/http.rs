@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sled_agent_api::{
     error_codes, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, SledVmmState,
 };
-use sledsim_http::ApiError;
+use sledsim_http::{error_chain, ApiError};
 use slog::Logger;
 use watcher::{VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
@@ -136,21 +136,9 @@ pub trait NexusStubHttpApi {
 #[derive(Debug)]
 pub struct NexusHttp<S>(PhantomData<fn() -> S>);
 
-/// The whole cause chain, since `Display` of each error leaves its source out.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
 impl From<NexusError> for ApiError {
     fn from(e: NexusError) -> Self {
-        let msg = chain(&e);
+        let msg = error_chain(&e);
         match e {
             NexusError::NoSuchVmm { .. } => ApiError::not_found(error_codes::NO_SUCH_VMM, msg),
             NexusError::NoSuchInstance { .. } | NexusError::NoSuchDisk { .. } => {
@@ -189,7 +177,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, ApiError> {
         let rows = rqctx.context().vmm_list_for_watcher().await;
-        rows.map(HttpResponseOk).map_err(|e| ApiError::internal(chain(&e)))
+        rows.map(HttpResponseOk).map_err(|e| ApiError::internal(error_chain(&e)))
     }
 
     async fn vmm_update_runtime(

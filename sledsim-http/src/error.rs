@@ -113,3 +113,17 @@ impl dropshot::HttpResponseError for ApiError {
         self.status.0
     }
 }
+
+/// An error and its causes, joined with ": ". Each type's `Display` leaves its
+/// source out (the convention these crates follow), so messages that cross a wire
+/// or reach a user are built with this.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

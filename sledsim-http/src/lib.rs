@@ -11,4 +11,4 @@ mod client;
 mod error;
 
 pub use client::{LateNexus, NexusClient, PokeResponse, SledAgentClient};
-pub use error::{server_config, ApiError, REQUEST_BODY_MAX_BYTES};
+pub use error::{error_chain, server_config, ApiError, REQUEST_BODY_MAX_BYTES};

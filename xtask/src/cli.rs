@@ -10,6 +10,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nexus_stub::RestartPolicy;
 use sim_sled_agent::RemovalOrdering;
+use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
 use crate::explore::ExploreConfig;
@@ -295,24 +296,12 @@ enum Fail {
     Broken(String),
 }
 
-/// An error with its causes, `Display` of each leaving its source out.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
 /// A run error: a schedule that does not fit is the user's; the rest are ours.
 fn run_failure(e: RunError) -> Fail {
     match e {
         RunError::Schedule(e) => Fail::Usage(e.to_string()),
         e @ (RunError::Setup(_) | RunError::Harness(_) | RunError::Transport(_)) => {
-            Fail::Broken(chain(&e))
+            Fail::Broken(error_chain(&e))
         }
     }
 }

@@ -3,8 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use nexus_stub::{DiskState, DiskView, ExternalState, NexusError};
-use sled_agent_api::{DiskUuid, InstanceUuid};
+use std::future::Future;
+
+use nexus_stub::{DiskState, DiskView, ExternalState, NexusError, NexusStub};
+use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi};
+use sledsim_http::error_chain;
 
 use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
 use super::transport::SimPort;
@@ -61,14 +64,24 @@ pub enum StepFailed {
     },
 }
 
-struct Ctx {
-    nexus: Arc<Nexus>,
-    sim: SimPort,
-    sched: Arc<Sched>,
-    progress: Arc<Mutex<Progress>>,
+/// What a scenario needs besides Nexus's user operations: finishing the sim's
+/// transitions, and waiting for an instance to settle. The harness gates both;
+/// `cargo xtask stress` leaves them to real time.
+pub trait Driver {
+    /// The test's `instance_simulate`.
+    fn simulate(&self, vmm: PropolisUuid) -> impl Future<Output = Result<(), BoxError>>;
+
+    /// Waits until the instance is no longer Stopping; returns what it became.
+    fn settle(&self, id: InstanceUuid) -> impl Future<Output = Result<ExternalState, NexusError>>;
 }
 
-impl Ctx {
+struct Ctx<'a, S, D> {
+    nexus: &'a NexusStub<S>,
+    driver: &'a D,
+    progress: &'a Mutex<Progress>,
+}
+
+impl<S: SledAgentApi + 'static, D: Driver> Ctx<'_, S, D> {
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -85,12 +98,12 @@ impl Ctx {
         self.progress().stopped.push(view.id);
         self.nexus.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
         if let Some(vmm) = view.propolis_id {
-            self.sim
-                .poke(vmm)
+            self.driver
+                .simulate(vmm)
                 .await
                 .map_err(|source| StepFailed::Sim { step: format!("simulate {name}"), source })?;
         }
-        let state = self.wait_until_settled(view.id).await.map_err(nexus_err("wait for"))?;
+        let state = self.driver.settle(view.id).await.map_err(nexus_err("wait for"))?;
         if state != ExternalState::Stopped {
             return Err(StepFailed::Unexpected {
                 step: format!("wait for {name} to stop"),
@@ -100,10 +113,23 @@ impl Ctx {
         }
         Ok(view.id)
     }
+}
+
+/// The harness's driver: pokes through the sim port, and waits at a gate.
+struct Gated {
+    nexus: Arc<Nexus>,
+    sim: SimPort,
+    sched: Arc<Sched>,
+}
+
+impl Driver for Gated {
+    async fn simulate(&self, vmm: PropolisUuid) -> Result<(), BoxError> {
+        self.sim.poke(vmm).await
+    }
 
     /// Parks until the instance is no longer Stopping, then reads its state. The
     /// gate's condition stands in for the real test's one-second polling loop.
-    async fn wait_until_settled(&self, id: InstanceUuid) -> Result<ExternalState, NexusError> {
+    async fn settle(&self, id: InstanceUuid) -> Result<ExternalState, NexusError> {
         let weak = Arc::downgrade(&self.nexus);
         let settled = Box::new(move || {
             weak.upgrade()
@@ -162,14 +188,16 @@ fn expect_attached_elsewhere(
     }
 }
 
-async fn disk_move(cx: &Ctx) -> Result<(), StepFailed> {
+async fn disk_move<S: SledAgentApi + 'static, D: Driver>(
+    cx: &Ctx<'_, S, D>,
+) -> Result<(), StepFailed> {
     let disk = cx
         .nexus
         .disk_create("disk")
         .map_err(|source| StepFailed::Nexus { step: "create disk".into(), source })?
         .id;
     cx.progress().disk = Some(disk);
-    let n = &cx.nexus;
+    let n = cx.nexus;
 
     let i1 = cx.create_and_stop("inst1").await?;
     expect_disk("attach disk to inst1", n.disk_attach(disk, i1), DiskState::Attached(i1))?;
@@ -186,6 +214,22 @@ async fn disk_move(cx: &Ctx) -> Result<(), StepFailed> {
     Ok(())
 }
 
+/// Runs a scenario to its end or its first failed step; the outcome goes into
+/// `progress`.
+pub async fn run<S: SledAgentApi + 'static, D: Driver>(
+    kind: ScenarioKind,
+    nexus: &NexusStub<S>,
+    driver: &D,
+    progress: &Mutex<Progress>,
+) {
+    let cx = Ctx { nexus, driver, progress };
+    let r = match kind {
+        ScenarioKind::DiskMove => disk_move(&cx).await,
+        ScenarioKind::StopRace => cx.create_and_stop("inst1").await.map(|_| ()),
+    };
+    cx.progress().outcome = Some(r.map_err(|e| error_chain(&e)));
+}
+
 pub(super) async fn scenario(
     kind: ScenarioKind,
     nexus: Arc<Nexus>,
@@ -193,22 +237,8 @@ pub(super) async fn scenario(
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 ) {
-    let cx = Ctx { nexus, sim, sched, progress };
-    let r = match kind {
-        ScenarioKind::DiskMove => disk_move(&cx).await,
-        ScenarioKind::StopRace => cx.create_and_stop("inst1").await.map(|_| ()),
-    };
-    cx.progress().outcome = Some(r.map_err(|e| {
-        // The chain, so "stop inst1: sled agent call ... failed: no such VMM" reads whole.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
-        }
-        msg
-    }));
+    let driver = Gated { nexus: Arc::clone(&nexus), sim, sched };
+    run(kind, &nexus, &driver, &progress).await;
 }
 
 pub(super) async fn watcher(
