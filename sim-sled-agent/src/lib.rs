@@ -57,8 +57,9 @@ pub enum SimMode {
     #[default]
     Explicit,
     /// A per-VMM task drains the queue `delay` after each state change, as in
-    /// omicron-dev. Needs a tokio runtime when the sim is built.
-    Auto { delay: Duration },
+    /// omicron-dev (1.5 s there), plus up to `jitter` more, drawn from a generator
+    /// seeded with `seed` and the VMM's id. Needs a tokio runtime when built.
+    Auto { delay: Duration, jitter: Duration, seed: u64 },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -281,28 +282,58 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     }
 
     fn start_stepper(&self, propolis_id: PropolisUuid) -> Option<Stepper> {
-        let (SimMode::Auto { delay }, Some(runtime)) = (self.config.mode, &self.runtime) else {
+        let (SimMode::Auto { delay, jitter, seed }, Some(runtime)) =
+            (self.config.mode, &self.runtime)
+        else {
             return None;
         };
         let wake = Arc::new(Notify::new());
+        let delays =
+            Delays::new(delay, jitter, seed ^ (propolis_id.into_untyped().as_u128() as u64));
         let task = runtime
-            .spawn(stepper(self.this.clone(), propolis_id, Arc::clone(&wake), delay))
+            .spawn(stepper(self.this.clone(), propolis_id, Arc::clone(&wake), delays))
             .abort_handle();
         Some(Stepper { wake, task })
     }
 }
 
-/// Auto mode: drains a VMM's queue `delay` after each wake-up, until the VMM is gone.
+/// Auto mode's delays: a base plus a pseudo-random share of the jitter (xorshift64*,
+/// so a seed gives the same sequence every time).
+#[derive(Debug, Clone, Copy)]
+struct Delays {
+    base: Duration,
+    jitter: Duration,
+    state: u64,
+}
+
+impl Delays {
+    fn new(base: Duration, jitter: Duration, seed: u64) -> Self {
+        // xorshift has one fixed point, zero; keep away from it.
+        Delays { base, jitter, state: seed | 1 }
+    }
+
+    fn next(&mut self) -> Duration {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let r = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let jitter_ns = u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let extra = if jitter_ns == 0 { 0 } else { r % jitter_ns };
+        self.base + Duration::from_nanos(extra)
+    }
+}
+
+/// Auto mode: drains a VMM's queue a delay after each wake-up, until the VMM is gone.
 /// A failed report is retried after another delay; nothing is dropped.
 async fn stepper<N: NexusInternalApi + 'static>(
     sim: Weak<SimSledAgent<N>>,
     propolis_id: PropolisUuid,
     wake: Arc<Notify>,
-    delay: Duration,
+    mut delays: Delays,
 ) {
     loop {
         wake.notified().await;
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delays.next()).await;
         let Some(sim) = sim.upgrade() else { return };
         match sim.poke(propolis_id, PokeMode::Drain).await {
             Ok(outcome) if outcome.removed => return,

@@ -220,7 +220,7 @@ async fn auto_mode_drains_after_the_delay() {
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let config = SimConfig {
         ordering: RemovalOrdering::PublishThenRemove,
-        mode: SimMode::Auto { delay: Duration::from_millis(1500) },
+        mode: SimMode::Auto { delay: Duration::from_millis(1500), jitter: Duration::ZERO, seed: 0 },
     };
     let sim = SimSledAgent::new(
         &log,
@@ -246,8 +246,10 @@ async fn auto_mode_drains_after_the_delay() {
 #[test]
 fn auto_mode_without_a_runtime_is_an_error() {
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let config =
-        SimConfig { mode: SimMode::Auto { delay: Duration::ZERO }, ..SimConfig::default() };
+    let config = SimConfig {
+        mode: SimMode::Auto { delay: Duration::ZERO, jitter: Duration::ZERO, seed: 0 },
+        ..SimConfig::default()
+    };
     let r = SimSledAgent::new(
         &log,
         SledUuid::from_u128(1),

@@ -45,6 +45,32 @@ enum Command {
     Bench(BenchArgs),
     /// Regenerate the OpenAPI documents under openapi/ from the code.
     Openapi,
+    /// Run the scenario many times under real timing; count failures per ordering.
+    Stress(StressArgs),
+}
+
+#[derive(Debug, Args)]
+struct StressArgs {
+    #[arg(long, value_enum, default_value_t)]
+    scenario: ScenarioArg,
+    /// Runs per ordering.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// One ordering; both if left out.
+    #[arg(long, value_enum)]
+    ordering: Option<OrderingArg>,
+    #[arg(long, value_enum, default_value_t)]
+    restart_policy: RestartPolicyArg,
+    #[arg(long, value_enum, default_value_t)]
+    transport: TransportArg,
+    /// Seed of the sim's random delays.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop starting runs after this many seconds per ordering.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +289,7 @@ pub fn run(
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out, err),
         Command::Bench(a) => bench(&a, out),
+        Command::Stress(a) => stress(&a, log, out),
         Command::Openapi => match crate::openapi::write() {
             Ok(changed) if changed.is_empty() => {
                 let _ = writeln!(out, "openapi/ is up to date");
@@ -412,8 +439,9 @@ fn human(
 }
 
 pub fn main() -> ExitCode {
-    let code =
-        run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    // Not locked for the whole run: over HTTP the servers log from other threads,
+    // and a held stderr lock would stop them at their first line.
+    let code = run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 
@@ -495,4 +523,74 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
         let _ = write!(out, "{}", crate::bench::human(&b));
     }
     Ok(if b.targets.all_met() { 0 } else { 1 })
+}
+
+fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
+    let orderings = match a.ordering {
+        Some(o) => vec![o.into()],
+        None => vec![RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish],
+    };
+    let transport = match a.transport {
+        TransportArg::Inproc => Transport::InProc,
+        TransportArg::Http => Transport::Http,
+    };
+    let cfg = crate::stress::StressConfig {
+        scenario: a.scenario.into(),
+        orderings,
+        restart_policy: a.restart_policy.into(),
+        transport,
+        runs: a.runs,
+        seed: a.seed,
+        max_time: std::time::Duration::from_secs(a.max_seconds),
+        log,
+    };
+    let reports = crate::stress::stress(&cfg).map_err(Fail::Broken)?;
+    let failed = reports.iter().any(|r| r.failed > 0);
+    if a.json {
+        let json = serde_json::json!({
+            "scenario": cfg.scenario.label(),
+            "transport": transport.label(),
+            "restart_policy": cfg.restart_policy.label(),
+            "seed": cfg.seed,
+            "runs": cfg.runs,
+            "passed": !failed,
+            "orderings": reports,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(
+            out,
+            "stress {} | transport {} | restart policy {} | {} runs per ordering | seed {}",
+            cfg.scenario.label(),
+            transport.label(),
+            cfg.restart_policy.label(),
+            cfg.runs,
+            cfg.seed
+        );
+        for r in &reports {
+            let by: Vec<String> = r.invariants.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>5}/{} runs failed{}  {:.0} runs/s{}",
+                r.ordering,
+                r.failed,
+                r.runs,
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (invariant {})", by.join(", "))
+                },
+                r.runs_per_s,
+                if r.skipped > 0 {
+                    format!(", {} not run (time limit)", r.skipped)
+                } else {
+                    String::new()
+                }
+            );
+            for e in &r.examples {
+                let _ = writeln!(out, "      {e}");
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
 }

@@ -8,3 +8,4 @@ pub mod explore_report;
 pub mod harness;
 pub mod openapi;
 pub mod report;
+pub mod stress;

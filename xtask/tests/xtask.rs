@@ -342,3 +342,62 @@ fn http_transport_gives_the_same_runs_as_in_process() {
         assert_eq!(inproc, http, "{args:?}");
     }
 }
+
+#[test]
+fn stress_runs_under_real_timing_and_the_fixed_ordering_never_fails() {
+    for transport in ["inproc", "http"] {
+        let args = [
+            "stress",
+            "--runs",
+            "8",
+            "--ordering",
+            "publish-then-remove",
+            "--transport",
+            transport,
+        ];
+        let j = json(&args, 0);
+        let o = &j["orderings"][0];
+        assert_eq!(
+            (o["ordering"].as_str(), o["runs"].as_u64(), o["failed"].as_u64()),
+            (Some("publish-then-remove"), Some(8), Some(0)),
+            "{transport}: {j}"
+        );
+        assert!(o["runs_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // Bounded in time: with no time, nothing runs and it says so.
+    let j = json(
+        &["stress", "--runs", "3", "--ordering", "remove-then-publish", "--max-seconds", "0"],
+        0,
+    );
+    assert_eq!(
+        (j["orderings"][0]["runs"].as_u64(), j["orderings"][0]["skipped"].as_u64()),
+        (Some(0), Some(3))
+    );
+}
+
+/// The real binary, logging at its default level: over HTTP the servers log from
+/// their own threads, which must not wait on anything the harness holds.
+#[test]
+fn the_binary_runs_over_http_with_logging_on() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["scenario", "--transport", "http", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the HTTP scenario hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("component: NexusStubHttp"), "servers log to stderr: {log}");
+}

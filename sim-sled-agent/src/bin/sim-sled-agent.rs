@@ -42,6 +42,12 @@ struct Args {
     /// Auto mode: how long after a state change the queue drains.
     #[arg(long, default_value_t = 1500)]
     delay_ms: u64,
+    /// Auto mode: up to this much more, at random.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Auto mode: seed of the jitter.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[arg(long, default_value = "00000005-0000-0000-0000-000000000001")]
     sled_id: SledUuid,
 }
@@ -58,7 +64,11 @@ async fn main() -> anyhow::Result<()> {
         },
         mode: match args.mode {
             Mode::Explicit => SimMode::Explicit,
-            Mode::Auto => SimMode::Auto { delay: Duration::from_millis(args.delay_ms) },
+            Mode::Auto => SimMode::Auto {
+                delay: Duration::from_millis(args.delay_ms),
+                jitter: Duration::from_millis(args.jitter_ms),
+                seed: args.seed,
+            },
         },
     };
     let nexus = NexusClient::new(&args.nexus);

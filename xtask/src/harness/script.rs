@@ -71,7 +71,8 @@ pub trait Driver {
     /// The test's `instance_simulate`.
     fn simulate(&self, vmm: PropolisUuid) -> impl Future<Output = Result<(), BoxError>>;
 
-    /// Waits until the instance is no longer Stopping; returns what it became.
+    /// Waits for the instance to come to rest after a stop; returns the state it
+    /// rests in (Stopped, unless something went wrong).
     fn settle(&self, id: InstanceUuid) -> impl Future<Output = Result<ExternalState, NexusError>>;
 }
 
