@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sled_agent_api::{
     error_codes, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, SledVmmState,
 };
-use sledsim_http::{error_chain, ApiError};
+use sledsim_http::{error_chain, ApiError, ServerError};
 use slog::Logger;
 use watcher::{VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
@@ -253,39 +253,18 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     }
 }
 
-/// Why the server did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("building the API description failed: {0}")]
-    Api(String),
-    #[error("starting the server on {bind} failed")]
-    Start {
-        bind: SocketAddr,
-        #[source]
-        source: dropshot::BuildError,
-    },
-}
-
 /// Serves `nexus` on `bind` (port 0 for an ephemeral one).
 pub fn serve<S: SledAgentApi + 'static>(
     nexus: Arc<NexusStub<S>>,
     bind: SocketAddr,
     log: &Logger,
 ) -> Result<dropshot::HttpServer<Arc<NexusStub<S>>>, ServerError> {
-    let api = nexus_stub_http_api_mod::api_description::<NexusHttp<S>>()
-        .map_err(|e| ServerError::Api(e.to_string()))?;
-    let log = log.new(slog::o!("component" => "NexusStubHttp"));
-    dropshot::ServerBuilder::new(api, nexus, log)
-        .config(sledsim_http::server_config(bind))
-        .start()
-        .map_err(|source| ServerError::Start { bind, source })
+    let api = nexus_stub_http_api_mod::api_description::<NexusHttp<S>>();
+    sledsim_http::start_server(api, nexus, bind, log, "NexusStubHttp")
 }
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> Result<serde_json::Value, ServerError> {
-    let api = nexus_stub_http_api_mod::stub_api_description()
-        .map_err(|e| ServerError::Api(e.to_string()))?;
-    api.openapi("sledsim Nexus stub", semver::Version::new(0, 1, 0))
-        .json()
-        .map_err(|e| ServerError::Api(e.to_string()))
+    let api = nexus_stub_http_api_mod::stub_api_description();
+    sledsim_http::openapi_json(api, "sledsim Nexus stub")
 }

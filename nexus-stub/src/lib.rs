@@ -550,23 +550,31 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 });
             }
         }
-        let running = VmmPutStateBody { state: VmmStateRequested::Running };
-        match sled.vmm_put_state(propolis_id, running).await {
+        self.put_vmm_state(sled, propolis_id, VmmStateRequested::Running).await?;
+        self.instance(instance_id)
+    }
+
+    /// Asks the sled agent for a state and writes what it answers. A VMM the sled
+    /// agent no longer has is marked Failed (omicron's `mark_vmm_failed`); any
+    /// other error is returned and nothing is written.
+    async fn put_vmm_state(
+        &self,
+        sled: &S,
+        propolis_id: PropolisUuid,
+        state: VmmStateRequested,
+    ) -> Result<(), NexusError> {
+        match sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await {
             Ok(resp) => {
                 if let Some(state) = resp.updated_runtime {
                     self.process_vmm_update(propolis_id, state)?;
                 }
+                Ok(())
             }
-            Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id)?,
+            Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id),
             Err(source) => {
-                return Err(NexusError::SledAgent {
-                    operation: "vmm_put_state",
-                    propolis_id,
-                    source,
-                })
+                Err(NexusError::SledAgent { operation: "vmm_put_state", propolis_id, source })
             }
         }
-        self.instance(instance_id)
     }
 
     /// A start whose registration failed: the VMM row becomes SagaUnwound and the
@@ -619,22 +627,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         let Some((propolis_id, sled_id)) = target else { return self.instance(instance_id) };
         info!(self.log, "stopping instance"; "instance_id" => %instance_id, "propolis_id" => %propolis_id);
         let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
-        let stop = VmmPutStateBody { state: VmmStateRequested::Stopped };
-        match sled.vmm_put_state(propolis_id, stop).await {
-            Ok(resp) => {
-                if let Some(state) = resp.updated_runtime {
-                    self.process_vmm_update(propolis_id, state)?;
-                }
-            }
-            Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id)?,
-            Err(source) => {
-                return Err(NexusError::SledAgent {
-                    operation: "vmm_put_state",
-                    propolis_id,
-                    source,
-                })
-            }
-        }
+        self.put_vmm_state(sled, propolis_id, VmmStateRequested::Stopped).await?;
         self.instance(instance_id)
     }
 

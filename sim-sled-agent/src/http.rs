@@ -13,7 +13,7 @@ use sled_agent_api::{
     InstanceEnsureBody, NexusInternalApi, PropolisUuid, SledAgentApi, SledAgentError, SledVmmState,
     VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
 };
-use sledsim_http::{ApiError, PokeResponse};
+use sledsim_http::{ApiError, PokeResponse, ServerError};
 use slog::Logger;
 
 use crate::{PokeMode, SimError, SimSledAgent};
@@ -156,19 +156,6 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
     }
 }
 
-/// Why a server did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("building the API description failed: {0}")]
-    Api(String),
-    #[error("starting the server on {bind} failed")]
-    Start {
-        bind: SocketAddr,
-        #[source]
-        source: dropshot::BuildError,
-    },
-}
-
 /// Serves `sim` on `bind` (port 0 for an ephemeral one); the server's
 /// `local_addr()` says where.
 pub fn serve<N: NexusInternalApi + 'static>(
@@ -176,20 +163,12 @@ pub fn serve<N: NexusInternalApi + 'static>(
     bind: SocketAddr,
     log: &Logger,
 ) -> Result<dropshot::HttpServer<Arc<SimSledAgent<N>>>, ServerError> {
-    let api = sim_sled_agent_http_api_mod::api_description::<SimHttp<N>>()
-        .map_err(|e| ServerError::Api(e.to_string()))?;
-    let log = log.new(slog::o!("component" => "SimSledAgentHttp"));
-    dropshot::ServerBuilder::new(api, sim, log)
-        .config(sledsim_http::server_config(bind))
-        .start()
-        .map_err(|source| ServerError::Start { bind, source })
+    let api = sim_sled_agent_http_api_mod::api_description::<SimHttp<N>>();
+    sledsim_http::start_server(api, sim, bind, log, "SimSledAgentHttp")
 }
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> Result<serde_json::Value, ServerError> {
-    let api = sim_sled_agent_http_api_mod::stub_api_description()
-        .map_err(|e| ServerError::Api(e.to_string()))?;
-    api.openapi("sledsim simulated sled agent", semver::Version::new(0, 1, 0))
-        .json()
-        .map_err(|e| ServerError::Api(e.to_string()))
+    let api = sim_sled_agent_http_api_mod::stub_api_description();
+    sledsim_http::openapi_json(api, "sledsim simulated sled agent")
 }

@@ -9,6 +9,8 @@
 
 mod client;
 mod error;
+mod server;
 
 pub use client::{LateNexus, NexusClient, PokeResponse, SledAgentClient};
 pub use error::{error_chain, server_config, ApiError, REQUEST_BODY_MAX_BYTES};
+pub use server::{openapi_json, start_server, ServerError};

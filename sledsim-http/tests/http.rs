@@ -336,8 +336,20 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
         (Method::POST, format!("{nx}/instances"), Some(r#"{"nom":"x"}"#.into()), s400, None),
         (Method::GET, format!("{nx}/disks/{unknown}"), None, s404, Some("ObjectNotFound")),
         (Method::POST, format!("{nx}/disks"), Some(big), s400, None),
-        (Method::POST, format!("{nx}/disks/{unknown}/attach"), Some(format!(r#"{{"instance_id":"{inst}"}}"#)), s404, Some("ObjectNotFound")),
-        (Method::POST, format!("{nx}/disks/{unknown}/detach"), Some(format!(r#"{{"instance_id":"{inst}"}}"#)), s404, Some("ObjectNotFound")),
+        (
+            Method::POST,
+            format!("{nx}/disks/{unknown}/attach"),
+            Some(format!(r#"{{"instance_id":"{inst}"}}"#)),
+            s404,
+            Some("ObjectNotFound"),
+        ),
+        (
+            Method::POST,
+            format!("{nx}/disks/{unknown}/detach"),
+            Some(format!(r#"{{"instance_id":"{inst}"}}"#)),
+            s404,
+            Some("ObjectNotFound"),
+        ),
         (Method::POST, format!("{nx}/disks/{unknown}/detach"), Some("{}".into()), s400, None),
     ];
     for (method, url, body, want, code) in cases {

@@ -26,6 +26,7 @@ use slog::Logger;
 use watcher::{InstanceWatcher, WatcherDatastore};
 
 use crate::harness::script::{self, Driver, Progress, ScenarioKind};
+use crate::harness::transport::WeakNexus;
 use crate::harness::{Transport, SLED};
 
 type Nexus = NexusStub<Arc<dyn SledAgentApi>>;
@@ -133,25 +134,6 @@ impl NexusInternalApi for SeeReports {
             lock(&self.events.destroyed).insert(id);
         }
         self.inner.cpapi_instances_put(id, state).await
-    }
-}
-
-struct WeakNexus(Weak<Nexus>);
-
-#[async_trait]
-impl NexusInternalApi for WeakNexus {
-    async fn cpapi_instances_put(
-        &self,
-        id: PropolisUuid,
-        state: SledVmmState,
-    ) -> Result<(), NexusApiError> {
-        match self.0.upgrade() {
-            Some(n) => n.cpapi_instances_put(id, state).await,
-            None => Err(NexusApiError::Communication {
-                operation: "cpapi_instances_put",
-                source: "Nexus is gone".into(),
-            }),
-        }
     }
 }
 

@@ -30,17 +30,17 @@ pub enum TransportError {
     #[error("building the tokio runtime failed")]
     Runtime(#[source] std::io::Error),
     #[error("starting the sim sled agent's server failed")]
-    Sim(#[source] sim_sled_agent::http::ServerError),
+    Sim(#[source] sledsim_http::ServerError),
     #[error("starting the Nexus stub's server failed")]
-    Nexus(#[source] nexus_stub::http::ServerError),
+    Nexus(#[source] sledsim_http::ServerError),
 }
 
 /// Nexus in process, held weakly so the sim -> Nexus -> sim loop of owners never
 /// forms and each run frees everything.
-struct WeakNexus(Weak<Nexus>);
+pub struct WeakNexus<N>(pub Weak<N>);
 
 #[async_trait]
-impl NexusInternalApi for WeakNexus {
+impl<N: NexusInternalApi + 'static> NexusInternalApi for WeakNexus<N> {
     async fn cpapi_instances_put(
         &self,
         propolis_id: PropolisUuid,
