@@ -203,6 +203,16 @@ pub struct RestartCounts {
     pub errors: usize,
 }
 
+/// What a disk operation does to a disk, given where it is.
+enum Change {
+    /// Already as asked: nothing to do.
+    Keep,
+    /// On another instance (this one).
+    Refuse(InstanceUuid),
+    /// Move to this state, if the instance allows.
+    To(DiskState),
+}
+
 /// Why an instance is being started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StartReason {
@@ -636,27 +646,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         disk_id: DiskUuid,
         instance_id: InstanceUuid,
     ) -> Result<DiskView, NexusError> {
-        let mut db = self.db();
-        let inst =
-            db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
-        let external = db.external_state(inst);
-        let no_vmm = inst.state == InstanceState::NoVmm;
-        let (name, state) = db.disks.get_mut(&disk_id).ok_or(NexusError::NoSuchDisk { disk_id })?;
-        match *state {
-            DiskState::Attached(to) if to == instance_id => {}
-            DiskState::Attached(attached_to) => {
-                return Err(NexusError::DiskAttachedToAnother { disk_id, attached_to })
-            }
-            DiskState::Detached if !no_vmm => {
-                return Err(NexusError::InstanceNotStopped {
-                    instance_id,
-                    state: external,
-                    operation: "attach a disk",
-                })
-            }
-            DiskState::Detached => *state = DiskState::Attached(instance_id),
-        }
-        Ok(DiskView { id: disk_id, name: name.clone(), state: *state })
+        self.disk_change(disk_id, instance_id, "attach a disk", |state| match state {
+            DiskState::Attached(to) if to == instance_id => Change::Keep,
+            DiskState::Attached(attached_to) => Change::Refuse(attached_to),
+            DiskState::Detached => Change::To(DiskState::Attached(instance_id)),
+        })
     }
 
     pub fn disk_detach(
@@ -664,25 +658,42 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         disk_id: DiskUuid,
         instance_id: InstanceUuid,
     ) -> Result<DiskView, NexusError> {
+        self.disk_change(disk_id, instance_id, "detach a disk", |state| match state {
+            DiskState::Detached => Change::Keep,
+            DiskState::Attached(to) if to != instance_id => Change::Refuse(to),
+            DiskState::Attached(_) => Change::To(DiskState::Detached),
+        })
+    }
+
+    /// Attach and detach: idempotent where the disk already is where asked; refused
+    /// if it is on another instance; otherwise allowed only while the instance has
+    /// no VMM (omicron also allows Creating, which this model has no use for).
+    fn disk_change(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+        operation: &'static str,
+        decide: impl FnOnce(DiskState) -> Change,
+    ) -> Result<DiskView, NexusError> {
         let mut db = self.db();
         let inst =
             db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
         let external = db.external_state(inst);
         let no_vmm = inst.state == InstanceState::NoVmm;
         let (name, state) = db.disks.get_mut(&disk_id).ok_or(NexusError::NoSuchDisk { disk_id })?;
-        match *state {
-            DiskState::Detached => {}
-            DiskState::Attached(to) if to != instance_id => {
-                return Err(NexusError::DiskAttachedToAnother { disk_id, attached_to: to })
+        match decide(*state) {
+            Change::Keep => {}
+            Change::Refuse(attached_to) => {
+                return Err(NexusError::DiskAttachedToAnother { disk_id, attached_to })
             }
-            DiskState::Attached(_) if !no_vmm => {
+            Change::To(_) if !no_vmm => {
                 return Err(NexusError::InstanceNotStopped {
                     instance_id,
                     state: external,
-                    operation: "detach a disk",
+                    operation,
                 })
             }
-            DiskState::Attached(_) => *state = DiskState::Detached,
+            Change::To(new) => *state = new,
         }
         Ok(DiskView { id: disk_id, name: name.clone(), state: *state })
     }

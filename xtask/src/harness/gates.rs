@@ -1,6 +1,7 @@
 //! Gates: wrappers that implement the same traits as what they wrap, and park each
 //! call until the scheduler releases it.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,8 +34,18 @@ impl<T> Gated<T> {
         self
     }
 
-    fn call(&self, kind: CallKind, to: Component, vmm: Option<PropolisUuid>, arg: Arg) -> Call {
-        Call { kind, from: self.from, to, vmm, arg }
+    /// Parks at the scheduler as `kind` to `to`, then runs `run` and records what
+    /// `describe` makes of its result.
+    async fn pass<R, Fut: Future<Output = R>>(
+        &self,
+        kind: CallKind,
+        to: Component,
+        target: (Option<PropolisUuid>, Arg),
+        run: impl FnOnce() -> Fut,
+        describe: impl FnOnce(&R) -> Answer,
+    ) -> R {
+        let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
+        self.sched.gate(call, None, self.fallback, run, describe).await
     }
 }
 
@@ -76,40 +87,30 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         body: InstanceEnsureBody,
     ) -> Result<SledVmmState, SledAgentError> {
         let rt = body.vmm_runtime;
-        let call = self.call(
+        let sched = &self.sched;
+        self.pass(
             CallKind::VmmRegister,
             Component::SledAgent,
-            Some(propolis_id),
-            Arg::State(rt.state, rt.gen),
-        );
-        let sched = &self.sched;
-        sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_register(propolis_id, body),
-                |r| state_answer(sched, r),
-            )
-            .await
+            (Some(propolis_id), Arg::State(rt.state, rt.gen)),
+            || self.inner.vmm_register(propolis_id, body),
+            |r| state_answer(sched, r),
+        )
+        .await
     }
 
     async fn vmm_unregister(
         &self,
         propolis_id: PropolisUuid,
     ) -> Result<VmmUnregisterResponse, SledAgentError> {
-        let call =
-            self.call(CallKind::VmmUnregister, Component::SledAgent, Some(propolis_id), Arg::None);
         let sched = &self.sched;
-        sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_unregister(propolis_id),
-                |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
-            )
-            .await
+        self.pass(
+            CallKind::VmmUnregister,
+            Component::SledAgent,
+            (Some(propolis_id), Arg::None),
+            || self.inner.vmm_unregister(propolis_id),
+            |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
+        )
+        .await
     }
 
     async fn vmm_put_state(
@@ -117,40 +118,30 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
         propolis_id: PropolisUuid,
         body: VmmPutStateBody,
     ) -> Result<VmmPutStateResponse, SledAgentError> {
-        let call = self.call(
+        let sched = &self.sched;
+        self.pass(
             CallKind::VmmPutState,
             Component::SledAgent,
-            Some(propolis_id),
-            Arg::Requested(body.state),
-        );
-        let sched = &self.sched;
-        sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_put_state(propolis_id, body),
-                |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
-            )
-            .await
+            (Some(propolis_id), Arg::Requested(body.state)),
+            || self.inner.vmm_put_state(propolis_id, body),
+            |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
+        )
+        .await
     }
 
     async fn vmm_get_state(
         &self,
         propolis_id: PropolisUuid,
     ) -> Result<SledVmmState, SledAgentError> {
-        let call =
-            self.call(CallKind::VmmGetState, Component::SledAgent, Some(propolis_id), Arg::None);
         let sched = &self.sched;
-        sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_get_state(propolis_id),
-                |r| state_answer(sched, r),
-            )
-            .await
+        self.pass(
+            CallKind::VmmGetState,
+            Component::SledAgent,
+            (Some(propolis_id), Arg::None),
+            || self.inner.vmm_get_state(propolis_id),
+            |r| state_answer(sched, r),
+        )
+        .await
     }
 }
 
@@ -162,48 +153,37 @@ impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
         new_runtime_state: SledVmmState,
     ) -> Result<(), NexusApiError> {
         let s = new_runtime_state.vmm_state;
-        let call = self.call(
+        self.pass(
             CallKind::CpapiInstancesPut,
             Component::Nexus,
-            Some(propolis_id),
-            Arg::State(s.state, s.gen),
-        );
-        self.sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.cpapi_instances_put(propolis_id, new_runtime_state),
-                |r| match r {
-                    Ok(()) => Answer::Ack,
-                    Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error("no_such_vmm"),
-                    Err(_) => Answer::Error("nexus_error"),
-                },
-            )
-            .await
+            (Some(propolis_id), Arg::State(s.state, s.gen)),
+            || self.inner.cpapi_instances_put(propolis_id, new_runtime_state),
+            |r| match r {
+                Ok(()) => Answer::Ack,
+                Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error("no_such_vmm"),
+                Err(_) => Answer::Error("nexus_error"),
+            },
+        )
+        .await
     }
 }
 
 #[async_trait]
 impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
-        let call = self.call(CallKind::VmmList, Component::Datastore, None, Arg::None);
-        self.sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_list_for_watcher(),
-                |r| match r {
-                    Ok(rows) => Answer::Listed(
-                        rows.iter()
-                            .map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen))
-                            .collect(),
-                    ),
-                    Err(_) => Answer::Error("datastore_error"),
-                },
-            )
-            .await
+        self.pass(
+            CallKind::VmmList,
+            Component::Datastore,
+            (None, Arg::None),
+            || self.inner.vmm_list_for_watcher(),
+            |r| match r {
+                Ok(rows) => Answer::Listed(
+                    rows.iter().map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen)).collect(),
+                ),
+                Err(_) => Answer::Error("datastore_error"),
+            },
+        )
+        .await
     }
 
     async fn vmm_update_runtime(
@@ -212,23 +192,16 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
         new_state: SledVmmState,
     ) -> Result<VmmWriteOutcome, DatastoreError> {
         let s = new_state.vmm_state;
-        let call = self.call(
+        self.pass(
             CallKind::VmmWrite,
             Component::Datastore,
-            Some(propolis_id),
-            Arg::State(s.state, s.gen),
-        );
-        self.sched
-            .gate(
-                call,
-                None,
-                self.fallback,
-                || self.inner.vmm_update_runtime(propolis_id, new_state),
-                |r| match r {
-                    Ok(o) => Answer::Write { applied: o.updated },
-                    Err(_) => Answer::Error("datastore_error"),
-                },
-            )
-            .await
+            (Some(propolis_id), Arg::State(s.state, s.gen)),
+            || self.inner.vmm_update_runtime(propolis_id, new_state),
+            |r| match r {
+                Ok(o) => Answer::Write { applied: o.updated },
+                Err(_) => Answer::Error("datastore_error"),
+            },
+        )
+        .await
     }
 }
