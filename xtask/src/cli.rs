@@ -518,7 +518,8 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
     }
     let b = crate::bench::measure().map_err(run_failure)?;
     if a.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&b).unwrap_or_default());
+        let json = serde_json::to_string(&b).map_err(|e| Fail::Broken(e.to_string()))?;
+        let _ = writeln!(out, "{json}");
     } else {
         let _ = write!(out, "{}", crate::bench::human(&b));
     }

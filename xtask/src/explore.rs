@@ -167,6 +167,8 @@ pub fn explore(
         hit_step_bound: false,
         elapsed: Duration::ZERO,
     };
+    // The search needs verdicts only; the counterexample's run below keeps the trace.
+    let search = RunConfig { trace_writes: false, ..cfg.run.clone() };
     let mut last_report = Instant::now();
     while let Some(prefix) = frontier.pop() {
         if out.schedules >= cfg.max_schedules {
@@ -182,7 +184,7 @@ pub fn explore(
             best: best.as_ref().map(|b| b.1),
             prune: cfg.prune,
         };
-        let r = harness::run_verdict(&cfg.run, &mut dfs)?;
+        let r = harness::run_verdict(&search, &mut dfs)?;
         if let Some(e) = r.harness_errors.first() {
             return Err(RunError::Harness(e.clone()));
         }

@@ -212,7 +212,9 @@ async fn one_run(
     let _ = events.nexus.set(Arc::downgrade(&nexus));
     let (nexus_server, datastore): (_, Arc<dyn WatcherDatastore>) = match cfg.transport {
         Transport::InProc => {
-            late.bind(Arc::new(WeakNexus(Arc::downgrade(&nexus))));
+            let weak = WeakNexus::new();
+            weak.bind(&nexus);
+            late.bind(Arc::new(weak));
             (None, nexus.clone())
         }
         Transport::Http => {

@@ -13,7 +13,9 @@ use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Sched};
 
-/// `inner`, with every call parked at the scheduler first.
+/// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
+/// call through it directly, one boxed future fewer per call than going through
+/// the `Arc` blanket impls (the explorer makes millions of these calls).
 #[derive(Debug)]
 pub struct Gated<T> {
     inner: T,
@@ -80,7 +82,7 @@ fn optional_state_answer(
 }
 
 #[async_trait]
-impl<T: SledAgentApi> SledAgentApi for Gated<T> {
+impl<T: SledAgentApi + ?Sized> SledAgentApi for Gated<Arc<T>> {
     async fn vmm_register(
         &self,
         propolis_id: PropolisUuid,
@@ -92,7 +94,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             CallKind::VmmRegister,
             Component::SledAgent,
             (Some(propolis_id), Arg::State(rt.state, rt.gen)),
-            || self.inner.vmm_register(propolis_id, body),
+            || (*self.inner).vmm_register(propolis_id, body),
             |r| state_answer(sched, r),
         )
         .await
@@ -107,7 +109,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             CallKind::VmmUnregister,
             Component::SledAgent,
             (Some(propolis_id), Arg::None),
-            || self.inner.vmm_unregister(propolis_id),
+            || (*self.inner).vmm_unregister(propolis_id),
             |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
         )
         .await
@@ -123,7 +125,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             CallKind::VmmPutState,
             Component::SledAgent,
             (Some(propolis_id), Arg::Requested(body.state)),
-            || self.inner.vmm_put_state(propolis_id, body),
+            || (*self.inner).vmm_put_state(propolis_id, body),
             |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
         )
         .await
@@ -138,7 +140,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
             CallKind::VmmGetState,
             Component::SledAgent,
             (Some(propolis_id), Arg::None),
-            || self.inner.vmm_get_state(propolis_id),
+            || (*self.inner).vmm_get_state(propolis_id),
             |r| state_answer(sched, r),
         )
         .await
@@ -146,7 +148,7 @@ impl<T: SledAgentApi> SledAgentApi for Gated<T> {
 }
 
 #[async_trait]
-impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
+impl<T: NexusInternalApi + ?Sized> NexusInternalApi for Gated<Arc<T>> {
     async fn cpapi_instances_put(
         &self,
         propolis_id: PropolisUuid,
@@ -157,7 +159,7 @@ impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
             CallKind::CpapiInstancesPut,
             Component::Nexus,
             (Some(propolis_id), Arg::State(s.state, s.gen)),
-            || self.inner.cpapi_instances_put(propolis_id, new_runtime_state),
+            || (*self.inner).cpapi_instances_put(propolis_id, new_runtime_state),
             |r| match r {
                 Ok(()) => Answer::Ack,
                 Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error("no_such_vmm"),
@@ -169,13 +171,13 @@ impl<T: NexusInternalApi> NexusInternalApi for Gated<T> {
 }
 
 #[async_trait]
-impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
+impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Gated<Arc<T>> {
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
         self.pass(
             CallKind::VmmList,
             Component::Datastore,
             (None, Arg::None),
-            || self.inner.vmm_list_for_watcher(),
+            || (*self.inner).vmm_list_for_watcher(),
             |r| match r {
                 Ok(rows) => Answer::Listed(
                     rows.iter().map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen)).collect(),
@@ -196,7 +198,7 @@ impl<T: WatcherDatastore> WatcherDatastore for Gated<T> {
             CallKind::VmmWrite,
             Component::Datastore,
             (Some(propolis_id), Arg::State(s.state, s.gen)),
-            || self.inner.vmm_update_runtime(propolis_id, new_state),
+            || (*self.inner).vmm_update_runtime(propolis_id, new_state),
             |r| match r {
                 Ok(o) => Answer::Write { applied: o.updated },
                 Err(_) => Answer::Error("datastore_error"),

@@ -77,6 +77,9 @@ pub struct RunConfig {
     pub max_steps: usize,
     pub inject: Option<Inject>,
     pub transport: Transport,
+    /// Mark each step with Nexus's write log (`Step::writes_from`), so a report can
+    /// say which writes a step caused. The explorer's search runs go without.
+    pub trace_writes: bool,
     pub log: Logger,
 }
 
@@ -111,6 +114,7 @@ impl RunConfig {
             max_steps: 400,
             inject: None,
             transport: Transport::InProc,
+            trace_writes: true,
             log,
         }
     }
@@ -170,13 +174,16 @@ impl World {
         let log = &config.log;
         let sched = Sched::new();
         let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
+        // In process the sim reports straight to Nexus (held weakly); over HTTP, to a
+        // client whose address is known once Nexus's server is up.
+        let weak = Arc::new(transport::WeakNexus::<Nexus>::new());
         let late = Arc::new(sledsim_http::LateNexus::default());
+        let target: Arc<dyn NexusInternalApi> = match config.transport {
+            Transport::InProc => Arc::clone(&weak) as Arc<dyn NexusInternalApi>,
+            Transport::Http => Arc::clone(&late) as Arc<dyn NexusInternalApi>,
+        };
         let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
-        let mut to_nexus = Gated::new(
-            Arc::clone(&late) as Arc<dyn NexusInternalApi>,
-            &sched,
-            Component::SledAgent,
-        );
+        let mut to_nexus = Gated::new(target, &sched, Component::SledAgent);
         if config.transport == Transport::Http {
             // Over HTTP the sim reports from its server's threads, outside any actor;
             // only the scenario pokes, so its reports are the scenario's calls.
@@ -200,13 +207,15 @@ impl World {
         let sleds = BTreeMap::from([(SLED, Gated::new(sled_for_nexus, &sched, Component::Nexus))]);
         let nexus =
             NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
-        let links = links.finish(&nexus, &late, log).map_err(RunError::Transport)?;
+        let links = links.finish(&nexus, &weak, &late, log).map_err(RunError::Transport)?;
         let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {
             vmm: Box::new(move |vmm| {
                 w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))
             }),
-            writes: Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len())),
+            writes: config.trace_writes.then(|| -> Box<dyn Fn() -> usize + Send + Sync> {
+                Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len()))
+            }),
         });
         Ok(World {
             sched,
@@ -421,6 +430,7 @@ fn drive(
 
     let _runtime = world.links.enter();
     let mut observer = Observer::default();
+    let mut enabled = Vec::new();
     let end = loop {
         if !world.links.settle(&mut pool, &world.sched) {
             break RunEnd::Deadlock(world.sched.unfinished());
@@ -433,7 +443,7 @@ fn drive(
         if !chooser.replaying(world.sched.steps_len()) {
             observer.check(&world);
         }
-        let enabled = world.sched.enabled();
+        world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {
             break if world.sched.all_done() {
                 RunEnd::Finished

@@ -233,8 +233,8 @@ pub type WaitPred = Box<dyn Fn() -> bool + Send + Sync>;
 pub struct Probes {
     /// What Nexus stores for a VMM (taken when `NoSuchVmm` is answered).
     pub vmm: Box<dyn Fn(PropolisUuid) -> Option<(DbVmmState, Generation)> + Send + Sync>,
-    /// How many VMM writes Nexus has logged (taken at every release).
-    pub writes: Box<dyn Fn() -> usize + Send + Sync>,
+    /// How many VMM writes Nexus has logged (taken at every release), if wanted.
+    pub writes: Option<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
 struct Parked {
@@ -397,25 +397,32 @@ impl Sched {
 
     /// The parked calls that may be released now, in actor order.
     pub fn enabled(&self) -> Vec<Choice> {
-        let g = self.lock();
-        let mut out: Vec<Choice> = g
-            .parked
-            .iter()
-            .filter(|p| p.released.is_none() && p.wait.as_ref().is_none_or(|w| w()))
-            .map(|p| Choice {
-                ticket: p.ticket,
-                actor: p.actor,
-                kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
-                call: p.call,
-            })
-            .collect();
-        out.sort_by_key(|c| (c.actor, c.ticket));
+        let mut out = Vec::new();
+        self.enabled_into(&mut out);
         out
+    }
+
+    /// `enabled`, into a buffer the caller reuses from step to step.
+    pub fn enabled_into(&self, out: &mut Vec<Choice>) {
+        out.clear();
+        let g = self.lock();
+        out.extend(
+            g.parked
+                .iter()
+                .filter(|p| p.released.is_none() && p.wait.as_ref().is_none_or(|w| w()))
+                .map(|p| Choice {
+                    ticket: p.ticket,
+                    actor: p.actor,
+                    kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
+                    call: p.call,
+                }),
+        );
+        out.sort_unstable_by_key(|c| (c.actor, c.ticket));
     }
 
     /// Lets one parked call go; it becomes the next step.
     pub fn release(&self, ticket: u64) {
-        let writes_from = self.probes.get().map_or(0, |p| (p.writes)());
+        let writes_from = self.probes.get().and_then(|p| p.writes.as_ref()).map_or(0, |w| w());
         let mut g = self.lock();
         let g = &mut *g;
         let Some(p) = g.parked.iter_mut().find(|p| p.ticket == ticket && p.released.is_none())

@@ -133,8 +133,10 @@ impl Driver for Gated {
     async fn settle(&self, id: InstanceUuid) -> Result<ExternalState, NexusError> {
         let weak = Arc::downgrade(&self.nexus);
         let settled = Box::new(move || {
-            weak.upgrade()
-                .is_none_or(|n| n.instance(id).map_or(true, |v| v.state != ExternalState::Stopping))
+            // Read at every scheduling step while the scenario waits: no allocation.
+            weak.upgrade().is_none_or(|n| {
+                n.instance_status(id).is_none_or(|(state, _)| state != ExternalState::Stopping)
+            })
         });
         let call = Call {
             kind: CallKind::WaitForState,

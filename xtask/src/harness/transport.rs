@@ -2,7 +2,7 @@
 //! loopback sockets. Either way every cross-component call goes through a gate on
 //! the caller's side, so a schedule means the same thing on both.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,7 +37,24 @@ pub enum TransportError {
 
 /// Nexus in process, held weakly so the sim -> Nexus -> sim loop of owners never
 /// forms and each run frees everything.
-pub struct WeakNexus<N>(pub Weak<N>);
+pub struct WeakNexus<N>(pub OnceLock<Weak<N>>);
+
+impl<N> WeakNexus<N> {
+    pub fn new() -> Self {
+        WeakNexus(OnceLock::new())
+    }
+
+    pub fn bind(&self, nexus: &Arc<N>) {
+        // Bound once per run, right after Nexus exists.
+        let _ = self.0.set(Arc::downgrade(nexus));
+    }
+}
+
+impl<N> Default for WeakNexus<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[async_trait]
 impl<N: NexusInternalApi + 'static> NexusInternalApi for WeakNexus<N> {
@@ -46,7 +63,7 @@ impl<N: NexusInternalApi + 'static> NexusInternalApi for WeakNexus<N> {
         propolis_id: PropolisUuid,
         new_runtime_state: SledVmmState,
     ) -> Result<(), NexusApiError> {
-        let Some(nexus) = self.0.upgrade() else {
+        let Some(nexus) = self.0.get().and_then(Weak::upgrade) else {
             return Err(NexusApiError::Communication {
                 operation: "cpapi_instances_put",
                 source: "Nexus is gone".into(),
@@ -133,11 +150,12 @@ impl PendingLinks {
     pub fn finish(
         self,
         nexus: &Arc<Nexus>,
+        weak: &WeakNexus<Nexus>,
         late: &LateNexus,
         log: &Logger,
     ) -> Result<Links, TransportError> {
         let Some((runtime, sim_server, sim_url)) = self.wire else {
-            late.bind(Arc::new(WeakNexus(Arc::downgrade(nexus))));
+            weak.bind(nexus);
             return Ok(Links { wire: None });
         };
         let bind = ([127, 0, 0, 1], 0).into();
