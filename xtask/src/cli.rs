@@ -386,17 +386,18 @@ fn human(
 ) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let shown = match schedule {
-        ScheduleSpec::Replay(_) => "replay string",
-        _ => "",
+    // A replay string is long and printed in full at the end; the header names it.
+    let schedule = match schedule {
+        ScheduleSpec::Replay(_) => "replay string".to_string(),
+        named => named.to_string(),
     };
     let _ = writeln!(
         s,
-        "scenario {} | ordering {} | schedule {} | restart policy {}\n",
+        "scenario {} | ordering {} | schedule {schedule} | restart policy {} | transport {}\n",
         config.scenario.label(),
         config.ordering.label(),
-        if shown.is_empty() { schedule.to_string() } else { shown.to_string() },
-        config.restart_policy.label()
+        config.restart_policy.label(),
+        config.transport.label()
     );
     let first_violation = violations.first().map(|v| v.step);
     s.push_str(&report::step_table(steps, first_violation));
