@@ -94,16 +94,10 @@ fn write_text(w: &VmmWrite, names: &Names) -> String {
 }
 
 pub fn steps_out(r: &RunResult) -> Vec<StepOut> {
-    let bounds: Vec<usize> =
-        r.steps.iter().map(|s| s.writes_from).chain([r.writes.len()]).collect();
-    r.steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| step_out(i, s, r, bounds[i]..bounds[i + 1].max(bounds[i])))
-        .collect()
+    r.steps.iter().enumerate().map(|(i, s)| step_out(i, s, r)).collect()
 }
 
-fn step_out(i: usize, s: &Step, r: &RunResult, writes: std::ops::Range<usize>) -> StepOut {
+fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
     let names = &r.names;
     StepOut {
         n: i + 1,
@@ -115,13 +109,7 @@ fn step_out(i: usize, s: &Step, r: &RunResult, writes: std::ops::Range<usize>) -
         arg: arg_text(s.call.arg, names),
         answer: answer_text(&s.answer, names),
         gen: s.answer.gen().map(|g| g.as_u64()),
-        writes: r
-            .writes
-            .get(writes)
-            .unwrap_or_default()
-            .iter()
-            .map(|w| write_text(w, names))
-            .collect(),
+        writes: r.writes_of(i).iter().map(|w| write_text(w, names)).collect(),
     }
 }
 
@@ -217,8 +205,7 @@ pub fn step_table(steps: &[StepOut], highlight: Option<usize>) -> String {
 pub fn terminal_writes(r: &RunResult) -> Vec<String> {
     let mut out = Vec::new();
     for (i, s) in r.steps.iter().enumerate() {
-        let end = r.steps.get(i + 1).map_or(r.writes.len(), |n| n.writes_from);
-        for w in r.writes.get(s.writes_from..end).unwrap_or_default() {
+        for w in r.writes_of(i) {
             if w.state.is_terminal() {
                 let who = r.actors.get(s.actor).map_or_else(|| "?".into(), ToString::to_string);
                 let via = match s.call.kind {

@@ -351,6 +351,14 @@ impl RunResult {
         self.violations.is_empty() && self.harness_errors.is_empty()
     }
 
+    /// The Nexus writes step `i` caused: from its mark to the next step's. A step
+    /// runs atomically, so nothing else wrote in between.
+    pub fn writes_of(&self, i: usize) -> &[nexus_stub::VmmWrite] {
+        let Some(step) = self.steps.get(i) else { return &[] };
+        let end = self.steps.get(i + 1).map_or(self.writes.len(), |n| n.writes_from);
+        self.writes.get(step.writes_from..end).unwrap_or_default()
+    }
+
     pub fn replay(&self) -> String {
         schedule::replay_string(&self.steps, &self.actors)
     }

@@ -352,12 +352,6 @@ impl Sched {
         wake_idle(&mut g);
     }
 
-    /// Every actor is done or has a call parked and not yet released: nothing moves
-    /// until the scheduler releases something.
-    pub fn quiescent(&self) -> bool {
-        quiescent(&self.lock())
-    }
-
     /// Resolves once the run is quiescent.
     pub fn idle(&self) -> Idle<'_> {
         Idle { sched: self }
@@ -395,14 +389,8 @@ impl Sched {
         self.lock().parked.iter().filter(|p| p.released.is_none()).for_each(|p| f(&p.call));
     }
 
-    /// The parked calls that may be released now, in actor order.
-    pub fn enabled(&self) -> Vec<Choice> {
-        let mut out = Vec::new();
-        self.enabled_into(&mut out);
-        out
-    }
-
-    /// `enabled`, into a buffer the caller reuses from step to step.
+    /// The parked calls that may be released now, in actor order, into a buffer the
+    /// caller reuses from step to step.
     pub fn enabled_into(&self, out: &mut Vec<Choice>) {
         out.clear();
         let g = self.lock();
@@ -499,6 +487,8 @@ impl Sched {
     }
 }
 
+/// Every actor is done or has a call parked and not yet released: nothing moves
+/// until the scheduler releases something.
 fn quiescent(g: &Inner) -> bool {
     g.actors
         .iter()
