@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sled_agent_api::{
     DiskUuid, Generation, InstanceUuid, PropolisUuid, SledUuid, VmmRuntimeState, VmmState,
@@ -158,12 +158,34 @@ pub struct VmmWrite {
     pub applied: bool,
 }
 
+/// A change to an instance, logged in order so an observer sees each one even when
+/// it looks only once a run is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct InstanceEvent {
+    pub instance_id: InstanceUuid,
+    pub change: InstanceChange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceChange {
+    /// A user asked for the instance to stop.
+    StopRequested,
+    /// A start began: a user's, or auto-restart's.
+    StartRequested { auto_restart: bool },
+    /// The update step (or a stop of a Failed instance) left it with no VMM.
+    Stopped,
+    /// The update step moved it to Failed.
+    Failed,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Db {
     pub(crate) instances: BTreeMap<InstanceUuid, InstanceRecord>,
     pub(crate) vmms: BTreeMap<PropolisUuid, VmmRecord>,
     pub(crate) disks: BTreeMap<DiskUuid, (String, DiskState)>,
     pub(crate) writes: Vec<VmmWrite>,
+    pub(crate) instance_log: Vec<InstanceEvent>,
     pub(crate) next_id: u64,
 }
 
@@ -204,11 +226,21 @@ impl Db {
         }
     }
 
-    /// Hashes what decides future behaviour; timestamps and the write log are left out.
-    pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H) {
+    pub(crate) fn log(&mut self, instance_id: InstanceUuid, change: InstanceChange) {
+        self.instance_log.push(InstanceEvent { instance_id, change });
+    }
+
+    /// Hashes what decides future behaviour. Timestamps and the logs are left out;
+    /// the one decision time enters (auto-restart's cooldown) depends only on how
+    /// long is left of each cooldown at `now`, so that is hashed instead.
+    pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H, now: DateTime<Utc>, cooldown: TimeDelta) {
         self.next_id.hash(h);
         for (id, i) in &self.instances {
             (id, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
+            let left = i
+                .time_last_auto_restarted
+                .map(|t| (t + cooldown - now).max(TimeDelta::zero()).num_milliseconds());
+            left.hash(h);
         }
         for (id, v) in &self.vmms {
             (id, v.state, v.gen, v.deleted).hash(h);

@@ -30,8 +30,8 @@ pub mod http;
 
 use db::Db;
 pub use db::{
-    DbVmmState, DiskState, DiskView, ExternalState, InstanceRecord, InstanceState, InstanceView,
-    IntendedState, VmmRecord, VmmWrite,
+    DbVmmState, DiskState, DiskView, ExternalState, InstanceChange, InstanceEvent, InstanceRecord,
+    InstanceState, InstanceView, IntendedState, VmmRecord, VmmWrite,
 };
 
 /// Which Failed instances auto-restart may start again.
@@ -323,9 +323,25 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         db.writes.len()
     }
 
+    /// Every instance change so far, in order.
+    pub fn instance_log(&self) -> Vec<InstanceEvent> {
+        self.db().instance_log.clone()
+    }
+
+    /// Visits the instance changes from index `from` on; returns the log's length.
+    pub fn visit_instance_log_since(
+        &self,
+        from: usize,
+        mut f: impl FnMut(&InstanceEvent),
+    ) -> usize {
+        let db = self.db();
+        db.instance_log.get(from..).unwrap_or_default().iter().for_each(&mut f);
+        db.instance_log.len()
+    }
+
     /// Feeds everything that decides Nexus's future behaviour into `h`.
     pub fn hash_state<H: Hasher>(&self, h: &mut H) {
-        self.db().hash_state(h);
+        self.db().hash_state(h, self.clock.peek(), self.config.restart_cooldown);
     }
 
     // ---- the generation-checked write ----
@@ -428,6 +444,13 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         info!(self.log, "instance update: unlinked terminal VMM";
             "instance_id" => %instance_id, "propolis_id" => %propolis_id,
             "vmm_state" => %vmm.state, "instance_gen" => inst.gen.as_u64());
+        db.log(
+            instance_id,
+            match outcome {
+                UpdateOutcome::Failed { .. } => InstanceChange::Failed,
+                _ => InstanceChange::Stopped,
+            },
+        );
         Ok(outcome)
     }
 
@@ -528,10 +551,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             inst.propolis_id = Some(propolis_id);
             inst.gen = inst.gen.next();
             inst.intended = IntendedState::Running;
-            if reason == StartReason::AutoRestart {
+            let auto_restart = reason == StartReason::AutoRestart;
+            if auto_restart {
                 inst.auto_restarts += 1;
                 inst.time_last_auto_restarted = Some(now);
             }
+            db.log(instance_id, InstanceChange::StartRequested { auto_restart });
             (propolis_id, sled_id)
         };
         info!(self.log, "starting instance";
@@ -611,12 +636,16 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         let target = {
             let mut db = self.db();
             let db = &mut *db;
+            if !db.instances.contains_key(&instance_id) {
+                return Err(NexusError::NoSuchInstance { instance_id });
+            }
+            db.log(instance_id, InstanceChange::StopRequested);
             let inst = db
                 .instances
                 .get_mut(&instance_id)
                 .ok_or(NexusError::NoSuchInstance { instance_id })?;
             inst.intended = IntendedState::Stopped;
-            match (inst.state, inst.propolis_id) {
+            let target = match (inst.state, inst.propolis_id) {
                 (InstanceState::Vmm, Some(propolis_id)) => {
                     let vmm =
                         db.vmms.get(&propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
@@ -629,10 +658,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                         inst.state = InstanceState::NoVmm;
                         inst.propolis_id = None;
                         inst.gen = inst.gen.next();
+                        db.log(instance_id, InstanceChange::Stopped);
                     }
                     None
                 }
-            }
+            };
+            target
         };
         let Some((propolis_id, sled_id)) = target else { return self.instance(instance_id) };
         info!(self.log, "stopping instance"; "instance_id" => %instance_id, "propolis_id" => %propolis_id);
@@ -702,7 +733,8 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
 
     /// Failed instances with no active VMM that the policy and cooldown allow.
     pub fn restart_candidates(&self) -> Vec<InstanceUuid> {
-        let now = self.clock.now();
+        // A decision, not a stored timestamp: looking must not move a logical clock.
+        let now = self.clock.peek();
         let db = self.db();
         db.instances
             .values()

@@ -8,7 +8,15 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 /// A source of `time_updated` values.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// A timestamp to store: a logical clock moves on with every one.
     fn now(&self) -> DateTime<Utc>;
+
+    /// The time, to decide something by (a cooldown, say) without storing it.
+    /// Reading it changes nothing, so a deterministic run's future does not
+    /// depend on who looked.
+    fn peek(&self) -> DateTime<Utc> {
+        self.now()
+    }
 }
 
 /// The wall clock.
@@ -44,7 +52,17 @@ impl Default for LogicalClock {
 impl Clock for LogicalClock {
     fn now(&self) -> DateTime<Utc> {
         let t = self.ticks.fetch_add(1, Ordering::Relaxed);
-        let ms = i64::try_from(t).unwrap_or(i64::MAX);
+        self.at(t)
+    }
+
+    fn peek(&self) -> DateTime<Utc> {
+        self.at(self.ticks.load(Ordering::Relaxed))
+    }
+}
+
+impl LogicalClock {
+    fn at(&self, ticks: u64) -> DateTime<Utc> {
+        let ms = i64::try_from(ticks).unwrap_or(i64::MAX);
         self.start + TimeDelta::milliseconds(ms)
     }
 }
@@ -61,5 +79,14 @@ mod tests {
         assert_eq!(ra, rb);
         assert!(ra[0] < ra[1] && ra[1] < ra[2]);
         assert_eq!(ra[0].to_rfc3339(), "2024-12-18T23:42:00+00:00");
+    }
+
+    #[test]
+    fn peeking_does_not_move_the_logical_clock() {
+        let c = LogicalClock::default();
+        let first = c.now();
+        assert_eq!(c.peek(), c.peek());
+        assert!(c.peek() > first);
+        assert_eq!(c.now(), c.peek() - TimeDelta::milliseconds(1));
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::explore::{ExploreConfig, ExploreResult};
-use crate::harness::observe::invariant_text;
+use crate::harness::invariants::invariant_text;
 use crate::harness::sched::Component;
 use crate::report::{self, StepOut};
 

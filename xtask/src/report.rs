@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use nexus_stub::{DiskState, VmmWrite};
 use serde::Serialize;
 
-use crate::harness::observe::invariant_text;
+use crate::harness::invariants::invariant_text;
 use crate::harness::sched::{Answer, Arg, CallKind, Step};
 use crate::harness::{Names, RunEnd, RunResult};
 

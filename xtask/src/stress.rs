@@ -4,30 +4,30 @@
 //! breaks which invariant. Where `explore` says what can happen, this says how
 //! often it does when nobody arranges it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nexus_stub::{
-    DbVmmState, DiskState, ExternalState, NexusConfig, NexusError, NexusStub, RestartPolicy,
-    TokioSpawner,
+    DiskState, ExternalState, NexusConfig, NexusError, NexusStub, RestartPolicy, TokioSpawner,
 };
 use serde::Serialize;
 use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
 use sled_agent_api::{
-    BoxError, Generation, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi,
-    PropolisUuid, SledAgentApi, SledAgentError, SledVmmState, SystemClock, VmmPutStateBody,
-    VmmPutStateResponse, VmmState, VmmUnregisterResponse,
+    BoxError, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi, PropolisUuid,
+    SledAgentApi, SledAgentError, SledVmmState, SystemClock, VmmPutStateBody, VmmPutStateResponse,
+    VmmUnregisterResponse,
 };
 use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::{InstanceWatcher, WatcherDatastore};
 
+use crate::harness::invariants::{End, Ending, Event, Invariants, Violation};
 use crate::harness::script::{self, Driver, Progress, ScenarioKind};
 use crate::harness::transport::WeakNexus;
-use crate::harness::{Transport, SLED};
+use crate::harness::{Names, Transport, SLED};
 
 type Nexus = NexusStub<Arc<dyn SledAgentApi>>;
 type Sim = SimSledAgent<Arc<dyn NexusInternalApi>>;
@@ -49,7 +49,10 @@ pub struct StressConfig {
 pub struct OrderingReport {
     pub ordering: &'static str,
     pub runs: usize,
+    /// Runs that broke an invariant.
     pub failed: usize,
+    /// Runs the time limit cut short without a violation: their end is unjudged.
+    pub inconclusive: usize,
     /// Runs that broke each invariant.
     pub invariants: BTreeMap<u8, usize>,
     /// The first few failures, as "run N: invariant K: message".
@@ -60,21 +63,21 @@ pub struct OrderingReport {
     pub skipped: usize,
 }
 
-/// What Nexus held for a VMM: its state and generation.
-type Held = (DbVmmState, Generation);
-
-/// What the observers saw during one run.
+/// What the observers saw during one run, as the invariant engine's events.
 #[derive(Default)]
 struct Events {
     nexus: OnceLock<Weak<Nexus>>,
-    /// Each NoSuchVmm the watcher got, with what Nexus held when it arrived.
-    gone: Mutex<Vec<(PropolisUuid, Option<Held>)>>,
-    /// VMMs whose Destroyed the sled agent sent.
-    destroyed: Mutex<BTreeSet<PropolisUuid>>,
+    seen: Mutex<Vec<Event>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Events {
+    fn push(&self, e: Event) {
+        lock(&self.seen).push(e);
+    }
 }
 
 /// The watcher's view of a sled agent, recording each "gone" answer. Nexus's state
@@ -111,13 +114,13 @@ impl SledAgentApi for SeeGone {
         let r = self.inner.vmm_get_state(id).await;
         if matches!(r, Err(ref e) if e.vmm_gone()) {
             let held = self.events.nexus.get().and_then(Weak::upgrade).and_then(|n| n.vmm(id));
-            lock(&self.events.gone).push((id, held.map(|v| (v.state, v.gen))));
+            self.events.push(Event::Gone { vmm: id, nexus_had: held.map(|v| (v.state, v.gen)) });
         }
         r
     }
 }
 
-/// The sled agent's way to Nexus, recording each Destroyed it sends.
+/// The sled agent's way to Nexus, recording each report it sends.
 struct SeeReports {
     inner: Arc<dyn NexusInternalApi>,
     events: Arc<Events>,
@@ -130,9 +133,8 @@ impl NexusInternalApi for SeeReports {
         id: PropolisUuid,
         state: SledVmmState,
     ) -> Result<(), NexusApiError> {
-        if state.vmm_state.state == VmmState::Destroyed {
-            lock(&self.events.destroyed).insert(id);
-        }
+        let s = state.vmm_state;
+        self.events.push(Event::Sent { vmm: id, state: s.state, gen: s.gen });
         self.inner.cpapi_instances_put(id, state).await
     }
 }
@@ -167,12 +169,35 @@ impl Driver for Polling {
     }
 }
 
-/// One run; returns the invariants it broke with a message each.
+/// Aborts the background tasks of a run when dropped, so a run cut short by the
+/// time limit leaves nothing polling into the next one.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// How long one run may take before it is cut short (and judged inconclusive).
+const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// What one run came to: the invariants it broke, and whether the time limit cut
+/// it short (its end then goes unjudged, as a step bound's does in explore).
+struct RunVerdict {
+    violations: Vec<Violation>,
+    inconclusive: Option<String>,
+}
+
+/// One run.
 async fn one_run(
     cfg: &StressConfig,
     ordering: RemovalOrdering,
     seed: u64,
-) -> Result<Vec<(u8, String)>, String> {
+    limit: Duration,
+) -> Result<RunVerdict, String> {
     let log = &cfg.log;
     let events = Arc::new(Events::default());
     let late = Arc::new(LateNexus::default());
@@ -250,15 +275,32 @@ async fn one_run(
             }
         })
     };
+    let background = AbortOnDrop(vec![watching, restarting]);
 
     let progress = Mutex::new(Progress::default());
-    script::run(cfg.scenario, &nexus, &Polling { nexus: Arc::clone(&nexus) }, &progress).await;
+    let driver = Polling { nexus: Arc::clone(&nexus) };
+    let in_time =
+        tokio::time::timeout(limit, script::run(cfg.scenario, &*nexus, &driver, &progress))
+            .await
+            .is_ok();
     done.store(true, Ordering::Relaxed);
-    let _ = watching.await;
-    let _ = restarting.await;
-    // Let update steps started at the very end finish before judging.
-    tokio::time::sleep(POLL).await;
-    let verdict = judge(cfg.scenario, &nexus, &events, &lock(&progress));
+    if in_time {
+        for t in &background.0 {
+            // Each loop ends at its next look at `done`; an aborted one has nothing to say.
+            while !t.is_finished() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        // Let update steps started at the very end finish before judging.
+        tokio::time::sleep(POLL).await;
+    }
+    drop(background);
+    let ending = if in_time {
+        Ending::Finished
+    } else {
+        Ending::Bound(format!("the time limit ({} s)", limit.as_secs_f64()))
+    };
+    let verdict = judge(cfg.scenario, &nexus, &events, &lock(&progress), ending);
     // Closing can only fail if the server is already gone; nothing to report then.
     if let Some(s) = sim_server {
         let _ = s.close().await;
@@ -269,74 +311,45 @@ async fn one_run(
     Ok(verdict)
 }
 
-/// The invariants of DESIGN.md, from what the observers saw and Nexus's records.
+/// Feeds what the observers saw and Nexus's logs to the invariant engine.
 fn judge(
     kind: ScenarioKind,
     nexus: &Nexus,
     events: &Events,
     progress: &Progress,
-) -> Vec<(u8, String)> {
-    let mut broken = Vec::new();
-    if let Some((vmm, held)) =
-        lock(&events.gone).iter().find(|(_, h)| !h.is_some_and(|(s, _)| s.is_terminal()))
-    {
-        let held = held.map_or_else(|| "no record".to_string(), |(s, g)| format!("{s}/g{g}"));
-        broken.push((
-            1,
-            format!(
-                "the sled agent answered NoSuchVmm for VMM {vmm} while Nexus held it at {held}"
-            ),
-        ));
-    }
-    let writes = nexus.vmm_writes();
-    let failed: BTreeSet<PropolisUuid> = writes
-        .iter()
-        .filter(|w| w.applied && w.state == VmmState::Failed)
-        .map(|w| w.propolis_id)
-        .collect();
-    if let Some(vmm) = lock(&events.destroyed).intersection(&failed).next() {
-        broken.push((2, format!("{vmm} was recorded Failed after its Destroyed was sent")));
-    }
-    if let Some(w) = writes.iter().find(|w| w.applied && w.gen <= w.prev_gen) {
-        broken.push((
-            3,
-            format!("{} {}/g{} applied over g{}", w.propolis_id, w.state, w.gen, w.prev_gen),
-        ));
-    }
-    for id in &progress.stopped {
-        let Ok(v) = nexus.instance(*id) else { continue };
-        let went_failed =
-            nexus.vmms().iter().any(|r| r.instance_id == *id && failed.contains(&r.id));
-        if v.state != ExternalState::Stopped || v.auto_restarts > 0 || went_failed {
-            broken.push((
-                4,
-                format!(
-                    "{}, stopped by the user, ended {} after {} restart(s)",
-                    v.name, v.state, v.auto_restarts
-                ),
-            ));
-            break;
-        }
-    }
-    let mut failure = match &progress.outcome {
-        Some(Ok(())) => None,
-        Some(Err(e)) => Some(format!("scenario failed: {e}")),
-        None => Some("scenario did not finish".to_string()),
+    ending: Ending,
+) -> RunVerdict {
+    let mut inv = Invariants::default();
+    let names = || {
+        let views = nexus.instances();
+        Names::new(views.into_iter().map(|v| (v.id, v.name)).collect(), &nexus.vmms())
     };
-    if failure.is_none() && kind == ScenarioKind::DiskMove {
-        let on_inst2 =
-            match (progress.disk.and_then(|d| nexus.disk(d).ok()), progress.instances.get(1)) {
-                (Some(d), Some((_, i2))) => d.state == DiskState::Attached(*i2),
-                _ => false,
-            };
-        if !on_inst2 {
-            failure = Some("the disk did not end on inst2".into());
+    for e in lock(&events.seen).iter() {
+        inv.on(0, e, &names);
+    }
+    for w in nexus.vmm_writes() {
+        inv.on(0, &Event::Write(w), &names);
+    }
+    for e in nexus.instance_log() {
+        inv.on(0, &Event::Instance(e), &names);
+    }
+    let disk_on_second = (kind == ScenarioKind::DiskMove).then(|| {
+        match (progress.disk.and_then(|d| nexus.disk(d).ok()), progress.instances.get(1)) {
+            (Some(d), Some((_, i2))) => d.state == DiskState::Attached(*i2),
+            _ => false,
         }
+    });
+    let end = End {
+        ending,
+        outcome: progress.outcome.clone(),
+        instances: nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
+        disk_on_second,
+    };
+    inv.end(0, &end, &names);
+    RunVerdict {
+        violations: inv.violations().to_vec(),
+        inconclusive: inv.inconclusive().map(str::to_string),
     }
-    if let Some(f) = failure {
-        broken.push((5, f));
-    }
-    broken
 }
 
 pub fn stress(cfg: &StressConfig) -> Result<Vec<OrderingReport>, String> {
@@ -352,6 +365,7 @@ pub fn stress(cfg: &StressConfig) -> Result<Vec<OrderingReport>, String> {
             ordering: ordering.label(),
             runs: 0,
             failed: 0,
+            inconclusive: 0,
             invariants: BTreeMap::new(),
             examples: Vec::new(),
             elapsed_ms: 0.0,
@@ -364,19 +378,21 @@ pub fn stress(cfg: &StressConfig) -> Result<Vec<OrderingReport>, String> {
                 break;
             }
             let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            let broken = runtime.block_on(async {
-                tokio::time::timeout(WAIT_LIMIT * 10, one_run(cfg, ordering, seed))
-                    .await
-                    .unwrap_or_else(|_| Ok(vec![(5, "the run did not finish in time".into())]))
-            })?;
+            let v = runtime.block_on(one_run(cfg, ordering, seed, RUN_LIMIT))?;
             r.runs += 1;
-            if !broken.is_empty() {
+            if !v.violations.is_empty() {
                 r.failed += 1;
-                for (k, msg) in &broken {
-                    *r.invariants.entry(*k).or_default() += 1;
+                for x in &v.violations {
+                    *r.invariants.entry(x.invariant).or_default() += 1;
                     if r.examples.len() < 3 {
-                        r.examples.push(format!("run {i}: invariant {k}: {msg}"));
+                        r.examples
+                            .push(format!("run {i}: invariant {}: {}", x.invariant, x.message));
                     }
+                }
+            } else if let Some(why) = v.inconclusive {
+                r.inconclusive += 1;
+                if r.examples.len() < 3 {
+                    r.examples.push(format!("run {i}: inconclusive: {why} cut it short"));
                 }
             }
         }

@@ -25,6 +25,7 @@ use watcher::{InstanceWatcher, PassCounts, WatcherDatastore, WatcherFaults};
 
 pub mod gates;
 pub mod hash;
+pub mod invariants;
 pub mod observe;
 pub mod sched;
 pub mod schedule;
@@ -32,7 +33,8 @@ pub mod script;
 pub mod transport;
 
 use gates::Gated;
-use observe::{Observer, Violation};
+use invariants::Violation;
+use observe::Observer;
 use sched::{ActorKind, Answer, Arg, Call, CallKind, Component, Probes, Sched, Step, Tagged};
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
 pub use script::{Progress, ScenarioKind};
@@ -160,6 +162,19 @@ pub struct Names {
 }
 
 impl Names {
+    /// Instances by the names given; each instance's VMMs numbered in id order.
+    pub fn new(instances: Vec<(InstanceUuid, String)>, vmms: &[nexus_stub::VmmRecord]) -> Names {
+        let mut names = Names { instances: instances.into_iter().collect(), ..Names::default() };
+        let mut per_instance: BTreeMap<InstanceUuid, usize> = BTreeMap::new();
+        for v in vmms {
+            let n = per_instance.entry(v.instance_id).or_default();
+            *n += 1;
+            let inst = names.instance(v.instance_id);
+            names.vmms.insert(v.id, format!("{inst}/vmm{n}"));
+        }
+        names
+    }
+
     pub fn vmm(&self, id: PropolisUuid) -> String {
         self.vmms.get(&id).cloned().unwrap_or_else(|| id.to_string())
     }
@@ -255,18 +270,8 @@ impl World {
     }
 
     pub fn names(&self) -> Names {
-        let mut names = Names::default();
-        for (name, id) in &self.progress().instances {
-            names.instances.insert(*id, name.clone());
-        }
-        let mut per_instance: BTreeMap<InstanceUuid, usize> = BTreeMap::new();
-        for v in self.nexus.vmms() {
-            let n = per_instance.entry(v.instance_id).or_default();
-            *n += 1;
-            let inst = names.instance(v.instance_id);
-            names.vmms.insert(v.id, format!("{inst}/vmm{n}"));
-        }
-        names
+        let instances = self.progress().instances.iter().map(|(n, id)| (*id, n.clone())).collect();
+        Names::new(instances, &self.nexus.vmms())
     }
 
     /// Starts each update step Nexus queued as its own actor. Returns how many.

@@ -168,6 +168,8 @@ struct Token {
 #[derive(Debug)]
 pub struct Replay {
     tokens: Vec<Token>,
+    /// Steps the string names in all (the counts summed, checked at parse time).
+    total: usize,
     /// Position: token index and repetitions of it used.
     index: usize,
     used: usize,
@@ -176,6 +178,7 @@ pub struct Replay {
 impl Replay {
     pub fn parse(s: &str) -> Result<Replay, ScheduleError> {
         let mut tokens = Vec::new();
+        let mut total: usize = 0;
         let mut offset = 0;
         for (index, raw) in s.split(' ').enumerate() {
             let here = offset;
@@ -208,9 +211,21 @@ impl Replay {
                 let known: Vec<_> = CallKind::ALL.iter().map(|k| k.label()).collect();
                 bad(&format!("unknown call; known calls: {}", known.join(", ")))
             })?;
+            total = total
+                .checked_add(count)
+                .ok_or_else(|| bad("the repeat counts add up to more steps than can be counted"))?;
             tokens.push(Token { actor, call, count });
         }
-        Ok(Replay { tokens, index: 0, used: 0 })
+        Ok(Replay { tokens, total, index: 0, used: 0 })
+    }
+
+    /// How many steps the string names.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
     }
 }
 
@@ -242,8 +257,8 @@ impl Chooser for Replay {
     }
 
     fn finish(&mut self, steps: usize) -> Result<(), ScheduleError> {
-        let left: usize =
-            self.tokens.iter().skip(self.index).map(|t| t.count).sum::<usize>() - self.used;
+        // Every step taken was counted, so this cannot underflow; saturate anyway.
+        let left = self.total.saturating_sub(steps.min(self.total));
         if left > 0 {
             return Err(ScheduleError::TooLong { steps, left });
         }

@@ -1,0 +1,391 @@
+//! The invariants as one engine fed by events, so that explore, scenario and
+//! stress judge a run by the same rules, however they come to see what happened.
+//!
+//! The explorer and the scenario derive events from the gates and from Nexus's
+//! logs after every step; stress derives the same events from wrappers around the
+//! real components and from the same logs once a run is over. Every rule below is
+//! stated over events alone, so no mode can give one a different meaning.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+
+use nexus_stub::{DbVmmState, ExternalState, InstanceChange, InstanceEvent, VmmWrite};
+use serde::Serialize;
+use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState};
+
+use super::Names;
+
+/// The invariants, by number.
+pub const INVARIANTS: [(u8, &str); 5] = [
+    (1, "the sled agent answers NoSuchVmm only after Nexus recorded a terminal state"),
+    (2, "a VMM whose Destroyed state the sled agent sent is never recorded Failed"),
+    (3, "stored generations never decrease; every applied write has a greater generation"),
+    (4, "an instance whose last user request was stop is never failed, never auto-restarted, and ends stopped"),
+    (5, "the scenario runs to its end (no deadlock, every step as the real test expects; disk-move: the disk ends on instance 2)"),
+];
+
+pub fn invariant_text(n: u8) -> &'static str {
+    INVARIANTS.iter().find(|(k, _)| *k == n).map_or("?", |(_, t)| t)
+}
+
+/// Something that happened in a run, as far as the invariants care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A sled agent answered NoSuchVmm for `vmm`; Nexus held `nexus_had` then.
+    Gone { vmm: PropolisUuid, nexus_had: Option<(DbVmmState, Generation)> },
+    /// A sled agent sent a state report to Nexus (sent: whatever becomes of it).
+    Sent { vmm: PropolisUuid, state: VmmState, gen: Generation },
+    /// Nexus attempted a VMM write; `applied` says whether it took.
+    Write(VmmWrite),
+    /// An instance changed, from Nexus's instance log.
+    Instance(InstanceEvent),
+}
+
+/// How a run stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Every actor finished.
+    Finished,
+    /// Actors were left and none could move: they are named.
+    Deadlock(Vec<String>),
+    /// A bound (steps or time) cut the run short: its end cannot be judged.
+    Bound(String),
+    /// The explorer stopped the run at a situation it had already expanded.
+    Pruned,
+}
+
+/// What the end-of-run rules read.
+#[derive(Clone, Debug)]
+pub struct End {
+    pub ending: Ending,
+    /// The scenario's own outcome: `None` if it never got to the end of its steps.
+    pub outcome: Option<Result<(), String>>,
+    /// Every instance's user-visible state at the end.
+    pub instances: Vec<(InstanceUuid, ExternalState)>,
+    /// disk-move: whether the disk ended on instance 2; `None` where not asked.
+    pub disk_on_second: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub invariant: u8,
+    /// The step after which it was seen (0 where a mode has no steps).
+    pub step: usize,
+    pub message: String,
+}
+
+/// The engine: what the rules remember, and what they found.
+#[derive(Clone, Debug, Default)]
+pub struct Invariants {
+    violations: Vec<Violation>,
+    sent_destroyed: BTreeSet<PropolisUuid>,
+    recorded_failed: BTreeSet<PropolisUuid>,
+    /// Instances whose last user request was stop.
+    user_stopped: BTreeSet<InstanceUuid>,
+    /// Why the end could not be judged, if a bound cut the run short.
+    inconclusive: Option<String>,
+}
+
+impl Invariants {
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    pub fn is_broken(&self, invariant: u8) -> bool {
+        self.violations.iter().any(|v| v.invariant == invariant)
+    }
+
+    /// Set when a bound cut the run short and no end rule could be applied.
+    pub fn inconclusive(&self) -> Option<&str> {
+        self.inconclusive.as_deref()
+    }
+
+    /// Feeds everything the rules remember into `h`: two runs that agree here and
+    /// everywhere else are judged the same from now on.
+    pub fn hash_state<H: Hasher>(&self, h: &mut H) {
+        self.sent_destroyed.hash(h);
+        self.recorded_failed.hash(h);
+        self.user_stopped.hash(h);
+        for v in &self.violations {
+            v.invariant.hash(h);
+        }
+    }
+
+    /// Records the first break of each invariant; later ones of the same add nothing.
+    fn broke(&mut self, invariant: u8, step: usize, message: impl FnOnce() -> String) {
+        if !self.is_broken(invariant) {
+            self.violations.push(Violation { invariant, step, message: message() });
+        }
+    }
+
+    /// Applies one event seen after `step` steps. `names` is only called to word a
+    /// violation, which is rare, so it may be costly.
+    pub fn on(&mut self, step: usize, event: &Event, names: &dyn Fn() -> Names) {
+        match *event {
+            Event::Gone { vmm, nexus_had } => {
+                if !nexus_had.is_some_and(|(s, _)| s.is_terminal()) {
+                    let held = nexus_had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
+                    self.broke(1, step, || {
+                        format!(
+                            "the sled agent answered NoSuchVmm for {} while Nexus held it at {held}",
+                            names().vmm(vmm)
+                        )
+                    });
+                }
+            }
+            Event::Sent { vmm, state, .. } => {
+                if state == VmmState::Destroyed && self.sent_destroyed.insert(vmm) {
+                    self.check_destroyed_not_failed(step, vmm, names);
+                }
+            }
+            Event::Write(w) => {
+                if w.applied && w.gen <= w.prev_gen {
+                    self.broke(3, step, || {
+                        format!(
+                            "{}: {}/g{} was applied over stored g{}",
+                            names().vmm(w.propolis_id),
+                            w.state,
+                            w.gen,
+                            w.prev_gen
+                        )
+                    });
+                }
+                if w.applied
+                    && w.state == VmmState::Failed
+                    && self.recorded_failed.insert(w.propolis_id)
+                {
+                    self.check_destroyed_not_failed(step, w.propolis_id, names);
+                }
+            }
+            Event::Instance(InstanceEvent { instance_id, change }) => {
+                self.on_instance(step, instance_id, change, names);
+            }
+        }
+    }
+
+    fn check_destroyed_not_failed(
+        &mut self,
+        step: usize,
+        vmm: PropolisUuid,
+        names: &dyn Fn() -> Names,
+    ) {
+        if self.sent_destroyed.contains(&vmm) && self.recorded_failed.contains(&vmm) {
+            self.broke(2, step, || {
+                format!(
+                    "{} was recorded Failed although its sled agent sent Destroyed",
+                    names().vmm(vmm)
+                )
+            });
+        }
+    }
+
+    fn on_instance(
+        &mut self,
+        step: usize,
+        id: InstanceUuid,
+        change: InstanceChange,
+        names: &dyn Fn() -> Names,
+    ) {
+        match change {
+            InstanceChange::StopRequested => {
+                self.user_stopped.insert(id);
+            }
+            InstanceChange::StartRequested { auto_restart: false } => {
+                self.user_stopped.remove(&id);
+            }
+            InstanceChange::StartRequested { auto_restart: true } => {
+                if self.user_stopped.contains(&id) {
+                    self.broke(4, step, || {
+                        format!("{}, stopped by the user, was auto-restarted", names().instance(id))
+                    });
+                }
+            }
+            InstanceChange::Failed => {
+                if self.user_stopped.contains(&id) {
+                    self.broke(4, step, || {
+                        format!("{}, stopped by the user, went failed", names().instance(id))
+                    });
+                }
+            }
+            InstanceChange::Stopped => {}
+        }
+    }
+
+    /// Applies the end-of-run rules after `step` steps.
+    pub fn end(&mut self, step: usize, end: &End, names: &dyn Fn() -> Names) {
+        match &end.ending {
+            Ending::Finished => {}
+            // A pruned run is the prefix of runs judged elsewhere.
+            Ending::Pruned => return,
+            Ending::Bound(why) => {
+                self.inconclusive = Some(why.clone());
+                return;
+            }
+            Ending::Deadlock(waiting) => self.broke(5, step, || {
+                format!("no call can proceed; still waiting: {}", waiting.join(", "))
+            }),
+        }
+        match &end.outcome {
+            Some(Ok(())) => {}
+            Some(Err(msg)) => self.broke(5, step, || format!("scenario failed: {msg}")),
+            None => self.broke(5, step, || "the scenario did not get to its end".into()),
+        }
+        for &(id, state) in &end.instances {
+            if self.user_stopped.contains(&id) && state != ExternalState::Stopped {
+                self.broke(4, step, || {
+                    format!("{} ended {state}, not stopped", names().instance(id))
+                });
+            }
+        }
+        if end.disk_on_second == Some(false) {
+            self.broke(5, step, || "the disk did not end attached to inst2".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VMM: PropolisUuid = PropolisUuid::from_u128(0x2_0000_0000_0000_0000_0000_0002);
+    const INST: InstanceUuid = InstanceUuid::from_u128(0x1_0000_0000_0000_0000_0000_0001);
+
+    fn g(n: u64) -> Generation {
+        (0..n.saturating_sub(1)).fold(Generation::new(), |g, _| g.next())
+    }
+
+    fn write(state: VmmState, gen: u64, prev: u64, applied: bool) -> Event {
+        Event::Write(VmmWrite { propolis_id: VMM, state, gen: g(gen), prev_gen: g(prev), applied })
+    }
+
+    fn inst(change: InstanceChange) -> Event {
+        Event::Instance(InstanceEvent { instance_id: INST, change })
+    }
+
+    fn finished(state: ExternalState) -> End {
+        End {
+            ending: Ending::Finished,
+            outcome: Some(Ok(())),
+            instances: vec![(INST, state)],
+            disk_on_second: None,
+        }
+    }
+
+    /// Feeds `events`, then `end` if given; returns the invariants broken, in order.
+    fn check(events: &[Event], end: Option<End>) -> Vec<u8> {
+        let mut inv = Invariants::default();
+        let names = Names::default;
+        for (i, e) in events.iter().enumerate() {
+            inv.on(i + 1, e, &names);
+        }
+        if let Some(end) = end {
+            inv.end(events.len(), &end, &names);
+        }
+        inv.violations().iter().map(|v| v.invariant).collect()
+    }
+
+    /// The stop of #7282 as it should go: every rule holds.
+    fn clean_stop() -> Vec<Event> {
+        vec![
+            inst(InstanceChange::StartRequested { auto_restart: false }),
+            write(VmmState::Starting, 2, 1, true),
+            inst(InstanceChange::StopRequested),
+            write(VmmState::Stopping, 3, 2, true),
+            Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) },
+            write(VmmState::Destroyed, 7, 3, true),
+            // A late 404 once Nexus holds the terminal state is fine.
+            Event::Gone {
+                vmm: VMM,
+                nexus_had: Some((DbVmmState::Reported(VmmState::Destroyed), g(7))),
+            },
+            write(VmmState::Failed, 7, 7, false),
+            inst(InstanceChange::Stopped),
+        ]
+    }
+
+    #[test]
+    fn a_clean_stop_breaks_nothing() {
+        assert_eq!(check(&clean_stop(), Some(finished(ExternalState::Stopped))), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_1_a_404_while_nexus_holds_the_vmm_live() {
+        let held = Some((DbVmmState::Reported(VmmState::Stopping), g(6)));
+        assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: held }], None), [1]);
+        assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: None }], None), [1]);
+    }
+
+    #[test]
+    fn invariant_2_failed_recorded_for_a_vmm_whose_destroyed_was_sent() {
+        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
+        let failed = write(VmmState::Failed, 7, 6, true);
+        // Either order: the VMM really was destroyed, yet Nexus recorded it Failed.
+        assert_eq!(check(&[sent.clone(), failed.clone()], None), [2]);
+        assert_eq!(check(&[failed.clone(), sent], None), [2]);
+        // A Failed write alone, or one that did not apply, is no break.
+        assert_eq!(check(&[failed], None), Vec::<u8>::new());
+        let stale = write(VmmState::Failed, 7, 7, false);
+        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
+        assert_eq!(check(&[sent, stale], None), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_3_an_applied_write_that_does_not_move_the_generation_on() {
+        assert_eq!(check(&[write(VmmState::Running, 4, 4, true)], None), [3]);
+        assert_eq!(check(&[write(VmmState::Running, 3, 5, true)], None), [3]);
+        assert_eq!(check(&[write(VmmState::Running, 4, 4, false)], None), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_4_a_stopped_instance_that_fails_restarts_or_ends_elsewhere() {
+        let stop = inst(InstanceChange::StopRequested);
+        assert_eq!(check(&[stop.clone(), inst(InstanceChange::Failed)], None), [4]);
+        let auto = inst(InstanceChange::StartRequested { auto_restart: true });
+        assert_eq!(check(&[stop.clone(), auto.clone()], None), [4]);
+        assert_eq!(check(&[stop.clone()], Some(finished(ExternalState::Starting))), [4]);
+        // A user's start after the stop lifts the rule.
+        let start = inst(InstanceChange::StartRequested { auto_restart: false });
+        assert_eq!(
+            check(&[stop, start, inst(InstanceChange::Failed), auto], None),
+            Vec::<u8>::new()
+        );
+    }
+
+    #[test]
+    fn invariant_5_deadlock_a_failed_step_or_the_disk_elsewhere() {
+        let deadlock = End {
+            ending: Ending::Deadlock(vec!["scenario".into()]),
+            ..finished(ExternalState::Stopped)
+        };
+        assert_eq!(check(&[], Some(deadlock)), [5]);
+        let failed =
+            End { outcome: Some(Err("attach".into())), ..finished(ExternalState::Stopped) };
+        assert_eq!(check(&[], Some(failed)), [5]);
+        let unfinished = End { outcome: None, ..finished(ExternalState::Stopped) };
+        assert_eq!(check(&[], Some(unfinished)), [5]);
+        let disk = End { disk_on_second: Some(false), ..finished(ExternalState::Stopped) };
+        assert_eq!(check(&[], Some(disk)), [5]);
+    }
+
+    #[test]
+    fn a_bound_is_inconclusive_and_never_a_violation() {
+        let mut inv = Invariants::default();
+        inv.on(1, &inst(InstanceChange::StopRequested), &Names::default);
+        let end = End {
+            ending: Ending::Bound("the step bound (12)".into()),
+            outcome: None,
+            ..finished(ExternalState::Starting)
+        };
+        inv.end(12, &end, &Names::default);
+        assert!(inv.violations().is_empty());
+        assert_eq!(inv.inconclusive(), Some("the step bound (12)"));
+        // A pruned run is judged nowhere.
+        let mut inv = Invariants::default();
+        inv.end(
+            3,
+            &End { ending: Ending::Pruned, outcome: None, ..finished(ExternalState::Failed) },
+            &Names::default,
+        );
+        assert!(inv.violations().is_empty() && inv.inconclusive().is_none());
+    }
+}
