@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(check(&[stop.clone(), inst(InstanceChange::Failed)], None), [4]);
         let auto = inst(InstanceChange::StartRequested { auto_restart: true });
         assert_eq!(check(&[stop.clone(), auto.clone()], None), [4]);
-        assert_eq!(check(&[stop.clone()], Some(finished(ExternalState::Starting))), [4]);
+        assert_eq!(
+            check(std::slice::from_ref(&stop), Some(finished(ExternalState::Starting))),
+            [4]
+        );
         // A user's start after the stop lifts the rule.
         let start = inst(InstanceChange::StartRequested { auto_restart: false });
         assert_eq!(
