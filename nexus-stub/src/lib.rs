@@ -196,7 +196,7 @@ pub enum UpdateOutcome {
 }
 
 /// What one auto-restart pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RestartCounts {
     pub found: usize,
     pub started: usize,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sim_sled_agent::RemovalOrdering;
 use slog::{o, Logger};
 
-use crate::explore::{explore, ExploreConfig, ExploreResult};
+use crate::explore::{explore, ExploreConfig, ExploreResult, Verdict};
 use crate::harness::schedule::Seed7282;
 use crate::harness::{self, RunConfig, RunError, ScenarioKind};
 
@@ -69,7 +69,7 @@ fn config(scenario: ScenarioKind, ordering: RemovalOrdering) -> RunConfig {
 }
 
 fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
-    explore(&ExploreConfig { run, max_schedules: usize::MAX, prune: true }, &mut |_| {})
+    explore(&ExploreConfig { max_schedules: usize::MAX, ..ExploreConfig::new(run) }, &mut |_| {})
 }
 
 pub fn measure() -> Result<Bench, RunError> {
@@ -87,8 +87,8 @@ pub fn measure() -> Result<Bench, RunError> {
     for _ in 0..15 {
         let r = explore_once(config(ScenarioKind::StopRace, fixed))?;
         let s = r.elapsed.as_secs_f64();
-        sps.push(r.schedules as f64 / s);
-        stps.push(r.states as f64 / s);
+        sps.push(r.runs as f64 / s);
+        stps.push(r.situations as f64 / s);
     }
 
     let mut proofs = Vec::new();
@@ -99,7 +99,7 @@ pub fn measure() -> Result<Bench, RunError> {
         proof = Some(r);
     }
     let proof = proof.ok_or_else(|| RunError::Harness("no proof run".into()))?;
-    if proof.violations > 0 || !proof.exhaustive {
+    if proof.verdict() != Verdict::Clean {
         return Err(RunError::Harness("the fixed ordering did not prove clean".into()));
     }
 
@@ -114,8 +114,8 @@ pub fn measure() -> Result<Bench, RunError> {
         let r = explore_once(run)?;
         scaled.push(Scaled {
             watcher_passes: w,
-            schedules: r.schedules,
-            states: r.states,
+            schedules: r.runs,
+            states: r.situations,
             ms: r.elapsed.as_secs_f64() * 1e3,
         });
     }
@@ -127,11 +127,11 @@ pub fn measure() -> Result<Bench, RunError> {
         stop_race_schedules_per_s,
         stop_race_states_per_s: median(stps),
         proof_ms,
-        proof_schedules: proof.schedules,
-        proof_states: proof.states,
+        proof_schedules: proof.runs,
+        proof_states: proof.situations,
         first_counterexample_schedules: first_n,
         first_counterexample_ms: first_t.as_secs_f64() * 1e3,
-        shortest_counterexample_steps: legacy.counterexample.map_or(0, |c| c.len),
+        shortest_counterexample_steps: legacy.shortest().map_or(0, |c| c.len),
         scaled,
         targets: Targets {
             proof_under_1s: proof_ms < PROOF_TARGET.as_secs_f64() * 1e3,

@@ -1,5 +1,6 @@
 //! The command line: flags of the command contract, logging set-up, exit codes
-//! (0 every invariant held, 1 a violation or failed scenario, 2 bad usage).
+//! (0 every invariant held, 1 a violation or failed scenario, 2 bad usage,
+//! 3 inconclusive: a bound cut the search or the run short before a verdict).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -13,9 +14,11 @@ use sim_sled_agent::RemovalOrdering;
 use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
-use crate::explore::ExploreConfig;
-use crate::harness::schedule::ScheduleSpec;
-use crate::harness::{self, Inject, RunConfig, RunError, ScenarioKind, Transport};
+use crate::explore::{ExploreConfig, DEFAULT_MAX_SCHEDULES};
+use crate::harness::schedule::{Replay, ScheduleSpec};
+use crate::harness::{
+    self, Inject, RunConfig, RunEnd, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
+};
 use crate::report;
 
 #[derive(Debug, Parser)]
@@ -143,6 +146,9 @@ struct ScenarioArgs {
     /// Auto-restart passes.
     #[arg(long, default_value_t = 1)]
     restart_passes: usize,
+    /// Steps the run may take; reaching it makes the run inconclusive (exit 3).
+    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
+    max_steps: usize,
     /// Seed a known bug into the model (to replay an explorer's counterexample).
     #[arg(long, value_enum)]
     inject: Option<InjectArg>,
@@ -182,12 +188,21 @@ struct ExploreArgs {
     /// Auto-restart passes; each may start at any point.
     #[arg(long, default_value_t = 1)]
     restart_passes: usize,
-    /// Steps one schedule may take before it counts as not terminating.
-    #[arg(long, default_value_t = 200)]
+    /// Steps one schedule may take; a run that reaches it is unjudged, and the
+    /// search is then truncated (exit 3 unless something broke).
+    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
     max_steps: usize,
-    /// Schedules to run at most; a search cut short is not exhaustive.
-    #[arg(long, default_value_t = 5_000_000)]
+    /// Schedules to run at most; a search cut short is truncated (exit 3 unless
+    /// something broke).
+    #[arg(long, default_value_t = DEFAULT_MAX_SCHEDULES, value_parser = at_least_one)]
     max_schedules: usize,
+    /// Seconds to search at most; a search cut short is truncated.
+    #[arg(long, value_parser = at_least_one)]
+    max_seconds: Option<usize>,
+    /// Keep each situation in full beside its fingerprint, report any collision,
+    /// and check that no chooser changes the world (slow; a debugging aid).
+    #[arg(long)]
+    check_fingerprints: bool,
     /// Seed a known bug into the model.
     #[arg(long, value_enum)]
     inject: Option<InjectArg>,
@@ -248,6 +263,15 @@ fn logger(format: LogFormat, level: LogLevel) -> Logger {
                 Mutex::new(slog_bunyan::with_name("sledsim", std::io::stderr()).build()).fuse();
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
         }
+    }
+}
+
+/// A count that must be at least 1: zero would search or run nothing and claim it.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("must be a whole number ({e})")),
     }
 }
 
@@ -340,6 +364,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
         restart_policy: a.restart_policy.into(),
         watcher_passes: a.watcher_passes,
         restart_passes: a.restart_passes,
+        max_steps: a.max_steps,
         inject: a.inject.map(Into::into),
         transport: match a.transport {
             TransportArg::Inproc => Transport::InProc,
@@ -347,9 +372,25 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
         },
         ..RunConfig::new(log)
     };
+    if let ScheduleSpec::Replay(text) = &a.schedule {
+        let n = Replay::parse(text).map_err(|e| Fail::Usage(e.to_string()))?.len();
+        if n > config.max_steps {
+            return Err(Fail::Usage(format!(
+                "the replay string names {n} steps, more than --max-steps {}",
+                config.max_steps
+            )));
+        }
+    }
     let mut chooser = a.schedule.chooser().map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;
     let passed = result.passed();
+    // A run the step bound cut short is unjudged at its end: inconclusive, unless
+    // something already broke on the way.
+    let code = match (passed, &result.end) {
+        (false, _) => 1,
+        (true, RunEnd::StepBound(_)) => 3,
+        (true, _) => 0,
+    };
     let steps = report::steps_out(&result);
     let violations = report::violations_out(&result);
     if a.json {
@@ -360,6 +401,8 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
             "restart_policy": config.restart_policy.label(),
             "transport": config.transport.label(),
             "passed": passed,
+            "verdict": match code { 0 => "clean", 1 => "violated", _ => "inconclusive" },
+            "max_steps": config.max_steps,
             "violations": violations,
             "instances": report::instances_out(&result),
             "disk": report::disk_out(&result),
@@ -374,7 +417,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
     } else {
         let _ = write!(out, "{}", human(&config, &a.schedule, &result, &steps, &violations));
     }
-    Ok(if passed { 0 } else { 1 })
+    Ok(code)
 }
 
 fn human(
@@ -423,7 +466,13 @@ fn human(
             c.updated
         );
     }
-    if violations.is_empty() {
+    if violations.is_empty() && matches!(r.end, RunEnd::StepBound(_)) {
+        let _ = writeln!(
+            s,
+            "\nINCONCLUSIVE: nothing broke in {} steps, but the step bound cut the run short",
+            r.steps.len()
+        );
+    } else if violations.is_empty() {
         let _ = writeln!(s, "\nPASSED: every invariant held");
     } else {
         let _ = writeln!(s, "\nFAILED: {} invariant(s) broken", violations.len());
@@ -450,19 +499,21 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     use std::io::IsTerminal;
     // Logging stays off the hot path: a run takes microseconds, a log line more.
     let log = Logger::root(slog::Discard, o!());
+    let run = RunConfig {
+        scenario: a.scenario.into(),
+        ordering: a.ordering.into(),
+        restart_policy: a.restart_policy.into(),
+        watcher_passes: a.watcher_passes,
+        restart_passes: a.restart_passes,
+        max_steps: a.max_steps,
+        inject: a.inject.map(Into::into),
+        ..RunConfig::new(log)
+    };
     let cfg = ExploreConfig {
-        run: RunConfig {
-            scenario: a.scenario.into(),
-            ordering: a.ordering.into(),
-            restart_policy: a.restart_policy.into(),
-            watcher_passes: a.watcher_passes,
-            restart_passes: a.restart_passes,
-            max_steps: a.max_steps,
-            inject: a.inject.map(Into::into),
-            ..RunConfig::new(log)
-        },
         max_schedules: a.max_schedules,
-        prune: true,
+        max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
+        check_fingerprints: a.check_fingerprints,
+        ..ExploreConfig::new(run)
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;
@@ -471,10 +522,10 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
             shown = true;
             let _ = write!(
                 err,
-                "\r{} schedules, {} states, {} violations, {:.1} s",
-                p.schedules,
-                p.states,
-                p.violations,
+                "\r{} runs, {} situations, {} violating runs, {:.1} s",
+                p.runs,
+                p.situations,
+                p.violating_runs,
                 p.elapsed.as_secs_f64()
             );
         }
@@ -495,7 +546,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     } else {
         let _ = write!(out, "{}", view.human());
     }
-    Ok(if result.violations == 0 { 0 } else { 1 })
+    Ok(result.verdict().exit_code())
 }
 
 fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {

@@ -1,19 +1,24 @@
 //! `cargo xtask explore`: every interleaving of the scenario within bounds, each
-//! run from scratch, depth first, never expanding a situation twice, keeping the
-//! shortest schedule that breaks an invariant.
+//! run from scratch, depth first, never expanding a situation twice, keeping for
+//! every invariant that breaks the shortest schedule that breaks it.
 //!
 //! A situation is the fingerprint of every component's state, every actor's history
-//! of calls and answers, the parked calls, and what the invariants remember (see
-//! `World::fingerprint`). A run stops as soon as it reaches a situation already
-//! expanded at the same or a smaller depth; a situation reached again at a smaller
-//! depth is expanded again, so the shortest counterexample is never hidden behind a
-//! longer path to the same place. Once one is found, no path as long is explored.
+//! of calls and answers, the parked calls, the scenario's progress and what the
+//! invariants remember (see `World::fingerprint`). A run stops as soon as it
+//! reaches a situation already expanded at the same or a smaller depth; one reached
+//! again at a smaller depth is expanded again, so no shortest counterexample hides
+//! behind a longer path to the same place. A run goes on past a violation, to find
+//! the invariants not yet broken; it stops once every invariant is either broken on
+//! its path or already has a counterexample no longer than what it could still
+//! find. Both prunings are what "exhaustive" allows: neither can change which
+//! invariants break within the bounds, nor the shortest length of each.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
+use crate::harness::invariants::INVARIANTS;
 use crate::harness::sched::Choice;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
@@ -21,46 +26,161 @@ use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
 #[derive(Clone, Debug)]
 pub struct ExploreConfig {
     pub run: RunConfig,
-    /// Stop after this many schedules (the result is then not exhaustive).
+    /// Stop after this many schedules (the search is then truncated).
     pub max_schedules: usize,
-    /// Prune on fingerprints (the point of the explorer). Off, every schedule runs
-    /// to its end, which only a test comparing the two should want.
+    /// Stop starting schedules after this long (the search is then truncated).
+    pub max_time: Option<Duration>,
+    /// Prune on fingerprints and on length (the point of the explorer). Off, every
+    /// schedule runs to its end, which only a test comparing the two should want.
     pub prune: bool,
+    /// Keep every situation in full beside its fingerprint and report collisions;
+    /// also check that no chooser changes the world. Slow: a debugging aid.
+    pub check_fingerprints: bool,
 }
 
-/// The shortest schedule that broke an invariant.
+impl ExploreConfig {
+    pub fn new(run: RunConfig) -> Self {
+        ExploreConfig {
+            run,
+            max_schedules: DEFAULT_MAX_SCHEDULES,
+            max_time: None,
+            prune: true,
+            check_fingerprints: false,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_SCHEDULES: usize = 5_000_000;
+
+/// The shortest schedule found that broke one invariant.
 #[derive(Debug)]
 pub struct Counterexample {
+    pub invariant: u8,
     /// Steps up to and including the one after which the violation was seen.
     pub len: usize,
-    pub invariant: u8,
     /// The whole run: the violating prefix, then the `happy` policy to the end, so
     /// its replay string runs to completion under `cargo xtask scenario`.
     pub run: RunResult,
 }
 
+/// Why a search did not cover every schedule within its bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// `--max-schedules` ran out.
+    ScheduleCap(usize),
+    /// `--max-seconds` ran out.
+    TimeCap(Duration),
+    /// Some runs reached the step bound: what they would have done next is unseen.
+    StepBound { max_steps: usize, runs: usize },
+    /// Two different situations shared a fingerprint: one of them may have been
+    /// pruned unseen (found only with `--check-fingerprints`).
+    FingerprintCollision(usize),
+}
+
+impl Truncation {
+    pub fn describe(&self) -> String {
+        match self {
+            Truncation::ScheduleCap(n) => format!("schedule cap ({n} schedules) reached"),
+            Truncation::TimeCap(t) => format!("time cap ({} s) reached", t.as_secs_f64()),
+            Truncation::StepBound { max_steps, runs } => {
+                format!("{runs} run(s) reached the step bound ({max_steps} steps)")
+            }
+            Truncation::FingerprintCollision(n) => format!("{n} fingerprint collision(s)"),
+        }
+    }
+}
+
+/// How much of the space within the bounds the search covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every schedule within the bounds, up to pruning that cannot change the
+    /// verdict: situations already expanded at no greater depth, and, once an
+    /// invariant has a counterexample of length L, paths that could only break it
+    /// again at L or later.
+    Exhaustive,
+    Truncated(Vec<Truncation>),
+}
+
+impl Coverage {
+    pub const fn word(&self) -> &'static str {
+        match self {
+            Coverage::Exhaustive => "exhaustive",
+            Coverage::Truncated(_) => "truncated",
+        }
+    }
+}
+
+/// What a search concludes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No schedule within the bounds breaks an invariant, and all were covered.
+    Clean,
+    /// Some schedule breaks an invariant (whatever the coverage).
+    Violated,
+    /// No violation found, but the search was truncated: no proof either way.
+    Inconclusive,
+}
+
+impl Verdict {
+    pub const fn word(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Violated => "violated",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// The exit code the command line reports it with.
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Clean => 0,
+            Verdict::Violated => 1,
+            Verdict::Inconclusive => 3,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ExploreResult {
-    pub schedules: usize,
-    pub states: usize,
-    /// Every schedule within the bounds was covered (pruning aside).
-    pub exhaustive: bool,
-    /// Schedules that broke an invariant.
-    pub violations: usize,
-    pub invariants_broken: BTreeSet<u8>,
-    pub counterexample: Option<Counterexample>,
-    /// Schedules run, and time, when the first violation was found.
+    /// Schedules run, each from scratch (pruned ones included).
+    pub runs: usize,
+    /// Distinct situations expanded.
+    pub situations: usize,
+    /// Runs in which some invariant broke.
+    pub violating_runs: usize,
+    pub coverage: Coverage,
+    /// One per broken invariant, in invariant order: the shortest schedule found.
+    pub counterexamples: Vec<Counterexample>,
+    /// Runs and time when the first violation was found.
     pub first_violation: Option<(usize, Duration)>,
-    pub hit_step_bound: bool,
     pub elapsed: Duration,
+}
+
+impl ExploreResult {
+    pub fn verdict(&self) -> Verdict {
+        match (&self.counterexamples.is_empty(), &self.coverage) {
+            (false, _) => Verdict::Violated,
+            (true, Coverage::Exhaustive) => Verdict::Clean,
+            (true, Coverage::Truncated(_)) => Verdict::Inconclusive,
+        }
+    }
+
+    /// The shortest counterexample of all (ties: the lowest invariant).
+    pub fn shortest(&self) -> Option<&Counterexample> {
+        self.counterexamples.iter().min_by_key(|c| (c.len, c.invariant))
+    }
+
+    pub fn invariants_broken(&self) -> Vec<u8> {
+        self.counterexamples.iter().map(|c| c.invariant).collect()
+    }
 }
 
 /// Progress, for a line on stderr during long runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
-    pub schedules: usize,
-    pub states: usize,
-    pub violations: usize,
+    pub runs: usize,
+    pub situations: usize,
+    pub violating_runs: usize,
     pub elapsed: Duration,
 }
 
@@ -68,15 +188,35 @@ pub struct Progress {
 /// iterated, so its order cannot leak into results.
 type Visited = HashMap<u64, u32, BuildHasherDefault<StableHasher>>;
 
+/// Fingerprint -> the situation in full, under `--check-fingerprints`.
+type Situations = HashMap<u64, Vec<u8>, BuildHasherDefault<StableHasher>>;
+
+/// The best (shortest) length found so far for each invariant, by number.
+type Best = BTreeMap<u8, usize>;
+
 /// Follows `prefix`, then explores: at each new situation it takes the first choice
 /// and leaves the others on the frontier.
 struct Dfs<'a> {
     prefix: Vec<u32>,
     path: Vec<u32>,
     visited: &'a mut Visited,
+    situations: Option<&'a mut Situations>,
+    collisions: usize,
     frontier: &'a mut Vec<Vec<u32>>,
-    best: Option<usize>,
+    best: &'a Best,
     prune: bool,
+}
+
+impl Dfs<'_> {
+    /// Whether a path at `depth` can still give some invariant a counterexample
+    /// shorter than the best one: only one not yet broken on this path can break
+    /// from here, and only at step `depth + 1` or later.
+    fn may_matter(&self, ctx: &ChoiceCtx<'_>, depth: usize) -> bool {
+        INVARIANTS.iter().any(|&(k, _)| {
+            !ctx.observer.invariants().is_broken(k)
+                && self.best.get(&k).is_none_or(|&b| depth + 1 < b)
+        })
+    }
 }
 
 impl Chooser for Dfs<'_> {
@@ -85,19 +225,26 @@ impl Chooser for Dfs<'_> {
     }
 
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
-        if !ctx.observer.violations().is_empty() {
-            return Ok(None);
-        }
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
             return follow(&mut self.path, i, ctx.enabled, depth);
         }
-        // A violation found from here would be no shorter than the best one.
-        if self.prune && self.best.is_some_and(|b| depth + 1 >= b) {
+        if self.prune && !self.may_matter(ctx, depth) {
             return Ok(None);
         }
         let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
-        let seen = self.visited.entry(ctx.world.fingerprint(ctx.observer)).or_insert(u32::MAX);
+        let fp = ctx.world.fingerprint(ctx.observer);
+        if let Some(situations) = self.situations.as_deref_mut() {
+            let full = ctx.world.situation(ctx.observer);
+            match situations.get(&fp) {
+                Some(seen) if *seen != full => self.collisions += 1,
+                Some(_) => {}
+                None => {
+                    situations.insert(fp, full);
+                }
+            }
+        }
+        let seen = self.visited.entry(fp).or_insert(u32::MAX);
         if self.prune && *seen <= depth32 {
             return Ok(None);
         }
@@ -153,70 +300,99 @@ pub fn explore(
 ) -> Result<ExploreResult, RunError> {
     let start = Instant::now();
     // Sized for the default disk-move proof, so the table is not rebuilt as it grows.
-    let mut visited: Visited = HashMap::with_capacity_and_hasher(1 << 16, Default::default());
+    let mut visited: Visited = HashMap::with_capacity_and_hasher(1 << 17, Default::default());
+    let mut situations: Option<Situations> = cfg.check_fingerprints.then(Situations::default);
     let mut frontier: Vec<Vec<u32>> = vec![Vec::new()];
-    let mut best: Option<(Vec<u32>, usize, u8)> = None;
-    let mut out = ExploreResult {
-        schedules: 0,
-        states: 0,
-        exhaustive: true,
-        violations: 0,
-        invariants_broken: BTreeSet::new(),
-        counterexample: None,
-        first_violation: None,
-        hit_step_bound: false,
-        elapsed: Duration::ZERO,
-    };
-    // The search needs verdicts only; the counterexample's run below keeps the trace.
-    let search = RunConfig { trace_writes: false, ..cfg.run.clone() };
+    let mut best: Best = BTreeMap::new();
+    let mut prefixes: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+    let (mut runs, mut violating_runs, mut step_bound_runs, mut collisions) = (0, 0, 0, 0);
+    let mut first_violation = None;
+    let mut truncated = Vec::new();
+    // The search needs verdicts only; the counterexamples' runs below keep the trace.
+    let search =
+        RunConfig { trace_writes: false, check_chooser: cfg.check_fingerprints, ..cfg.run.clone() };
     let mut last_report = Instant::now();
     while let Some(prefix) = frontier.pop() {
-        if out.schedules >= cfg.max_schedules {
-            out.exhaustive = false;
+        if runs >= cfg.max_schedules {
+            truncated.push(Truncation::ScheduleCap(cfg.max_schedules));
             break;
         }
-        out.schedules += 1;
+        if let Some(t) = cfg.max_time.filter(|&t| start.elapsed() >= t) {
+            truncated.push(Truncation::TimeCap(t));
+            break;
+        }
+        runs += 1;
         let mut dfs = Dfs {
             prefix,
             path: Vec::new(),
             visited: &mut visited,
+            situations: situations.as_mut(),
+            collisions: 0,
             frontier: &mut frontier,
-            best: best.as_ref().map(|b| b.1),
+            best: &best,
             prune: cfg.prune,
         };
         let r = harness::run_verdict(&search, &mut dfs)?;
+        collisions += dfs.collisions;
+        let path = std::mem::take(&mut dfs.path);
         if let Some(e) = r.harness_errors.first() {
             return Err(RunError::Harness(e.clone()));
         }
-        let path = std::mem::take(&mut dfs.path);
         if matches!(r.end, RunEnd::StepBound(_)) {
-            out.hit_step_bound = true;
-            out.exhaustive = false;
+            step_bound_runs += 1;
         }
-        if let Some(first) = r.violations.first() {
-            out.violations += 1;
-            out.invariants_broken.extend(r.violations.iter().map(|v| v.invariant));
-            out.first_violation.get_or_insert((out.schedules, start.elapsed()));
-            let len = first.step.min(path.len());
-            if best.as_ref().is_none_or(|b| len < b.1) {
-                best = Some((path[..len].to_vec(), len, first.invariant));
+        if !r.violations.is_empty() {
+            violating_runs += 1;
+            first_violation.get_or_insert((runs, start.elapsed()));
+        }
+        for v in &r.violations {
+            let len = v.step.min(path.len());
+            if best.get(&v.invariant).is_none_or(|&b| len < b) {
+                best.insert(v.invariant, len);
+                prefixes.insert(v.invariant, path[..len].to_vec());
             }
         }
         if last_report.elapsed() >= Duration::from_millis(250) {
             last_report = Instant::now();
             progress(Progress {
-                schedules: out.schedules,
-                states: visited.len(),
-                violations: out.violations,
+                runs,
+                situations: visited.len(),
+                violating_runs,
                 elapsed: start.elapsed(),
             });
         }
     }
-    out.states = visited.len();
-    if let Some((prefix, len, invariant)) = best {
-        let run = harness::run(&cfg.run, &mut PrefixThenHappy { prefix, path: Vec::new() })?;
-        out.counterexample = Some(Counterexample { len, invariant, run });
+    if step_bound_runs > 0 {
+        truncated
+            .push(Truncation::StepBound { max_steps: cfg.run.max_steps, runs: step_bound_runs });
     }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    if collisions > 0 {
+        truncated.push(Truncation::FingerprintCollision(collisions));
+    }
+    let mut counterexamples = Vec::new();
+    for (invariant, prefix) in prefixes {
+        let len = best.get(&invariant).copied().unwrap_or(prefix.len());
+        let run = harness::run(&cfg.run, &mut PrefixThenHappy { prefix, path: Vec::new() })?;
+        // The prefix is deterministic, so the full run breaks the invariant at the
+        // same step; anything else means the harness is not.
+        if !run.violations.iter().any(|v| v.invariant == invariant && v.step == len) {
+            return Err(RunError::Harness(format!(
+                "the counterexample for invariant {invariant} did not reproduce at step {len}"
+            )));
+        }
+        counterexamples.push(Counterexample { invariant, len, run });
+    }
+    Ok(ExploreResult {
+        runs,
+        situations: visited.len(),
+        violating_runs,
+        coverage: if truncated.is_empty() {
+            Coverage::Exhaustive
+        } else {
+            Coverage::Truncated(truncated)
+        },
+        counterexamples,
+        first_violation,
+        elapsed: start.elapsed(),
+    })
 }

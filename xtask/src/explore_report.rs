@@ -6,26 +6,33 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::explore::{ExploreConfig, ExploreResult};
+use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict};
 use crate::harness::invariants::invariant_text;
 use crate::harness::sched::Component;
+use crate::harness::DEFAULT_MAX_STEPS;
 use crate::report::{self, StepOut};
 
 pub struct View<'a> {
     cfg: &'a ExploreConfig,
     r: &'a ExploreResult,
-    /// The counterexample's steps, up to the violating one.
+    /// The shortest counterexample, if any.
+    shortest: Option<&'a Counterexample>,
+    /// Its steps, up to the violating one.
     steps: Vec<StepOut>,
+}
+
+/// A counterexample's steps up to the violating one.
+fn steps_until(c: &Counterexample) -> Vec<StepOut> {
+    let mut s = report::steps_out(&c.run);
+    s.truncate(c.len);
+    s
 }
 
 impl<'a> View<'a> {
     pub fn new(cfg: &'a ExploreConfig, r: &'a ExploreResult) -> Self {
-        let steps = r.counterexample.as_ref().map_or_else(Vec::new, |c| {
-            let mut s = report::steps_out(&c.run);
-            s.truncate(c.len);
-            s
-        });
-        View { cfg, r, steps }
+        let shortest = r.shortest();
+        let steps = shortest.map_or_else(Vec::new, steps_until);
+        View { cfg, r, shortest, steps }
     }
 
     fn inject(&self) -> &'static str {
@@ -34,13 +41,18 @@ impl<'a> View<'a> {
 
     fn bounds_text(&self) -> String {
         let b = &self.cfg.run;
-        format!(
+        let mut s = format!(
             "{} watcher pass(es), {} restart pass(es), {} steps per schedule, {} schedules at most",
             b.watcher_passes, b.restart_passes, b.max_steps, self.cfg.max_schedules
-        )
+        );
+        if let Some(t) = self.cfg.max_time {
+            let _ = write!(s, ", {} s at most", t.as_secs_f64());
+        }
+        s
     }
 
-    /// The command that replays the counterexample.
+    /// The command that replays a counterexample: every setting it ran under that
+    /// differs from `scenario`'s defaults, so it reproduces the run exactly.
     fn command(&self, replay: &str) -> String {
         let b = &self.cfg.run;
         let mut cmd = format!(
@@ -54,6 +66,9 @@ impl<'a> View<'a> {
         }
         if b.restart_passes != 1 {
             let _ = write!(cmd, " --restart-passes {}", b.restart_passes);
+        }
+        if b.max_steps != DEFAULT_MAX_STEPS {
+            let _ = write!(cmd, " --max-steps {}", b.max_steps);
         }
         if let Some(i) = b.inject {
             let _ = write!(cmd, " --inject {}", i.label());
@@ -73,44 +88,61 @@ impl<'a> View<'a> {
         )
     }
 
+    fn coverage_text(&self) -> String {
+        match &self.r.coverage {
+            Coverage::Exhaustive => "exhaustive".into(),
+            Coverage::Truncated(why) => {
+                let why: Vec<String> = why.iter().map(Truncation::describe).collect();
+                format!("truncated: {}", why.join("; "))
+            }
+        }
+    }
+
     fn counts_text(&self) -> String {
         let r = self.r;
         format!(
-            "{} schedules, {} distinct states, {:.3} s{}",
-            r.schedules,
-            r.states,
-            r.elapsed.as_secs_f64(),
-            if r.exhaustive {
-                " (exhaustive)"
-            } else if r.hit_step_bound {
-                " (not exhaustive: some schedules hit the step bound)"
-            } else {
-                " (not exhaustive: schedule limit reached)"
-            }
+            "{} runs, {} distinct situations, {} violating runs, {:.3} s",
+            r.runs,
+            r.situations,
+            r.violating_runs,
+            r.elapsed.as_secs_f64()
         )
+    }
+
+    /// One sentence on what the verdict means, for the end of the human report.
+    fn verdict_text(&self) -> String {
+        let r = self.r;
+        match r.verdict() {
+            Verdict::Clean => format!(
+                "clean: no schedule within these bounds breaks an invariant ({} runs, exhaustive)",
+                r.runs
+            ),
+            Verdict::Inconclusive => format!(
+                "inconclusive: no violation in the {} runs made, but the search was {}; \
+                 this proves nothing",
+                r.runs,
+                self.coverage_text()
+            ),
+            Verdict::Violated => {
+                let list: Vec<String> = r
+                    .counterexamples
+                    .iter()
+                    .map(|c| format!("{} (shortest {} steps)", c.invariant, c.len))
+                    .collect();
+                format!("violated: invariant(s) {} broken", list.join(", "))
+            }
+        }
     }
 
     pub fn human(&self) -> String {
         let r = self.r;
         let mut s = String::new();
         let _ = writeln!(s, "{}", self.header());
-        let _ = writeln!(s, "bounds: {}", self.bounds_text());
+        let _ = writeln!(s, "bounds:   {}", self.bounds_text());
+        let _ = writeln!(s, "coverage: {}", self.coverage_text());
         let _ = writeln!(s, "searched: {}", self.counts_text());
-        let Some(c) = &r.counterexample else {
-            let _ = writeln!(
-                s,
-                "\nno violation in any of {} schedules within these bounds",
-                r.schedules
-            );
-            return s;
-        };
-        let broken: Vec<String> = r.invariants_broken.iter().map(u8::to_string).collect();
-        let _ = writeln!(
-            s,
-            "violations: {} schedule(s) broke invariant(s) {}",
-            r.violations,
-            broken.join(", ")
-        );
+        let _ = writeln!(s, "verdict:  {}", self.verdict_text());
+        let Some(c) = self.shortest else { return s };
         let _ = writeln!(
             s,
             "\nshortest counterexample: {} steps, breaks invariant {} ({})\n",
@@ -119,31 +151,46 @@ impl<'a> View<'a> {
             invariant_text(c.invariant)
         );
         s.push_str(&report::step_table(&self.steps, Some(c.len)));
-        let _ = writeln!(s, "\nthe same run to its end broke:");
+        let _ = writeln!(s, "\nthe same run, completed by the happy schedule, broke:");
         for v in &c.run.violations {
             let _ = writeln!(s, "  invariant {} at step {}: {}", v.invariant, v.step, v.message);
         }
         let replay = c.run.replay();
         let _ = writeln!(s, "\nreplay: {replay}");
         let _ = writeln!(s, "run it: {}", self.command(&replay));
+        for other in r.counterexamples.iter().filter(|o| o.invariant != c.invariant) {
+            let _ = writeln!(
+                s,
+                "\ninvariant {} ({}): shortest {} steps\n  run it: {}",
+                other.invariant,
+                invariant_text(other.invariant),
+                other.len,
+                self.command(&other.run.replay())
+            );
+        }
         s
+    }
+
+    fn counterexample_json(&self, c: &Counterexample) -> serde_json::Value {
+        let replay = c.run.replay();
+        json!({
+            "replay": replay,
+            "command": self.command(&replay),
+            "invariant": c.invariant,
+            "rule": invariant_text(c.invariant),
+            "length": c.len,
+            "steps": steps_until(c),
+            "violations": report::violations_out(&c.run),
+        })
     }
 
     pub fn json(&self) -> serde_json::Value {
         let r = self.r;
         let b = &self.cfg.run;
-        let counterexample = r.counterexample.as_ref().map(|c| {
-            let replay = c.run.replay();
-            json!({
-                "replay": replay,
-                "command": self.command(&replay),
-                "invariant": c.invariant,
-                "rule": invariant_text(c.invariant),
-                "length": c.len,
-                "steps": self.steps,
-                "violations": report::violations_out(&c.run),
-            })
-        });
+        let truncated_by: Vec<String> = match &r.coverage {
+            Coverage::Exhaustive => Vec::new(),
+            Coverage::Truncated(why) => why.iter().map(Truncation::describe).collect(),
+        };
         json!({
             "scenario": b.scenario.label(),
             "ordering": b.ordering.label(),
@@ -154,14 +201,24 @@ impl<'a> View<'a> {
                 "restart_passes": b.restart_passes,
                 "max_steps": b.max_steps,
                 "max_schedules": self.cfg.max_schedules,
+                "max_seconds": self.cfg.max_time.map(|t| t.as_secs_f64()),
             },
-            "schedules": r.schedules,
-            "states": r.states,
-            "exhaustive": r.exhaustive,
-            "violations": r.violations,
-            "invariants_broken": r.invariants_broken,
-            "counterexample": counterexample,
+            "verdict": r.verdict().word(),
+            "coverage": r.coverage.word(),
+            "truncated_by": truncated_by,
+            "exhaustive": r.coverage == Coverage::Exhaustive,
+            "runs": r.runs,
+            "situations": r.situations,
+            "violating_runs": r.violating_runs,
+            // The contract's names for the same three counts.
+            "schedules": r.runs,
+            "states": r.situations,
+            "violations": r.violating_runs,
+            "invariants_broken": r.invariants_broken(),
+            "counterexample": self.shortest.map(|c| self.counterexample_json(c)),
+            "counterexamples": r.counterexamples.iter().map(|c| self.counterexample_json(c)).collect::<Vec<_>>(),
             "first_violation": r.first_violation.map(|(n, t)| json!({
+                "runs": n,
                 "schedules": n,
                 "elapsed_ms": t.as_secs_f64() * 1e3,
             })),
@@ -174,13 +231,13 @@ impl<'a> View<'a> {
         for c in Component::ALL {
             let _ = writeln!(s, "    participant {} as {}", mermaid_id(c), c.label());
         }
-        let Some(c) = &self.r.counterexample else {
+        let Some(c) = self.shortest else {
             let _ = writeln!(
                 s,
-                "    Note over {},{}: no violation in {}",
+                "    Note over {},{}: {}",
                 mermaid_id(Component::Scenario),
                 mermaid_id(Component::SledAgent),
-                mermaid_text(&self.counts_text())
+                mermaid_text(&self.verdict_text())
             );
             return s;
         };
@@ -229,25 +286,17 @@ impl<'a> View<'a> {
              <style>body{{font-family:sans-serif;margin:2em}}td,th{{text-align:left;padding:2px 8px}}\
              code{{word-break:break-all}}.bad{{color:#b00}}</style></head><body>\n<h1>{title}</h1>\n"
         );
-        let _ = write!(
-            s,
-            "<table><tr><th>bounds</th><td>{}</td></tr><tr><th>searched</th><td>{}</td></tr>",
-            esc(&self.bounds_text()),
-            esc(&self.counts_text())
-        );
         let _ = writeln!(
             s,
-            "<tr><th>violating schedules</th><td>{}</td></tr></table>",
-            self.r.violations
+            "<table><tr><th>bounds</th><td>{}</td></tr><tr><th>coverage</th><td>{}</td></tr>\
+             <tr><th>searched</th><td>{}</td></tr><tr><th>verdict</th><td>{}</td></tr></table>",
+            esc(&self.bounds_text()),
+            esc(&self.coverage_text()),
+            esc(&self.counts_text()),
+            esc(&self.verdict_text())
         );
-        match &self.r.counterexample {
-            None => {
-                let _ = writeln!(
-                    s,
-                    "<p>No violation in any of {} schedules within these bounds.</p>",
-                    self.r.schedules
-                );
-            }
+        match self.shortest {
+            None => {}
             Some(c) => {
                 let replay = c.run.replay();
                 let _ = write!(

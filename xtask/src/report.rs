@@ -56,6 +56,7 @@ fn arg_text(arg: Arg, names: &Names) -> Option<String> {
         Arg::Requested(r) => Some(r.to_string()),
         Arg::State(s, g) => Some(format!("{s}/g{g}")),
         Arg::Instance(i) => Some(names.instance(i)),
+        Arg::Name(n) => Some(n.to_string()),
     }
 }
 
@@ -82,7 +83,10 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
             }
         }
         Answer::Updated(what) => what.to_string(),
-        Answer::Candidates(n) => format!("{n} to restart"),
+        Answer::Restarts(c) => format!("{} to restart, {} started", c.found, c.started),
+        Answer::Instance(s) => s.to_string(),
+        Answer::Disk(DiskState::Detached) => "detached".into(),
+        Answer::Disk(DiskState::Attached(i)) => format!("attached to {}", names.instance(*i)),
         Answer::Waited(s) => s.to_string(),
     }
 }

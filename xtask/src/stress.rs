@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nexus_stub::{
-    DiskState, ExternalState, NexusConfig, NexusError, NexusStub, RestartPolicy, TokioSpawner,
+    DiskState, DiskView, ExternalState, InstanceView, NexusConfig, NexusError, NexusStub,
+    RestartPolicy, TokioSpawner,
 };
 use serde::Serialize;
 use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
 use sled_agent_api::{
-    BoxError, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi, PropolisUuid,
-    SledAgentApi, SledAgentError, SledVmmState, SystemClock, VmmPutStateBody, VmmPutStateResponse,
-    VmmUnregisterResponse,
+    BoxError, DiskUuid, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi,
+    PropolisUuid, SledAgentApi, SledAgentError, SledVmmState, SystemClock, VmmPutStateBody,
+    VmmPutStateResponse, VmmUnregisterResponse,
 };
 use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
@@ -149,6 +150,26 @@ const POLL: Duration = Duration::from_millis(1);
 const WAIT_LIMIT: Duration = Duration::from_secs(1);
 
 impl Driver for Polling {
+    async fn instance_create(&self, name: &'static str) -> Result<InstanceView, NexusError> {
+        self.nexus.instance_create(name, true).await
+    }
+
+    async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceView, NexusError> {
+        self.nexus.instance_stop(id).await
+    }
+
+    async fn disk_create(&self, name: &'static str) -> Result<DiskView, NexusError> {
+        self.nexus.disk_create(name)
+    }
+
+    async fn disk_attach(&self, disk: DiskUuid, id: InstanceUuid) -> Result<DiskView, NexusError> {
+        self.nexus.disk_attach(disk, id)
+    }
+
+    async fn disk_detach(&self, disk: DiskUuid, id: InstanceUuid) -> Result<DiskView, NexusError> {
+        self.nexus.disk_detach(disk, id)
+    }
+
     async fn simulate(&self, _vmm: PropolisUuid) -> Result<(), BoxError> {
         Ok(())
     }
@@ -280,9 +301,7 @@ async fn one_run(
     let progress = Mutex::new(Progress::default());
     let driver = Polling { nexus: Arc::clone(&nexus) };
     let in_time =
-        tokio::time::timeout(limit, script::run(cfg.scenario, &*nexus, &driver, &progress))
-            .await
-            .is_ok();
+        tokio::time::timeout(limit, script::run(cfg.scenario, &driver, &progress)).await.is_ok();
     done.store(true, Ordering::Relaxed);
     if in_time {
         for t in &background.0 {

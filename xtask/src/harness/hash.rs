@@ -66,10 +66,37 @@ impl Hasher for StableHasher {
     }
 }
 
+/// A "hasher" that keeps every byte fed to it: the full input of a fingerprint,
+/// stored beside it when fingerprints are checked for collisions.
+#[derive(Clone, Debug, Default)]
+pub struct Recorder(Vec<u8>);
+
+impl Recorder {
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl Hasher for Recorder {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        // Never used as a hash; the bytes are the point.
+        let mut h = StableHasher::default();
+        h.write(&self.0);
+        h.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::hash::Hash;
+
+    const PINNED_42: u64 = 10_956_039_932_415_468_784;
+    const PINNED_VMM_7: u64 = 3_064_934_025_678_066_618;
 
     fn h(v: impl Hash) -> u64 {
         let mut s = StableHasher::default();
@@ -83,8 +110,9 @@ mod tests {
         assert_ne!(h(("vmm", 7u64)), h(("vmm", 6u64)));
         assert_ne!(h([1u8, 2]), h([1u8, 2, 0]));
         assert_ne!(h((1u64, 2u64)), h((2u64, 1u64)));
-        // A pinned value: the fingerprint must not change between builds.
-        assert_eq!(h(42u64), h(42u64));
+        // Pinned values: a fingerprint must not change between builds or machines.
+        assert_eq!(h(42u64), PINNED_42);
+        assert_eq!(h(("vmm", 7u64)), PINNED_VMM_7);
         let distinct: std::collections::BTreeSet<u64> = (0u64..10_000).map(h).collect();
         assert_eq!(distinct.len(), 10_000);
     }

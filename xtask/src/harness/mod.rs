@@ -82,8 +82,15 @@ pub struct RunConfig {
     /// Mark each step with Nexus's write log (`Step::writes_from`), so a report can
     /// say which writes a step caused. The explorer's search runs go without.
     pub trace_writes: bool,
+    /// Check, around every choice, that the chooser left the world as it found it
+    /// (its fingerprint's input unchanged); a change is a harness error.
+    pub check_chooser: bool,
     pub log: Logger,
 }
+
+/// Steps one run may take, in `scenario` and `explore` alike, so a schedule that
+/// explore prints replays under `scenario` with the same bound.
+pub const DEFAULT_MAX_STEPS: usize = 200;
 
 /// How the components reach each other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,10 +120,11 @@ impl RunConfig {
             restart_policy: RestartPolicy::Current,
             watcher_passes: 2,
             restart_passes: 1,
-            max_steps: 400,
+            max_steps: DEFAULT_MAX_STEPS,
             inject: None,
             transport: Transport::InProc,
             trace_writes: true,
+            check_chooser: false,
             log,
         }
     }
@@ -146,6 +154,8 @@ pub struct World {
     progress: Arc<Mutex<Progress>>,
     spawner: Arc<DeferredSpawner>,
     watcher_counts: Arc<Mutex<Vec<PassCounts>>>,
+    /// The components' clock: not part of a situation, but a chooser must not move it.
+    clock: Arc<LogicalClock>,
 }
 
 impl fmt::Debug for World {
@@ -188,7 +198,8 @@ impl World {
     fn build(config: &RunConfig) -> Result<World, RunError> {
         let log = &config.log;
         let sched = Sched::new();
-        let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
+        let logical = Arc::new(LogicalClock::default());
+        let clock: Arc<dyn Clock> = Arc::clone(&logical) as Arc<dyn Clock>;
         // In process the sim reports straight to Nexus (held weakly); over HTTP, to a
         // client whose address is known once Nexus's server is up.
         let weak = Arc::new(transport::WeakNexus::<Nexus>::new());
@@ -240,6 +251,7 @@ impl World {
             progress: Arc::default(),
             spawner,
             watcher_counts: Arc::default(),
+            clock: logical,
         })
     }
 
@@ -254,15 +266,30 @@ impl World {
     }
 
     /// Identifies the situation: every component's state, every actor's history
-    /// and parked call, and what the invariants remember. Two runs with the same
-    /// fingerprint have the same futures, so the explorer visits each once.
+    /// and parked call, the scenario's progress, and what the invariants remember.
+    /// Two runs with the same fingerprint have the same futures, so the explorer
+    /// visits each once.
     pub fn fingerprint(&self, observer: &Observer) -> u64 {
         let mut h = hash::StableHasher::default();
-        self.nexus.hash_state(&mut h);
-        self.sim.hash_state(&mut h);
-        self.sched.hash_actors(&mut h);
-        observer.hash_state(&mut h);
+        self.fingerprint_into(observer, &mut h);
         h.finish()
+    }
+
+    /// Feeds everything the fingerprint covers into `h`; with a `hash::Recorder`,
+    /// that is the situation in full, to compare where fingerprints collide.
+    pub fn fingerprint_into<H: Hasher>(&self, observer: &Observer, h: &mut H) {
+        self.nexus.hash_state(h);
+        self.sim.hash_state(h);
+        self.sched.hash_actors(h);
+        self.progress().hash_state(h);
+        observer.hash_state(h);
+    }
+
+    /// The situation in full, as the bytes its fingerprint is made of.
+    pub fn situation(&self, observer: &Observer) -> Vec<u8> {
+        let mut r = hash::Recorder::default();
+        self.fingerprint_into(observer, &mut r);
+        r.into_bytes()
     }
 
     pub fn progress(&self) -> MutexGuard<'_, Progress> {
@@ -469,7 +496,13 @@ fn drive(
             break RunEnd::StepBound(config.max_steps);
         }
         let ctx = ChoiceCtx { step, enabled: &enabled, world: &world, observer: &observer };
-        let Some(pick) = chooser.choose(&ctx)? else {
+        let look = |w: &World| (w.situation(&observer), w.clock.peek());
+        let before = config.check_chooser.then(|| look(&world));
+        let picked = chooser.choose(&ctx)?;
+        if before.is_some_and(|b| b != look(&world)) {
+            world.sched.record_error(format!("the chooser changed the world at step {}", step + 1));
+        }
+        let Some(pick) = picked else {
             break RunEnd::Stopped;
         };
         let Some(choice) = enabled.get(pick) else {

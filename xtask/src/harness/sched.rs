@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use nexus_stub::{DbVmmState, ExternalState};
+use nexus_stub::{DbVmmState, DiskState, ExternalState, RestartCounts};
 use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState, VmmStateRequested};
 
 pub type ActorId = usize;
@@ -103,25 +103,37 @@ pub enum CallKind {
     VmmUnregister,
     VmmPutState,
     VmmGetState,
+    VmmPoke,
     CpapiInstancesPut,
     VmmList,
     VmmWrite,
     InstanceUpdate,
     Reincarnation,
+    InstanceCreate,
+    InstanceStop,
+    DiskCreate,
+    DiskAttach,
+    DiskDetach,
     WaitForState,
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 10] = [
+    pub const ALL: [CallKind; 16] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
         CallKind::VmmPutState,
         CallKind::VmmGetState,
+        CallKind::VmmPoke,
         CallKind::CpapiInstancesPut,
         CallKind::VmmList,
         CallKind::VmmWrite,
         CallKind::InstanceUpdate,
         CallKind::Reincarnation,
+        CallKind::InstanceCreate,
+        CallKind::InstanceStop,
+        CallKind::DiskCreate,
+        CallKind::DiskAttach,
+        CallKind::DiskDetach,
         CallKind::WaitForState,
     ];
 
@@ -131,11 +143,17 @@ impl CallKind {
             CallKind::VmmUnregister => "vmm_unregister",
             CallKind::VmmPutState => "vmm_put_state",
             CallKind::VmmGetState => "vmm_get_state",
+            CallKind::VmmPoke => "vmm_poke",
             CallKind::CpapiInstancesPut => "cpapi_instances_put",
             CallKind::VmmList => "vmm_list",
             CallKind::VmmWrite => "vmm_write",
             CallKind::InstanceUpdate => "instance_update",
             CallKind::Reincarnation => "reincarnation",
+            CallKind::InstanceCreate => "instance_create",
+            CallKind::InstanceStop => "instance_stop",
+            CallKind::DiskCreate => "disk_create",
+            CallKind::DiskAttach => "disk_attach",
+            CallKind::DiskDetach => "disk_detach",
             CallKind::WaitForState => "wait_for_state",
         }
     }
@@ -152,6 +170,8 @@ pub enum Arg {
     Requested(VmmStateRequested),
     State(VmmState, Generation),
     Instance(InstanceUuid),
+    /// The name of an instance or disk being created.
+    Name(&'static str),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,7 +203,12 @@ pub enum Answer {
     },
     Listed(Vec<(PropolisUuid, VmmState, Generation)>),
     Updated(&'static str),
-    Candidates(usize),
+    /// What an auto-restart pass did.
+    Restarts(RestartCounts),
+    /// An instance operation answered with the instance's user-visible state.
+    Instance(ExternalState),
+    /// A disk operation answered with where the disk is.
+    Disk(DiskState),
     Waited(ExternalState),
 }
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use std::future::Future;
 
-use nexus_stub::{DiskState, DiskView, ExternalState, NexusError, NexusStub};
-use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi};
+use nexus_stub::{DiskState, DiskView, ExternalState, InstanceView, NexusError};
+use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid};
 use sledsim_http::error_chain;
 
 use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
@@ -34,7 +34,7 @@ impl ScenarioKind {
 }
 
 /// What the scenario did, for the observer and the report.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Hash)]
 pub struct Progress {
     /// Instances the scenario created, by name, in order.
     pub instances: Vec<(String, InstanceUuid)>,
@@ -43,6 +43,13 @@ pub struct Progress {
     pub disk: Option<DiskUuid>,
     /// `None` while running (or stuck); the failure message if a step failed.
     pub outcome: Option<Result<(), String>>,
+}
+
+impl Progress {
+    /// Feeds it into a fingerprint: the end-of-run rules read it.
+    pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::hash::Hash::hash(self, h);
+    }
 }
 
 /// A scenario step that did not go as the real test expects.
@@ -64,10 +71,36 @@ pub enum StepFailed {
     },
 }
 
-/// What a scenario needs besides Nexus's user operations: finishing the sim's
-/// transitions, and waiting for an instance to settle. The harness gates both;
-/// `cargo xtask stress` leaves them to real time.
+/// How a scenario reaches the system: Nexus's user operations, finishing the
+/// sim's transitions, and waiting for an instance to settle. The harness gates
+/// every one of them; `cargo xtask stress` calls straight through in real time.
 pub trait Driver {
+    /// Create an instance and start it (`start: true`, as the test does).
+    fn instance_create(
+        &self,
+        name: &'static str,
+    ) -> impl Future<Output = Result<InstanceView, NexusError>>;
+
+    fn instance_stop(
+        &self,
+        id: InstanceUuid,
+    ) -> impl Future<Output = Result<InstanceView, NexusError>>;
+
+    fn disk_create(&self, name: &'static str)
+        -> impl Future<Output = Result<DiskView, NexusError>>;
+
+    fn disk_attach(
+        &self,
+        disk: DiskUuid,
+        id: InstanceUuid,
+    ) -> impl Future<Output = Result<DiskView, NexusError>>;
+
+    fn disk_detach(
+        &self,
+        disk: DiskUuid,
+        id: InstanceUuid,
+    ) -> impl Future<Output = Result<DiskView, NexusError>>;
+
     /// The test's `instance_simulate`.
     fn simulate(&self, vmm: PropolisUuid) -> impl Future<Output = Result<(), BoxError>>;
 
@@ -76,28 +109,27 @@ pub trait Driver {
     fn settle(&self, id: InstanceUuid) -> impl Future<Output = Result<ExternalState, NexusError>>;
 }
 
-struct Ctx<'a, S, D> {
-    nexus: &'a NexusStub<S>,
+struct Ctx<'a, D> {
     driver: &'a D,
     progress: &'a Mutex<Progress>,
 }
 
-impl<S: SledAgentApi + 'static, D: Driver> Ctx<'_, S, D> {
+impl<D: Driver> Ctx<'_, D> {
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Create, start, stop, finish the sim's transitions, wait for the instance to
     /// settle: the test's `instance_simulate` + `instance_wait_for_state(Stopped)`.
-    async fn create_and_stop(&self, name: &str) -> Result<InstanceUuid, StepFailed> {
+    async fn create_and_stop(&self, name: &'static str) -> Result<InstanceUuid, StepFailed> {
         // The step name is only built when a step fails.
         let nexus_err = |step: &'static str| {
             move |source| StepFailed::Nexus { step: format!("{step} {name}"), source }
         };
-        let view = self.nexus.instance_create(name, true).await.map_err(nexus_err("create"))?;
+        let view = self.driver.instance_create(name).await.map_err(nexus_err("create"))?;
         self.progress().instances.push((name.to_string(), view.id));
         self.progress().stopped.push(view.id);
-        self.nexus.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
+        self.driver.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
         if let Some(vmm) = view.propolis_id {
             self.driver
                 .simulate(vmm)
@@ -116,16 +148,111 @@ impl<S: SledAgentApi + 'static, D: Driver> Ctx<'_, S, D> {
     }
 }
 
-/// The harness's driver: pokes through the sim port, and waits at a gate.
+/// The harness's driver: every operation parks at a gate first.
 struct Gated {
     nexus: Arc<Nexus>,
     sim: SimPort,
     sched: Arc<Sched>,
 }
 
+/// How a Nexus error reads in the step log.
+fn nexus_error_label(e: &NexusError) -> &'static str {
+    match e {
+        NexusError::NoSuchInstance { .. } => "no_such_instance",
+        NexusError::NoSuchDisk { .. } => "no_such_disk",
+        NexusError::NoSuchVmm { .. } => "no_such_vmm",
+        NexusError::NameInUse { .. } => "name_in_use",
+        NexusError::NoSleds => "no_sleds",
+        NexusError::InstanceNotStopped { .. } => "instance_not_stopped",
+        NexusError::InstanceNotStartable { .. } => "instance_not_startable",
+        NexusError::DiskAttachedToAnother { .. } => "disk_attached_to_another",
+        NexusError::SledAgent { .. } => "sled_agent_error",
+        NexusError::NoRuntime => "no_runtime",
+    }
+}
+
+fn instance_answer(r: &Result<InstanceView, NexusError>) -> Answer {
+    match r {
+        Ok(v) => Answer::Instance(v.state),
+        Err(e) => Answer::Error(nexus_error_label(e)),
+    }
+}
+
+fn disk_answer(r: &Result<DiskView, NexusError>) -> Answer {
+    match r {
+        Ok(d) => Answer::Disk(d.state),
+        Err(e) => Answer::Error(nexus_error_label(e)),
+    }
+}
+
+impl Gated {
+    /// Parks as the scenario's call `kind` to Nexus, then runs it.
+    async fn call<T, Fut: Future<Output = T>>(
+        &self,
+        kind: CallKind,
+        arg: Arg,
+        run: impl FnOnce() -> Fut,
+        describe: impl FnOnce(&T) -> Answer,
+    ) -> T {
+        let call = Call { kind, from: Component::Scenario, to: Component::Nexus, vmm: None, arg };
+        self.sched.gate(call, None, None, run, describe).await
+    }
+}
+
 impl Driver for Gated {
+    async fn instance_create(&self, name: &'static str) -> Result<InstanceView, NexusError> {
+        let n = &self.nexus;
+        self.call(
+            CallKind::InstanceCreate,
+            Arg::Name(name),
+            || n.instance_create(name, true),
+            instance_answer,
+        )
+        .await
+    }
+
+    async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceView, NexusError> {
+        let n = &self.nexus;
+        self.call(
+            CallKind::InstanceStop,
+            Arg::Instance(id),
+            || n.instance_stop(id),
+            instance_answer,
+        )
+        .await
+    }
+
+    async fn disk_create(&self, name: &'static str) -> Result<DiskView, NexusError> {
+        let n = &self.nexus;
+        let run = || async { n.disk_create(name) };
+        self.call(CallKind::DiskCreate, Arg::Name(name), run, disk_answer).await
+    }
+
+    async fn disk_attach(&self, disk: DiskUuid, id: InstanceUuid) -> Result<DiskView, NexusError> {
+        let n = &self.nexus;
+        let run = || async { n.disk_attach(disk, id) };
+        self.call(CallKind::DiskAttach, Arg::Instance(id), run, disk_answer).await
+    }
+
+    async fn disk_detach(&self, disk: DiskUuid, id: InstanceUuid) -> Result<DiskView, NexusError> {
+        let n = &self.nexus;
+        let run = || async { n.disk_detach(disk, id) };
+        self.call(CallKind::DiskDetach, Arg::Instance(id), run, disk_answer).await
+    }
+
     async fn simulate(&self, vmm: PropolisUuid) -> Result<(), BoxError> {
-        self.sim.poke(vmm).await
+        let call = Call {
+            kind: CallKind::VmmPoke,
+            from: Component::Scenario,
+            to: Component::SledAgent,
+            vmm: Some(vmm),
+            arg: Arg::None,
+        };
+        let describe = |r: &Result<(), BoxError>| match r {
+            Ok(()) => Answer::Ack,
+            Err(_) => Answer::Error("sim_error"),
+        };
+        self.sched.gate(call, None, None, || self.sim.poke(vmm), describe).await
     }
 
     /// Parks until the instance is no longer Stopping, then reads its state. The
@@ -154,7 +281,7 @@ impl Driver for Gated {
                 || async { nexus.instance(id).map(|v| v.state) },
                 |r| match r {
                     Ok(s) => Answer::Waited(*s),
-                    Err(_) => Answer::Error("no_such_instance"),
+                    Err(e) => Answer::Error(nexus_error_label(e)),
                 },
             )
             .await
@@ -191,41 +318,39 @@ fn expect_attached_elsewhere(
     }
 }
 
-async fn disk_move<S: SledAgentApi + 'static, D: Driver>(
-    cx: &Ctx<'_, S, D>,
-) -> Result<(), StepFailed> {
-    let disk = cx
-        .nexus
+async fn disk_move<D: Driver>(cx: &Ctx<'_, D>) -> Result<(), StepFailed> {
+    let d = cx.driver;
+    let disk = d
         .disk_create("disk")
+        .await
         .map_err(|source| StepFailed::Nexus { step: "create disk".into(), source })?
         .id;
     cx.progress().disk = Some(disk);
-    let n = cx.nexus;
 
     let i1 = cx.create_and_stop("inst1").await?;
-    expect_disk("attach disk to inst1", n.disk_attach(disk, i1), DiskState::Attached(i1))?;
-    expect_disk("attach disk to inst1 again", n.disk_attach(disk, i1), DiskState::Attached(i1))?;
+    expect_disk("attach disk to inst1", d.disk_attach(disk, i1).await, DiskState::Attached(i1))?;
+    let again = d.disk_attach(disk, i1).await;
+    expect_disk("attach disk to inst1 again", again, DiskState::Attached(i1))?;
 
     let i2 = cx.create_and_stop("inst2").await?;
-    expect_attached_elsewhere("attach disk to inst2 while on inst1", n.disk_attach(disk, i2))?;
-    expect_disk("detach disk from inst1", n.disk_detach(disk, i1), DiskState::Detached)?;
-    expect_disk("detach disk from inst1 again", n.disk_detach(disk, i1), DiskState::Detached)?;
-    expect_disk("detach disk from inst2", n.disk_detach(disk, i2), DiskState::Detached)?;
-    expect_disk("attach disk to inst2", n.disk_attach(disk, i2), DiskState::Attached(i2))?;
-    expect_attached_elsewhere("attach disk to inst1 while on inst2", n.disk_attach(disk, i1))?;
-    expect_disk("attach disk to inst2 again", n.disk_attach(disk, i2), DiskState::Attached(i2))?;
+    let elsewhere = d.disk_attach(disk, i2).await;
+    expect_attached_elsewhere("attach disk to inst2 while on inst1", elsewhere)?;
+    expect_disk("detach disk from inst1", d.disk_detach(disk, i1).await, DiskState::Detached)?;
+    let again = d.disk_detach(disk, i1).await;
+    expect_disk("detach disk from inst1 again", again, DiskState::Detached)?;
+    expect_disk("detach disk from inst2", d.disk_detach(disk, i2).await, DiskState::Detached)?;
+    expect_disk("attach disk to inst2", d.disk_attach(disk, i2).await, DiskState::Attached(i2))?;
+    let elsewhere = d.disk_attach(disk, i1).await;
+    expect_attached_elsewhere("attach disk to inst1 while on inst2", elsewhere)?;
+    let again = d.disk_attach(disk, i2).await;
+    expect_disk("attach disk to inst2 again", again, DiskState::Attached(i2))?;
     Ok(())
 }
 
 /// Runs a scenario to its end or its first failed step; the outcome goes into
 /// `progress`.
-pub async fn run<S: SledAgentApi + 'static, D: Driver>(
-    kind: ScenarioKind,
-    nexus: &NexusStub<S>,
-    driver: &D,
-    progress: &Mutex<Progress>,
-) {
-    let cx = Ctx { nexus, driver, progress };
+pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Progress>) {
+    let cx = Ctx { driver, progress };
     let r = match kind {
         ScenarioKind::DiskMove => disk_move(&cx).await,
         ScenarioKind::StopRace => cx.create_and_stop("inst1").await.map(|_| ()),
@@ -240,8 +365,8 @@ pub(super) async fn scenario(
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 ) {
-    let driver = Gated { nexus: Arc::clone(&nexus), sim, sched };
-    run(kind, &nexus, &driver, &progress).await;
+    let driver = Gated { nexus, sim, sched };
+    run(kind, &driver, &progress).await;
 }
 
 pub(super) async fn watcher(
@@ -265,16 +390,8 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
             vmm: None,
             arg: Arg::None,
         };
+        // The pass's own calls to the sled agent park at their gates in turn.
         let n = &nexus;
-        sched
-            .gate(
-                call,
-                None,
-                None,
-                || async { n.restart_candidates().len() },
-                |c| Answer::Candidates(*c),
-            )
-            .await;
-        nexus.reincarnation_pass().await;
+        sched.gate(call, None, None, || n.reincarnation_pass(), |c| Answer::Restarts(*c)).await;
     }
 }
