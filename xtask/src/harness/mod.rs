@@ -461,6 +461,7 @@ fn drive(
         world.watcher(config, clock),
         config.watcher_passes,
         Arc::clone(&world.watcher_counts),
+        Arc::clone(&world.sched),
     );
     spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
     let restart_id = world.sched.add_actor(ActorKind::Restart);

@@ -360,6 +360,20 @@ impl Sched {
         }
     }
 
+    /// Called by an actor at a point where its future no longer depends on what it
+    /// has seen so far, only on `tag` (the watcher between passes: a pass keeps
+    /// nothing for the next). Its history is replaced by `tag`, so situations that
+    /// differ only in what an earlier pass saw are recognised as one.
+    pub fn forget_history(&self, tag: u64) {
+        let Some(id) = CURRENT.with(Cell::get) else {
+            self.record_error("forget_history called outside any actor".into());
+            return;
+        };
+        if let Some(a) = self.lock().actors.get_mut(id) {
+            a.history = tag;
+        }
+    }
+
     pub fn all_done(&self) -> bool {
         self.lock().actors.iter().all(|a| a.done)
     }

@@ -373,11 +373,15 @@ pub(super) async fn watcher(
     watcher: Watcher,
     passes: usize,
     counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
+    sched: Arc<Sched>,
 ) {
-    for _ in 0..passes {
+    for pass in 0..passes {
         // A failed listing is already logged by the watcher; the pass just counts as empty.
         let c = watcher.activate().await.unwrap_or_default();
         counts.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        // `activate` keeps nothing from one pass to the next (the counts are only
+        // reported), so what is left to do depends on the passes made alone.
+        sched.forget_history(pass as u64 + 1);
     }
 }
 
