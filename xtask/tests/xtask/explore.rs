@@ -1,0 +1,301 @@
+//! `cargo xtask explore`: verdicts that claim no more than was searched, every
+//! broken invariant with its shortest counterexample, and printed commands that
+//! reproduce what they say.
+
+use super::*;
+use xtask::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
+use xtask::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
+
+/// (invariant, shortest length) for each counterexample of an explore JSON.
+fn broken(j: &serde_json::Value) -> Vec<(u64, u64)> {
+    j["counterexamples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["invariant"].as_u64().unwrap(), c["length"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Explores with `args`; checks the verdict, the broken invariants and their
+/// shortest lengths, and that each counterexample's printed command replays it:
+/// exit 1, the same invariant broken at the same step.
+fn check_broken(args: &[&str], want: &[(u64, u64)]) {
+    let j = json(&[&["explore"][..], args].concat(), 1);
+    assert_eq!(j["verdict"], "violated", "{args:?}");
+    assert_eq!(broken(&j), want, "{args:?}");
+    let ids: Vec<u64> = want.iter().map(|w| w.0).collect();
+    assert_eq!(j["invariants_broken"], serde_json::json!(ids), "{args:?}");
+    let shortest = want.iter().map(|w| w.1).min().unwrap();
+    assert_eq!(j["counterexample"]["length"], shortest, "{args:?}");
+    for c in j["counterexamples"].as_array().unwrap() {
+        let (code, out, err) = run_printed(&format!("{} --json", c["command"].as_str().unwrap()));
+        assert_eq!(code, 1, "{args:?}: {}\n{err}", c["command"]);
+        let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let hit = again["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["invariant"] == c["invariant"] && v["step"] == c["length"]);
+        assert!(
+            hit,
+            "{args:?}: replay of invariant {} gave {}",
+            c["invariant"], again["violations"]
+        );
+        assert_eq!(again["replay"], c["replay"]);
+    }
+}
+
+#[test]
+fn the_fixed_ordering_is_proved_clean_and_exhaustive() {
+    for scenario in ["stop-race", "disk-move"] {
+        let j = json(&["explore", "--scenario", scenario, "--ordering", "publish-then-remove"], 0);
+        assert_eq!(
+            (j["verdict"].as_str(), j["coverage"].as_str()),
+            (Some("clean"), Some("exhaustive"))
+        );
+        assert_eq!((j["exhaustive"].as_bool(), j["violations"].as_u64()), (Some(true), Some(0)));
+        assert!(j["counterexample"].is_null() && j["counterexamples"] == serde_json::json!([]));
+        assert!(j["runs"].as_u64().unwrap() > 100, "{scenario}: {j}");
+        assert_eq!(j["schedules"], j["runs"]);
+        assert_eq!(j["bounds"]["watcher_passes"], 2);
+        assert_eq!(j["bounds"]["max_steps"], 200);
+    }
+}
+
+#[test]
+fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() {
+    let legacy = ["--ordering", "remove-then-publish"];
+    // List at Stopping/6 (create, register, two put-states, stop, poke, three
+    // reports), then ask inside the window: the 404 at step 11. Its Failed write
+    // commits at 12; the instance is Failed at 13; the scenario fails by 17.
+    check_broken(
+        &[&["--scenario", "stop-race"][..], &legacy].concat(),
+        &[(1, 11), (2, 12), (4, 13), (5, 17)],
+    );
+    // disk-move creates its disk first: one step more each.
+    check_broken(
+        &[&["--scenario", "disk-move"][..], &legacy].concat(),
+        &[(1, 12), (2, 13), (4, 14), (5, 18)],
+    );
+}
+
+#[test]
+fn every_seeded_bug_is_found_with_the_invariants_it_breaks() {
+    let cases: [(&str, &[(u64, u64)]); 3] = [
+        ("no-generation-check", &[(1, 15), (2, 13), (3, 3), (4, 14), (5, 16)]),
+        ("watcher-lists-terminal", &[(2, 13), (4, 14), (5, 18)]),
+        ("watcher-skips-generation", &[(2, 13), (4, 14), (5, 18)]),
+    ];
+    for (bug, want) in cases {
+        check_broken(&["--scenario", "stop-race", "--inject", bug], want);
+    }
+    let (code, _, err) = xtask(&["explore", "--inject", "no-such-bug"]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+}
+
+#[test]
+fn every_run_it_line_of_the_human_report_reproduces_its_run() {
+    let (code, out, _) =
+        xtask(&["explore", "--scenario", "stop-race", "--ordering", "remove-then-publish"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("verdict:  violated"), "{out}");
+    let commands: Vec<&str> =
+        out.lines().filter_map(|l| l.trim().strip_prefix("run it: ")).collect();
+    assert_eq!(commands.len(), 4, "one per broken invariant: {out}");
+    for c in commands {
+        assert_eq!(run_printed(c).0, 1, "{c}");
+    }
+}
+
+#[test]
+fn a_truncated_search_is_inconclusive_and_exits_3() {
+    let j = json(&["explore", "--max-schedules", "10"], 3);
+    assert_eq!(
+        (j["verdict"].as_str(), j["coverage"].as_str()),
+        (Some("inconclusive"), Some("truncated"))
+    );
+    assert_eq!(j["exhaustive"], false);
+    assert_eq!(j["runs"], 10);
+    assert!(j["truncated_by"][0].as_str().unwrap().contains("schedule cap"), "{j}");
+    let (code, out, _) = xtask(&["explore", "--max-schedules", "10"]);
+    assert_eq!(code, 3);
+    assert!(out.contains("verdict:  inconclusive") && out.contains("proves nothing"), "{out}");
+    // A violation is a fact whatever the coverage.
+    let j = json(&["explore", "--ordering", "remove-then-publish", "--max-schedules", "100"], 1);
+    assert_eq!(
+        (j["verdict"].as_str(), j["coverage"].as_str()),
+        (Some("violated"), Some("truncated"))
+    );
+}
+
+#[test]
+fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
+    // The stop race needs 17 steps; at 12 every run is cut short and nothing breaks.
+    let j = json(&["explore", "--scenario", "stop-race", "--max-steps", "12"], 3);
+    assert_eq!(j["verdict"], "inconclusive");
+    assert!(j["counterexample"].is_null(), "{j}");
+    assert!(j["truncated_by"][0].as_str().unwrap().contains("step bound (12 steps)"), "{j}");
+    // The legacy ordering breaks 1 and 2 within 12 steps; 4 and 5 are unjudged,
+    // and the printed commands carry the bound, so they reproduce.
+    let args =
+        ["--scenario", "stop-race", "--ordering", "remove-then-publish", "--max-steps", "12"];
+    check_broken(&args, &[(1, 11), (2, 12)]);
+    let j = json(&["scenario", "--scenario", "stop-race", "--max-steps", "12"], 3);
+    assert_eq!((j["verdict"].as_str(), j["passed"].as_bool()), (Some("inconclusive"), Some(true)));
+    let (code, out, _) = xtask(&["scenario", "--scenario", "stop-race", "--max-steps", "12"]);
+    assert_eq!(code, 3);
+    assert!(out.contains("INCONCLUSIVE"), "{out}");
+}
+
+#[test]
+fn counts_that_would_search_nothing_or_overflow_exit_2() {
+    for args in [
+        &["explore", "--max-schedules", "0"][..],
+        &["explore", "--max-steps", "0"],
+        &["explore", "--max-seconds", "0"],
+        &["scenario", "--max-steps", "0"],
+        &["scenario", "--schedule", "watcher.vmm_list*18446744073709551615 watcher.vmm_list"],
+        &["scenario", "--schedule", "scenario.disk_create*201"],
+        &["scenario", "--max-steps", "3", "--schedule", "scenario.disk_create*4"],
+    ] {
+        let (code, out, err) = xtask(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+fn search(run: RunConfig, prune: bool) -> ExploreResult {
+    let cfg = ExploreConfig { max_schedules: usize::MAX, prune, ..ExploreConfig::new(run) };
+    explore(&cfg, &mut |_| {}).expect("explores")
+}
+
+fn lengths(r: &ExploreResult) -> Vec<(u8, usize)> {
+    r.counterexamples.iter().map(|c| (c.invariant, c.len)).collect()
+}
+
+fn stop_race(passes: usize) -> RunConfig {
+    RunConfig {
+        scenario: ScenarioKind::StopRace,
+        watcher_passes: passes,
+        ..config(RemovalOrdering::PublishThenRemove, RestartPolicy::Current)
+    }
+}
+
+/// Pruning must not change the verdict: running every schedule to its end finds
+/// the same broken invariants with the same shortest lengths, and every situation
+/// it reaches the pruned search reaches too.
+#[test]
+fn pruned_and_brute_force_searches_agree() {
+    use xtask::harness::Inject;
+    let mut cases = vec![stop_race(1), stop_race(2)];
+    cases.push(RunConfig { ordering: RemovalOrdering::RemoveThenPublish, ..stop_race(1) });
+    cases.push(RunConfig {
+        ordering: RemovalOrdering::RemoveThenPublish,
+        restart_policy: RestartPolicy::Policy2024,
+        ..stop_race(1)
+    });
+    for bug in Inject::ALL {
+        cases.push(RunConfig { inject: Some(bug), ..stop_race(1) });
+    }
+    for run in cases {
+        let what = format!(
+            "{:?} {:?} {:?} W={}",
+            run.ordering, run.restart_policy, run.inject, run.watcher_passes
+        );
+        let (pruned, brute) = (search(run.clone(), true), search(run, false));
+        assert_eq!(pruned.verdict(), brute.verdict(), "{what}");
+        assert_eq!(lengths(&pruned), lengths(&brute), "{what}");
+        assert_eq!(
+            (&pruned.coverage, &brute.coverage),
+            (&Coverage::Exhaustive, &Coverage::Exhaustive)
+        );
+        assert!(brute.runs > 2 * pruned.runs, "{what}: pruning prunes");
+        if pruned.verdict() == Verdict::Clean {
+            assert_eq!(pruned.situations, brute.situations, "{what}");
+        }
+    }
+}
+
+#[test]
+fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
+    for ordering in ["publish-then-remove", "remove-then-publish"] {
+        let args = ["explore", "--scenario", "stop-race", "--ordering", ordering];
+        let code = if ordering == "remove-then-publish" { 1 } else { 0 };
+        let (plain, checked) =
+            (json(&args, code), json(&[&args[..], &["--check-fingerprints"]].concat(), code));
+        for field in ["verdict", "coverage", "runs", "situations", "counterexamples"] {
+            assert_eq!(plain[field], checked[field], "{ordering}: {field}");
+        }
+    }
+}
+
+/// A chooser that creates a disk while it looks: the check must catch it.
+struct Meddler;
+
+impl Chooser for Meddler {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        if ctx.step == 3 {
+            let _ = ctx.world.nexus.disk_create("meddled");
+        }
+        Ok(Some(0))
+    }
+}
+
+#[test]
+fn a_chooser_that_changes_the_world_is_a_harness_error() {
+    let cfg = RunConfig { check_chooser: true, ..stop_race(1) };
+    let r = harness::run(&cfg, &mut Meddler).expect("runs");
+    assert!(
+        r.harness_errors.iter().any(|e| e.contains("the chooser changed the world at step 4")),
+        "{:?}",
+        r.harness_errors
+    );
+    // The named schedules only look.
+    let cfg = RunConfig {
+        check_chooser: true,
+        ..config(RemovalOrdering::RemoveThenPublish, RestartPolicy::Policy2024)
+    };
+    for r in [harness::run(&cfg, &mut Seed7282::default()), harness::run(&cfg, &mut Happy)] {
+        assert_eq!(r.expect("runs").harness_errors, Vec::<String>::new());
+    }
+}
+
+#[test]
+fn explore_draws_the_counterexample() {
+    let dir = std::env::temp_dir().join(format!("sledsim-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("report.html");
+    let path = file.to_str().unwrap();
+    let args = ["explore", "--scenario", "stop-race", "--ordering", "remove-then-publish"];
+    let (code, _, _) = xtask(&[&args[..], &["--report", path]].concat());
+    assert_eq!(code, 1);
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("<svg") && html.contains("#ffd7d7"), "violating step highlighted");
+    for lane in ["scenario", "nexus", "datastore", "watcher", "update-step", "sled-agent"] {
+        assert!(html.contains(&format!(">{lane}</text>")), "lifeline {lane}");
+    }
+    let (code, mermaid, _) = xtask(&[&args[..], &["--mermaid"]].concat());
+    assert_eq!(code, 1);
+    assert!(mermaid.starts_with("sequenceDiagram"));
+    assert!(mermaid.contains("rect rgb") && mermaid.contains("invariant 1 broken"), "{mermaid}");
+
+    let (code, _, _) = xtask(&["explore", "--scenario", "stop-race", "--report", path]);
+    assert_eq!(code, 0);
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("clean: no schedule") && html.contains("watcher pass"), "bounds shown");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn explore_is_deterministic() {
+    let args = ["explore", "--scenario", "stop-race", "--ordering", "remove-then-publish"];
+    let (a, b) = (json(&args, 1), json(&args, 1));
+    for field in ["runs", "situations", "violating_runs", "counterexamples"] {
+        assert_eq!(a[field], b[field], "{field}");
+    }
+    // More watcher passes can only add situations.
+    let one = json(&["explore", "--scenario", "stop-race", "--watcher-passes", "1"], 0);
+    let two = json(&["explore", "--scenario", "stop-race", "--watcher-passes", "2"], 0);
+    assert!(one["situations"].as_u64() < two["situations"].as_u64());
+}

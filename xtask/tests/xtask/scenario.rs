@@ -1,0 +1,140 @@
+//! `cargo xtask scenario`: the seed-7282 and happy schedules, replay strings, bad input.
+
+use super::*;
+
+#[test]
+fn fixed_ordering_under_seed_7282_finds_destroyed_and_passes() {
+    let r = seed_7282(RemovalOrdering::PublishThenRemove, RestartPolicy::Current);
+    assert!(
+        matches!(watcher_get_state(&r), Answer::State(VmmState::Destroyed, g) if g.as_u64() == 7),
+        "{:?}",
+        watcher_get_state(&r)
+    );
+    assert!(!r.writes.iter().any(|w| w.state == VmmState::Failed), "no Failed is written");
+    assert_eq!(instance_state(&r, "inst1"), ExternalState::Stopped);
+    assert_eq!(instance_state(&r, "inst2"), ExternalState::Stopped);
+    let inst2 = r.instances.iter().find(|i| i.name == "inst2").unwrap().id;
+    assert_eq!(r.disk.as_ref().map(|d| d.state), Some(nexus_stub::DiskState::Attached(inst2)));
+    assert!(r.passed(), "{:?}", r.violations);
+
+    let j = json(&["scenario"], 0);
+    assert_eq!(j["passed"], true);
+    assert_eq!(j["disk"]["instance"], "inst2");
+    assert_eq!(j["instances"]["inst1"]["state"], "stopped");
+}
+
+#[test]
+fn legacy_ordering_under_seed_7282_reproduces_7282() {
+    let r = seed_7282(RemovalOrdering::RemoveThenPublish, RestartPolicy::Current);
+    assert!(matches!(watcher_get_state(&r), Answer::Gone { .. }));
+    let vmm1 = r.writes[0].propolis_id;
+    let terminal: Vec<_> = r
+        .writes
+        .iter()
+        .filter(|w| w.propolis_id == vmm1 && w.state.is_terminal())
+        .map(|w| (w.state, w.gen.as_u64(), w.applied))
+        .collect();
+    // The watcher's Failed/7 commits first; the sim's real Destroyed/7 is stale.
+    assert_eq!(terminal, [(VmmState::Failed, 7, true), (VmmState::Destroyed, 7, false)]);
+    assert_eq!(instance_state(&r, "inst1"), ExternalState::Failed);
+    let broken: Vec<u8> = r.violations.iter().map(|v| v.invariant).collect();
+    assert_eq!(broken, [1, 2, 4, 5]);
+
+    let j = json(&["scenario", "--ordering", "remove-then-publish", "--schedule", "seed-7282"], 1);
+    assert_eq!(j["passed"], false);
+    assert_eq!(j["violations"][0]["invariant"], 1);
+}
+
+#[test]
+fn legacy_ordering_with_the_2024_policy_auto_restarts_the_stopped_instance() {
+    let r = seed_7282(RemovalOrdering::RemoveThenPublish, RestartPolicy::Policy2024);
+    let inst1 = r.instances.iter().find(|i| i.name == "inst1").expect("inst1");
+    assert_eq!(inst1.auto_restarts, 1);
+    assert_eq!(inst1.state, ExternalState::Starting);
+    assert!(r.violations.iter().any(|v| v.invariant == 4));
+    json(&["scenario", "--ordering", "remove-then-publish", "--restart-policy", "2024"], 1);
+}
+
+#[test]
+fn happy_schedule_passes_with_either_ordering() {
+    for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
+        let r = harness::run(&config(ordering, RestartPolicy::Current), &mut Happy).expect("runs");
+        assert!(r.passed(), "{ordering:?}: {:?}", r.violations);
+        assert!(!r.steps.iter().any(|s| matches!(s.answer, Answer::Gone { .. })));
+    }
+    for ordering in ["publish-then-remove", "remove-then-publish"] {
+        json(&["scenario", "--schedule", "happy", "--ordering", ordering], 0);
+    }
+}
+
+#[test]
+fn bad_flag_values_exit_2_with_one_line() {
+    for args in [
+        &["scenario", "--ordering", "bogus"][..],
+        &["scenario", "--restart-policy", "never-heard-of-it"],
+        &["scenario", "--scenario", "nope"],
+        &["scenario", "--transport", "carrier-pigeon"],
+        &["scenario", "--watcher-passes", "-1"],
+        &["no-such-command"],
+    ] {
+        let (code, out, err) = xtask(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+#[test]
+fn a_replay_string_reruns_the_same_schedule() {
+    let first = json(&["scenario", "--ordering", "remove-then-publish"], 1);
+    let replay = first["replay"].as_str().expect("replay string").to_string();
+    let again = json(&["scenario", "--ordering", "remove-then-publish", "--schedule", &replay], 1);
+    for field in ["steps", "violations", "instances", "disk", "replay"] {
+        assert_eq!(first[field], again[field], "{field}");
+    }
+    let mut parsed = Replay::parse(&replay).expect("parses");
+    let cfg = config(RemovalOrdering::RemoveThenPublish, RestartPolicy::Current);
+    assert_eq!(harness::run(&cfg, &mut parsed).expect("matches").replay(), replay);
+}
+
+#[test]
+fn malformed_or_non_matching_replays_exit_2_with_the_position() {
+    let (code, _, err) = xtask(&["scenario", "--schedule", "not a schedule ###"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("token 1"), "{err}");
+
+    // Well formed, but the watcher cannot write before it has listed anything.
+    let (code, _, err) =
+        xtask(&["scenario", "--schedule", "scenario.disk_create watcher.vmm_write"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("step 2") && err.contains("watcher.vmm_write"), "{err}");
+
+    // Too long: the stop race cannot register twice in a row.
+    let args = ["scenario", "--scenario", "stop-race", "--schedule"];
+    let (code, _, err) =
+        xtask(&[&args[..], &["scenario.instance_create scenario.vmm_register*40"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("step 3"), "{err}");
+}
+
+#[test]
+fn stop_race_is_the_smallest_case_of_the_bug() {
+    let cfg = RunConfig {
+        scenario: ScenarioKind::StopRace,
+        ..config(RemovalOrdering::RemoveThenPublish, RestartPolicy::Current)
+    };
+    let r = harness::run(&cfg, &mut Seed7282::default()).expect("runs");
+    assert_eq!(r.instances.len(), 1);
+    assert!(r.violations.iter().any(|v| v.invariant == 1));
+    json(&["scenario", "--scenario", "stop-race"], 0);
+}
+
+#[test]
+fn human_report_names_the_window() {
+    let (code, out, _) = xtask(&["scenario", "--ordering", "remove-then-publish"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("404 NO_SUCH_INSTANCE (nexus holds stopping/g6)"), "{out}");
+    assert!(out.contains("inst1/vmm1 destroyed/g7 stale, stored g7"), "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+}

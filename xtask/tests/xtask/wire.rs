@@ -1,0 +1,111 @@
+//! Over HTTP, under real timing, and the OpenAPI documents.
+
+use super::*;
+
+#[test]
+fn checked_in_openapi_documents_match_the_code() {
+    for doc in xtask::openapi::generate().expect("documents generate") {
+        let path = xtask::openapi::dir().join(doc.file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == doc.text,
+            "{} differs from what the code generates; run `cargo xtask openapi`",
+            path.display()
+        );
+    }
+}
+
+/// Over real sockets, with the gates on the client side, every schedule gives the
+/// same result as in process.
+#[test]
+fn http_transport_gives_the_same_runs_as_in_process() {
+    let explored = json(&["explore", "--ordering", "remove-then-publish"], 1);
+    let replay = explored["counterexample"]["replay"].as_str().unwrap().to_string();
+    let cases: [(&[&str], u8); 5] = [
+        (&[], 0),
+        (&["--ordering", "remove-then-publish"], 1),
+        (&["--ordering", "remove-then-publish", "--restart-policy", "2024"], 1),
+        (&["--ordering", "remove-then-publish", "--schedule", "happy"], 0),
+        (&["--ordering", "remove-then-publish", "--schedule", &replay], 1),
+    ];
+    for (args, code) in cases {
+        let inproc = json(&[&["scenario"][..], args].concat(), code);
+        let mut http = json(&[&["scenario", "--transport", "http"][..], args].concat(), code);
+        assert_eq!(http["transport"], "http");
+        http["transport"] = "inproc".into();
+        assert_eq!(inproc, http, "{args:?}");
+    }
+}
+
+#[test]
+fn stress_runs_under_real_timing_and_the_fixed_ordering_never_fails() {
+    for transport in ["inproc", "http"] {
+        let args = [
+            "stress",
+            "--runs",
+            "8",
+            "--ordering",
+            "publish-then-remove",
+            "--transport",
+            transport,
+        ];
+        let j = json(&args, 0);
+        let o = &j["orderings"][0];
+        assert_eq!(
+            (o["ordering"].as_str(), o["runs"].as_u64(), o["failed"].as_u64()),
+            (Some("publish-then-remove"), Some(8), Some(0)),
+            "{transport}: {j}"
+        );
+        assert!(o["runs_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// Under real timing the legacy ordering loses the race often (about half the
+/// runs of a release build in process, fewer in a debug build beside other
+/// tests); runs that never lose it would mean the observers, not the race, are
+/// broken. Up to ten batches of twenty, so a loaded machine cannot hide it.
+#[test]
+fn stress_sees_the_legacy_ordering_fail() {
+    for seed in 1..=10 {
+        let seed = seed.to_string();
+        let args = ["stress", "--runs", "20", "--ordering", "remove-then-publish", "--seed", &seed];
+        let (code, out, err) = xtask(&[&args[..], &["--json"]].concat());
+        let j: serde_json::Value = serde_json::from_str(&out).expect(&err);
+        let o = &j["orderings"][0];
+        assert_eq!(o["runs"], 20);
+        if o["failed"].as_u64().unwrap() > 0 {
+            assert_eq!((code, j["passed"].as_bool()), (1, Some(false)));
+            assert!(o["invariants"]["1"].as_u64().unwrap() >= 1, "the 404 in the window: {j}");
+            return;
+        }
+        assert_eq!(code, 0, "{j}");
+    }
+    panic!("200 runs of the legacy ordering under real timing and not one failed");
+}
+
+/// The real binary, logging at its default level: over HTTP the servers log from
+/// their own threads, which must not wait on anything the harness holds.
+#[test]
+fn the_binary_runs_over_http_with_logging_on() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["scenario", "--transport", "http", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the HTTP scenario hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("component: NexusStubHttp"), "servers log to stderr: {log}");
+}
