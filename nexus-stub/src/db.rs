@@ -236,17 +236,125 @@ impl Db {
     pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H, now: DateTime<Utc>, cooldown: TimeDelta) {
         self.next_id.hash(h);
         for (id, i) in &self.instances {
-            (id, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
+            (id, &i.name, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
             let left = i
                 .time_last_auto_restarted
                 .map(|t| (t + cooldown - now).max(TimeDelta::zero()).num_milliseconds());
             left.hash(h);
         }
         for (id, v) in &self.vmms {
-            (id, v.state, v.gen, v.deleted).hash(h);
+            (id, v.instance_id, v.sled_id, v.state, v.gen, v.deleted).hash(h);
         }
-        for (id, (_, state)) in &self.disks {
-            (id, state).hash(h);
+        for (id, (name, state)) in &self.disks {
+            (id, name, state).hash(h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::DefaultHasher;
+
+    const INST: InstanceUuid = InstanceUuid::from_u128(1);
+    const VMM: PropolisUuid = PropolisUuid::from_u128(2);
+    const DISK: DiskUuid = DiskUuid::from_u128(3);
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_734_565_320, 0).unwrap_or_default() + TimeDelta::milliseconds(ms)
+    }
+
+    fn db() -> Db {
+        let mut db = Db { next_id: 3, ..Db::default() };
+        db.instances.insert(
+            INST,
+            InstanceRecord {
+                id: INST,
+                name: "inst1".into(),
+                state: InstanceState::Vmm,
+                propolis_id: Some(VMM),
+                gen: Generation::new().next(),
+                intended: IntendedState::Running,
+                time_last_auto_restarted: Some(at(0)),
+                auto_restarts: 1,
+            },
+        );
+        db.vmms.insert(
+            VMM,
+            VmmRecord {
+                id: VMM,
+                instance_id: INST,
+                sled_id: SledUuid::from_u128(4),
+                state: DbVmmState::Reported(VmmState::Running),
+                gen: Generation::new().next().next(),
+                time_state_updated: at(1),
+                deleted: false,
+            },
+        );
+        db.disks.insert(DISK, ("disk".into(), DiskState::Detached));
+        db
+    }
+
+    fn hash(db: &Db, now: DateTime<Utc>) -> u64 {
+        let mut h = DefaultHasher::new();
+        db.hash_state(&mut h, now, TimeDelta::minutes(5));
+        h.finish()
+    }
+
+    /// Every field the fingerprint claims to cover moves it when perturbed; the
+    /// ones it leaves out on purpose (timestamps, the logs) do not.
+    #[test]
+    fn the_hash_covers_every_field_that_decides_the_future() {
+        let base = hash(&db(), at(10));
+        type Perturb = fn(&mut Db);
+        let covered: [(&str, Perturb); 14] = [
+            ("next_id", |d| d.next_id += 1),
+            ("instance name", |d| d.instances.get_mut(&INST).unwrap().name.push('x')),
+            ("instance state", |d| {
+                d.instances.get_mut(&INST).unwrap().state = InstanceState::Failed
+            }),
+            ("instance vmm", |d| d.instances.get_mut(&INST).unwrap().propolis_id = None),
+            ("instance gen", |d| d.instances.get_mut(&INST).unwrap().gen = Generation::new()),
+            ("intended", |d| d.instances.get_mut(&INST).unwrap().intended = IntendedState::Stopped),
+            ("auto_restarts", |d| d.instances.get_mut(&INST).unwrap().auto_restarts = 2),
+            ("cooldown", |d| {
+                d.instances.get_mut(&INST).unwrap().time_last_auto_restarted = Some(at(5))
+            }),
+            ("vmm state", |d| d.vmms.get_mut(&VMM).unwrap().state = DbVmmState::Creating),
+            ("vmm gen", |d| d.vmms.get_mut(&VMM).unwrap().gen = Generation::new()),
+            ("vmm deleted", |d| d.vmms.get_mut(&VMM).unwrap().deleted = true),
+            ("vmm instance", |d| {
+                d.vmms.get_mut(&VMM).unwrap().instance_id = InstanceUuid::from_u128(9)
+            }),
+            ("disk state", |d| d.disks.get_mut(&DISK).unwrap().1 = DiskState::Attached(INST)),
+            ("disk name", |d| d.disks.get_mut(&DISK).unwrap().0.push('x')),
+        ];
+        for (field, perturb) in covered {
+            let mut d = db();
+            perturb(&mut d);
+            assert_ne!(hash(&d, at(10)), base, "{field} is not in the hash");
+        }
+        let left_out: [(&str, Perturb); 3] = [
+            ("vmm timestamp", |d| d.vmms.get_mut(&VMM).unwrap().time_state_updated = at(7)),
+            ("write log", |d| {
+                d.writes.push(VmmWrite {
+                    propolis_id: VMM,
+                    state: VmmState::Running,
+                    gen: Generation::new(),
+                    prev_gen: Generation::new(),
+                    applied: false,
+                })
+            }),
+            ("instance log", |d| d.log(INST, InstanceChange::Stopped)),
+        ];
+        for (field, perturb) in left_out {
+            let mut d = db();
+            perturb(&mut d);
+            assert_eq!(hash(&d, at(10)), base, "{field} is noise, not state");
+        }
+        // Time alone moves it only through what is left of a cooldown, and not at
+        // all once the cooldown is over.
+        assert_ne!(hash(&db(), at(11)), base);
+        assert_eq!(hash(&db(), at(600_000)), hash(&db(), at(900_000)));
     }
 }

@@ -11,9 +11,10 @@ use nexus_stub::{
     NexusStub, RestartPolicy, UpdateOutcome,
 };
 use sled_agent_api::{
-    Clock, Generation, InstanceUuid, LogicalClock, MockSledAgentApi, NexusApiError,
-    NexusInternalApi, PropolisUuid, SledAgentError, SledUuid, SledVmmState, VmmPutStateResponse,
-    VmmRuntimeState, VmmState, VmmStateRequested,
+    Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockSledAgentApi,
+    NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi, SledAgentError, SledUuid,
+    SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmRuntimeState, VmmState,
+    VmmStateRequested, VmmUnregisterResponse,
 };
 use watcher::WatcherDatastore;
 
@@ -286,19 +287,97 @@ async fn auto_restart_restarts_an_instance_meant_to_run_once_per_cooldown() {
     assert_eq!(h.nexus.reincarnation_pass().await.found, 0, "cooldown");
 }
 
+/// A sled agent whose registration waits until the test lets it go, so a start
+/// can be caught with its VMM row still Creating.
+struct HeldRegistration {
+    inner: MockSledAgentApi,
+    go: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl SledAgentApi for HeldRegistration {
+    async fn vmm_register(
+        &self,
+        id: PropolisUuid,
+        body: InstanceEnsureBody,
+    ) -> Result<SledVmmState, SledAgentError> {
+        self.go.notified().await;
+        self.inner.vmm_register(id, body).await
+    }
+    async fn vmm_unregister(
+        &self,
+        id: PropolisUuid,
+    ) -> Result<VmmUnregisterResponse, SledAgentError> {
+        self.inner.vmm_unregister(id).await
+    }
+    async fn vmm_put_state(
+        &self,
+        id: PropolisUuid,
+        body: VmmPutStateBody,
+    ) -> Result<VmmPutStateResponse, SledAgentError> {
+        self.inner.vmm_put_state(id, body).await
+    }
+    async fn vmm_get_state(&self, id: PropolisUuid) -> Result<SledVmmState, SledAgentError> {
+        self.inner.vmm_get_state(id).await
+    }
+}
+
+async fn listed<S: SledAgentApi + 'static>(nexus: &NexusStub<S>) -> Vec<PropolisUuid> {
+    nexus.vmm_list_for_watcher().await.unwrap().iter().map(|w| w.propolis_id).collect()
+}
+
 #[tokio::test]
 async fn watcher_listing_skips_creating_destroyed_and_deleted() {
-    let h = harness();
-    let (_, live) = h.started("live").await;
-    let (_, destroyed) = h.started("destroyed").await;
-    h.report(destroyed, VmmState::Destroyed, 7).await;
-    let (gone_inst, gone) = h.started("gone").await;
-    h.report(gone, VmmState::Failed, 3).await;
-    let _ = gone_inst;
-    h.run_updates().await; // deletes both terminal rows
-    let listed: Vec<_> =
-        h.nexus.vmm_list_for_watcher().await.unwrap().iter().map(|w| w.propolis_id).collect();
-    assert_eq!(listed, [live]);
+    let go = Arc::new(tokio::sync::Notify::new());
+    let sled = HeldRegistration { inner: sim_like_sled(), go: Arc::clone(&go) };
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let updates = Arc::new(DeferredSpawner::default());
+    let nexus = NexusStub::new(
+        &log,
+        NexusConfig::default(),
+        BTreeMap::from([(SLED, sled)]),
+        Arc::new(LogicalClock::default()),
+        Arc::clone(&updates) as _,
+    );
+    let start = |name: &'static str| {
+        let (nexus, go) = (Arc::clone(&nexus), Arc::clone(&go));
+        async move {
+            let task = tokio::spawn(async move { nexus.instance_create(name, true).await });
+            tokio::task::yield_now().await;
+            go.notify_one();
+            task.await.unwrap().unwrap().propolis_id.unwrap()
+        }
+    };
+    let live = start("live").await;
+    let destroyed = start("destroyed").await;
+    let failed = start("failed").await;
+    let deleted = start("deleted").await;
+    let report = |vmm, s, gen| nexus.cpapi_instances_put(vmm, state(s, gen));
+    report(destroyed, VmmState::Destroyed, 7).await.unwrap();
+    report(failed, VmmState::Failed, 3).await.unwrap();
+    report(deleted, VmmState::Failed, 3).await.unwrap();
+    // Only the last one's update step runs: its row is deleted, the others are not.
+    let mut queued = updates.take();
+    let (_, last) = queued.pop().unwrap();
+    last.await.unwrap();
+    assert!(nexus.vmm(deleted).unwrap().deleted);
+    let d = nexus.vmm(destroyed).unwrap();
+    assert_eq!((d.state, d.deleted), (DbVmmState::Reported(VmmState::Destroyed), false));
+
+    // A start caught before its registration: the row exists, Creating.
+    let held = {
+        let nexus = Arc::clone(&nexus);
+        tokio::spawn(async move { nexus.instance_create("creating", true).await })
+    };
+    tokio::task::yield_now().await;
+    let creating = nexus.vmms().into_iter().find(|v| v.state == DbVmmState::Creating);
+    let creating = creating.expect("a Creating row while registration is held").id;
+
+    // Live and undeleted Failed rows are watched; Creating, Destroyed and deleted are not.
+    assert_eq!(listed(&*nexus).await, [live, failed]);
+    go.notify_one();
+    held.await.unwrap().unwrap();
+    assert_eq!(listed(&*nexus).await, [live, failed, creating]);
 
     let config = NexusConfig {
         faults: NexusFaults { list_terminal_for_watcher: true, ..NexusFaults::default() },
@@ -307,8 +386,7 @@ async fn watcher_listing_skips_creating_destroyed_and_deleted() {
     let h = harness_with(sim_like_sled(), config);
     let (_, vmm) = h.started("inst").await;
     h.report(vmm, VmmState::Destroyed, 7).await;
-    let listed = h.nexus.vmm_list_for_watcher().await.unwrap();
-    assert_eq!(listed.len(), 1, "seeded fault lists the Destroyed row");
+    assert_eq!(listed(&*h.nexus).await, [vmm], "the seeded fault lists the Destroyed row");
 }
 
 #[tokio::test]

@@ -257,4 +257,37 @@ mod tests {
             "{err:?}"
         );
     }
+
+    fn hash(vmm: &SimVmm) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        vmm.hash_state(&mut h);
+        h.finish()
+    }
+
+    /// Every field that decides what the VMM does next moves the hash; the
+    /// timestamp, which decides nothing, does not.
+    #[test]
+    fn the_hash_covers_every_field_that_decides_the_future() {
+        let (vmm, _) = starting();
+        let base = hash(&vmm);
+        type Perturb = fn(&mut SimVmm);
+        let covered: [(&str, Perturb); 5] = [
+            ("instance", |v| v.instance_id = InstanceUuid::from_u128(9)),
+            ("state", |v| v.runtime.state = VmmState::Running),
+            ("gen", |v| v.runtime.gen = v.runtime.gen.next()),
+            ("queue", |v| v.queue.push_back(PropolisState::Running)),
+            ("destroyed", |v| v.destroyed = true),
+        ];
+        for (field, perturb) in covered {
+            let mut v = vmm.clone();
+            perturb(&mut v);
+            assert_ne!(hash(&v), base, "{field} is not in the hash");
+        }
+        let mut v = vmm.clone();
+        let later = LogicalClock::default();
+        let _ = later.now();
+        v.runtime.time_updated = later.now();
+        assert_ne!(v.runtime.time_updated, vmm.runtime.time_updated);
+        assert_eq!(hash(&v), base, "a timestamp is noise, not state");
+    }
 }

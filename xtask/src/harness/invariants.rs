@@ -391,4 +391,34 @@ mod tests {
         );
         assert!(inv.violations().is_empty() && inv.inconclusive().is_none());
     }
+
+    fn hash_after(events: &[Event]) -> u64 {
+        let mut inv = Invariants::default();
+        for e in events {
+            inv.on(1, e, &Names::default);
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        inv.hash_state(&mut h);
+        h.finish()
+    }
+
+    /// Everything the rules remember moves the fingerprint: two runs that differ
+    /// there may be judged differently later.
+    #[test]
+    fn the_hash_covers_everything_the_rules_remember() {
+        let base = hash_after(&[]);
+        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
+        let gone = Event::Gone { vmm: VMM, nexus_had: None };
+        for (what, events) in [
+            ("sent destroyed", vec![sent]),
+            ("recorded failed", vec![write(VmmState::Failed, 7, 6, true)]),
+            ("user stopped", vec![inst(InstanceChange::StopRequested)]),
+            ("broken", vec![gone]),
+        ] {
+            assert_ne!(hash_after(&events), base, "{what} is not in the hash");
+        }
+        // A report that is not Destroyed, or a stale write, leaves nothing to remember.
+        let running = Event::Sent { vmm: VMM, state: VmmState::Running, gen: g(4) };
+        assert_eq!(hash_after(&[running, write(VmmState::Failed, 7, 7, false)]), base);
+    }
 }

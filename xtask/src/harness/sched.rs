@@ -613,3 +613,62 @@ impl Future for Tagged {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(s: &Sched) -> u64 {
+        let mut h = crate::harness::hash::StableHasher::default();
+        s.hash_actors(&mut h);
+        h.finish()
+    }
+
+    fn call(kind: CallKind) -> Call {
+        Call {
+            kind,
+            from: Component::Watcher,
+            to: Component::SledAgent,
+            vmm: Some(PropolisUuid::from_u128(7)),
+            arg: Arg::None,
+        }
+    }
+
+    /// A scheduler with a scenario and a watcher, the watcher parked at a call.
+    fn sched() -> Sched {
+        let s = Sched::default();
+        s.add_actor(ActorKind::Scenario);
+        let w = s.add_actor(ActorKind::Watcher);
+        s.park(w, call(CallKind::VmmGetState), None);
+        s
+    }
+
+    /// Each part of an actor and of a parked call that the fingerprint claims to
+    /// cover moves it.
+    #[test]
+    fn the_hash_covers_every_actor_and_parked_call() {
+        let base = hash(&sched());
+        type Perturb = fn(&Sched);
+        let covered: [(&str, Perturb); 7] = [
+            ("another actor", |s| drop(s.add_actor(ActorKind::Restart))),
+            ("done", |s| s.actor_done(0)),
+            ("history", |s| s.lock().actors[1].history = 1),
+            ("kind", |s| s.lock().actors[1].kind = ActorKind::Update(1)),
+            ("parked call", |s| s.lock().parked[0].call.kind = CallKind::VmmList),
+            ("parked actor", |s| s.lock().parked[0].actor = 0),
+            ("released", |s| {
+                let t = s.lock().parked[0].ticket;
+                s.release(t);
+            }),
+        ];
+        for (field, perturb) in covered {
+            let s = sched();
+            perturb(&s);
+            assert_ne!(hash(&s), base, "{field} is not in the hash");
+        }
+        // Tickets are numbering, not state.
+        let s = sched();
+        s.lock().parked[0].ticket += 100;
+        assert_eq!(hash(&s), base);
+    }
+}
