@@ -650,7 +650,9 @@ mod tests {
         let base = hash(&sched());
         type Perturb = fn(&Sched);
         let covered: [(&str, Perturb); 7] = [
-            ("another actor", |s| drop(s.add_actor(ActorKind::Restart))),
+            ("another actor", |s| {
+                s.add_actor(ActorKind::Restart);
+            }),
             ("done", |s| s.actor_done(0)),
             ("history", |s| s.lock().actors[1].history = 1),
             ("kind", |s| s.lock().actors[1].kind = ActorKind::Update(1)),
