@@ -57,7 +57,7 @@ struct StressArgs {
     #[arg(long, value_enum, default_value_t)]
     scenario: ScenarioArg,
     /// Runs per ordering.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     runs: usize,
     /// One ordering; both if left out.
     #[arg(long, value_enum)]
@@ -70,8 +70,8 @@ struct StressArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Stop starting runs after this many seconds per ordering.
-    #[arg(long, default_value_t = 60)]
-    max_seconds: u64,
+    #[arg(long, default_value_t = 60, value_parser = at_least_one)]
+    max_seconds: usize,
     #[arg(long)]
     json: bool,
 }
@@ -594,11 +594,12 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
         transport,
         runs: a.runs,
         seed: a.seed,
-        max_time: std::time::Duration::from_secs(a.max_seconds),
+        max_time: std::time::Duration::from_secs(a.max_seconds as u64),
         log,
     };
     let reports = crate::stress::stress(&cfg).map_err(Fail::Broken)?;
     let failed = reports.iter().any(|r| r.failed > 0);
+    let inconclusive = reports.iter().any(|r| r.inconclusive > 0);
     if a.json {
         let json = serde_json::json!({
             "scenario": cfg.scenario.label(),
@@ -607,6 +608,7 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
             "seed": cfg.seed,
             "runs": cfg.runs,
             "passed": !failed,
+            "verdict": if failed { "violated" } else if inconclusive { "inconclusive" } else { "clean" },
             "orderings": reports,
         });
         let _ = writeln!(out, "{json}");
@@ -624,7 +626,7 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
             let by: Vec<String> = r.invariants.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             let _ = writeln!(
                 out,
-                "  {:<20} {:>5}/{} runs failed{}  {:.0} runs/s{}",
+                "  {:<20} {:>5}/{} runs failed{}  {:.0} runs/s{}{}",
                 r.ordering,
                 r.failed,
                 r.runs,
@@ -634,6 +636,11 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
                     format!(" (invariant {})", by.join(", "))
                 },
                 r.runs_per_s,
+                if r.inconclusive > 0 {
+                    format!(", {} inconclusive (the time limit cut them short)", r.inconclusive)
+                } else {
+                    String::new()
+                },
                 if r.skipped > 0 {
                     format!(", {} not run (time limit)", r.skipped)
                 } else {
@@ -645,5 +652,9 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
             }
         }
     }
-    Ok(if failed { 1 } else { 0 })
+    Ok(match (failed, inconclusive) {
+        (true, _) => 1,
+        (false, true) => 3,
+        (false, false) => 0,
+    })
 }

@@ -154,6 +154,8 @@ fn counts_that_would_search_nothing_or_overflow_exit_2() {
         &["explore", "--max-steps", "0"],
         &["explore", "--max-seconds", "0"],
         &["scenario", "--max-steps", "0"],
+        &["stress", "--runs", "0"],
+        &["stress", "--max-seconds", "0"],
         &["scenario", "--schedule", "watcher.vmm_list*18446744073709551615 watcher.vmm_list"],
         &["scenario", "--schedule", "scenario.disk_create*201"],
         &["scenario", "--max-steps", "3", "--schedule", "scenario.disk_create*4"],
