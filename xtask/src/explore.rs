@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
-use crate::harness::sched::Choice;
+use crate::harness::sched::{ActorId, Choice};
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
 
@@ -194,15 +194,45 @@ type Situations = HashMap<u64, Vec<u8>, BuildHasherDefault<StableHasher>>;
 /// The best (shortest) length found so far for each invariant, by number.
 type Best = BTreeMap<u8, usize>;
 
-/// Follows `prefix`, then explores: at each new situation it takes the first choice
-/// and leaves the others on the frontier.
+/// Schedules still to run, by how many preemptions their prefix makes: the search
+/// runs those with the fewest first (depth first among equals), because races of
+/// this kind need only a few (CHESS's observation), and every prefix is run in
+/// the end, so the order changes how soon a violation shows, never the verdict.
+#[derive(Debug, Default)]
+struct Frontier {
+    by_preemptions: Vec<Vec<Vec<u32>>>,
+}
+
+impl Frontier {
+    fn push(&mut self, preemptions: u32, prefix: Vec<u32>) {
+        let k = preemptions as usize;
+        if self.by_preemptions.len() <= k {
+            self.by_preemptions.resize_with(k + 1, Vec::new);
+        }
+        self.by_preemptions[k].push(prefix);
+    }
+
+    fn pop(&mut self) -> Option<(u32, Vec<u32>)> {
+        let (k, bucket) =
+            self.by_preemptions.iter_mut().enumerate().find(|(_, b)| !b.is_empty())?;
+        Some((u32::try_from(k).unwrap_or(u32::MAX), bucket.pop()?))
+    }
+}
+
+/// Follows `prefix`, then explores: at each new situation it lets the actor that
+/// took the last step go on if it can (no preemption), else the first choice, and
+/// leaves the others on the frontier.
 struct Dfs<'a> {
     prefix: Vec<u32>,
+    /// Preemptions the prefix makes.
+    preemptions: u32,
+    /// The actor that took the last step.
+    last: Option<ActorId>,
     path: Vec<u32>,
     visited: &'a mut Visited,
     situations: Option<&'a mut Situations>,
     collisions: usize,
-    frontier: &'a mut Vec<Vec<u32>>,
+    frontier: &'a mut Frontier,
     best: &'a Best,
     prune: bool,
 }
@@ -227,7 +257,9 @@ impl Chooser for Dfs<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
-            return follow(&mut self.path, i, ctx.enabled, depth);
+            let r = follow(&mut self.path, i, ctx.enabled, depth);
+            self.last = ctx.enabled.get(i as usize).map(|c| c.actor);
+            return r;
         }
         if self.prune && !self.may_matter(ctx, depth) {
             return Ok(None);
@@ -249,13 +281,18 @@ impl Chooser for Dfs<'_> {
             return Ok(None);
         }
         *seen = (*seen).min(depth32);
-        for alt in (1..ctx.enabled.len()).rev() {
+        let go_on = ctx.enabled.iter().position(|c| Some(c.actor) == self.last);
+        let take = go_on.unwrap_or(0);
+        // Switching away from an actor that could go on is a preemption.
+        let cost = self.preemptions + u32::from(go_on.is_some());
+        for alt in (0..ctx.enabled.len()).rev().filter(|&a| a != take) {
             let mut p = self.path.clone();
             p.push(u32::try_from(alt).unwrap_or(u32::MAX));
-            self.frontier.push(p);
+            self.frontier.push(cost, p);
         }
-        self.path.push(0);
-        Ok(Some(0))
+        self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
+        self.last = ctx.enabled.get(take).map(|c| c.actor);
+        Ok(Some(take))
     }
 }
 
@@ -302,7 +339,8 @@ pub fn explore(
     // Sized for the default disk-move proof, so the table is not rebuilt as it grows.
     let mut visited: Visited = HashMap::with_capacity_and_hasher(1 << 17, Default::default());
     let mut situations: Option<Situations> = cfg.check_fingerprints.then(Situations::default);
-    let mut frontier: Vec<Vec<u32>> = vec![Vec::new()];
+    let mut frontier = Frontier::default();
+    frontier.push(0, Vec::new());
     let mut best: Best = BTreeMap::new();
     let mut prefixes: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
     let (mut runs, mut violating_runs, mut step_bound_runs, mut collisions) = (0, 0, 0, 0);
@@ -312,7 +350,7 @@ pub fn explore(
     let search =
         RunConfig { trace_writes: false, check_chooser: cfg.check_fingerprints, ..cfg.run.clone() };
     let mut last_report = Instant::now();
-    while let Some(prefix) = frontier.pop() {
+    while let Some((preemptions, prefix)) = frontier.pop() {
         if runs >= cfg.max_schedules {
             truncated.push(Truncation::ScheduleCap(cfg.max_schedules));
             break;
@@ -324,6 +362,8 @@ pub fn explore(
         runs += 1;
         let mut dfs = Dfs {
             prefix,
+            preemptions,
+            last: None,
             path: Vec::new(),
             visited: &mut visited,
             situations: situations.as_mut(),
