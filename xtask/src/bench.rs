@@ -19,9 +19,12 @@ pub const THROUGHPUT_TARGET: f64 = 100_000.0;
 #[derive(Debug, Serialize)]
 pub struct Scaled {
     pub watcher_passes: usize,
+    /// Runs (schedules), distinct situations and time of the pruned search.
     pub schedules: usize,
     pub states: usize,
     pub ms: f64,
+    /// Runs when every schedule runs to its end (W=1 and 2 only: it explodes).
+    pub brute_force_schedules: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +42,10 @@ pub struct Bench {
     pub first_counterexample_schedules: usize,
     pub first_counterexample_ms: f64,
     pub shortest_counterexample_steps: usize,
+    /// The whole legacy search: every broken invariant with its shortest length.
+    pub legacy_ms: f64,
+    pub legacy_schedules: usize,
+    pub legacy_invariants: Vec<(u8, usize)>,
     /// stop-race with 1, 2 and 3 watcher passes.
     pub scaled: Vec<Scaled>,
     pub targets: Targets,
@@ -70,6 +77,11 @@ fn config(scenario: ScenarioKind, ordering: RemovalOrdering) -> RunConfig {
 
 fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
     explore(&ExploreConfig { max_schedules: usize::MAX, ..ExploreConfig::new(run) }, &mut |_| {})
+}
+
+fn brute_force(run: RunConfig) -> Result<ExploreResult, RunError> {
+    let cfg = ExploreConfig { max_schedules: usize::MAX, prune: false, ..ExploreConfig::new(run) };
+    explore(&cfg, &mut |_| {})
 }
 
 pub fn measure() -> Result<Bench, RunError> {
@@ -111,8 +123,11 @@ pub fn measure() -> Result<Bench, RunError> {
     let mut scaled = Vec::new();
     for w in 1..=3 {
         let run = RunConfig { watcher_passes: w, ..config(ScenarioKind::StopRace, fixed) };
-        let r = explore_once(run)?;
+        let r = explore_once(run.clone())?;
+        let brute_force_schedules =
+            if w <= 2 { Some(brute_force(run.clone())?.runs) } else { None };
         scaled.push(Scaled {
+            brute_force_schedules,
             watcher_passes: w,
             schedules: r.runs,
             states: r.situations,
@@ -132,6 +147,9 @@ pub fn measure() -> Result<Bench, RunError> {
         first_counterexample_schedules: first_n,
         first_counterexample_ms: first_t.as_secs_f64() * 1e3,
         shortest_counterexample_steps: legacy.shortest().map_or(0, |c| c.len),
+        legacy_ms: legacy.elapsed.as_secs_f64() * 1e3,
+        legacy_schedules: legacy.runs,
+        legacy_invariants: legacy.counterexamples.iter().map(|c| (c.invariant, c.len)).collect(),
         scaled,
         targets: Targets {
             proof_under_1s: proof_ms < PROOF_TARGET.as_secs_f64() * 1e3,
@@ -145,10 +163,11 @@ pub fn human(b: &Bench) -> String {
     let yes = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut s = format!(
         "one disk-move scenario run (seed-7282):   {:>10.1} us (median of 301)\n\
-         explore stop-race, default bounds:        {:>10.0} schedules/s, {:.0} states/s (median of 15)\n\
-         prove publish-then-remove (disk-move):    {:>10.1} ms, {} schedules, {} states (median of 3)   target < 1 s: {}\n\
-         first counterexample, remove-then-publish: {:>9} schedules, {:.2} ms; shortest {} steps   target <= 50 schedules: {}\n\
-         throughput target >= 100,000 schedules/s on stop-race: {}\n\n\
+         explore stop-race, default bounds:        {:>10.0} runs/s, {:.0} situations/s (median of 15)\n\
+         prove publish-then-remove (disk-move):    {:>10.1} ms, {} runs, {} situations (median of 3)   target < 1 s: {}\n\
+         first counterexample, remove-then-publish: {:>9} runs, {:.2} ms; shortest {} steps   target <= 50 runs: {}\n\
+         whole legacy search (disk-move):          {:>10.1} ms, {} runs; broken (invariant, shortest): {:?}\n\
+         throughput target >= 100,000 runs/s on stop-race: {}\n\n\
          stop-race by watcher passes (restart passes 1):\n",
         b.scenario_run_us,
         b.stop_race_schedules_per_s,
@@ -161,11 +180,17 @@ pub fn human(b: &Bench) -> String {
         b.first_counterexample_ms,
         b.shortest_counterexample_steps,
         yes(b.targets.first_counterexample_within_50_schedules),
+        b.legacy_ms,
+        b.legacy_schedules,
+        b.legacy_invariants,
         yes(b.targets.at_least_100k_schedules_per_s),
     );
     for sc in &b.scaled {
+        let brute = sc
+            .brute_force_schedules
+            .map_or_else(String::new, |n| format!("; every schedule to its end: {n} runs"));
         s.push_str(&format!(
-            "  W={}: {:>7} schedules, {:>7} states, {:>8.1} ms\n",
+            "  W={}: {:>7} runs, {:>7} situations, {:>8.1} ms{brute}\n",
             sc.watcher_passes, sc.schedules, sc.states, sc.ms
         ));
     }
