@@ -59,7 +59,10 @@ pub enum SimMode {
     /// A per-VMM task drains the queue `delay` after each state change, as in
     /// omicron-dev (1.5 s there), plus up to `jitter` more, drawn from a generator
     /// seeded with `seed` and the VMM's id. Needs a tokio runtime when built.
-    Auto { delay: Duration, jitter: Duration, seed: u64 },
+    /// `teardown` is how long a VMM that reached Destroyed takes to go before its
+    /// state is reported: the real sled agent tears the zone down first
+    /// (omicron#7927); omicron's sim takes no time (zero).
+    Auto { delay: Duration, jitter: Duration, seed: u64, teardown: Duration },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,6 +243,11 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
                     };
                 (state, finished, more, taken)
             };
+            if let (true, SimMode::Auto { teardown, .. }) = (finished, self.config.mode) {
+                if !teardown.is_zero() {
+                    tokio::time::sleep(teardown).await;
+                }
+            }
             debug!(self.log, "reporting VMM state";
                 "propolis_id" => %propolis_id, "state" => %state.vmm_state.state,
                 "gen" => state.vmm_state.gen.as_u64());
@@ -282,7 +290,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     }
 
     fn start_stepper(&self, propolis_id: PropolisUuid) -> Option<Stepper> {
-        let (SimMode::Auto { delay, jitter, seed }, Some(runtime)) =
+        let (SimMode::Auto { delay, jitter, seed, .. }, Some(runtime)) =
             (self.config.mode, &self.runtime)
         else {
             return None;

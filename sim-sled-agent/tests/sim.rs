@@ -220,7 +220,12 @@ async fn auto_mode_drains_after_the_delay() {
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let config = SimConfig {
         ordering: RemovalOrdering::PublishThenRemove,
-        mode: SimMode::Auto { delay: Duration::from_millis(1500), jitter: Duration::ZERO, seed: 0 },
+        mode: SimMode::Auto {
+            delay: Duration::from_millis(1500),
+            jitter: Duration::ZERO,
+            seed: 0,
+            teardown: Duration::ZERO,
+        },
     };
     let sim = SimSledAgent::new(
         &log,
@@ -247,7 +252,12 @@ async fn auto_mode_drains_after_the_delay() {
 fn auto_mode_without_a_runtime_is_an_error() {
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let config = SimConfig {
-        mode: SimMode::Auto { delay: Duration::ZERO, jitter: Duration::ZERO, seed: 0 },
+        mode: SimMode::Auto {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            seed: 0,
+            teardown: Duration::ZERO,
+        },
         ..SimConfig::default()
     };
     let r = SimSledAgent::new(

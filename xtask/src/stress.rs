@@ -224,7 +224,14 @@ async fn one_run(
     let late = Arc::new(LateNexus::default());
     let to_nexus: Arc<dyn NexusInternalApi> =
         Arc::new(SeeReports { inner: late.clone(), events: Arc::clone(&events) });
-    let mode = SimMode::Auto { delay: Duration::ZERO, jitter: Duration::from_millis(2), seed };
+    // A destroyed VMM takes a millisecond to tear down before it is reported, as a
+    // real sled agent's zone does: under the legacy ordering that is the window.
+    let mode = SimMode::Auto {
+        delay: Duration::ZERO,
+        jitter: Duration::from_millis(2),
+        seed,
+        teardown: Duration::from_millis(1),
+    };
     let sim: Arc<Sim> =
         SimSledAgent::new(log, SLED, SimConfig { ordering, mode }, to_nexus, Arc::new(SystemClock))
             .map_err(|e| e.to_string())?;

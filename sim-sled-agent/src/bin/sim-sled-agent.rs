@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
                 delay: Duration::from_millis(args.delay_ms),
                 jitter: Duration::from_millis(args.jitter_ms),
                 seed: args.seed,
+                teardown: Duration::ZERO,
             },
         },
     };

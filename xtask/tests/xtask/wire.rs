@@ -60,10 +60,10 @@ fn stress_runs_under_real_timing_and_the_fixed_ordering_never_fails() {
     }
 }
 
-/// Under real timing the legacy ordering loses the race often (about half the
-/// runs of a release build in process, fewer in a debug build beside other
-/// tests); runs that never lose it would mean the observers, not the race, are
-/// broken. Up to ten batches of twenty, so a loaded machine cannot hide it.
+/// Under real timing, with a teardown in the window, the legacy ordering loses
+/// the race in nearly every run; runs that never lose it would mean the
+/// observers, not the race, are broken. Up to ten batches of twenty, so a loaded
+/// machine cannot hide it.
 #[test]
 fn stress_sees_the_legacy_ordering_fail() {
     for seed in 1..=10 {
