@@ -304,6 +304,15 @@ mod tests {
     }
 
     #[test]
+    fn each_invariant_has_its_own_text() {
+        assert!(invariant_text(1).starts_with("the sled agent answers NoSuchVmm"));
+        assert!(invariant_text(4).contains("last user request was stop"));
+        assert_eq!(invariant_text(9), "?");
+        let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _)| invariant_text(*k)).collect();
+        assert_eq!(texts.len(), INVARIANTS.len());
+    }
+
+    #[test]
     fn a_clean_stop_breaks_nothing() {
         assert_eq!(check(&clean_stop(), Some(finished(ExternalState::Stopped))), Vec::<u8>::new());
     }
