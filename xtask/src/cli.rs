@@ -401,7 +401,12 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
             "restart_policy": config.restart_policy.label(),
             "transport": config.transport.label(),
             "passed": passed,
-            "verdict": match code { 0 => "clean", 1 => "violated", _ => "inconclusive" },
+            "verdict": match code {
+                _ if !result.harness_errors.is_empty() => "harness_fault",
+                0 => "clean",
+                1 => "violated",
+                _ => "inconclusive",
+            },
             "max_steps": config.max_steps,
             "violations": violations,
             "instances": report::instances_out(&result),
@@ -599,14 +604,15 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
     };
     let reports = crate::stress::stress(&cfg).map_err(Fail::Broken)?;
     let failed = reports.iter().any(|r| r.failed > 0);
-    let inconclusive = reports.iter().any(|r| r.inconclusive > 0);
+    // Runs left unmade (the time ran out) make the rest a sample, not a verdict.
+    let inconclusive = reports.iter().any(|r| r.inconclusive > 0 || r.skipped > 0);
     if a.json {
         let json = serde_json::json!({
             "scenario": cfg.scenario.label(),
             "transport": transport.label(),
             "restart_policy": cfg.restart_policy.label(),
             "seed": cfg.seed,
-            "runs": cfg.runs,
+            "runs_asked": cfg.runs,
             "passed": !failed,
             "verdict": if failed { "violated" } else if inconclusive { "inconclusive" } else { "clean" },
             "orderings": reports,

@@ -124,14 +124,33 @@ impl<'a> View<'a> {
                 self.coverage_text()
             ),
             Verdict::Violated => {
+                let exhaustive = r.coverage == Coverage::Exhaustive;
+                let shortest = if exhaustive { "shortest" } else { "shortest found" };
                 let list: Vec<String> = r
                     .counterexamples
                     .iter()
-                    .map(|c| format!("{} (shortest {} steps)", c.invariant, c.len))
+                    .map(|c| format!("{} ({shortest} {} steps)", c.invariant, c.len))
                     .collect();
-                format!("violated: invariant(s) {} broken", list.join(", "))
+                let mut s = format!("violated: invariant(s) {} broken", list.join(", "));
+                if !exhaustive {
+                    s.push_str(
+                        "; the search was truncated, so others may break too and shorter \
+                         schedules may exist",
+                    );
+                }
+                if self.step_bound_hit() {
+                    s.push_str(
+                        "; runs cut short by the step bound had their end rules (4, 5) unjudged",
+                    );
+                }
+                s
             }
         }
+    }
+
+    fn step_bound_hit(&self) -> bool {
+        matches!(&self.r.coverage, Coverage::Truncated(why)
+            if why.iter().any(|t| matches!(t, Truncation::StepBound { .. })))
     }
 
     pub fn human(&self) -> String {
@@ -145,7 +164,8 @@ impl<'a> View<'a> {
         let Some(c) = self.shortest else { return s };
         let _ = writeln!(
             s,
-            "\nshortest counterexample: {} steps, breaks invariant {} ({})\n",
+            "\n{} counterexample: {} steps, breaks invariant {} ({})\n",
+            if r.coverage == Coverage::Exhaustive { "shortest" } else { "shortest found" },
             c.len,
             c.invariant,
             invariant_text(c.invariant)
@@ -161,9 +181,10 @@ impl<'a> View<'a> {
         for other in r.counterexamples.iter().filter(|o| o.invariant != c.invariant) {
             let _ = writeln!(
                 s,
-                "\ninvariant {} ({}): shortest {} steps\n  run it: {}",
+                "\ninvariant {} ({}): {} {} steps\n  run it: {}",
                 other.invariant,
                 invariant_text(other.invariant),
+                if r.coverage == Coverage::Exhaustive { "shortest" } else { "shortest found" },
                 other.len,
                 self.command(&other.run.replay())
             );
@@ -179,6 +200,8 @@ impl<'a> View<'a> {
             "invariant": c.invariant,
             "rule": invariant_text(c.invariant),
             "length": c.len,
+            // Shortest within the bounds only when the search was exhaustive.
+            "shortest": self.r.coverage == Coverage::Exhaustive,
             "steps": steps_until(c),
             "violations": report::violations_out(&c.run),
         })

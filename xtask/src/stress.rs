@@ -60,7 +60,7 @@ pub struct OrderingReport {
     pub examples: Vec<String>,
     pub elapsed_ms: f64,
     pub runs_per_s: f64,
-    /// Runs not started because `max_time` ran out.
+    /// Runs not started because `max_time` ran out: the verdict is then inconclusive.
     pub skipped: usize,
 }
 

@@ -194,8 +194,15 @@ impl Replay {
             }
             let (body, count) = match raw.split_once('*') {
                 Some((body, n)) => {
-                    let count = n.parse::<usize>().ok().filter(|&c| c > 0).ok_or_else(|| {
-                        bad("a repeat count after '*' must be a whole number above 0")
+                    // Digits only, as replay strings print them: no sign, no leading 0.
+                    let plain = !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                        && !n.starts_with('0');
+                    if !plain {
+                        return Err(bad("a repeat count after '*' must be a whole number above 0"));
+                    }
+                    let count = n.parse::<usize>().map_err(|_| {
+                        bad("a repeat count after '*' is larger than any run can be")
                     })?;
                     (body, count)
                 }
@@ -343,6 +350,10 @@ mod tests {
         check_malformed("update0.instance_update", 1, "unknown actor");
         check_malformed("scenario.vmm_register*0", 1, "repeat count");
         check_malformed("scenario.vmm_register*x", 1, "repeat count");
+        check_malformed("scenario.vmm_register*+3", 1, "repeat count");
+        check_malformed("scenario.vmm_register*03", 1, "repeat count");
+        check_malformed("scenario.vmm_register*99999999999999999999999", 1, "larger than");
+        check_malformed("watcher.vmm_list*18446744073709551615 watcher.vmm_list", 2, "add up");
     }
 
     #[test]
