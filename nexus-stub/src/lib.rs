@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::Hasher;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use async_trait::async_trait;
@@ -93,23 +94,37 @@ pub trait TaskSpawner: Send + Sync + std::fmt::Debug {
 pub struct TokioSpawner {
     log: Logger,
     runtime: tokio::runtime::Handle,
+    /// Update steps started and not yet finished.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl TokioSpawner {
     /// Fails outside a tokio runtime.
     pub fn new(log: &Logger) -> Result<TokioSpawner, NexusError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NexusError::NoRuntime)?;
-        Ok(TokioSpawner { log: log.new(o!("component" => "TokioSpawner")), runtime })
+        Ok(TokioSpawner {
+            log: log.new(o!("component" => "TokioSpawner")),
+            runtime,
+            in_flight: Arc::default(),
+        })
+    }
+
+    /// How many update steps are still running, so a caller can wait for them.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 }
 
 impl TaskSpawner for TokioSpawner {
     fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask) {
         let log = self.log.clone();
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::SeqCst);
         self.runtime.spawn(async move {
             if let Err(e) = task.await {
                 warn!(log, "instance update failed"; "instance_id" => %instance_id, "error" => %e);
             }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

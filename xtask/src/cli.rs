@@ -600,6 +600,7 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
         runs: a.runs,
         seed: a.seed,
         max_time: std::time::Duration::from_secs(a.max_seconds as u64),
+        run_limit: crate::stress::RUN_LIMIT,
         log,
     };
     let reports = crate::stress::stress(&cfg).map_err(Fail::Broken)?;

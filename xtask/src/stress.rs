@@ -43,6 +43,8 @@ pub struct StressConfig {
     pub seed: u64,
     /// Stop starting runs after this long (per ordering).
     pub max_time: Duration,
+    /// How long one run may take before it is cut short (and judged inconclusive).
+    pub run_limit: Duration,
     pub log: Logger,
 }
 
@@ -81,12 +83,22 @@ impl Events {
     }
 }
 
-/// The watcher's view of a sled agent, recording each "gone" answer. Nexus's state
-/// is read when the answer arrives; a terminal state, once written, stays, so a
-/// non-terminal one then was non-terminal when the sled agent answered too.
+/// A sled agent as Nexus or the watcher sees it, recording each "gone" answer to
+/// any call, as the explorer's gates do. Nexus's state is read when the answer
+/// arrives, before the caller acts on it.
 struct SeeGone {
     inner: Arc<dyn SledAgentApi>,
     events: Arc<Events>,
+}
+
+impl SeeGone {
+    fn seen<T>(&self, id: PropolisUuid, r: Result<T, SledAgentError>) -> Result<T, SledAgentError> {
+        if matches!(r, Err(ref e) if e.vmm_gone()) {
+            let held = self.events.nexus.get().and_then(Weak::upgrade).and_then(|n| n.vmm(id));
+            self.events.push(Event::Gone { vmm: id, nexus_had: held.map(|v| (v.state, v.gen)) });
+        }
+        r
+    }
 }
 
 #[async_trait]
@@ -96,28 +108,23 @@ impl SledAgentApi for SeeGone {
         id: PropolisUuid,
         body: InstanceEnsureBody,
     ) -> Result<SledVmmState, SledAgentError> {
-        self.inner.vmm_register(id, body).await
+        self.seen(id, self.inner.vmm_register(id, body).await)
     }
     async fn vmm_unregister(
         &self,
         id: PropolisUuid,
     ) -> Result<VmmUnregisterResponse, SledAgentError> {
-        self.inner.vmm_unregister(id).await
+        self.seen(id, self.inner.vmm_unregister(id).await)
     }
     async fn vmm_put_state(
         &self,
         id: PropolisUuid,
         body: VmmPutStateBody,
     ) -> Result<VmmPutStateResponse, SledAgentError> {
-        self.inner.vmm_put_state(id, body).await
+        self.seen(id, self.inner.vmm_put_state(id, body).await)
     }
     async fn vmm_get_state(&self, id: PropolisUuid) -> Result<SledVmmState, SledAgentError> {
-        let r = self.inner.vmm_get_state(id).await;
-        if matches!(r, Err(ref e) if e.vmm_gone()) {
-            let held = self.events.nexus.get().and_then(Weak::upgrade).and_then(|n| n.vmm(id));
-            self.events.push(Event::Gone { vmm: id, nexus_had: held.map(|v| (v.state, v.gen)) });
-        }
-        r
+        self.seen(id, self.inner.vmm_get_state(id).await)
     }
 }
 
@@ -202,8 +209,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How long one run may take before it is cut short (and judged inconclusive).
-const RUN_LIMIT: Duration = Duration::from_secs(10);
+/// How long one run may take by default before it is cut short.
+pub const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the background tasks and update steps may take to settle once the
+/// scenario is over, before the run counts as cut short.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
 /// What one run came to: the invariants it broke, and whether the time limit cut
 /// it short (its end then goes unjudged, as a step bound's does in explore).
@@ -253,6 +264,8 @@ async fn one_run(
             )
         }
     };
+    let sled_for_nexus: Arc<dyn SledAgentApi> =
+        Arc::new(SeeGone { inner: sled_for_nexus, events: Arc::clone(&events) });
     let spawner = Arc::new(TokioSpawner::new(log).map_err(|e| e.to_string())?);
     let config = NexusConfig { restart_policy: cfg.restart_policy, ..NexusConfig::default() };
     let nexus: Arc<Nexus> = NexusStub::new(
@@ -260,7 +273,7 @@ async fn one_run(
         config,
         BTreeMap::from([(SLED, sled_for_nexus)]),
         Arc::new(SystemClock),
-        spawner,
+        Arc::clone(&spawner) as _,
     );
     let _ = events.nexus.set(Arc::downgrade(&nexus));
     let (nexus_server, datastore): (_, Arc<dyn WatcherDatastore>) = match cfg.transport {
@@ -310,21 +323,24 @@ async fn one_run(
     let in_time =
         tokio::time::timeout(limit, script::run(cfg.scenario, &driver, &progress)).await.is_ok();
     done.store(true, Ordering::Relaxed);
-    if in_time {
-        for t in &background.0 {
-            // Each loop ends at its next look at `done`; an aborted one has nothing to say.
-            while !t.is_finished() {
+    // The loops end at their next look at `done`, and update steps started at the
+    // very end must finish before the run is judged; all within a bound.
+    let settled = in_time
+        && tokio::time::timeout(SETTLE_LIMIT, async {
+            while !background.0.iter().all(|t| t.is_finished()) || spawner.in_flight() > 0 {
                 tokio::time::sleep(POLL).await;
             }
-        }
-        // Let update steps started at the very end finish before judging.
-        tokio::time::sleep(POLL).await;
-    }
+        })
+        .await
+        .is_ok();
     drop(background);
-    let ending = if in_time {
-        Ending::Finished
-    } else {
-        Ending::Bound(format!("the time limit ({} s)", limit.as_secs_f64()))
+    let ending = match (in_time, settled) {
+        (true, true) => Ending::Finished,
+        (true, false) => Ending::Bound(format!(
+            "the settle limit ({} s) for background tasks",
+            SETTLE_LIMIT.as_secs_f64()
+        )),
+        (false, _) => Ending::Bound(format!("the time limit ({} s)", limit.as_secs_f64())),
     };
     let verdict = judge(cfg.scenario, &nexus, &events, &lock(&progress), ending);
     // Closing can only fail if the server is already gone; nothing to report then.
@@ -404,7 +420,7 @@ pub fn stress(cfg: &StressConfig) -> Result<Vec<OrderingReport>, String> {
                 break;
             }
             let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            let v = runtime.block_on(one_run(cfg, ordering, seed, RUN_LIMIT))?;
+            let v = runtime.block_on(one_run(cfg, ordering, seed, cfg.run_limit))?;
             r.runs += 1;
             if !v.violations.is_empty() {
                 r.failed += 1;

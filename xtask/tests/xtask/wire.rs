@@ -109,3 +109,28 @@ fn the_binary_runs_over_http_with_logging_on() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("component: NexusStubHttp"), "servers log to stderr: {log}");
 }
+
+/// A run over its time limit is cut short: its end unjudged (inconclusive, not a
+/// violation), its background loops aborted so the next run starts clean.
+#[test]
+fn stress_cuts_a_run_over_its_limit_short_and_calls_it_inconclusive() {
+    use xtask::stress::{stress, StressConfig};
+    let cfg = StressConfig {
+        scenario: ScenarioKind::DiskMove,
+        orderings: vec![RemovalOrdering::PublishThenRemove],
+        restart_policy: RestartPolicy::Current,
+        transport: harness::Transport::InProc,
+        runs: 3,
+        seed: 1,
+        max_time: std::time::Duration::from_secs(30),
+        run_limit: std::time::Duration::from_micros(1),
+        log: slog::Logger::root(slog::Discard, slog::o!()),
+    };
+    let reports = stress(&cfg).expect("runs");
+    let r = &reports[0];
+    assert_eq!((r.runs, r.failed, r.inconclusive), (3, 0, 3), "{r:?}");
+    assert!(r.examples[0].contains("the time limit"), "{:?}", r.examples);
+    // And with time enough, the same runs finish and are judged.
+    let reports = stress(&StressConfig { run_limit: xtask::stress::RUN_LIMIT, ..cfg }).unwrap();
+    assert_eq!((reports[0].runs, reports[0].failed, reports[0].inconclusive), (3, 0, 0));
+}
