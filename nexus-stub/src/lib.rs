@@ -770,15 +770,22 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         let candidates = self.restart_candidates();
         let mut counts = RestartCounts { found: candidates.len(), ..RestartCounts::default() };
         for instance_id in candidates {
-            match self.start(instance_id, StartReason::AutoRestart).await {
+            match self.reincarnate(instance_id).await {
                 Ok(_) => counts.started += 1,
-                Err(e) => {
-                    warn!(self.log, "auto-restart failed"; "instance_id" => %instance_id, "error" => %e);
-                    counts.errors += 1;
-                }
+                Err(_) => counts.errors += 1,
             }
         }
         counts
+    }
+
+    /// Auto-restart's start of one instance it found (one of `restart_candidates`);
+    /// a pass is the candidates, then this for each.
+    pub async fn reincarnate(&self, instance_id: InstanceUuid) -> Result<InstanceView, NexusError> {
+        let r = self.start(instance_id, StartReason::AutoRestart).await;
+        if let Err(e) = &r {
+            warn!(self.log, "auto-restart failed"; "instance_id" => %instance_id, "error" => %e);
+        }
+        r
     }
 }
 

@@ -136,8 +136,19 @@ pub struct SimSledAgent<N> {
     nexus: N,
     clock: Arc<dyn Clock>,
     vmms: Mutex<BTreeMap<PropolisUuid, Entry>>,
+    /// Pokes waiting on a report, and what each will do once it is answered:
+    /// carry on (`more`), and, for a VMM already taken out of the table, the VMM
+    /// as it would come back if the report failed. It is state a poke keeps
+    /// across an await, so it is part of the sim's state.
+    in_flight: Mutex<BTreeMap<PropolisUuid, InFlight>>,
     runtime: Option<tokio::runtime::Handle>,
     this: Weak<Self>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    more: bool,
+    taken: Option<SimVmm>,
 }
 
 impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
@@ -167,6 +178,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             nexus,
             clock,
             vmms: Mutex::new(BTreeMap::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
             runtime,
             this: this.clone(),
         }))
@@ -208,6 +220,13 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         for (id, entry) in self.table().iter() {
             std::hash::Hash::hash(id, h);
             entry.vmm.hash_state(h);
+        }
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, f) in in_flight.iter() {
+            std::hash::Hash::hash(&(id, f.more, f.taken.is_some()), h);
+            if let Some(vmm) = &f.taken {
+                vmm.hash_state(h);
+            }
         }
     }
 
@@ -251,7 +270,11 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             debug!(self.log, "reporting VMM state";
                 "propolis_id" => %propolis_id, "state" => %state.vmm_state.state,
                 "gen" => state.vmm_state.gen.as_u64());
-            if let Err(source) = self.nexus.cpapi_instances_put(propolis_id, state).await {
+            let taken_vmm = taken.as_ref().map(|e| e.vmm.clone());
+            self.in_flight_set(propolis_id, Some(InFlight { more, taken: taken_vmm }));
+            let reported = self.nexus.cpapi_instances_put(propolis_id, state).await;
+            self.in_flight_set(propolis_id, None);
+            if let Err(source) = reported {
                 warn!(self.log, "report to Nexus failed; keeping VMM";
                     "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
                     "error" => %source);
@@ -274,6 +297,14 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
                 return Ok(outcome);
             }
         }
+    }
+
+    fn in_flight_set(&self, propolis_id: PropolisUuid, f: Option<InFlight>) {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match f {
+            Some(f) => m.insert(propolis_id, f),
+            None => m.remove(&propolis_id),
+        };
     }
 
     /// Removes the VMM if it is still at the acknowledged state; a concurrent poke

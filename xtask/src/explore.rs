@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
-use crate::harness::sched::{ActorId, Choice};
+use crate::harness::sched::{ActorId, ActorKind, Call, Choice};
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
 
@@ -72,8 +72,9 @@ pub enum Truncation {
     TimeCap(Duration),
     /// Some runs reached the step bound: what they would have done next is unseen.
     StepBound { max_steps: usize, runs: usize },
-    /// Two different situations shared a fingerprint: one of them may have been
-    /// pruned unseen (found only with `--check-fingerprints`).
+    /// Two situations shared a fingerprint but differed in what it hashes (a
+    /// collision) or in what could go next (something the fingerprint leaves
+    /// out): one may have been pruned unseen. Found only with `--check-fingerprints`.
     FingerprintCollision(usize),
 }
 
@@ -85,7 +86,9 @@ impl Truncation {
             Truncation::StepBound { max_steps, runs } => {
                 format!("{runs} run(s) reached the step bound ({max_steps} steps)")
             }
-            Truncation::FingerprintCollision(n) => format!("{n} fingerprint collision(s)"),
+            Truncation::FingerprintCollision(n) => {
+                format!("{n} fingerprint mismatch(es): one fingerprint, different situations")
+            }
         }
     }
 }
@@ -188,8 +191,18 @@ pub struct Progress {
 /// iterated, so its order cannot leak into results.
 type Visited = HashMap<u64, u32, BuildHasherDefault<StableHasher>>;
 
-/// Fingerprint -> the situation in full, under `--check-fingerprints`.
-type Situations = HashMap<u64, Vec<u8>, BuildHasherDefault<StableHasher>>;
+/// Under `--check-fingerprints`, for each fingerprint: what it hashed, the calls
+/// that could go next, and the path that first reached it.
+type Situations = HashMap<u64, Seen, BuildHasherDefault<StableHasher>>;
+
+struct Seen {
+    full: Vec<u8>,
+    next: Vec<(ActorKind, Call)>,
+    path: Vec<u32>,
+}
+
+/// At most this many merges are replayed to check that both sides have one future.
+const MERGES_CHECKED: usize = 20_000;
 
 /// The best (shortest) length found so far for each invariant, by number.
 type Best = BTreeMap<u8, usize>;
@@ -232,6 +245,9 @@ struct Dfs<'a> {
     visited: &'a mut Visited,
     situations: Option<&'a mut Situations>,
     collisions: usize,
+    /// Under `--check-fingerprints`: (first path, this path) to a situation this
+    /// run was pruned at, to replay both on and compare.
+    merge: Option<(Vec<u32>, Vec<u32>)>,
     frontier: &'a mut Frontier,
     best: &'a Best,
     prune: bool,
@@ -267,12 +283,17 @@ impl Chooser for Dfs<'_> {
         let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
         let fp = ctx.world.fingerprint(ctx.observer);
         if let Some(situations) = self.situations.as_deref_mut() {
+            // What the fingerprint hashes, and what can be done next: two situations
+            // that share a fingerprint must agree on both, or pruning one for the
+            // other may skip what only it could do.
             let full = ctx.world.situation(ctx.observer);
+            let next: Vec<(ActorKind, Call)> =
+                ctx.enabled.iter().map(|c| (c.kind, c.call)).collect();
             match situations.get(&fp) {
-                Some(seen) if *seen != full => self.collisions += 1,
-                Some(_) => {}
+                Some(seen) if seen.full != full || seen.next != next => self.collisions += 1,
+                Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),
                 None => {
-                    situations.insert(fp, full);
+                    situations.insert(fp, Seen { full, next, path: self.path.clone() });
                 }
             }
         }
@@ -316,6 +337,32 @@ fn follow(
     Ok(Some(i))
 }
 
+/// Whether two paths to one fingerprint have one future: played on by the
+/// `happy` policy, the same calls, answers, end and new violations follow. A
+/// fingerprint that leaves out something the future depends on shows here.
+pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunError> {
+    let go = |p: &[u32]| {
+        harness::run(run, &mut PrefixThenHappy { prefix: p.to_vec(), path: Vec::new() })
+    };
+    let (ra, rb) = (go(a)?, go(b)?);
+    let after = |r: &RunResult, from: usize| {
+        let steps: Vec<_> = r
+            .steps
+            .iter()
+            .skip(from)
+            .map(|s| (r.actors.get(s.actor).copied(), s.call, s.answer.clone()))
+            .collect();
+        let broke: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.step > from)
+            .map(|v| (v.invariant, v.step - from))
+            .collect();
+        (steps, broke, r.end.clone())
+    };
+    Ok(after(&ra, a.len()) == after(&rb, b.len()))
+}
+
 /// The violating prefix, then the `happy` policy to the end.
 struct PrefixThenHappy {
     prefix: Vec<u32>,
@@ -346,6 +393,7 @@ pub fn explore(
     let (mut runs, mut violating_runs, mut step_bound_runs, mut collisions) = (0, 0, 0, 0);
     let mut first_violation = None;
     let mut truncated = Vec::new();
+    let mut merges: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
     // The search needs verdicts only; the counterexamples' runs below keep the trace.
     let search =
         RunConfig { trace_writes: false, check_chooser: cfg.check_fingerprints, ..cfg.run.clone() };
@@ -368,12 +416,16 @@ pub fn explore(
             visited: &mut visited,
             situations: situations.as_mut(),
             collisions: 0,
+            merge: None,
             frontier: &mut frontier,
             best: &best,
             prune: cfg.prune,
         };
         let r = harness::run_verdict(&search, &mut dfs)?;
         collisions += dfs.collisions;
+        if let (Some(m), true) = (dfs.merge.take(), merges.len() < MERGES_CHECKED) {
+            merges.push(m);
+        }
         let path = std::mem::take(&mut dfs.path);
         if let Some(e) = r.harness_errors.first() {
             return Err(RunError::Harness(e.clone()));
@@ -405,6 +457,11 @@ pub fn explore(
     if step_bound_runs > 0 {
         truncated
             .push(Truncation::StepBound { max_steps: cfg.run.max_steps, runs: step_bound_runs });
+    }
+    for (first, again) in &merges {
+        if !one_future(&cfg.run, first, again)? {
+            collisions += 1;
+        }
     }
     if collisions > 0 {
         truncated.push(Truncation::FingerprintCollision(collisions));

@@ -83,7 +83,10 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
             }
         }
         Answer::Updated(what) => what.to_string(),
-        Answer::Restarts(c) => format!("{} to restart, {} started", c.found, c.started),
+        Answer::Candidates(ids) => {
+            let names: Vec<String> = ids.iter().map(|i| names.instance(*i)).collect();
+            format!("to restart: [{}]", names.join(", "))
+        }
         Answer::Instance(s) => s.to_string(),
         Answer::Disk(DiskState::Detached) => "detached".into(),
         Answer::Disk(DiskState::Attached(i)) => format!("attached to {}", names.instance(*i)),

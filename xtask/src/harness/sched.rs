@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use nexus_stub::{DbVmmState, DiskState, ExternalState, RestartCounts};
+use nexus_stub::{DbVmmState, DiskState, ExternalState};
 use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState, VmmStateRequested};
 
 pub type ActorId = usize;
@@ -110,6 +110,7 @@ pub enum CallKind {
     InstanceUpdate,
     Reincarnation,
     InstanceCreate,
+    InstanceStart,
     InstanceStop,
     DiskCreate,
     DiskAttach,
@@ -118,7 +119,7 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 16] = [
+    pub const ALL: [CallKind; 17] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
         CallKind::VmmPutState,
@@ -130,6 +131,7 @@ impl CallKind {
         CallKind::InstanceUpdate,
         CallKind::Reincarnation,
         CallKind::InstanceCreate,
+        CallKind::InstanceStart,
         CallKind::InstanceStop,
         CallKind::DiskCreate,
         CallKind::DiskAttach,
@@ -150,6 +152,7 @@ impl CallKind {
             CallKind::InstanceUpdate => "instance_update",
             CallKind::Reincarnation => "reincarnation",
             CallKind::InstanceCreate => "instance_create",
+            CallKind::InstanceStart => "instance_start",
             CallKind::InstanceStop => "instance_stop",
             CallKind::DiskCreate => "disk_create",
             CallKind::DiskAttach => "disk_attach",
@@ -203,8 +206,8 @@ pub enum Answer {
     },
     Listed(Vec<(PropolisUuid, VmmState, Generation)>),
     Updated(&'static str),
-    /// What an auto-restart pass did.
-    Restarts(RestartCounts),
+    /// The instances an auto-restart pass found to restart.
+    Candidates(Vec<InstanceUuid>),
     /// An instance operation answered with the instance's user-visible state.
     Instance(ExternalState),
     /// A disk operation answered with where the disk is.

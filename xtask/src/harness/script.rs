@@ -387,6 +387,8 @@ pub(super) async fn watcher(
 
 pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize) {
     for _ in 0..passes {
+        // Two kinds of step, so what the pass found is in the actor's history (the
+        // answer of a call with no calls inside) before it starts any of them.
         let call = Call {
             kind: CallKind::Reincarnation,
             from: Component::Nexus,
@@ -394,8 +396,26 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
             vmm: None,
             arg: Arg::None,
         };
-        // The pass's own calls to the sled agent park at their gates in turn.
         let n = &nexus;
-        sched.gate(call, None, None, || n.reincarnation_pass(), |c| Answer::Restarts(*c)).await;
+        let candidates = sched
+            .gate(
+                call,
+                None,
+                None,
+                || async { n.restart_candidates() },
+                |c| Answer::Candidates(c.clone()),
+            )
+            .await;
+        for id in candidates {
+            let call = Call {
+                kind: CallKind::InstanceStart,
+                from: Component::Nexus,
+                to: Component::Datastore,
+                vmm: None,
+                arg: Arg::Instance(id),
+            };
+            // An error is the step's answer; the pass goes on, as omicron's does.
+            let _ = sched.gate(call, None, None, || n.reincarnate(id), instance_answer).await;
+        }
     }
 }
