@@ -129,32 +129,56 @@ pub enum TransportArg {
 
 #[derive(Debug, Args)]
 struct ScenarioArgs {
-    #[arg(long, value_enum, default_value_t)]
-    scenario: ScenarioArg,
-    #[arg(long, value_enum, default_value_t)]
-    ordering: OrderingArg,
+    #[command(flatten)]
+    model: ModelArgs,
     /// `happy`, `seed-7282`, or a replay string printed by a run or by explore.
     #[arg(long, default_value = "seed-7282", value_parser = ScheduleSpec::parse)]
     schedule: ScheduleSpec,
     #[arg(long, value_enum, default_value_t)]
-    restart_policy: RestartPolicyArg,
-    #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
-    /// Watcher passes the watcher actor makes.
-    #[arg(long, default_value_t = 2)]
-    watcher_passes: usize,
-    /// Auto-restart passes.
-    #[arg(long, default_value_t = 1)]
-    restart_passes: usize,
-    /// Steps the run may take; reaching it makes the run inconclusive (exit 3).
-    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
-    max_steps: usize,
-    /// Seed a known bug into the model (to replay an explorer's counterexample).
-    #[arg(long, value_enum)]
-    inject: Option<InjectArg>,
     /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
+}
+
+/// What is run, and within which bounds: the same for `scenario` and `explore`,
+/// so a command explore prints means the same to scenario.
+#[derive(Debug, Args)]
+struct ModelArgs {
+    #[arg(long, value_enum, default_value_t)]
+    scenario: ScenarioArg,
+    #[arg(long, value_enum, default_value_t)]
+    ordering: OrderingArg,
+    #[arg(long, value_enum, default_value_t)]
+    restart_policy: RestartPolicyArg,
+    /// Watcher passes; each may start at any point.
+    #[arg(long, default_value_t = 2)]
+    watcher_passes: usize,
+    /// Auto-restart passes; each may start at any point.
+    #[arg(long, default_value_t = 1)]
+    restart_passes: usize,
+    /// Steps one run may take; a run that reaches it has its end unjudged
+    /// (inconclusive, exit 3, unless something broke on the way).
+    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
+    max_steps: usize,
+    /// Seed a known bug into the model (also to replay explore's counterexample).
+    #[arg(long, value_enum)]
+    inject: Option<InjectArg>,
+}
+
+impl ModelArgs {
+    fn run_config(&self, log: Logger) -> RunConfig {
+        RunConfig {
+            scenario: self.scenario.into(),
+            ordering: self.ordering.into(),
+            restart_policy: self.restart_policy.into(),
+            watcher_passes: self.watcher_passes,
+            restart_passes: self.restart_passes,
+            max_steps: self.max_steps,
+            inject: self.inject.map(Into::into),
+            ..RunConfig::new(log)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -176,22 +200,8 @@ impl From<InjectArg> for Inject {
 
 #[derive(Debug, Args)]
 struct ExploreArgs {
-    #[arg(long, value_enum, default_value_t)]
-    scenario: ScenarioArg,
-    #[arg(long, value_enum, default_value_t)]
-    ordering: OrderingArg,
-    #[arg(long, value_enum, default_value_t)]
-    restart_policy: RestartPolicyArg,
-    /// Watcher passes; each may start at any point.
-    #[arg(long, default_value_t = 2)]
-    watcher_passes: usize,
-    /// Auto-restart passes; each may start at any point.
-    #[arg(long, default_value_t = 1)]
-    restart_passes: usize,
-    /// Steps one schedule may take; a run that reaches it is unjudged, and the
-    /// search is then truncated (exit 3 unless something broke).
-    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
-    max_steps: usize,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Schedules to run at most; a search cut short is truncated (exit 3 unless
     /// something broke).
     #[arg(long, default_value_t = DEFAULT_MAX_SCHEDULES, value_parser = at_least_one)]
@@ -199,13 +209,10 @@ struct ExploreArgs {
     /// Seconds to search at most; a search cut short is truncated.
     #[arg(long, value_parser = at_least_one)]
     max_seconds: Option<usize>,
-    /// Keep each situation in full beside its fingerprint, report any collision,
-    /// and check that no chooser changes the world (slow; a debugging aid).
+    /// Check the fingerprints: replay both sides of every merge and compare their
+    /// futures, and check that no chooser changes the world (slow; a debugging aid).
     #[arg(long)]
     check_fingerprints: bool,
-    /// Seed a known bug into the model.
-    #[arg(long, value_enum)]
-    inject: Option<InjectArg>,
     /// Write a self-contained HTML page with the sequence diagram.
     #[arg(long, value_name = "FILE.html")]
     report: Option<std::path::PathBuf>,
@@ -359,18 +366,11 @@ fn run_failure(e: RunError) -> Fail {
 
 fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
     let config = RunConfig {
-        scenario: a.scenario.into(),
-        ordering: a.ordering.into(),
-        restart_policy: a.restart_policy.into(),
-        watcher_passes: a.watcher_passes,
-        restart_passes: a.restart_passes,
-        max_steps: a.max_steps,
-        inject: a.inject.map(Into::into),
         transport: match a.transport {
             TransportArg::Inproc => Transport::InProc,
             TransportArg::Http => Transport::Http,
         },
-        ..RunConfig::new(log)
+        ..a.model.run_config(log)
     };
     if let ScheduleSpec::Replay(text) = &a.schedule {
         let n = Replay::parse(text).map_err(|e| Fail::Usage(e.to_string()))?.len();
@@ -504,16 +504,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     use std::io::IsTerminal;
     // Logging stays off the hot path: a run takes microseconds, a log line more.
     let log = Logger::root(slog::Discard, o!());
-    let run = RunConfig {
-        scenario: a.scenario.into(),
-        ordering: a.ordering.into(),
-        restart_policy: a.restart_policy.into(),
-        watcher_passes: a.watcher_passes,
-        restart_passes: a.restart_passes,
-        max_steps: a.max_steps,
-        inject: a.inject.map(Into::into),
-        ..RunConfig::new(log)
-    };
+    let run = a.model.run_config(log);
     let cfg = ExploreConfig {
         max_schedules: a.max_schedules,
         max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
