@@ -160,10 +160,7 @@ fn counts_that_would_search_nothing_or_overflow_exit_2() {
         &["scenario", "--schedule", "scenario.disk_create*201"],
         &["scenario", "--max-steps", "3", "--schedule", "scenario.disk_create*4"],
     ] {
-        let (code, out, err) = xtask(args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(out.is_empty(), "{args:?}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        check_usage_error(args);
     }
 }
 

@@ -56,6 +56,15 @@ pub fn instance_state(r: &RunResult, name: &str) -> ExternalState {
     r.instances.iter().find(|i| i.name == name).map(|i| i.state).expect("instance exists")
 }
 
+/// Bad usage: exit 2, nothing on stdout, one line on stderr saying so.
+pub fn check_usage_error(args: &[&str]) {
+    let (code, out, err) = xtask(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert!(out.is_empty(), "{args:?}: {out}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+}
+
 /// Runs a printed `cargo xtask ...` command line as a user would paste it: words
 /// split on spaces, a '...' group taken whole.
 pub fn run_printed(command: &str) -> (u8, String, String) {

@@ -77,11 +77,7 @@ fn bad_flag_values_exit_2_with_one_line() {
         &["scenario", "--watcher-passes", "-1"],
         &["no-such-command"],
     ] {
-        let (code, out, err) = xtask(args);
-        assert_eq!(code, 2, "{args:?}");
-        assert!(out.is_empty(), "{args:?}: {out}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(err.starts_with("error: "), "{err}");
+        check_usage_error(args);
     }
 }
 
