@@ -14,8 +14,8 @@ use sim_sled_agent::RemovalOrdering;
 use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
-use crate::explore::{ExploreConfig, DEFAULT_MAX_SCHEDULES};
-use crate::harness::schedule::{Replay, ScheduleSpec};
+use crate::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
+use crate::harness::schedule::ScheduleSpec;
 use crate::harness::{
     self, Inject, RunConfig, RunEnd, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
 };
@@ -372,24 +372,16 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
         },
         ..a.model.run_config(log)
     };
-    if let ScheduleSpec::Replay(text) = &a.schedule {
-        let n = Replay::parse(text).map_err(|e| Fail::Usage(e.to_string()))?.len();
-        if n > config.max_steps {
-            return Err(Fail::Usage(format!(
-                "the replay string names {n} steps, more than --max-steps {}",
-                config.max_steps
-            )));
-        }
-    }
-    let mut chooser = a.schedule.chooser().map_err(|e| Fail::Usage(e.to_string()))?;
+    let mut chooser =
+        a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;
     let passed = result.passed();
     // A run the step bound cut short is unjudged at its end: inconclusive, unless
     // something already broke on the way.
-    let code = match (passed, &result.end) {
-        (false, _) => 1,
-        (true, RunEnd::StepBound(_)) => 3,
-        (true, _) => 0,
+    let verdict = match (passed, &result.end) {
+        (false, _) => Verdict::Violated,
+        (true, RunEnd::StepBound(_)) => Verdict::Inconclusive,
+        (true, _) => Verdict::Clean,
     };
     let steps = report::steps_out(&result);
     let violations = report::violations_out(&result);
@@ -401,11 +393,10 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
             "restart_policy": config.restart_policy.label(),
             "transport": config.transport.label(),
             "passed": passed,
-            "verdict": match code {
-                _ if !result.harness_errors.is_empty() => "harness_fault",
-                0 => "clean",
-                1 => "violated",
-                _ => "inconclusive",
+            "verdict": if result.harness_errors.is_empty() {
+                verdict.word()
+            } else {
+                "harness_fault"
             },
             "max_steps": config.max_steps,
             "violations": violations,
@@ -422,7 +413,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
     } else {
         let _ = write!(out, "{}", human(&config, &a.schedule, &result, &steps, &violations));
     }
-    Ok(code)
+    Ok(verdict.exit_code())
 }
 
 fn human(
@@ -595,9 +586,14 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
         log,
     };
     let reports = crate::stress::stress(&cfg).map_err(Fail::Broken)?;
-    let failed = reports.iter().any(|r| r.failed > 0);
     // Runs left unmade (the time ran out) make the rest a sample, not a verdict.
-    let inconclusive = reports.iter().any(|r| r.inconclusive > 0 || r.skipped > 0);
+    let verdict = if reports.iter().any(|r| r.failed > 0) {
+        Verdict::Violated
+    } else if reports.iter().any(|r| r.inconclusive > 0 || r.skipped > 0) {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Clean
+    };
     if a.json {
         let json = serde_json::json!({
             "scenario": cfg.scenario.label(),
@@ -605,8 +601,8 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
             "restart_policy": cfg.restart_policy.label(),
             "seed": cfg.seed,
             "runs_asked": cfg.runs,
-            "passed": !failed,
-            "verdict": if failed { "violated" } else if inconclusive { "inconclusive" } else { "clean" },
+            "passed": verdict != Verdict::Violated,
+            "verdict": verdict.word(),
             "orderings": reports,
         });
         let _ = writeln!(out, "{json}");
@@ -650,9 +646,5 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
             }
         }
     }
-    Ok(match (failed, inconclusive) {
-        (true, _) => 1,
-        (false, true) => 3,
-        (false, false) => 0,
-    })
+    Ok(verdict.exit_code())
 }

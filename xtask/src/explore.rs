@@ -113,7 +113,8 @@ impl Coverage {
     }
 }
 
-/// What a search concludes.
+/// What a search concludes; `scenario` and `stress` say the same of a run or a
+/// batch of runs, with the same words and exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// No schedule within the bounds breaks an invariant, and all were covered.
@@ -204,8 +205,9 @@ struct Seen {
 /// At most this many merges are replayed to check that both sides have one future.
 const MERGES_CHECKED: usize = 20_000;
 
-/// The best (shortest) length found so far for each invariant, by number.
-type Best = BTreeMap<u8, usize>;
+/// For each invariant broken so far, by number: the shortest prefix that breaks
+/// it, ending with the step after which the break was seen.
+type Best = BTreeMap<u8, Vec<u32>>;
 
 /// Schedules still to run, by how many preemptions their prefix makes: the search
 /// runs those with the fewest first (depth first among equals), because races of
@@ -260,7 +262,7 @@ impl Dfs<'_> {
     fn may_matter(&self, ctx: &ChoiceCtx<'_>, depth: usize) -> bool {
         INVARIANTS.iter().any(|&(k, _)| {
             !ctx.observer.invariants().is_broken(k)
-                && self.best.get(&k).is_none_or(|&b| depth + 1 < b)
+                && self.best.get(&k).is_none_or(|b| depth + 1 < b.len())
         })
     }
 }
@@ -389,7 +391,6 @@ pub fn explore(
     let mut frontier = Frontier::default();
     frontier.push(0, Vec::new());
     let mut best: Best = BTreeMap::new();
-    let mut prefixes: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
     let (mut runs, mut violating_runs, mut step_bound_runs, mut collisions) = (0, 0, 0, 0);
     let mut first_violation = None;
     let mut truncated = Vec::new();
@@ -439,9 +440,8 @@ pub fn explore(
         }
         for v in &r.violations {
             let len = v.step.min(path.len());
-            if best.get(&v.invariant).is_none_or(|&b| len < b) {
-                best.insert(v.invariant, len);
-                prefixes.insert(v.invariant, path[..len].to_vec());
+            if best.get(&v.invariant).is_none_or(|b| len < b.len()) {
+                best.insert(v.invariant, path[..len].to_vec());
             }
         }
         if last_report.elapsed() >= Duration::from_millis(250) {
@@ -467,8 +467,8 @@ pub fn explore(
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
     let mut counterexamples = Vec::new();
-    for (invariant, prefix) in prefixes {
-        let len = best.get(&invariant).copied().unwrap_or(prefix.len());
+    for (invariant, prefix) in best {
+        let len = prefix.len();
         let run = harness::run(&cfg.run, &mut PrefixThenHappy { prefix, path: Vec::new() })?;
         // The prefix is deterministic, so the full run breaks the invariant at the
         // same step; anything else means the harness is not.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nexus_stub::{
-    DiskState, DiskView, ExternalState, InstanceView, NexusConfig, NexusError, NexusStub,
-    RestartPolicy, TokioSpawner,
+    DiskView, ExternalState, InstanceView, NexusConfig, NexusError, NexusStub, RestartPolicy,
+    TokioSpawner,
 };
 use serde::Serialize;
 use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
@@ -25,7 +25,7 @@ use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::{InstanceWatcher, WatcherDatastore};
 
-use crate::harness::invariants::{End, Ending, Event, Invariants, Violation};
+use crate::harness::invariants::{Ending, Event, Invariants, Violation};
 use crate::harness::script::{self, Driver, Progress, ScenarioKind};
 use crate::harness::transport::WeakNexus;
 use crate::harness::{Names, Transport, SLED};
@@ -375,18 +375,7 @@ fn judge(
     for e in nexus.instance_log() {
         inv.on(0, &Event::Instance(e), &names);
     }
-    let disk_on_second = (kind == ScenarioKind::DiskMove).then(|| {
-        match (progress.disk.and_then(|d| nexus.disk(d).ok()), progress.instances.get(1)) {
-            (Some(d), Some((_, i2))) => d.state == DiskState::Attached(*i2),
-            _ => false,
-        }
-    });
-    let end = End {
-        ending,
-        outcome: progress.outcome.clone(),
-        instances: nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
-        disk_on_second,
-    };
+    let end = progress.end(kind, nexus, ending);
     inv.end(0, &end, &names);
     RunVerdict {
         violations: inv.violations().to_vec(),

@@ -2,9 +2,7 @@
 //! from the answers the gates saw, the calls parked at them, and Nexus's logs,
 //! never from printed text.
 
-use nexus_stub::DiskState;
-
-use super::invariants::{End, Ending, Event, Invariants, Violation};
+use super::invariants::{Ending, Event, Invariants, Violation};
 use super::sched::{Answer, Arg, Call, CallKind};
 use super::script::ScenarioKind;
 use super::{RunEnd, World};
@@ -45,6 +43,8 @@ impl Observer {
 
     pub fn check(&mut self, world: &World) {
         let names = || world.names();
+        // Gathered first, then fed: the visits run under the scheduler's and Nexus's
+        // locks, and wording a violation takes Nexus's lock again.
         let mut events = Vec::new();
         let now = world.sched.steps_len();
 
@@ -89,21 +89,7 @@ impl Observer {
             }
             RunEnd::StepBound(max) => Ending::Bound(format!("the step bound ({max})")),
         };
-        let progress = world.progress();
-        let disk_on_second = (kind == ScenarioKind::DiskMove).then(|| {
-            let inst2 = progress.instances.get(1).map(|(_, id)| *id);
-            match (progress.disk.and_then(|d| world.nexus.disk(d).ok()), inst2) {
-                (Some(d), Some(i2)) => d.state == DiskState::Attached(i2),
-                _ => false,
-            }
-        });
-        let end = End {
-            ending,
-            outcome: progress.outcome.clone(),
-            instances: world.nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
-            disk_on_second,
-        };
-        drop(progress);
+        let end = world.progress().end(kind, &world.nexus, ending);
         self.invariants.end(world.sched.steps_len(), &end, &|| world.names());
     }
 }

@@ -54,6 +54,9 @@ pub enum ScheduleError {
 
     #[error("the run finished after {steps} steps, but the replay has {left} more")]
     TooLong { steps: usize, left: usize },
+
+    #[error("the replay string names {steps} steps, more than --max-steps {max_steps}")]
+    OverBound { steps: usize, max_steps: usize },
 }
 
 /// Scheduling priority of an actor under the named policies: the scenario first,
@@ -308,11 +311,19 @@ impl ScheduleSpec {
         }
     }
 
-    pub fn chooser(&self) -> Result<Box<dyn Chooser>, ScheduleError> {
+    /// The chooser for a run of at most `max_steps` steps; a replay string that
+    /// names more could never be followed to its end, so it is refused here.
+    pub fn chooser(&self, max_steps: usize) -> Result<Box<dyn Chooser>, ScheduleError> {
         Ok(match self {
             ScheduleSpec::Happy => Box::new(Happy),
             ScheduleSpec::Seed7282 => Box::<Seed7282>::default(),
-            ScheduleSpec::Replay(s) => Box::new(Replay::parse(s)?),
+            ScheduleSpec::Replay(s) => {
+                let replay = Replay::parse(s)?;
+                if replay.len() > max_steps {
+                    return Err(ScheduleError::OverBound { steps: replay.len(), max_steps });
+                }
+                Box::new(replay)
+            }
         })
     }
 }

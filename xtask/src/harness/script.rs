@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use std::future::Future;
 
-use nexus_stub::{DiskState, DiskView, ExternalState, InstanceView, NexusError};
-use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid};
+use nexus_stub::{DiskState, DiskView, ExternalState, InstanceView, NexusError, NexusStub};
+use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi};
 use sledsim_http::error_chain;
 
+use super::invariants::{End, Ending};
 use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
 use super::transport::SimPort;
 use super::{Nexus, Watcher};
@@ -49,6 +50,28 @@ impl Progress {
     /// Feeds it into a fingerprint: the end-of-run rules read it.
     pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
         std::hash::Hash::hash(self, h);
+    }
+
+    /// What the end-of-run rules read, from what the scenario did and what Nexus
+    /// holds: the same for a gated run and a stress run.
+    pub fn end<S: SledAgentApi + 'static>(
+        &self,
+        kind: ScenarioKind,
+        nexus: &NexusStub<S>,
+        ending: Ending,
+    ) -> End {
+        let disk_on_second = (kind == ScenarioKind::DiskMove).then(|| {
+            match (self.disk.and_then(|d| nexus.disk(d).ok()), self.instances.get(1)) {
+                (Some(d), Some((_, i2))) => d.state == DiskState::Attached(*i2),
+                _ => false,
+            }
+        });
+        End {
+            ending,
+            outcome: self.outcome.clone(),
+            instances: nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
+            disk_on_second,
+        }
     }
 }
 
