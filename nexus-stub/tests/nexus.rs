@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nexus_stub::{
-    DbVmmState, DeferredSpawner, DiskState, ExternalState, NexusConfig, NexusError, NexusFaults,
-    NexusStub, RestartPolicy, UpdateOutcome,
+    DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, NexusConfig, NexusError,
+    NexusFaults, NexusStub, RestartPolicy, TaskSpawner, UpdateOutcome,
 };
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockSledAgentApi,
@@ -405,4 +405,117 @@ async fn bad_input_gets_typed_errors() {
     ));
     h.nexus.disk_create("d").unwrap();
     assert!(matches!(h.nexus.disk_create("d"), Err(NexusError::NameInUse { .. })));
+}
+
+fn hash_of<S: SledAgentApi + 'static>(nexus: &NexusStub<S>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    nexus.hash_state(&mut h);
+    std::hash::Hasher::finish(&h)
+}
+
+#[tokio::test]
+async fn the_instance_log_keeps_every_change_in_order() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    h.nexus.instance_stop(inst).await.unwrap();
+    h.report(vmm, VmmState::Failed, 4).await;
+    h.run_updates().await;
+    h.nexus.instance_start(inst).await.unwrap();
+    let changes: Vec<_> =
+        h.nexus.instance_log().iter().map(|e| (e.instance_id, e.change)).collect();
+    assert_eq!(
+        changes,
+        [
+            (inst, InstanceChange::StartRequested { auto_restart: false }),
+            (inst, InstanceChange::StopRequested),
+            (inst, InstanceChange::Failed),
+            (inst, InstanceChange::StartRequested { auto_restart: false }),
+        ]
+    );
+    let mut rest = Vec::new();
+    assert_eq!(h.nexus.visit_instance_log_since(2, |e| rest.push(e.change)), 4);
+    assert_eq!(
+        rest,
+        [InstanceChange::Failed, InstanceChange::StartRequested { auto_restart: false }]
+    );
+
+    // A Destroyed VMM leaves the instance stopped; auto-restart's start says so.
+    let h = harness_with(
+        sim_like_sled(),
+        NexusConfig { restart_policy: RestartPolicy::Policy2024, ..NexusConfig::default() },
+    );
+    let (_, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Destroyed, 7).await;
+    h.run_updates().await;
+    let (_, vmm2) = h.started("other").await;
+    h.report(vmm2, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    assert_eq!(h.nexus.reincarnation_pass().await.started, 1);
+    let changes: Vec<_> = h.nexus.instance_log().iter().map(|e| e.change).collect();
+    assert_eq!(changes[1], InstanceChange::Stopped);
+    assert_eq!(changes.last(), Some(&InstanceChange::StartRequested { auto_restart: true }));
+}
+
+#[tokio::test]
+async fn a_failed_auto_restart_is_counted_as_an_error() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The first registration succeeds; auto-restart's fails.
+    let mut sled = MockSledAgentApi::new();
+    let seen = Arc::clone(&calls);
+    sled.expect_vmm_register().returning(move |_, body| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Ok(SledVmmState { vmm_state: body.vmm_runtime })
+        } else {
+            Err(SledAgentError::UnexpectedResponse {
+                operation: "vmm_register",
+                status: 500,
+                message: "sled full".into(),
+            })
+        }
+    });
+    sled.expect_vmm_put_state().returning(|_, _| {
+        Ok(VmmPutStateResponse { updated_runtime: Some(state(VmmState::Starting, 2)) })
+    });
+    let h = harness_with(sled, NexusConfig::default());
+    let (_, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    let counts = h.nexus.reincarnation_pass().await;
+    assert_eq!((counts.found, counts.started, counts.errors), (1, 0, 1));
+}
+
+#[tokio::test]
+async fn the_state_hash_follows_the_records() {
+    let (a, b) = (harness(), harness());
+    assert_eq!(hash_of(&a.nexus), hash_of(&b.nexus));
+    let (_, vmm) = a.started("inst").await;
+    b.started("inst").await;
+    assert_eq!(hash_of(&a.nexus), hash_of(&b.nexus), "the same operations, the same state");
+    let before = hash_of(&a.nexus);
+    a.report(vmm, VmmState::Running, 4).await;
+    assert_ne!(hash_of(&a.nexus), before);
+}
+
+#[tokio::test]
+async fn the_tokio_spawner_counts_update_steps_in_flight() {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let spawner = nexus_stub::TokioSpawner::new(&log).unwrap();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let wait = Arc::clone(&go);
+    spawner.spawn_update(
+        InstanceUuid::from_u128(1),
+        Box::pin(async move {
+            wait.notified().await;
+            Ok(UpdateOutcome::NothingToDo)
+        }),
+    );
+    assert_eq!(spawner.in_flight(), 1);
+    go.notify_one();
+    for _ in 0..1000 {
+        if spawner.in_flight() == 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the update step never finished");
 }

@@ -35,20 +35,34 @@ fn sim(config: SimConfig, nexus: MockNexusInternalApi) -> Arc<Sim> {
 /// about the sim (which the closure reaches through a late-bound weak pointer).
 struct Recorder {
     reports: Arc<Mutex<Vec<(VmmState, u64, bool)>>>,
+    /// The sim's state hash while each report is in flight.
+    hashes: Arc<Mutex<Vec<u64>>>,
     sim: Arc<OnceLock<Weak<Sim>>>,
+}
+
+fn hash_of(sim: &Sim) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    sim.hash_state(&mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 impl Recorder {
     /// `fail_on`: a state whose report fails once.
     fn mock(fail_on: Option<VmmState>) -> (Recorder, MockNexusInternalApi) {
-        let rec = Recorder { reports: Arc::default(), sim: Arc::new(OnceLock::new()) };
+        let rec = Recorder {
+            reports: Arc::default(),
+            hashes: Arc::default(),
+            sim: Arc::new(OnceLock::new()),
+        };
         let (reports, late) = (Arc::clone(&rec.reports), Arc::clone(&rec.sim));
+        let hashes = Arc::clone(&rec.hashes);
         let failed_once = Arc::new(Mutex::new(false));
         let mut nexus = MockNexusInternalApi::new();
         nexus.expect_cpapi_instances_put().returning(move |id, st: SledVmmState| {
             assert_eq!(id, VMM);
-            let in_table =
-                late.get().and_then(Weak::upgrade).expect("sim is bound").contains_vmm(id);
+            let sim = late.get().and_then(Weak::upgrade).expect("sim is bound");
+            let in_table = sim.contains_vmm(id);
+            hashes.lock().unwrap().push(hash_of(&sim));
             let s = st.vmm_state;
             reports.lock().unwrap().push((s.state, s.gen.as_u64(), in_table));
             let mut failed = failed_once.lock().unwrap();
@@ -139,6 +153,29 @@ async fn remove_then_publish_drops_the_vmm_before_reporting_destroyed() {
     assert_eq!(rec.reports().last(), Some(&(VmmState::Destroyed, 7, false)));
     // Every earlier report happened with the VMM still present.
     assert!(rec.reports()[..3].iter().all(|&(_, _, present)| present));
+}
+
+/// The state hash covers the table and what a poke waiting on a report will do:
+/// under the legacy ordering, a VMM taken out of the table while its Destroyed is
+/// in flight is still state (it comes back if the report fails).
+#[tokio::test]
+async fn the_state_hash_covers_the_table_and_a_report_in_flight() {
+    let (rec, nexus) = Recorder::mock(None);
+    let empty = sim(SimConfig::default(), MockNexusInternalApi::new());
+    let config =
+        SimConfig { ordering: RemovalOrdering::RemoveThenPublish, mode: SimMode::Explicit };
+    let sim = sim(config, nexus);
+    rec.bind(&sim);
+    assert_eq!(hash_of(&sim), hash_of(&empty));
+    sim.vmm_register(VMM, starting_at_gen_2()).await.expect("registers");
+    assert_ne!(hash_of(&sim), hash_of(&empty), "the table is in the hash");
+    put(&sim, VmmStateRequested::Running).await.unwrap();
+    put(&sim, VmmStateRequested::Stopped).await.unwrap();
+    sim.poke(VMM, PokeMode::Drain).await.expect("poke drains");
+    let during_destroyed = *rec.hashes.lock().unwrap().last().unwrap();
+    assert!(!sim.contains_vmm(VMM));
+    assert_eq!(hash_of(&sim), hash_of(&empty), "nothing left once the report is answered");
+    assert_ne!(during_destroyed, hash_of(&empty), "the taken VMM is state while in flight");
 }
 
 #[tokio::test]
