@@ -253,21 +253,32 @@ async fn unregister_fails_the_vmm_and_forgets_it() {
 
 #[tokio::test(start_paused = true)]
 async fn auto_mode_drains_after_the_delay() {
+    let (sim, rec) = stopped_in_auto_mode(RemovalOrdering::PublishThenRemove, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(rec.reports().is_empty(), "nothing before the delay");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gens: Vec<_> = rec.reports().iter().map(|&(_, g, _)| g).collect();
+    assert_eq!(gens, [4, 5, 6, 7]);
+    assert!(!sim.contains_vmm(VMM));
+}
+
+/// A sim in Auto mode (1.5 s delay, no jitter) with a VMM started and stopped.
+async fn stopped_in_auto_mode(
+    ordering: RemovalOrdering,
+    teardown: Duration,
+) -> (Arc<Sim>, Recorder) {
     let (rec, nexus) = Recorder::mock(None);
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let config = SimConfig {
-        ordering: RemovalOrdering::PublishThenRemove,
-        mode: SimMode::Auto {
-            delay: Duration::from_millis(1500),
-            jitter: Duration::ZERO,
-            seed: 0,
-            teardown: Duration::ZERO,
-        },
+    let mode = SimMode::Auto {
+        delay: Duration::from_millis(1500),
+        jitter: Duration::ZERO,
+        seed: 0,
+        teardown,
     };
     let sim = SimSledAgent::new(
         &log,
         SledUuid::from_u128(1),
-        config,
+        SimConfig { ordering, mode },
         nexus,
         Arc::new(LogicalClock::default()),
     )
@@ -276,13 +287,21 @@ async fn auto_mode_drains_after_the_delay() {
     sim.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
     put(&sim, VmmStateRequested::Running).await.unwrap();
     put(&sim, VmmStateRequested::Stopped).await.unwrap();
+    (sim, rec)
+}
 
-    tokio::time::sleep(Duration::from_millis(1400)).await;
-    assert!(rec.reports().is_empty(), "nothing before the delay");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+/// The teardown time sits between a VMM reaching Destroyed and its report: under
+/// the legacy ordering, a window in which the VMM is gone and Nexus not told.
+#[tokio::test(start_paused = true)]
+async fn auto_mode_reports_destroyed_only_after_the_teardown() {
+    let (sim, rec) =
+        stopped_in_auto_mode(RemovalOrdering::RemoveThenPublish, Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let gens: Vec<_> = rec.reports().iter().map(|&(_, g, _)| g).collect();
-    assert_eq!(gens, [4, 5, 6, 7]);
-    assert!(!sim.contains_vmm(VMM));
+    assert_eq!(gens, [4, 5, 6], "Destroyed/7 waits for the teardown");
+    assert!(!sim.contains_vmm(VMM), "the window: gone from the table, not yet reported");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rec.reports().last(), Some(&(VmmState::Destroyed, 7, false)));
 }
 
 #[test]
