@@ -173,6 +173,11 @@ pub enum InstanceChange {
     StopRequested,
     /// A start began: a user's, or auto-restart's.
     StartRequested { auto_restart: bool },
+    /// A user asked for the instance to reboot.
+    RebootRequested,
+    /// A user's stop, start or reboot that logged its request above returned,
+    /// with an error or not.
+    RequestEnded { ok: bool },
     /// The update step (or a stop of a Failed instance) left it with no VMM.
     Stopped,
     /// The update step moved it to Failed.

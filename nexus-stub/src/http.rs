@@ -147,6 +147,7 @@ impl From<NexusError> for ApiError {
             NexusError::NameInUse { .. } => ApiError::bad_request("ObjectAlreadyExists", msg),
             NexusError::InstanceNotStopped { .. }
             | NexusError::InstanceNotStartable { .. }
+            | NexusError::InstanceNotRebootable { .. }
             | NexusError::DiskAttachedToAnother { .. } => {
                 ApiError::bad_request("InvalidRequest", msg)
             }

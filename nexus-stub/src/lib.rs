@@ -61,6 +61,10 @@ pub struct NexusFaults {
     pub skip_generation_check: bool,
     /// Let the watcher's listing include Destroyed VMMs.
     pub list_terminal_for_watcher: bool,
+    /// A user operation whose sled agent says the VMM is gone marks it Failed at
+    /// the generation stored *then* + 1, not the one the operation read + 1, so
+    /// the Failed write lands on top of a terminal state recorded meanwhile.
+    pub mark_failed_at_stored_gen: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +187,9 @@ pub enum NexusError {
 
     #[error("instance {instance_id} cannot be started while {state}")]
     InstanceNotStartable { instance_id: InstanceUuid, state: ExternalState },
+
+    #[error("instance {instance_id} cannot be rebooted while {state}")]
+    InstanceNotRebootable { instance_id: InstanceUuid, state: ExternalState },
 
     #[error("disk {disk_id} is attached to another instance ({attached_to})")]
     DiskAttachedToAnother { disk_id: DiskUuid, attached_to: InstanceUuid },
@@ -414,20 +421,27 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         );
     }
 
-    /// omicron's `mark_vmm_failed`: Failed at the stored gen + 1 through the same
-    /// checked write, then the update step, run here rather than in the background.
-    fn mark_vmm_failed(&self, propolis_id: PropolisUuid) -> Result<(), NexusError> {
+    /// omicron's `mark_vmm_failed`: Failed at `read_gen` + 1, the generation the
+    /// operation read before it called the sled agent, through the same checked
+    /// write, then the update step, awaited (run here) as omicron awaits its saga.
+    fn mark_vmm_failed(
+        &self,
+        propolis_id: PropolisUuid,
+        read_gen: Generation,
+    ) -> Result<(), NexusError> {
         let stored = self.vmm(propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
+        let basis =
+            if self.config.faults.mark_failed_at_stored_gen { stored.gen } else { read_gen };
         let failed = VmmRuntimeState {
             state: VmmState::Failed,
-            gen: stored.gen.next(),
+            gen: basis.next(),
             time_updated: self.clock.now(),
         };
         warn!(self.log, "sled agent says VMM is gone; marking it failed";
             "propolis_id" => %propolis_id, "gen" => failed.gen.as_u64());
-        if let (_, Some(instance_id)) = self.write_vmm(propolis_id, failed)? {
-            self.instance_update(instance_id)?;
-        }
+        // As in omicron, the update step runs whether or not the write applied.
+        self.write_vmm(propolis_id, failed)?;
+        self.instance_update(stored.instance_id)?;
         Ok(())
     }
 
@@ -508,7 +522,9 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             id
         };
         if start {
-            self.start(instance_id, StartReason::User).await
+            let mut began = false;
+            let r = self.start(instance_id, StartReason::User, &mut began).await;
+            self.logged(instance_id, began, r)
         } else {
             self.instance(instance_id)
         }
@@ -518,13 +534,17 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         &self,
         instance_id: InstanceUuid,
     ) -> Result<InstanceView, NexusError> {
-        self.start(instance_id, StartReason::User).await
+        let mut began = false;
+        let r = self.start(instance_id, StartReason::User, &mut began).await;
+        self.logged(instance_id, began, r)
     }
 
+    /// `began` is set once the start is logged as requested.
     async fn start(
         &self,
         instance_id: InstanceUuid,
         reason: StartReason,
+        began: &mut bool,
     ) -> Result<InstanceView, NexusError> {
         // Insert the VMM row (Creating, gen 1) and link it, under one lock.
         let (propolis_id, sled_id) = {
@@ -535,12 +555,25 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 InstanceState::NoVmm | InstanceState::Failed => {}
                 InstanceState::Vmm => {
                     let state = db.external_state(inst);
-                    return match state {
-                        ExternalState::Starting | ExternalState::Running => {
-                            Ok(db.instance_view(inst))
+                    let view = db.instance_view(inst);
+                    // omicron's `instance_start_allowed`: already going, nothing to do
+                    // but record that the user wants it running.
+                    let going = matches!(
+                        state,
+                        ExternalState::Starting | ExternalState::Running | ExternalState::Rebooting
+                    );
+                    if !going {
+                        return Err(NexusError::InstanceNotStartable { instance_id, state });
+                    }
+                    // Nothing is started, so nothing is logged: a stop still under
+                    // way (its Running seen before its Stopping) ends the instance
+                    // stopped, as in omicron.
+                    if reason == StartReason::User {
+                        if let Some(inst) = db.instances.get_mut(&instance_id) {
+                            inst.intended = IntendedState::Running;
                         }
-                        _ => Err(NexusError::InstanceNotStartable { instance_id, state }),
-                    };
+                    }
+                    return Ok(view);
                 }
             }
             let sled_id = *self.sleds.keys().next().ok_or(NexusError::NoSleds)?;
@@ -572,6 +605,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 inst.time_last_auto_restarted = Some(now);
             }
             db.log(instance_id, InstanceChange::StartRequested { auto_restart });
+            *began = true;
             (propolis_id, sled_id)
         };
         info!(self.log, "starting instance";
@@ -600,17 +634,41 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 });
             }
         }
-        self.put_vmm_state(sled, propolis_id, VmmStateRequested::Running).await?;
+        // omicron's `sis_ensure_running`: any error, "gone" included, unwinds the
+        // start (the registration's undo unregisters the VMM); nothing is marked
+        // Failed on this path.
+        let body = VmmPutStateBody { state: VmmStateRequested::Running };
+        match sled.vmm_put_state(propolis_id, body).await {
+            Ok(resp) => {
+                if let Some(state) = resp.updated_runtime {
+                    self.process_vmm_update(propolis_id, state)?;
+                }
+            }
+            Err(source) => {
+                warn!(self.log, "start failed at ensure-running; unwinding";
+                    "instance_id" => %instance_id, "propolis_id" => %propolis_id,
+                    "error" => %source);
+                // The undo ignores what unregistering answers, as omicron's does.
+                let _ = sled.vmm_unregister(propolis_id).await;
+                self.unwind_start(instance_id, propolis_id);
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_put_state",
+                    propolis_id,
+                    source,
+                });
+            }
+        }
         self.instance(instance_id)
     }
 
-    /// Asks the sled agent for a state and writes what it answers. A VMM the sled
-    /// agent no longer has is marked Failed (omicron's `mark_vmm_failed`); any
-    /// other error is returned and nothing is written.
-    async fn put_vmm_state(
+    /// omicron's `instance_request_state` for a stop or reboot: asks the sled agent
+    /// and writes what it answers. A VMM the sled agent no longer has is marked
+    /// Failed at the generation read before the call + 1 (`mark_vmm_failed`);
+    /// every error is returned, and nothing else is written.
+    async fn request_vmm_state(
         &self,
         sled: &S,
-        propolis_id: PropolisUuid,
+        (propolis_id, read_gen): (PropolisUuid, Generation),
         state: VmmStateRequested,
     ) -> Result<(), NexusError> {
         match sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await {
@@ -620,8 +678,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 }
                 Ok(())
             }
-            Err(e) if e.vmm_gone() => self.mark_vmm_failed(propolis_id),
             Err(source) => {
+                if source.vmm_gone() {
+                    // Its own failure is logged; the user hears of the sled agent's.
+                    if let Err(e) = self.mark_vmm_failed(propolis_id, read_gen) {
+                        warn!(self.log, "marking VMM failed failed";
+                            "propolis_id" => %propolis_id, "error" => %e);
+                    }
+                }
                 Err(NexusError::SledAgent { operation: "vmm_put_state", propolis_id, source })
             }
         }
@@ -644,9 +708,33 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         }
     }
 
+    /// Logs that a user's request, if it got as far as logging itself, returned;
+    /// passes the result on.
+    fn logged<T>(
+        &self,
+        instance_id: InstanceUuid,
+        began: bool,
+        r: Result<T, NexusError>,
+    ) -> Result<T, NexusError> {
+        if began {
+            self.db().log(instance_id, InstanceChange::RequestEnded { ok: r.is_ok() });
+        }
+        r
+    }
+
     pub async fn instance_stop(
         &self,
         instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
+        let mut began = false;
+        let r = self.stop(instance_id, &mut began).await;
+        self.logged(instance_id, began, r)
+    }
+
+    async fn stop(
+        &self,
+        instance_id: InstanceUuid,
+        began: &mut bool,
     ) -> Result<InstanceView, NexusError> {
         let target = {
             let mut db = self.db();
@@ -655,20 +743,17 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 return Err(NexusError::NoSuchInstance { instance_id });
             }
             db.log(instance_id, InstanceChange::StopRequested);
+            *began = true;
             let inst = db
                 .instances
                 .get_mut(&instance_id)
                 .ok_or(NexusError::NoSuchInstance { instance_id })?;
             inst.intended = IntendedState::Stopped;
-            let target = match (inst.state, inst.propolis_id) {
-                (InstanceState::Vmm, Some(propolis_id)) => {
-                    let vmm =
-                        db.vmms.get(&propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
-                    Some((propolis_id, vmm.sled_id))
-                }
+            match Self::active_vmm(&db.vmms, inst) {
+                Some(target) => Some(target),
                 // Stopping a Failed instance (or one whose link is already gone)
                 // just puts it at rest.
-                _ => {
+                None => {
                     if inst.state != InstanceState::NoVmm {
                         inst.state = InstanceState::NoVmm;
                         inst.propolis_id = None;
@@ -677,13 +762,63 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                     }
                     None
                 }
-            };
+            }
+        };
+        let Some((vmm, sled_id)) = target else { return self.instance(instance_id) };
+        info!(self.log, "stopping instance"; "instance_id" => %instance_id, "propolis_id" => %vmm.0);
+        let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
+        self.request_vmm_state(sled, vmm, VmmStateRequested::Stopped).await?;
+        self.instance(instance_id)
+    }
+
+    /// The active VMM a stop or reboot goes to, as omicron's
+    /// `select_runtime_change_action` sends it: any linked VMM but an unwound one,
+    /// with the generation read now (the basis of a Failed write if it is gone).
+    fn active_vmm(
+        vmms: &BTreeMap<PropolisUuid, VmmRecord>,
+        inst: &InstanceRecord,
+    ) -> Option<((PropolisUuid, Generation), SledUuid)> {
+        let (InstanceState::Vmm, Some(propolis_id)) = (inst.state, inst.propolis_id) else {
+            return None;
+        };
+        let vmm = vmms.get(&propolis_id)?;
+        (vmm.state != DbVmmState::SagaUnwound).then_some(((propolis_id, vmm.gen), vmm.sled_id))
+    }
+
+    /// omicron's `instance_reboot`: the intended state becomes Running, and the
+    /// reboot goes to the sled agent of any active VMM; with none, it is refused.
+    pub async fn instance_reboot(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
+        let mut began = false;
+        let r = self.reboot(instance_id, &mut began).await;
+        self.logged(instance_id, began, r)
+    }
+
+    async fn reboot(
+        &self,
+        instance_id: InstanceUuid,
+        began: &mut bool,
+    ) -> Result<InstanceView, NexusError> {
+        let (vmm, sled_id) = {
+            let mut db = self.db();
+            let db = &mut *db;
+            let inst =
+                db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+            let state = db.external_state(inst);
+            let target = Self::active_vmm(&db.vmms, inst)
+                .ok_or(NexusError::InstanceNotRebootable { instance_id, state })?;
+            db.log(instance_id, InstanceChange::RebootRequested);
+            *began = true;
+            if let Some(inst) = db.instances.get_mut(&instance_id) {
+                inst.intended = IntendedState::Running;
+            }
             target
         };
-        let Some((propolis_id, sled_id)) = target else { return self.instance(instance_id) };
-        info!(self.log, "stopping instance"; "instance_id" => %instance_id, "propolis_id" => %propolis_id);
+        info!(self.log, "rebooting instance"; "instance_id" => %instance_id, "propolis_id" => %vmm.0);
         let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
-        self.put_vmm_state(sled, propolis_id, VmmStateRequested::Stopped).await?;
+        self.request_vmm_state(sled, vmm, VmmStateRequested::Reboot).await?;
         self.instance(instance_id)
     }
 
@@ -781,7 +916,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     /// Auto-restart's start of one instance it found (one of `restart_candidates`);
     /// a pass is the candidates, then this for each.
     pub async fn reincarnate(&self, instance_id: InstanceUuid) -> Result<InstanceView, NexusError> {
-        let r = self.start(instance_id, StartReason::AutoRestart).await;
+        let r = self.start(instance_id, StartReason::AutoRestart, &mut false).await;
         if let Err(e) = &r {
             warn!(self.log, "auto-restart failed"; "instance_id" => %instance_id, "error" => %e);
         }

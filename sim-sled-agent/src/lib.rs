@@ -149,7 +149,14 @@ pub struct SimSledAgent<N> {
 struct InFlight {
     more: bool,
     taken: Option<SimVmm>,
+    /// Reports of this state Nexus has already failed.
+    failures: u32,
 }
+
+/// How many times one poke sends a report Nexus fails with a retryable error
+/// (unreachable, or a 5xx) before it gives up and keeps the VMM for the next
+/// poke. omicron's sled agent retries forever with backoff; a poke must end.
+pub const REPORT_ATTEMPTS: u32 = 8;
 
 impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     pub fn new(
@@ -199,6 +206,22 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         self.vmms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sim-only: the VMM the table holds for an instance, if any.
+    pub fn vmm_of(&self, instance_id: sled_agent_api::InstanceUuid) -> Option<PropolisUuid> {
+        self.table().iter().find(|(_, e)| e.vmm.instance_id == instance_id).map(|(id, _)| *id)
+    }
+
+    /// Sim-only: the VMM leaves the table without any report, as when its
+    /// Propolis dies or the sled agent loses it: the case the instance watcher
+    /// exists for. Returns whether it was there.
+    pub fn vanish(&self, propolis_id: PropolisUuid) -> bool {
+        let gone = self.table().remove(&propolis_id).is_some();
+        if gone {
+            warn!(self.log, "VMM vanished without a report"; "propolis_id" => %propolis_id);
+        }
+        gone
+    }
+
     /// Sim-only: whether the VMM is in the table.
     pub fn contains_vmm(&self, propolis_id: PropolisUuid) -> bool {
         self.table().contains_key(&propolis_id)
@@ -223,7 +246,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         }
         let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for (id, f) in in_flight.iter() {
-            std::hash::Hash::hash(&(id, f.more, f.taken.is_some()), h);
+            std::hash::Hash::hash(&(id, f.more, f.taken.is_some(), f.failures), h);
             if let Some(vmm) = &f.taken {
                 vmm.hash_state(h);
             }
@@ -270,10 +293,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             debug!(self.log, "reporting VMM state";
                 "propolis_id" => %propolis_id, "state" => %state.vmm_state.state,
                 "gen" => state.vmm_state.gen.as_u64());
-            let taken_vmm = taken.as_ref().map(|e| e.vmm.clone());
-            self.in_flight_set(propolis_id, Some(InFlight { more, taken: taken_vmm }));
-            let reported = self.nexus.cpapi_instances_put(propolis_id, state).await;
-            self.in_flight_set(propolis_id, None);
+            let reported = self.report(propolis_id, state, more, taken.as_ref()).await;
             if let Err(source) = reported {
                 warn!(self.log, "report to Nexus failed; keeping VMM";
                     "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
@@ -297,6 +317,33 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
                 return Ok(outcome);
             }
         }
+    }
+
+    /// Sends one report, again while Nexus fails it with a retryable error, up to
+    /// `REPORT_ATTEMPTS` sends.
+    async fn report(
+        &self,
+        propolis_id: PropolisUuid,
+        state: SledVmmState,
+        more: bool,
+        taken: Option<&Entry>,
+    ) -> Result<(), NexusApiError> {
+        let mut failures = 0;
+        let reported = loop {
+            let taken = taken.map(|e| e.vmm.clone());
+            self.in_flight_set(propolis_id, Some(InFlight { more, taken, failures }));
+            match self.nexus.cpapi_instances_put(propolis_id, state).await {
+                Err(e) if e.retryable() && failures + 1 < REPORT_ATTEMPTS => {
+                    failures += 1;
+                    warn!(self.log, "report to Nexus failed; sending it again";
+                        "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
+                        "failures" => failures, "error" => %e);
+                }
+                r => break r,
+            }
+        };
+        self.in_flight_set(propolis_id, None);
+        reported
     }
 
     fn in_flight_set(&self, propolis_id: PropolisUuid, f: Option<InFlight>) {

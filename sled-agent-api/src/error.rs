@@ -56,3 +56,16 @@ pub enum NexusApiError {
     #[error("Nexus answered {operation} with status {status}: {message}")]
     UnexpectedResponse { operation: &'static str, status: u16, message: String },
 }
+
+impl NexusApiError {
+    /// Whether a sled agent should send the report again: Nexus could not be
+    /// reached, or answered with a server error (omicron's sled agent retries
+    /// these, and gives up on a 4xx).
+    pub fn retryable(&self) -> bool {
+        match self {
+            NexusApiError::Communication { .. } => true,
+            NexusApiError::UnexpectedResponse { status, .. } => *status >= 500,
+            NexusApiError::NoSuchVmm { .. } => false,
+        }
+    }
+}

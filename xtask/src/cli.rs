@@ -161,14 +161,46 @@ struct ModelArgs {
     /// (inconclusive, exit 3, unless something broke on the way).
     #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
     max_steps: usize,
+    /// Operations (stop, start, reboot of any instance the scenario created) a
+    /// user may add to a run, each at any point [default: 0 for scenario, 1 for
+    /// explore; at most 4].
+    #[arg(long, value_parser = env_choices)]
+    user_ops: Option<usize>,
+    /// Faults a run may meet, each at any point: a report to Nexus refused (503)
+    /// or its answer lost, a Nexus call to the sled agent refused or its answer
+    /// lost, a VMM vanishing [default: 0 for scenario, 1 for explore; at most 4].
+    #[arg(long, value_parser = env_choices)]
+    faults: Option<usize>,
+    /// Also explore the windows of the known findings (races omicron's design
+    /// has too), which runs leave out by default: a stop or reboot may then
+    /// land while the instance's VMM is recorded Destroyed or still Creating.
+    #[arg(long)]
+    findings: bool,
     /// Seed a known bug into the model (also to replay explore's counterexample).
     #[arg(long, value_enum)]
     inject: Option<InjectArg>,
 }
 
+/// The most user operations or faults a run may be given: each multiplies the
+/// space, and the sim's report retries (`REPORT_ATTEMPTS`) must outlast them.
+const MAX_ENV_CHOICES: usize = 4;
+
+fn env_choices(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_ENV_CHOICES => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX_ENV_CHOICES}")),
+        Err(e) => Err(format!("must be a whole number from 0 to {MAX_ENV_CHOICES} ({e})")),
+    }
+}
+
 impl ModelArgs {
-    fn run_config(&self, log: Logger) -> RunConfig {
+    /// The run configuration; `env` is the command's default for user operations
+    /// and faults.
+    fn run_config(&self, log: Logger, env: usize) -> RunConfig {
         RunConfig {
+            user_ops: self.user_ops.unwrap_or(env),
+            faults: self.faults.unwrap_or(env),
+            findings: self.findings,
             scenario: self.scenario.into(),
             ordering: self.ordering.into(),
             restart_policy: self.restart_policy.into(),
@@ -186,6 +218,7 @@ pub enum InjectArg {
     NoGenerationCheck,
     WatcherListsTerminal,
     WatcherSkipsGeneration,
+    MarkFailedAtStoredGen,
 }
 
 impl From<InjectArg> for Inject {
@@ -194,6 +227,7 @@ impl From<InjectArg> for Inject {
             InjectArg::NoGenerationCheck => Inject::NoGenerationCheck,
             InjectArg::WatcherListsTerminal => Inject::WatcherListsTerminal,
             InjectArg::WatcherSkipsGeneration => Inject::WatcherSkipsGeneration,
+            InjectArg::MarkFailedAtStoredGen => Inject::MarkFailedAtStoredGen,
         }
     }
 }
@@ -370,7 +404,7 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
             TransportArg::Inproc => Transport::InProc,
             TransportArg::Http => Transport::Http,
         },
-        ..a.model.run_config(log)
+        ..a.model.run_config(log, 0)
     };
     let mut chooser =
         a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
@@ -495,7 +529,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     use std::io::IsTerminal;
     // Logging stays off the hot path: a run takes microseconds, a log line more.
     let log = Logger::root(slog::Discard, o!());
-    let run = a.model.run_config(log);
+    let run = a.model.run_config(log, 1);
     let cfg = ExploreConfig {
         max_schedules: a.max_schedules,
         max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),

@@ -260,7 +260,7 @@ impl Dfs<'_> {
     /// shorter than the best one: only one not yet broken on this path can break
     /// from here, and only at step `depth + 1` or later.
     fn may_matter(&self, ctx: &ChoiceCtx<'_>, depth: usize) -> bool {
-        INVARIANTS.iter().any(|&(k, _)| {
+        INVARIANTS.iter().any(|&(k, _, _)| {
             !ctx.observer.invariants().is_broken(k)
                 && self.best.get(&k).is_none_or(|b| depth + 1 < b.len())
         })

@@ -42,8 +42,8 @@ impl<'a> View<'a> {
     fn bounds_text(&self) -> String {
         let b = &self.cfg.run;
         let mut s = format!(
-            "{} watcher pass(es), {} restart pass(es), {} steps per schedule, {} schedules at most",
-            b.watcher_passes, b.restart_passes, b.max_steps, self.cfg.max_schedules
+            "{} watcher pass(es), {} restart pass(es), {} user op(s), {} fault(s), {} steps per schedule, {} schedules at most",
+            b.watcher_passes, b.restart_passes, b.user_ops, b.faults, b.max_steps, self.cfg.max_schedules
         );
         if let Some(t) = self.cfg.max_time {
             let _ = write!(s, ", {} s at most", t.as_secs_f64());
@@ -69,6 +69,16 @@ impl<'a> View<'a> {
         }
         if b.max_steps != DEFAULT_MAX_STEPS {
             let _ = write!(cmd, " --max-steps {}", b.max_steps);
+        }
+        // scenario's defaults are 0 of each, so a run that had any says so.
+        if b.user_ops > 0 {
+            let _ = write!(cmd, " --user-ops {}", b.user_ops);
+        }
+        if b.faults > 0 {
+            let _ = write!(cmd, " --faults {}", b.faults);
+        }
+        if b.findings {
+            cmd.push_str(" --findings");
         }
         if let Some(i) = b.inject {
             let _ = write!(cmd, " --inject {}", i.label());
@@ -413,6 +423,8 @@ fn component(label: &str) -> Component {
 fn mermaid_id(c: Component) -> &'static str {
     match c {
         Component::Scenario => "scenario",
+        Component::User => "user",
+        Component::Fault => "fault",
         Component::Nexus => "nexus",
         Component::Datastore => "datastore",
         Component::Watcher => "watcher",

@@ -91,6 +91,8 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
         Answer::Disk(DiskState::Detached) => "detached".into(),
         Answer::Disk(DiskState::Attached(i)) => format!("attached to {}", names.instance(*i)),
         Answer::Waited(s) => s.to_string(),
+        Answer::Vanished(Some((v, _))) => format!("{} vanished", names.vmm(*v)),
+        Answer::Vanished(None) => "nothing to vanish".into(),
     }
 }
 

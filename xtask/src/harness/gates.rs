@@ -11,7 +11,7 @@ use sled_agent_api::{
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
-use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Sched};
+use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Sched};
 
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through
@@ -49,7 +49,56 @@ impl<T> Gated<T> {
         let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
         self.sched.gate(call, None, self.fallback, run, describe).await
     }
+
+    /// `pass`, for a call the explorer may fail with one of `faults`; `fail` is
+    /// what the caller then sees.
+    async fn pass_faulty<R, Fut: Future<Output = R>>(
+        &self,
+        (kind, to): (CallKind, Component),
+        target: (Option<PropolisUuid>, Arg),
+        (faults, fail): (&'static [Fault], impl FnOnce(Fault) -> R),
+        run: impl FnOnce() -> Fut,
+        describe: impl FnOnce(&R) -> Answer,
+    ) -> R {
+        let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
+        self.sched.gate_faulty(call, None, self.fallback, faults, run, Some(fail), describe).await
+    }
 }
+
+/// The error an injected fault gives a caller of the sled agent.
+fn sled_fault(operation: &'static str, fault: Fault) -> SledAgentError {
+    match fault {
+        Fault::Unavailable => SledAgentError::UnexpectedResponse {
+            operation,
+            status: 503,
+            message: "injected: service unavailable".into(),
+        },
+        Fault::Timeout => SledAgentError::Communication {
+            operation,
+            source: "injected: the answer was lost (timeout)".into(),
+        },
+    }
+}
+
+/// The error an injected fault gives a sled agent reporting to Nexus.
+fn nexus_fault(operation: &'static str, fault: Fault) -> NexusApiError {
+    match fault {
+        Fault::Unavailable => NexusApiError::UnexpectedResponse {
+            operation,
+            status: 503,
+            message: "injected: service unavailable".into(),
+        },
+        Fault::Timeout => NexusApiError::Communication {
+            operation,
+            source: "injected: the answer was lost (timeout)".into(),
+        },
+    }
+}
+
+/// A call both faults make sense for: refused, or applied with its answer lost.
+const EITHER: &[Fault] = &[Fault::Unavailable, Fault::Timeout];
+/// A read: losing its answer is no different from refusing it.
+const REFUSED: &[Fault] = &[Fault::Unavailable];
 
 fn state_answer(sched: &Sched, r: &Result<SledVmmState, SledAgentError>) -> Answer {
     match r {
@@ -121,10 +170,10 @@ impl<T: SledAgentApi + ?Sized> SledAgentApi for Gated<Arc<T>> {
         body: VmmPutStateBody,
     ) -> Result<VmmPutStateResponse, SledAgentError> {
         let sched = &self.sched;
-        self.pass(
-            CallKind::VmmPutState,
-            Component::SledAgent,
+        self.pass_faulty(
+            (CallKind::VmmPutState, Component::SledAgent),
             (Some(propolis_id), Arg::Requested(body.state)),
+            (EITHER, |f| Err(sled_fault("vmm_put_state", f))),
             || (*self.inner).vmm_put_state(propolis_id, body),
             |r| optional_state_answer(sched, r.as_ref().map(|r| r.updated_runtime)),
         )
@@ -136,10 +185,10 @@ impl<T: SledAgentApi + ?Sized> SledAgentApi for Gated<Arc<T>> {
         propolis_id: PropolisUuid,
     ) -> Result<SledVmmState, SledAgentError> {
         let sched = &self.sched;
-        self.pass(
-            CallKind::VmmGetState,
-            Component::SledAgent,
+        self.pass_faulty(
+            (CallKind::VmmGetState, Component::SledAgent),
             (Some(propolis_id), Arg::None),
+            (REFUSED, |f| Err(sled_fault("vmm_get_state", f))),
             || (*self.inner).vmm_get_state(propolis_id),
             |r| state_answer(sched, r),
         )
@@ -155,10 +204,10 @@ impl<T: NexusInternalApi + ?Sized> NexusInternalApi for Gated<Arc<T>> {
         new_runtime_state: SledVmmState,
     ) -> Result<(), NexusApiError> {
         let s = new_runtime_state.vmm_state;
-        self.pass(
-            CallKind::CpapiInstancesPut,
-            Component::Nexus,
+        self.pass_faulty(
+            (CallKind::CpapiInstancesPut, Component::Nexus),
             (Some(propolis_id), Arg::State(s.state, s.gen)),
+            (EITHER, |f| Err(nexus_fault("cpapi_instances_put", f))),
             || (*self.inner).cpapi_instances_put(propolis_id, new_runtime_state),
             |r| match r {
                 Ok(()) => Answer::Ack,

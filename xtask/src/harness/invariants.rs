@@ -6,7 +6,7 @@
 //! real components and from the same logs once a run is over. Every rule below is
 //! stated over events alone, so no mode can give one a different meaning.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
 use nexus_stub::{DbVmmState, ExternalState, InstanceChange, InstanceEvent, VmmWrite};
@@ -15,17 +15,25 @@ use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState};
 
 use super::Names;
 
-/// The invariants, by number.
-pub const INVARIANTS: [(u8, &str); 5] = [
-    (1, "the sled agent answers NoSuchVmm only after Nexus recorded a terminal state"),
-    (2, "a VMM whose Destroyed state the sled agent sent is never recorded Failed"),
-    (3, "stored generations never decrease; every applied write has a greater generation"),
-    (4, "an instance whose last user request was stop is never failed, never auto-restarted, and ends stopped"),
-    (5, "the scenario runs to its end (no deadlock, every step as the real test expects; disk-move: the disk ends on instance 2)"),
+/// The invariants: number, name, and what each says.
+pub const INVARIANTS: [(u8, &str, &str); 9] = [
+    (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished"),
+    (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
+    (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
+    (4, "generations-increase", "stored generations never decrease; every applied write has a greater generation"),
+    (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged)"),
+    (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it, Nexus ends holding it Failed"),
+    (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), and one its user stopped is never failed or auto-restarted, unless its VMM vanished"),
+    (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed"),
+    (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs no user operation or fault touched"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
-    INVARIANTS.iter().find(|(k, _)| *k == n).map_or("?", |(_, t)| t)
+    INVARIANTS.iter().find(|(k, _, _)| *k == n).map_or("?", |(_, _, t)| t)
+}
+
+pub fn invariant_name(n: u8) -> &'static str {
+    INVARIANTS.iter().find(|(k, _, _)| *k == n).map_or("?", |(_, name, _)| name)
 }
 
 /// Something that happened in a run, as far as the invariants care.
@@ -39,6 +47,12 @@ pub enum Event {
     Write(VmmWrite),
     /// An instance changed, from Nexus's instance log.
     Instance(InstanceEvent),
+    /// A VMM of `instance` left its sled agent without a report.
+    Vanished { vmm: PropolisUuid, instance: InstanceUuid },
+    /// The watcher listed these VMMs, at these generations, to check (a pass began).
+    Listed(Vec<(PropolisUuid, Generation)>),
+    /// The environment acted: a user's extra operation, or a fault.
+    Environment,
 }
 
 /// How a run stopped.
@@ -62,6 +76,8 @@ pub struct End {
     pub outcome: Option<Result<(), String>>,
     /// Every instance's user-visible state at the end.
     pub instances: Vec<(InstanceUuid, ExternalState)>,
+    /// Every VMM row Nexus holds at the end: its state and generation.
+    pub vmms: Vec<(PropolisUuid, DbVmmState, Generation)>,
     /// disk-move: whether the disk ended on instance 2; `None` where not asked.
     pub disk_on_second: Option<bool>,
 }
@@ -74,14 +90,61 @@ pub struct Violation {
     pub message: String,
 }
 
+/// What a user's last request asked an instance to become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Asked {
+    Stopped,
+    Running,
+}
+
+/// An instance's user requests, as rule 7 follows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Requests {
+    /// What the last request to end alone and well asked for.
+    asked: Option<Asked>,
+    /// Requests begun and not yet ended.
+    in_flight: u8,
+    /// What the one request in flight asks for, if only one has been since
+    /// none was; `None` once two overlapped.
+    pending: Option<Asked>,
+}
+
+impl Requests {
+    fn begin(&mut self, target: Asked) {
+        self.asked = None;
+        self.pending = (self.in_flight == 0).then_some(target);
+        self.in_flight = self.in_flight.saturating_add(1);
+    }
+
+    fn end(&mut self, ok: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.asked = self.pending.take().filter(|_| ok);
+        } else {
+            // Another request is still going: which one wins is not defined.
+            self.pending = None;
+        }
+    }
+}
+
 /// The engine: what the rules remember, and what they found.
 #[derive(Clone, Debug, Default)]
 pub struct Invariants {
     violations: Vec<Violation>,
-    sent_destroyed: BTreeSet<PropolisUuid>,
-    recorded_failed: BTreeSet<PropolisUuid>,
-    /// Instances whose last user request was stop.
-    user_stopped: BTreeSet<InstanceUuid>,
+    /// Per VMM, the newest generation its sled agent sent, and whether one of
+    /// the states sent was Destroyed.
+    sent: BTreeMap<PropolisUuid, (Generation, bool)>,
+    /// Per VMM, the first terminal state Nexus applied.
+    terminal: BTreeMap<PropolisUuid, VmmState>,
+    /// VMMs that vanished, and the generation a watcher pass begun after the
+    /// vanish last listed each at.
+    vanished: BTreeMap<PropolisUuid, Option<Generation>>,
+    /// Instances one of whose VMMs vanished: rule 7 no longer applies to them.
+    lost: BTreeSet<InstanceUuid>,
+    /// Per instance, its user requests.
+    requests: BTreeMap<InstanceUuid, Requests>,
+    /// Whether a user's extra operation or a fault touched the run.
+    environment: bool,
     /// Why the end could not be judged, if a bound cut the run short.
     inconclusive: Option<String>,
 }
@@ -103,9 +166,12 @@ impl Invariants {
     /// Feeds everything the rules remember into `h`: two runs that agree here and
     /// everywhere else are judged the same from now on.
     pub fn hash_state<H: Hasher>(&self, h: &mut H) {
-        self.sent_destroyed.hash(h);
-        self.recorded_failed.hash(h);
-        self.user_stopped.hash(h);
+        self.sent.hash(h);
+        self.terminal.hash(h);
+        self.vanished.hash(h);
+        self.lost.hash(h);
+        self.requests.hash(h);
+        self.environment.hash(h);
         for v in &self.violations {
             v.invariant.hash(h);
         }
@@ -123,7 +189,10 @@ impl Invariants {
     pub fn on(&mut self, step: usize, event: &Event, names: &dyn Fn() -> Names) {
         match *event {
             Event::Gone { vmm, nexus_had } => {
-                if !nexus_had.is_some_and(|(s, _)| s.is_terminal()) {
+                // Nexus ended it (terminal, or a start it unwound), or it vanished.
+                let terminal = nexus_had
+                    .is_some_and(|(s, _)| s.is_terminal() || s == DbVmmState::SagaUnwound);
+                if !terminal && !self.vanished.contains_key(&vmm) {
                     let held = nexus_had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
                     self.broke(1, step, || {
                         format!(
@@ -133,49 +202,59 @@ impl Invariants {
                     });
                 }
             }
-            Event::Sent { vmm, state, .. } => {
-                if state == VmmState::Destroyed && self.sent_destroyed.insert(vmm) {
-                    self.check_destroyed_not_failed(step, vmm, names);
-                }
+            Event::Sent { vmm, state, gen } => {
+                let e = self.sent.entry(vmm).or_insert((gen, false));
+                e.0 = e.0.max(gen);
+                e.1 |= state == VmmState::Destroyed;
             }
-            Event::Write(w) => {
-                if w.applied && w.gen <= w.prev_gen {
-                    self.broke(3, step, || {
-                        format!(
-                            "{}: {}/g{} was applied over stored g{}",
-                            names().vmm(w.propolis_id),
-                            w.state,
-                            w.gen,
-                            w.prev_gen
-                        )
-                    });
-                }
-                if w.applied
-                    && w.state == VmmState::Failed
-                    && self.recorded_failed.insert(w.propolis_id)
-                {
-                    self.check_destroyed_not_failed(step, w.propolis_id, names);
-                }
-            }
+            Event::Write(w) => self.on_write(step, &w, names),
             Event::Instance(InstanceEvent { instance_id, change }) => {
                 self.on_instance(step, instance_id, change, names);
             }
+            Event::Vanished { vmm, instance } => {
+                // An outer step's events may be fed again: keep what a pass saw.
+                self.vanished.entry(vmm).or_insert(None);
+                self.lost.insert(instance);
+            }
+            Event::Listed(ref rows) => {
+                for &(vmm, gen) in rows {
+                    if let Some(listed) = self.vanished.get_mut(&vmm) {
+                        *listed = Some(gen);
+                    }
+                }
+            }
+            Event::Environment => self.environment = true,
         }
     }
 
-    fn check_destroyed_not_failed(
-        &mut self,
-        step: usize,
-        vmm: PropolisUuid,
-        names: &dyn Fn() -> Names,
-    ) {
-        if self.sent_destroyed.contains(&vmm) && self.recorded_failed.contains(&vmm) {
-            self.broke(2, step, || {
-                format!(
-                    "{} was recorded Failed although its sled agent sent Destroyed",
-                    names().vmm(vmm)
-                )
+    fn on_write(&mut self, step: usize, w: &VmmWrite, names: &dyn Fn() -> Names) {
+        if !w.applied {
+            return;
+        }
+        let vmm = || names().vmm(w.propolis_id);
+        if w.gen <= w.prev_gen {
+            self.broke(4, step, || {
+                format!("{}: {}/g{} was applied over stored g{}", vmm(), w.state, w.gen, w.prev_gen)
             });
+        }
+        if w.state == VmmState::Failed && !self.vanished.contains_key(&w.propolis_id) {
+            let why = if self.sent.get(&w.propolis_id).is_some_and(|s| s.1) {
+                "although its sled agent sent Destroyed"
+            } else {
+                "although it never vanished"
+            };
+            self.broke(2, step, || format!("{} was recorded Failed {why}", vmm()));
+        }
+        match self.terminal.get(&w.propolis_id) {
+            Some(&first) if first != w.state => self.broke(3, step, || {
+                format!("{}: recorded {first}, then replaced by {}/g{}", vmm(), w.state, w.gen)
+            }),
+            Some(_) => {}
+            None => {
+                if w.state.is_terminal() {
+                    self.terminal.insert(w.propolis_id, w.state);
+                }
+            }
         }
     }
 
@@ -186,23 +265,23 @@ impl Invariants {
         change: InstanceChange,
         names: &dyn Fn() -> Names,
     ) {
+        let r = self.requests.entry(id).or_default();
+        let stopped = r.asked == Some(Asked::Stopped) && !self.lost.contains(&id);
         match change {
-            InstanceChange::StopRequested => {
-                self.user_stopped.insert(id);
-            }
-            InstanceChange::StartRequested { auto_restart: false } => {
-                self.user_stopped.remove(&id);
-            }
+            InstanceChange::StopRequested => r.begin(Asked::Stopped),
+            InstanceChange::StartRequested { auto_restart: false }
+            | InstanceChange::RebootRequested => r.begin(Asked::Running),
+            InstanceChange::RequestEnded { ok } => r.end(ok),
             InstanceChange::StartRequested { auto_restart: true } => {
-                if self.user_stopped.contains(&id) {
-                    self.broke(4, step, || {
+                if stopped {
+                    self.broke(7, step, || {
                         format!("{}, stopped by the user, was auto-restarted", names().instance(id))
                     });
                 }
             }
             InstanceChange::Failed => {
-                if self.user_stopped.contains(&id) {
-                    self.broke(4, step, || {
+                if stopped {
+                    self.broke(7, step, || {
                         format!("{}, stopped by the user, went failed", names().instance(id))
                     });
                 }
@@ -221,24 +300,59 @@ impl Invariants {
                 self.inconclusive = Some(why.clone());
                 return;
             }
-            Ending::Deadlock(waiting) => self.broke(5, step, || {
+            Ending::Deadlock(waiting) => self.broke(8, step, || {
                 format!("no call can proceed; still waiting: {}", waiting.join(", "))
             }),
         }
-        match &end.outcome {
-            Some(Ok(())) => {}
-            Some(Err(msg)) => self.broke(5, step, || format!("scenario failed: {msg}")),
-            None => self.broke(5, step, || "the scenario did not get to its end".into()),
-        }
+        self.end_of_vmms(step, end, names);
         for &(id, state) in &end.instances {
-            if self.user_stopped.contains(&id) && state != ExternalState::Stopped {
-                self.broke(4, step, || {
-                    format!("{} ended {state}, not stopped", names().instance(id))
+            let want = match self.requests.get(&id).and_then(|r| r.asked) {
+                _ if self.lost.contains(&id) => None,
+                Some(Asked::Stopped) => Some(ExternalState::Stopped),
+                Some(Asked::Running) => Some(ExternalState::Running),
+                None => None,
+            };
+            if let Some(want) = want.filter(|&w| w != state) {
+                self.broke(7, step, || {
+                    format!("{} ended {state}, not {want} as its user last asked", names().instance(id))
                 });
             }
         }
+        if self.environment {
+            return;
+        }
+        match &end.outcome {
+            Some(Ok(())) => {}
+            Some(Err(msg)) => self.broke(9, step, || format!("scenario failed: {msg}")),
+            None => self.broke(9, step, || "the scenario did not get to its end".into()),
+        }
         if end.disk_on_second == Some(false) {
-            self.broke(5, step, || "the disk did not end attached to inst2".into());
+            self.broke(9, step, || "the disk did not end attached to inst2".into());
+        }
+    }
+
+    /// Rules 5 and 6, on what Nexus holds for each VMM at the end.
+    fn end_of_vmms(&mut self, step: usize, end: &End, names: &dyn Fn() -> Names) {
+        for &(vmm, state, gen) in &end.vmms {
+            let vanished = self.vanished.get(&vmm).copied();
+            if let Some(&(sent, _)) = self.sent.get(&vmm) {
+                if vanished.is_none() && gen < sent {
+                    self.broke(5, step, || {
+                        format!(
+                            "{} ended at g{gen} in Nexus, but its sled agent sent g{sent}",
+                            names().vmm(vmm)
+                        )
+                    });
+                }
+            }
+            if vanished == Some(Some(gen)) && !state.is_terminal() {
+                self.broke(6, step, || {
+                    format!(
+                        "{} vanished, and a watcher pass begun after listed it at {state}/g{gen}, yet Nexus ended holding it so",
+                        names().vmm(vmm)
+                    )
+                });
+            }
         }
     }
 }

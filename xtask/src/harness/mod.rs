@@ -54,17 +54,24 @@ pub enum Inject {
     NoGenerationCheck,
     WatcherListsTerminal,
     WatcherSkipsGeneration,
+    /// The landed model's user path: Failed at the stored generation + 1.
+    MarkFailedAtStoredGen,
 }
 
 impl Inject {
-    pub const ALL: [Inject; 3] =
-        [Inject::NoGenerationCheck, Inject::WatcherListsTerminal, Inject::WatcherSkipsGeneration];
+    pub const ALL: [Inject; 4] = [
+        Inject::NoGenerationCheck,
+        Inject::WatcherListsTerminal,
+        Inject::WatcherSkipsGeneration,
+        Inject::MarkFailedAtStoredGen,
+    ];
 
     pub const fn label(self) -> &'static str {
         match self {
             Inject::NoGenerationCheck => "no-generation-check",
             Inject::WatcherListsTerminal => "watcher-lists-terminal",
             Inject::WatcherSkipsGeneration => "watcher-skips-generation",
+            Inject::MarkFailedAtStoredGen => "mark-failed-at-stored-gen",
         }
     }
 }
@@ -77,6 +84,13 @@ pub struct RunConfig {
     pub watcher_passes: usize,
     pub restart_passes: usize,
     pub max_steps: usize,
+    /// Operations a user may add to the scenario's (explored choices).
+    pub user_ops: usize,
+    /// Faults the schedule may inject (explored choices).
+    pub faults: usize,
+    /// Let stops and reboots land in the windows of the known findings
+    /// (`script::FINDINGS`), which runs leave out by default.
+    pub findings: bool,
     pub inject: Option<Inject>,
     pub transport: Transport,
     /// Mark each step with Nexus's write log (`Step::writes_from`), so a report can
@@ -121,6 +135,9 @@ impl RunConfig {
             watcher_passes: 2,
             restart_passes: 1,
             max_steps: DEFAULT_MAX_STEPS,
+            user_ops: 0,
+            faults: 0,
+            findings: false,
             inject: None,
             transport: Transport::InProc,
             trace_writes: true,
@@ -223,6 +240,7 @@ impl World {
             faults: NexusFaults {
                 skip_generation_check: config.inject == Some(Inject::NoGenerationCheck),
                 list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
+                mark_failed_at_stored_gen: config.inject == Some(Inject::MarkFailedAtStoredGen),
             },
             ..NexusConfig::default()
         };
@@ -297,7 +315,8 @@ impl World {
     }
 
     pub fn names(&self) -> Names {
-        let instances = self.progress().instances.iter().map(|(n, id)| (*id, n.clone())).collect();
+        // Nexus's names, so an instance whose create failed is named too.
+        let instances = self.nexus.instances().into_iter().map(|v| (v.id, v.name)).collect();
         Names::new(instances, &self.nexus.vmms())
     }
 
@@ -449,7 +468,7 @@ fn drive(
         return Err(RunError::Harness("the scenario must be the first actor".into()));
     }
     let fut = script::scenario(
-        config.scenario,
+        (config.scenario, config.findings),
         Arc::clone(&world.nexus),
         world.links.sim_port(&world.sim),
         Arc::clone(&world.sched),
@@ -468,6 +487,28 @@ fn drive(
     let fut =
         script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
+    world.sched.set_fault_budget(config.faults);
+    if config.user_ops > 0 {
+        let id = world.sched.add_actor(ActorKind::User);
+        let fut = script::user(
+            config.scenario,
+            (Arc::clone(&world.nexus), world.links.sim_port(&world.sim)),
+            Arc::clone(&world.sched),
+            Arc::clone(&world.progress),
+            (config.user_ops, config.findings),
+        );
+        spawn(&pool, id, &world.sched, Box::pin(fut));
+    }
+    if config.faults > 0 {
+        let id = world.sched.add_actor(ActorKind::Fault);
+        let fut = script::faults(
+            config.scenario,
+            Arc::clone(&world.sim),
+            Arc::clone(&world.sched),
+            Arc::clone(&world.progress),
+        );
+        spawn(&pool, id, &world.sched, Box::pin(fut));
+    }
 
     let _runtime = world.links.enter();
     let mut observer = Observer::default();
@@ -514,7 +555,7 @@ fn drive(
                 enabled: format!("{} choices", enabled.len()),
             }));
         };
-        world.sched.release(choice.ticket);
+        world.sched.release(choice.ticket, choice.fault);
     };
     chooser.finish(world.sched.steps_len())?;
     observer.finish(&world, &end, config.scenario);

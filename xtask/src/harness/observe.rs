@@ -3,7 +3,7 @@
 //! never from printed text.
 
 use super::invariants::{Ending, Event, Invariants, Violation};
-use super::sched::{Answer, Arg, Call, CallKind};
+use super::sched::{Answer, Arg, Call, CallKind, Component};
 use super::script::ScenarioKind;
 use super::{RunEnd, World};
 
@@ -14,6 +14,11 @@ pub struct Observer {
     steps_seen: usize,
     writes_seen: usize,
     instance_log_seen: usize,
+    /// Steps already seen released (their release-time events fed).
+    released_seen: usize,
+    /// Per step, whether its answer's events were fed: an outer step keeps the
+    /// visit window open, and an answer is fed once, in step order.
+    answered: Vec<bool>,
 }
 
 /// A report the sled agent sends, as an event; a call counts as sent once it is
@@ -51,21 +56,45 @@ impl Observer {
         // Released steps, from the first one whose answer was still outstanding:
         // an outer call (a user operation) answers only after the calls it makes.
         let mut first_pending = None;
+        let released_seen = self.released_seen;
+        let answered = &mut self.answered;
         world.sched.visit_steps_since(self.steps_seen, |i, step| {
             events.extend(sent(&step.call).map(|e| (now, e)));
+            // Seen once, when released (an outer step is visited again until answered).
+            let environment = step.fault.is_some()
+                || (matches!(step.call.from, Component::User | Component::Fault)
+                    && step.call.kind != CallKind::Done);
+            if environment && i >= released_seen {
+                events.push((i + 1, Event::Environment));
+            }
+            if answered.len() <= i {
+                answered.resize(i + 1, false);
+            }
+            if step.answer == Answer::Pending {
+                first_pending.get_or_insert(i);
+                return;
+            }
+            if std::mem::replace(&mut answered[i], true) {
+                return;
+            }
             match &step.answer {
-                Answer::Pending => {
-                    first_pending.get_or_insert(i);
-                }
                 Answer::Gone { nexus_had } => {
                     if let Some(vmm) = step.call.vmm {
                         events.push((i + 1, Event::Gone { vmm, nexus_had: *nexus_had }));
                     }
                 }
+                Answer::Vanished(Some((vmm, instance))) => {
+                    events.push((i + 1, Event::Vanished { vmm: *vmm, instance: *instance }));
+                }
+                Answer::Listed(rows) => {
+                    let rows = rows.iter().map(|&(v, _, g)| (v, g)).collect();
+                    events.push((i + 1, Event::Listed(rows)));
+                }
                 _ => {}
             }
         });
         self.steps_seen = first_pending.unwrap_or(now);
+        self.released_seen = now;
         world.sched.visit_parked(|call| events.extend(sent(call).map(|e| (now, e))));
         self.writes_seen = world
             .nexus

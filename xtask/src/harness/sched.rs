@@ -33,6 +33,10 @@ pub enum ActorKind {
     Watcher,
     Restart,
     Update(u32),
+    /// A user beyond the scenario's script: stops, starts and reboots instances.
+    User,
+    /// The environment's faults that are actions of their own (a VMM vanishing).
+    Fault,
 }
 
 impl ActorKind {
@@ -41,6 +45,8 @@ impl ActorKind {
             "scenario" => Some(ActorKind::Scenario),
             "watcher" => Some(ActorKind::Watcher),
             "restart" => Some(ActorKind::Restart),
+            "user" => Some(ActorKind::User),
+            "fault" => Some(ActorKind::Fault),
             _ => {
                 let n = s.strip_prefix("update")?;
                 if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
@@ -59,6 +65,8 @@ impl fmt::Display for ActorKind {
             ActorKind::Watcher => f.write_str("watcher"),
             ActorKind::Restart => f.write_str("restart"),
             ActorKind::Update(n) => write!(f, "update{n}"),
+            ActorKind::User => f.write_str("user"),
+            ActorKind::Fault => f.write_str("fault"),
         }
     }
 }
@@ -67,6 +75,8 @@ impl fmt::Display for ActorKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
     Scenario,
+    User,
+    Fault,
     Nexus,
     Datastore,
     Watcher,
@@ -75,8 +85,10 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 6] = [
+    pub const ALL: [Component; 8] = [
         Component::Scenario,
+        Component::User,
+        Component::Fault,
         Component::Nexus,
         Component::Datastore,
         Component::Watcher,
@@ -87,6 +99,8 @@ impl Component {
     pub const fn label(self) -> &'static str {
         match self {
             Component::Scenario => "scenario",
+            Component::User => "user",
+            Component::Fault => "fault",
             Component::Nexus => "nexus",
             Component::Datastore => "datastore",
             Component::Watcher => "watcher",
@@ -112,14 +126,19 @@ pub enum CallKind {
     InstanceCreate,
     InstanceStart,
     InstanceStop,
+    InstanceReboot,
     DiskCreate,
     DiskAttach,
     DiskDetach,
     WaitForState,
+    /// A VMM leaves its sled agent without a word (Propolis died).
+    VmmVanish,
+    /// An environment actor takes no more choices.
+    Done,
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 17] = [
+    pub const ALL: [CallKind; 20] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
         CallKind::VmmPutState,
@@ -133,10 +152,13 @@ impl CallKind {
         CallKind::InstanceCreate,
         CallKind::InstanceStart,
         CallKind::InstanceStop,
+        CallKind::InstanceReboot,
         CallKind::DiskCreate,
         CallKind::DiskAttach,
         CallKind::DiskDetach,
         CallKind::WaitForState,
+        CallKind::VmmVanish,
+        CallKind::Done,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -154,15 +176,42 @@ impl CallKind {
             CallKind::InstanceCreate => "instance_create",
             CallKind::InstanceStart => "instance_start",
             CallKind::InstanceStop => "instance_stop",
+            CallKind::InstanceReboot => "instance_reboot",
             CallKind::DiskCreate => "disk_create",
             CallKind::DiskAttach => "disk_attach",
             CallKind::DiskDetach => "disk_detach",
             CallKind::WaitForState => "wait_for_state",
+            CallKind::VmmVanish => "vmm_vanish",
+            CallKind::Done => "done",
         }
     }
 
     pub fn from_label(s: &str) -> Option<CallKind> {
         CallKind::ALL.into_iter().find(|k| k.label() == s)
+    }
+}
+
+/// A fault the explorer may inject into a call as it releases it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// The callee never sees the call; the caller gets a 503.
+    Unavailable,
+    /// The callee applies the call, but its answer is lost: the caller times out.
+    Timeout,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 2] = [Fault::Unavailable, Fault::Timeout];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Fault::Unavailable => "503",
+            Fault::Timeout => "timeout",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.label() == s)
     }
 }
 
@@ -213,6 +262,9 @@ pub enum Answer {
     /// A disk operation answered with where the disk is.
     Disk(DiskState),
     Waited(ExternalState),
+    /// The VMM (and its instance) that vanished from its sled agent, if the
+    /// instance had one there.
+    Vanished(Option<(PropolisUuid, InstanceUuid)>),
 }
 
 impl Answer {
@@ -240,18 +292,51 @@ pub struct Step {
     pub actor: ActorId,
     pub call: Call,
     pub answer: Answer,
+    /// The fault it was released with, if any.
+    pub fault: Option<Fault>,
     /// Length of Nexus's write log when the step was released. A step runs
     /// atomically, so the writes it caused are those up to the next step's mark.
     pub writes_from: usize,
 }
 
-/// A parked call the scheduler may release now.
+/// What kind of parked call a choice releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offer {
+    /// A call an actor makes: it happens whatever the schedule.
+    Call,
+    /// One of an environment actor's alternatives (a user's operation, a fault):
+    /// it happens only if chosen.
+    Alternative,
+    /// An environment actor's "nothing more": enabled only when nothing but
+    /// alternatives is, so stopping early and stopping last are one schedule.
+    Done,
+}
+
+/// A parked call the scheduler may release now, and how.
 #[derive(Clone, Copy, Debug)]
 pub struct Choice {
     pub ticket: u64,
     pub actor: ActorId,
     pub kind: ActorKind,
     pub call: Call,
+    pub offer: Offer,
+    /// Released with this fault injected.
+    pub fault: Option<Fault>,
+}
+
+impl Choice {
+    /// Whether it is one of an environment actor's alternatives, taken only if chosen.
+    pub fn optional(&self) -> bool {
+        self.offer == Offer::Alternative
+    }
+}
+
+/// One alternative of an environment actor's offer (see `Sched::offer`).
+pub struct Alt {
+    pub call: Call,
+    pub wait: Option<WaitPred>,
+    /// Whether taking it spends one of the run's faults.
+    pub costs_fault: bool,
 }
 
 /// A condition a parked call waits for before it may be released.
@@ -267,8 +352,18 @@ pub struct Probes {
 
 struct Parked {
     ticket: u64,
+    /// The calls of one offer share a group (the first one's ticket); a plain call
+    /// is a group of one. Releasing one withdraws the rest.
+    group: u64,
+    /// Its place in the group.
+    alt: usize,
     actor: ActorId,
     call: Call,
+    offer: Offer,
+    /// Faults it may be released with.
+    faults: &'static [Fault],
+    costs_fault: bool,
+    fault: Option<Fault>,
     /// The step index once released.
     released: Option<usize>,
     waker: Option<Waker>,
@@ -294,6 +389,8 @@ struct Inner {
     steps: Vec<Step>,
     errors: Vec<String>,
     next_ticket: u64,
+    /// Faults the run may still inject (explored choices, bounded by `--faults`).
+    faults_left: usize,
 }
 
 #[derive(Default)]
@@ -334,6 +431,11 @@ impl Sched {
         self.lock().errors.push(msg);
     }
 
+    /// How many faults the schedule may inject in this run.
+    pub fn set_fault_budget(&self, n: usize) {
+        self.lock().faults_left = n;
+    }
+
     pub fn add_actor(&self, kind: ActorKind) -> ActorId {
         let mut g = self.lock();
         g.actors.push(ActorInfo { kind, done: false, history: 0 });
@@ -359,8 +461,9 @@ impl Sched {
             (a.kind, a.done, a.history).hash(h);
         }
         for p in &g.parked {
-            (p.actor, p.call, p.released.is_some()).hash(h);
+            (p.actor, p.call, p.released.is_some(), p.offer, p.fault).hash(h);
         }
+        g.faults_left.hash(h);
     }
 
     /// Called by an actor at a point where its future no longer depends on what it
@@ -433,25 +536,43 @@ impl Sched {
 
     /// The parked calls that may be released now, in actor order, into a buffer the
     /// caller reuses from step to step.
+    ///
+    /// A call that may fault is offered once plain and once per fault, while the
+    /// run has faults left; the plain release comes first. An actor's `Done` is
+    /// offered only when every other choice is an alternative, and only the first
+    /// actor's: doing nothing more now or after the others is the same run.
     pub fn enabled_into(&self, out: &mut Vec<Choice>) {
         out.clear();
         let g = self.lock();
-        out.extend(
-            g.parked
-                .iter()
-                .filter(|p| p.released.is_none() && p.wait.as_ref().is_none_or(|w| w()))
-                .map(|p| Choice {
-                    ticket: p.ticket,
-                    actor: p.actor,
-                    kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
-                    call: p.call,
-                }),
-        );
-        out.sort_unstable_by_key(|c| (c.actor, c.ticket));
+        let can_fault = g.faults_left > 0;
+        for p in &g.parked {
+            if p.released.is_some()
+                || (p.costs_fault && !can_fault)
+                || !p.wait.as_ref().is_none_or(|w| w())
+            {
+                continue;
+            }
+            let kind = g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind);
+            let choice =
+                Choice { ticket: p.ticket, actor: p.actor, kind, call: p.call, offer: p.offer, fault: None };
+            out.push(choice);
+            if can_fault {
+                out.extend(p.faults.iter().map(|&f| Choice { fault: Some(f), ..choice }));
+            }
+        }
+        drop(g);
+        out.sort_by_key(|c| (c.actor, c.ticket, c.fault));
+        if out.iter().any(|c| c.offer == Offer::Call) {
+            out.retain(|c| c.offer != Offer::Done);
+        } else {
+            let mut kept = false;
+            out.retain(|c| c.offer != Offer::Done || !std::mem::replace(&mut kept, true));
+        }
     }
 
-    /// Lets one parked call go; it becomes the next step.
-    pub fn release(&self, ticket: u64) {
+    /// Lets one parked call go, with `fault` injected if given; it becomes the next
+    /// step. The other alternatives of its offer are withdrawn.
+    pub fn release(&self, ticket: u64, fault: Option<Fault>) {
         let writes_from = self.probes.get().and_then(|p| p.writes.as_ref()).map_or(0, |w| w());
         let mut g = self.lock();
         let g = &mut *g;
@@ -460,23 +581,53 @@ impl Sched {
             g.errors.push(format!("release of unknown ticket {ticket}"));
             return;
         };
-        g.steps.push(Step { actor: p.actor, call: p.call, answer: Answer::Pending, writes_from });
+        if fault.is_some_and(|f| !p.faults.contains(&f)) || (fault.is_some() && g.faults_left == 0)
+        {
+            g.errors.push(format!("{} cannot be released with {fault:?}", p.call.kind.label()));
+            return;
+        }
+        let step = Step { actor: p.actor, call: p.call, answer: Answer::Pending, fault, writes_from };
+        g.steps.push(step);
         p.released = Some(g.steps.len() - 1);
-        if let Some(w) = p.waker.take() {
+        p.fault = fault;
+        let spends = fault.is_some() || p.costs_fault;
+        let (group, waker) = (p.group, p.waker.take());
+        if spends {
+            g.faults_left = g.faults_left.saturating_sub(1);
+        }
+        g.parked.retain(|q| q.group != group || q.released.is_some());
+        if let Some(w) = waker {
             w.wake();
         }
     }
 
-    fn park(&self, actor: ActorId, call: Call, wait: Option<WaitPred>) -> u64 {
+    /// Parks `alts` as one group; returns its id (the first ticket).
+    fn park(&self, actor: ActorId, alts: Vec<(Call, Offer, Option<WaitPred>, &'static [Fault], bool)>) -> u64 {
         let mut g = self.lock();
-        g.next_ticket += 1;
-        let ticket = g.next_ticket;
-        g.parked.push(Parked { ticket, actor, call, released: None, waker: None, wait });
+        let group = g.next_ticket + 1;
+        for (alt, (call, offer, wait, faults, costs_fault)) in alts.into_iter().enumerate() {
+            g.next_ticket += 1;
+            let ticket = g.next_ticket;
+            g.parked.push(Parked {
+                ticket,
+                group,
+                alt,
+                actor,
+                call,
+                offer,
+                faults,
+                costs_fault,
+                fault: None,
+                released: None,
+                waker: None,
+                wait,
+            });
+        }
         wake_idle(&mut g);
-        ticket
+        group
     }
 
-    fn complete(&self, step: usize, answer: Answer) {
+    pub(super) fn complete(&self, step: usize, answer: Answer) {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(s) = g.steps.get_mut(step) else {
@@ -513,19 +664,71 @@ impl Sched {
     where
         Fut: Future<Output = T>,
     {
+        self.gate_faulty(call, wait, fallback, &[], run, None::<fn(Fault) -> T>, describe).await
+    }
+
+    /// `gate`, for a call that may be released with one of `faults`: then `fail`
+    /// makes what the caller sees instead of the callee's answer (`Unavailable`:
+    /// the callee is never called; `Timeout`: it is, and its answer dropped).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn gate_faulty<T, Fut>(
+        self: &Arc<Self>,
+        call: Call,
+        wait: Option<WaitPred>,
+        fallback: Option<ActorId>,
+        faults: &'static [Fault],
+        run: impl FnOnce() -> Fut,
+        fail: Option<impl FnOnce(Fault) -> T>,
+        describe: impl FnOnce(&T) -> Answer,
+    ) -> T
+    where
+        Fut: Future<Output = T>,
+    {
         let Some(actor) = CURRENT.with(Cell::get).or(fallback) else {
             // Only reachable if a component spawns work outside the harness's actors;
             // the run is then not deterministic, so it is recorded as a harness error.
             self.record_error(format!("{} called outside any actor", call.kind.label()));
             return run().await;
         };
-        let ticket = self.park(actor, call, wait);
-        let step = Admission { sched: Arc::clone(self), ticket }.await;
-        let out = run().await;
-        if let Some(step) = step {
-            self.complete(step, describe(&out));
+        let faults = if fail.is_some() { faults } else { &[] };
+        let group = self.park(actor, vec![(call, Offer::Call, wait, faults, false)]);
+        let admitted = Admission { sched: Arc::clone(self), group }.await;
+        let fault = admitted.and_then(|a| a.fault);
+        let out = match (fault, fail) {
+            (Some(Fault::Unavailable), Some(fail)) => fail(Fault::Unavailable),
+            (Some(Fault::Timeout), Some(fail)) => {
+                drop(run().await);
+                fail(Fault::Timeout)
+            }
+            _ => run().await,
+        };
+        if let Some(a) = admitted {
+            self.complete(a.step, describe(&out));
         }
         out
+    }
+
+    /// Parks the calling actor at an offer of alternatives, one of which the
+    /// scheduler releases; returns which, and its step, whose answer the caller
+    /// records with `complete` once the chosen call has run. `None` outside an
+    /// actor (a harness error, recorded).
+    pub async fn offer(self: &Arc<Self>, alts: Vec<Alt>, done: Call) -> Option<(usize, usize)> {
+        let Some(actor) = CURRENT.with(Cell::get) else {
+            self.record_error("an offer made outside any actor".into());
+            return None;
+        };
+        let n = alts.len();
+        let mut parked: Vec<_> = alts
+            .into_iter()
+            .map(|a| (a.call, Offer::Alternative, a.wait, &[][..], a.costs_fault))
+            .collect();
+        parked.push((done, Offer::Done, None, &[][..], false));
+        let group = self.park(actor, parked);
+        let a = Admission { sched: Arc::clone(self), group }.await?;
+        if a.alt == n {
+            self.complete(a.step, Answer::Ack);
+        }
+        Some((a.alt, a.step))
     }
 }
 
@@ -562,31 +765,45 @@ impl Future for Idle<'_> {
     }
 }
 
-/// Resolves when the scheduler has released the ticket, to the step index.
+/// Resolves when the scheduler has released one call of the group.
 struct Admission {
     sched: Arc<Sched>,
-    ticket: u64,
+    group: u64,
+}
+
+/// Which call of a group was released, as which step, with which fault.
+#[derive(Clone, Copy, Debug)]
+struct Admitted {
+    alt: usize,
+    step: usize,
+    fault: Option<Fault>,
 }
 
 impl Future for Admission {
-    type Output = Option<usize>;
+    type Output = Option<Admitted>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Admitted>> {
         let mut g = self.sched.lock();
-        let Some(pos) = g.parked.iter().position(|p| p.ticket == self.ticket) else {
-            g.errors.push(format!("ticket {} vanished", self.ticket));
-            return Poll::Ready(None);
-        };
-        match g.parked[pos].released {
-            Some(step) => {
-                g.parked.remove(pos);
-                Poll::Ready(Some(step))
-            }
-            None => {
-                g.parked[pos].waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        let group = self.group;
+        let released = g.parked.iter().enumerate().find_map(|(i, p)| {
+            (p.group == group).then_some(())?;
+            p.released.map(|step| (i, step))
+        });
+        if let Some((pos, step)) = released {
+            let p = g.parked.remove(pos);
+            return Poll::Ready(Some(Admitted { alt: p.alt, step, fault: p.fault }));
         }
+        // Every call of the group shares the waker: whichever is released wakes it.
+        let mut found = false;
+        for p in g.parked.iter_mut().filter(|p| p.group == group) {
+            p.waker = Some(cx.waker().clone());
+            found = true;
+        }
+        if !found {
+            g.errors.push(format!("offer {group} vanished"));
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
@@ -642,7 +859,7 @@ mod tests {
         let s = Sched::default();
         s.add_actor(ActorKind::Scenario);
         let w = s.add_actor(ActorKind::Watcher);
-        s.park(w, call(CallKind::VmmGetState), None);
+        s.park(w, vec![(call(CallKind::VmmGetState), Offer::Call, None, &[], false)]);
         s
     }
 
@@ -663,7 +880,7 @@ mod tests {
             ("parked actor", |s| s.lock().parked[0].actor = 0),
             ("released", |s| {
                 let t = s.lock().parked[0].ticket;
-                s.release(t);
+                s.release(t, None);
             }),
         ];
         for (field, perturb) in covered {

@@ -8,7 +8,7 @@ use nexus_stub::DbVmmState;
 use sled_agent_api::VmmState;
 
 use super::observe::Observer;
-use super::sched::{ActorKind, Arg, CallKind, Choice, Step};
+use super::sched::{ActorKind, Arg, Call, CallKind, Choice, Fault, Step};
 use super::World;
 
 /// What a chooser sees when it picks.
@@ -21,7 +21,24 @@ pub struct ChoiceCtx<'a> {
 }
 
 fn token(c: &Choice) -> String {
-    format!("{}.{}", c.kind, c.call.kind.label())
+    step_label(c.kind, &c.call, c.fault)
+}
+
+/// How a step reads in a replay string: `actor.call`, then the instance an
+/// environment actor's choice is about (`user.instance_stop(inst1)`), then the
+/// fault it was released with (`scenario.cpapi_instances_put!503`).
+pub fn step_label(actor: ActorKind, call: &Call, fault: Option<Fault>) -> String {
+    let mut s = format!("{actor}.{}", call.kind.label());
+    if let (ActorKind::User | ActorKind::Fault, Arg::Name(name)) = (actor, call.arg) {
+        s.push('(');
+        s.push_str(name);
+        s.push(')');
+    }
+    if let Some(f) = fault {
+        s.push('!');
+        s.push_str(f.label());
+    }
+    s
 }
 
 pub trait Chooser {
@@ -60,20 +77,27 @@ pub enum ScheduleError {
 }
 
 /// Scheduling priority of an actor under the named policies: the scenario first,
-/// then the update steps it waits for, then background tasks.
+/// then the update steps it waits for, a user's operation under way, then
+/// background tasks.
 fn priority(kind: ActorKind) -> u8 {
     match kind {
         ActorKind::Scenario => 0,
         ActorKind::Update(_) => 1,
-        ActorKind::Restart => 2,
-        ActorKind::Watcher => 3,
+        ActorKind::User => 2,
+        ActorKind::Restart => 3,
+        ActorKind::Watcher => 4,
+        ActorKind::Fault => 5,
     }
 }
 
+/// The named policies' pick: by priority, never a fault and never an
+/// environment actor's alternative (a user's extra operation, a vanish), so they
+/// play the scenario as scripted and end each environment actor when they can.
 pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usize> {
     enabled
         .iter()
         .enumerate()
+        .filter(|(_, c)| c.fault.is_none() && !c.optional())
         .filter(|(_, c)| !(skip_watcher && c.kind == ActorKind::Watcher))
         .min_by_key(|(_, c)| (priority(c.kind), c.actor))
         .map(|(i, _)| i)
@@ -159,12 +183,39 @@ impl Chooser for Seed7282 {
     }
 }
 
-/// One step of a replay string: `actor.call`, repeated `count` times.
+/// One step of a replay string: `actor.call`, with the instance an environment
+/// actor's choice names and the fault injected, repeated `count` times.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Token {
     actor: ActorKind,
     call: CallKind,
+    arg: Option<String>,
+    fault: Option<Fault>,
     count: usize,
+}
+
+impl Token {
+    fn matches(&self, c: &Choice) -> bool {
+        c.kind == self.actor
+            && c.call.kind == self.call
+            && c.fault == self.fault
+            && match (&self.arg, c.call.arg) {
+                (None, _) => true,
+                (Some(want), Arg::Name(name)) => want == name,
+                (Some(_), _) => false,
+            }
+    }
+
+    fn label(&self) -> String {
+        let mut s = format!("{}.{}", self.actor, self.call.label());
+        if let Some(a) = &self.arg {
+            s = format!("{s}({a})");
+        }
+        if let Some(f) = self.fault {
+            s = format!("{s}!{}", f.label());
+        }
+        s
+    }
 }
 
 /// Re-runs the schedule a replay string names, failing where it stops matching.
@@ -211,11 +262,29 @@ impl Replay {
                 }
                 None => (raw, 1),
             };
+            let (body, fault) = match body.split_once('!') {
+                Some((body, f)) => {
+                    let fault = Fault::from_label(f)
+                        .ok_or_else(|| bad("unknown fault after '!' (503, timeout)"))?;
+                    (body, Some(fault))
+                }
+                None => (body, None),
+            };
+            let (body, arg) = match body.split_once('(') {
+                Some((body, rest)) => {
+                    let arg = rest
+                        .strip_suffix(')')
+                        .filter(|a| !a.is_empty() && !a.contains(['(', ')']))
+                        .ok_or_else(|| bad("expected call(instance), e.g. user.instance_stop(inst1)"))?;
+                    (body, Some(arg.to_string()))
+                }
+                None => (body, None),
+            };
             let (actor, call) = body
                 .split_once('.')
                 .ok_or_else(|| bad("expected actor.call, e.g. watcher.vmm_get_state"))?;
             let actor = ActorKind::parse(actor).ok_or_else(|| {
-                bad("unknown actor (scenario, watcher, restart, update1, update2, ...)")
+                bad("unknown actor (scenario, watcher, restart, user, fault, update1, update2, ...)")
             })?;
             let call = CallKind::from_label(call).ok_or_else(|| {
                 let known: Vec<_> = CallKind::ALL.iter().map(|k| k.label()).collect();
@@ -224,7 +293,7 @@ impl Replay {
             total = total
                 .checked_add(count)
                 .ok_or_else(|| bad("the repeat counts add up to more steps than can be counted"))?;
-            tokens.push(Token { actor, call, count });
+            tokens.push(Token { actor, call, arg, fault, count });
         }
         Ok(Replay { tokens, total, index: 0, used: 0 })
     }
@@ -249,12 +318,12 @@ impl Chooser for Replay {
         let Some(tok) = self.tokens.get(self.index) else {
             return Err(ScheduleError::TooShort { step: ctx.step + 1, enabled: enabled_list(ctx) });
         };
-        let found = ctx.enabled.iter().position(|c| c.kind == tok.actor && c.call.kind == tok.call);
+        let found = ctx.enabled.iter().position(|c| tok.matches(c));
         let Some(i) = found else {
             return Err(ScheduleError::Mismatch {
                 step: ctx.step + 1,
                 index: self.index + 1,
-                wanted: format!("{}.{}", tok.actor, tok.call.label()),
+                wanted: tok.label(),
                 enabled: enabled_list(ctx),
             });
         };
@@ -281,7 +350,10 @@ pub fn replay_string(steps: &[Step], actors: &[ActorKind]) -> String {
     let mut out: Vec<(String, usize)> = Vec::new();
     for s in steps {
         let name = actors.get(s.actor).map_or_else(|| "?".to_string(), ToString::to_string);
-        let tok = format!("{name}.{}", s.call.kind.label());
+        let tok = match actors.get(s.actor) {
+            Some(&kind) => step_label(kind, &s.call, s.fault),
+            None => format!("{name}.{}", s.call.kind.label()),
+        };
         match out.last_mut() {
             Some((last, n)) if *last == tok => *n += 1,
             _ => out.push((tok, 1)),

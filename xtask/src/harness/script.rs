@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 
 use std::future::Future;
 
-use nexus_stub::{DiskState, DiskView, ExternalState, InstanceView, NexusError, NexusStub};
-use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi};
+use nexus_stub::{
+    DbVmmState, DiskState, DiskView, ExternalState, InstanceView, NexusError, NexusStub,
+};
+use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, VmmState};
 use sledsim_http::error_chain;
 
 use super::invariants::{End, Ending};
-use super::sched::{Answer, Arg, Call, CallKind, Component, Sched};
+use super::sched::{self, Answer, Arg, Call, CallKind, Component, Sched};
 use super::transport::SimPort;
 use super::{Nexus, Watcher};
 
@@ -30,6 +32,14 @@ impl ScenarioKind {
         match self {
             ScenarioKind::DiskMove => "disk-move",
             ScenarioKind::StopRace => "stop-race",
+        }
+    }
+
+    /// The instances the scenario creates, by name, in order.
+    pub const fn instance_names(self) -> &'static [&'static str] {
+        match self {
+            ScenarioKind::DiskMove => &["inst1", "inst2"],
+            ScenarioKind::StopRace => &["inst1"],
         }
     }
 }
@@ -70,6 +80,7 @@ impl Progress {
             ending,
             outcome: self.outcome.clone(),
             instances: nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
+            vmms: nexus.vmms().iter().map(|v| (v.id, v.state, v.gen)).collect(),
             disk_on_second,
         }
     }
@@ -176,6 +187,38 @@ struct Gated {
     nexus: Arc<Nexus>,
     sim: SimPort,
     sched: Arc<Sched>,
+    /// Whether stops may land in the windows of the known findings.
+    findings: bool,
+}
+
+/// Races the explorer found that omicron's own design has too. Explore and
+/// scenario leave them out (a stop or reboot waits until the instance is out of
+/// the window), so a proof is scoped around them and says so; `--findings`
+/// explores them.
+pub const FINDINGS: [(&str, &str); 2] = [
+    (
+        "stop-after-destroyed",
+        "no stop or reboot is sent while the instance's VMM is recorded Destroyed but not yet unlinked by the update step (omicron sends it to the sled agent, which has forgotten the VMM and answers 404, and Nexus marks the VMM Failed)",
+    ),
+    (
+        "stop-while-creating",
+        "no stop or reboot is sent while the instance's VMM record is Creating, between a start inserting it and registering it with the sled agent (the sled agent answers 404, and Nexus marks the VMM Failed)",
+    ),
+];
+
+/// Whether an instance is in the window of a known finding: its active VMM is
+/// recorded Destroyed (not yet unlinked), or still Creating.
+fn in_finding_window(nexus: &Nexus, id: InstanceUuid) -> bool {
+    let Some(vmm) = nexus.instance_record(id).and_then(|i| i.propolis_id) else { return false };
+    nexus.vmm(vmm).is_some_and(|v| {
+        matches!(v.state, DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
+    })
+}
+
+/// A stop's or reboot's wait: until the instance is out of every finding's window.
+fn outside_findings(nexus: &Arc<Nexus>, id: InstanceUuid) -> sched::WaitPred {
+    let weak = Arc::downgrade(nexus);
+    Box::new(move || weak.upgrade().is_none_or(|n| !in_finding_window(&n, id)))
 }
 
 /// How a Nexus error reads in the step log.
@@ -188,6 +231,7 @@ fn nexus_error_label(e: &NexusError) -> &'static str {
         NexusError::NoSleds => "no_sleds",
         NexusError::InstanceNotStopped { .. } => "instance_not_stopped",
         NexusError::InstanceNotStartable { .. } => "instance_not_startable",
+        NexusError::InstanceNotRebootable { .. } => "instance_not_rebootable",
         NexusError::DiskAttachedToAnother { .. } => "disk_attached_to_another",
         NexusError::SledAgent { .. } => "sled_agent_error",
         NexusError::NoRuntime => "no_runtime",
@@ -236,13 +280,15 @@ impl Driver for Gated {
 
     async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceView, NexusError> {
         let n = &self.nexus;
-        self.call(
-            CallKind::InstanceStop,
-            Arg::Instance(id),
-            || n.instance_stop(id),
-            instance_answer,
-        )
-        .await
+        let call = Call {
+            kind: CallKind::InstanceStop,
+            from: Component::Scenario,
+            to: Component::Nexus,
+            vmm: None,
+            arg: Arg::Instance(id),
+        };
+        let wait = (!self.findings).then(|| outside_findings(&self.nexus, id));
+        self.sched.gate(call, wait, None, || n.instance_stop(id), instance_answer).await
     }
 
     async fn disk_create(&self, name: &'static str) -> Result<DiskView, NexusError> {
@@ -382,13 +428,13 @@ pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Pro
 }
 
 pub(super) async fn scenario(
-    kind: ScenarioKind,
+    (kind, findings): (ScenarioKind, bool),
     nexus: Arc<Nexus>,
     sim: SimPort,
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 ) {
-    let driver = Gated { nexus, sim, sched };
+    let driver = Gated { nexus, sim, sched, findings };
     run(kind, &driver, &progress).await;
 }
 
@@ -440,5 +486,127 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
             // An error is the step's answer; the pass goes on, as omicron's does.
             let _ = sched.gate(call, None, None, || n.reincarnate(id), instance_answer).await;
         }
+    }
+}
+
+/// The operations a user may add to a run, on any instance the scenario created.
+const USER_OPS: [CallKind; 3] = [CallKind::InstanceStop, CallKind::InstanceStart, CallKind::InstanceReboot];
+
+/// The id of the instance the scenario created under `name`, if it has yet.
+fn created(progress: &Mutex<Progress>, name: &str) -> Option<InstanceUuid> {
+    let p = progress.lock().unwrap_or_else(|p| p.into_inner());
+    p.instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+}
+
+fn env_call(kind: CallKind, from: Component, to: Component, name: &'static str) -> Call {
+    Call { kind, from, to, vmm: None, arg: Arg::Name(name) }
+}
+
+/// A user beyond the script: up to `ops` times, a stop, start or reboot of any
+/// instance the scenario has created, each followed, as the test's
+/// `instance_simulate` does, by finishing the transitions of the instance's VMM.
+/// Which operation, on which instance, and when, are the schedule's choices.
+pub(super) async fn user(
+    kind: ScenarioKind,
+    (nexus, sim): (Arc<Nexus>, SimPort),
+    sched: Arc<Sched>,
+    progress: Arc<Mutex<Progress>>,
+    (ops, findings): (usize, bool),
+) {
+    let choices: Vec<(CallKind, &'static str)> = kind
+        .instance_names()
+        .iter()
+        .flat_map(|&name| USER_OPS.into_iter().map(move |op| (op, name)))
+        .collect();
+    for done in 0..ops {
+        // Each operation is looked up afresh, so what is left to do depends on
+        // how many were made alone.
+        sched.forget_history(done as u64 + 1);
+        let alts = choices
+            .iter()
+            .map(|&(op, name)| {
+                let (p, n) = (Arc::clone(&progress), Arc::downgrade(&nexus));
+                // Only a stop or reboot can land in a finding's window.
+                let scoped = !findings && op != CallKind::InstanceStart;
+                let ready = move || {
+                    created(&p, name).is_some_and(|id| {
+                        !scoped || n.upgrade().is_none_or(|n| !in_finding_window(&n, id))
+                    })
+                };
+                sched::Alt {
+                    call: env_call(op, Component::User, Component::Nexus, name),
+                    wait: Some(Box::new(ready)),
+                    costs_fault: false,
+                }
+            })
+            .collect();
+        let done = Call { arg: Arg::None, ..env_call(CallKind::Done, Component::User, Component::User, "") };
+        let Some((i, step)) = sched.offer(alts, done).await else { return };
+        let Some(&(op, name)) = choices.get(i) else { return };
+        let Some(id) = created(&progress, name) else {
+            sched.record_error(format!("user chose {name} before it existed"));
+            return;
+        };
+        let r = match op {
+            CallKind::InstanceStop => nexus.instance_stop(id).await,
+            CallKind::InstanceStart => nexus.instance_start(id).await,
+            _ => nexus.instance_reboot(id).await,
+        };
+        sched.complete(step, instance_answer(&r));
+        // Whatever the answer, the VMM may have work queued (a lost answer is
+        // still applied), so the test's `instance_simulate` runs if there is one.
+        if let Some(vmm) = nexus.instance_record(id).and_then(|i| i.propolis_id) {
+            let call = Call {
+                kind: CallKind::VmmPoke,
+                from: Component::User,
+                to: Component::SledAgent,
+                vmm: Some(vmm),
+                arg: Arg::None,
+            };
+            let describe = |r: &Result<(), BoxError>| match r {
+                Ok(()) => Answer::Ack,
+                Err(_) => Answer::Error("sim_error"),
+            };
+            let _ = sched.gate(call, None, None, || sim.poke(vmm), describe).await;
+        }
+    }
+}
+
+/// Faults that are actions of their own: a VMM of any instance the scenario
+/// created vanishes from the sim without a report. Each spends one of the run's
+/// faults; when and which are the schedule's choices.
+pub(super) async fn faults(
+    kind: ScenarioKind,
+    sim: Arc<super::Sim>,
+    sched: Arc<Sched>,
+    progress: Arc<Mutex<Progress>>,
+) {
+    let names = kind.instance_names();
+    loop {
+        // A vanish keeps nothing; what is left depends on the fault budget alone,
+        // which the scheduler holds.
+        sched.forget_history(1);
+        let alts = names
+            .iter()
+            .map(|&name| {
+                let (p, s) = (Arc::clone(&progress), Arc::downgrade(&sim));
+                sched::Alt {
+                    call: env_call(CallKind::VmmVanish, Component::Fault, Component::SledAgent, name),
+                    wait: Some(Box::new(move || {
+                        created(&p, name)
+                            .is_some_and(|id| s.upgrade().is_some_and(|s| s.vmm_of(id).is_some()))
+                    })),
+                    costs_fault: true,
+                }
+            })
+            .collect();
+        let done = Call { arg: Arg::None, ..env_call(CallKind::Done, Component::Fault, Component::Fault, "") };
+        let Some((i, step)) = sched.offer(alts, done).await else { return };
+        let Some(&name) = names.get(i) else { return };
+        let gone = created(&progress, name).and_then(|id| {
+            let vmm = sim.vmm_of(id)?;
+            sim.vanish(vmm).then_some((vmm, id))
+        });
+        sched.complete(step, Answer::Vanished(gone));
     }
 }
