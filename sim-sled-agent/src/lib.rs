@@ -206,6 +206,11 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         self.vmms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sim-only: whether a poke is waiting on a report of the VMM to Nexus.
+    pub fn reporting(&self, propolis_id: PropolisUuid) -> bool {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&propolis_id)
+    }
+
     /// Sim-only: the VMM the table holds for an instance, if any.
     pub fn vmm_of(&self, instance_id: sled_agent_api::InstanceUuid) -> Option<PropolisUuid> {
         self.table().iter().find(|(_, e)| e.vmm.instance_id == instance_id).map(|(id, _)| *id)

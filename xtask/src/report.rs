@@ -87,7 +87,7 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
             let names: Vec<String> = ids.iter().map(|i| names.instance(*i)).collect();
             format!("to restart: [{}]", names.join(", "))
         }
-        Answer::Instance(s) => s.to_string(),
+        Answer::Instance(s) | Answer::Created(_, _, s) => s.to_string(),
         Answer::Disk(DiskState::Detached) => "detached".into(),
         Answer::Disk(DiskState::Attached(i)) => format!("attached to {}", names.instance(*i)),
         Answer::Waited(s) => s.to_string(),

@@ -345,7 +345,8 @@ impl Invariants {
                     });
                 }
             }
-            if vanished == Some(Some(gen)) && !state.is_terminal() {
+            let ended = state.is_terminal() || state == DbVmmState::SagaUnwound;
+            if vanished == Some(Some(gen)) && !ended {
                 self.broke(6, step, || {
                     format!(
                         "{} vanished, and a watcher pass begun after listed it at {state}/g{gen}, yet Nexus ended holding it so",

@@ -259,6 +259,9 @@ pub enum Answer {
     Candidates(Vec<InstanceUuid>),
     /// An instance operation answered with the instance's user-visible state.
     Instance(ExternalState),
+    /// A create answered: the instance, its VMM and its state (the scenario
+    /// keeps the ids).
+    Created(InstanceUuid, Option<PropolisUuid>, ExternalState),
     /// A disk operation answered with where the disk is.
     Disk(DiskState),
     Waited(ExternalState),
@@ -377,6 +380,13 @@ struct ActorInfo {
     /// A rolling hash of every (call, answer) the actor has seen. An actor's code is
     /// deterministic, so this stands for its local state when runs are compared.
     history: u64,
+    /// The outermost call under way (its step) and the history before it. The
+    /// calls made inside it (a user operation's sled agent calls, a poke's
+    /// reports) leave no trace in the history: their answers are consumed by
+    /// component code that keeps across a gate only component state (hashed)
+    /// and the next parked call's arguments (hashed). The outer answer is what
+    /// the actor's own code keeps, so it says all the actor uses.
+    outer: Option<(usize, u64)>,
 }
 
 #[derive(Default)]
@@ -438,7 +448,7 @@ impl Sched {
 
     pub fn add_actor(&self, kind: ActorKind) -> ActorId {
         let mut g = self.lock();
-        g.actors.push(ActorInfo { kind, done: false, history: 0 });
+        g.actors.push(ActorInfo { kind, done: false, history: 0, outer: None });
         g.actors.len() - 1
     }
 
@@ -458,7 +468,9 @@ impl Sched {
     pub fn hash_actors<H: Hasher>(&self, h: &mut H) {
         let g = self.lock();
         for a in &g.actors {
-            (a.kind, a.done, a.history).hash(h);
+            // A finished actor has no future, so what it saw no longer matters.
+            let history = if a.done { 0 } else { a.history };
+            (a.kind, a.done, history).hash(h);
         }
         for p in &g.parked {
             (p.actor, p.call, p.released.is_some(), p.offer, p.fault).hash(h);
@@ -588,7 +600,9 @@ impl Sched {
         }
         let step = Step { actor: p.actor, call: p.call, answer: Answer::Pending, fault, writes_from };
         g.steps.push(step);
-        p.released = Some(g.steps.len() - 1);
+        let index = g.steps.len() - 1;
+        p.released = Some(index);
+        let actor = p.actor;
         p.fault = fault;
         let spends = fault.is_some() || p.costs_fault;
         let (group, waker) = (p.group, p.waker.take());
@@ -596,6 +610,11 @@ impl Sched {
             g.faults_left = g.faults_left.saturating_sub(1);
         }
         g.parked.retain(|q| q.group != group || q.released.is_some());
+        if let Some(a) = g.actors.get_mut(actor) {
+            if a.outer.is_none() {
+                a.outer = Some((index, a.history));
+            }
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -635,10 +654,20 @@ impl Sched {
             return;
         };
         if let Some(a) = g.actors.get_mut(s.actor) {
-            let mut h = super::hash::StableHasher::default();
-            (a.history, s.call).hash(&mut h);
-            answer.hash_learned(&mut h);
-            a.history = h.finish();
+            match a.outer {
+                Some((outer, before)) if outer == step => {
+                    a.outer = None;
+                    let mut h = super::hash::StableHasher::default();
+                    (before, s.call).hash(&mut h);
+                    answer.hash_learned(&mut h);
+                    a.history = h.finish();
+                }
+                // A call made inside the outer one: its answer is consumed by the
+                // code that made it before that code parks again or returns, and
+                // what it keeps across a gate is component state (the sim's
+                // `in_flight`) or the next parked call's arguments, both hashed.
+                _ => {}
+            }
         }
         s.answer = answer;
         wake_idle(g);

@@ -269,13 +269,12 @@ impl Gated {
 impl Driver for Gated {
     async fn instance_create(&self, name: &'static str) -> Result<InstanceView, NexusError> {
         let n = &self.nexus;
-        self.call(
-            CallKind::InstanceCreate,
-            Arg::Name(name),
-            || n.instance_create(name, true),
-            instance_answer,
-        )
-        .await
+        let describe = |r: &Result<InstanceView, NexusError>| match r {
+            Ok(v) => Answer::Created(v.id, v.propolis_id, v.state),
+            Err(e) => Answer::Error(nexus_error_label(e)),
+        };
+        self.call(CallKind::InstanceCreate, Arg::Name(name), || n.instance_create(name, true), describe)
+            .await
     }
 
     async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceView, NexusError> {
@@ -592,9 +591,12 @@ pub(super) async fn faults(
                 let (p, s) = (Arc::clone(&progress), Arc::downgrade(&sim));
                 sched::Alt {
                     call: env_call(CallKind::VmmVanish, Component::Fault, Component::SledAgent, name),
+                    // Not while a report of it is under way: the VMM is lost
+                    // between reports, with nothing of it left in flight.
                     wait: Some(Box::new(move || {
-                        created(&p, name)
-                            .is_some_and(|id| s.upgrade().is_some_and(|s| s.vmm_of(id).is_some()))
+                        created(&p, name).is_some_and(|id| {
+                            s.upgrade().is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
+                        })
                     })),
                     costs_fault: true,
                 }
