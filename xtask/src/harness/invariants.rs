@@ -131,9 +131,12 @@ impl Requests {
 #[derive(Clone, Debug, Default)]
 pub struct Invariants {
     violations: Vec<Violation>,
-    /// Per VMM, the newest generation its sled agent sent, and whether one of
-    /// the states sent was Destroyed.
-    sent: BTreeMap<PropolisUuid, (Generation, bool)>,
+    /// Per VMM, the newest generation Nexus applied.
+    stored: BTreeMap<PropolisUuid, Generation>,
+    /// Per VMM, the newest generation its sled agent sent that Nexus has not
+    /// yet applied (or superseded): once it has, the entry goes, so runs that
+    /// differ only in reports long settled are one situation.
+    unacked: BTreeMap<PropolisUuid, Generation>,
     /// Per VMM, the first terminal state Nexus applied.
     terminal: BTreeMap<PropolisUuid, VmmState>,
     /// VMMs that vanished, and the generation a watcher pass begun after the
@@ -166,7 +169,8 @@ impl Invariants {
     /// Feeds everything the rules remember into `h`: two runs that agree here and
     /// everywhere else are judged the same from now on.
     pub fn hash_state<H: Hasher>(&self, h: &mut H) {
-        self.sent.hash(h);
+        self.stored.hash(h);
+        self.unacked.hash(h);
         self.terminal.hash(h);
         self.vanished.hash(h);
         self.lost.hash(h);
@@ -190,8 +194,8 @@ impl Invariants {
         match *event {
             Event::Gone { vmm, nexus_had } => {
                 // Nexus ended it (terminal, or a start it unwound), or it vanished.
-                let terminal = nexus_had
-                    .is_some_and(|(s, _)| s.is_terminal() || s == DbVmmState::SagaUnwound);
+                let terminal =
+                    nexus_had.is_some_and(|(s, _)| s.is_terminal() || s == DbVmmState::SagaUnwound);
                 if !terminal && !self.vanished.contains_key(&vmm) {
                     let held = nexus_had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
                     self.broke(1, step, || {
@@ -202,10 +206,11 @@ impl Invariants {
                     });
                 }
             }
-            Event::Sent { vmm, state, gen } => {
-                let e = self.sent.entry(vmm).or_insert((gen, false));
-                e.0 = e.0.max(gen);
-                e.1 |= state == VmmState::Destroyed;
+            Event::Sent { vmm, gen, .. } => {
+                if self.stored.get(&vmm).is_none_or(|&s| s < gen) {
+                    let e = self.unacked.entry(vmm).or_insert(gen);
+                    *e = (*e).max(gen);
+                }
             }
             Event::Write(w) => self.on_write(step, &w, names),
             Event::Instance(InstanceEvent { instance_id, change }) => {
@@ -237,13 +242,15 @@ impl Invariants {
                 format!("{}: {}/g{} was applied over stored g{}", vmm(), w.state, w.gen, w.prev_gen)
             });
         }
+        let stored = self.stored.entry(w.propolis_id).or_insert(w.gen);
+        *stored = (*stored).max(w.gen);
+        if self.unacked.get(&w.propolis_id).is_some_and(|&u| u <= w.gen) {
+            self.unacked.remove(&w.propolis_id);
+        }
         if w.state == VmmState::Failed && !self.vanished.contains_key(&w.propolis_id) {
-            let why = if self.sent.get(&w.propolis_id).is_some_and(|s| s.1) {
-                "although its sled agent sent Destroyed"
-            } else {
-                "although it never vanished"
-            };
-            self.broke(2, step, || format!("{} was recorded Failed {why}", vmm()));
+            self.broke(2, step, || {
+                format!("{} was recorded Failed although it never vanished", vmm())
+            });
         }
         match self.terminal.get(&w.propolis_id) {
             Some(&first) if first != w.state => self.broke(3, step, || {
@@ -314,7 +321,10 @@ impl Invariants {
             };
             if let Some(want) = want.filter(|&w| w != state) {
                 self.broke(7, step, || {
-                    format!("{} ended {state}, not {want} as its user last asked", names().instance(id))
+                    format!(
+                        "{} ended {state}, not {want} as its user last asked",
+                        names().instance(id)
+                    )
                 });
             }
         }
@@ -335,7 +345,7 @@ impl Invariants {
     fn end_of_vmms(&mut self, step: usize, end: &End, names: &dyn Fn() -> Names) {
         for &(vmm, state, gen) in &end.vmms {
             let vanished = self.vanished.get(&vmm).copied();
-            if let Some(&(sent, _)) = self.sent.get(&vmm) {
+            if let Some(&sent) = self.unacked.get(&vmm) {
                 if vanished.is_none() && gen < sent {
                     self.broke(5, step, || {
                         format!(
@@ -373,8 +383,21 @@ mod tests {
         Event::Write(VmmWrite { propolis_id: VMM, state, gen: g(gen), prev_gen: g(prev), applied })
     }
 
+    fn sent(state: VmmState, gen: u64) -> Event {
+        Event::Sent { vmm: VMM, state, gen: g(gen) }
+    }
+
     fn inst(change: InstanceChange) -> Event {
         Event::Instance(InstanceEvent { instance_id: INST, change })
+    }
+
+    /// A request that began and ended, well or not.
+    fn request(change: InstanceChange, ok: bool) -> [Event; 2] {
+        [inst(change), inst(InstanceChange::RequestEnded { ok })]
+    }
+
+    fn vanished() -> Event {
+        Event::Vanished { vmm: VMM, instance: INST }
     }
 
     fn finished(state: ExternalState) -> End {
@@ -382,7 +405,16 @@ mod tests {
             ending: Ending::Finished,
             outcome: Some(Ok(())),
             instances: vec![(INST, state)],
+            vmms: vec![(VMM, DbVmmState::Reported(VmmState::Destroyed), g(7))],
             disk_on_second: None,
+        }
+    }
+
+    /// An end at which Nexus holds the VMM at `state`/`gen`.
+    fn ending_with(state: VmmState, gen: u64) -> End {
+        End {
+            vmms: vec![(VMM, DbVmmState::Reported(state), g(gen))],
+            ..finished(ExternalState::Stopped)
         }
     }
 
@@ -401,12 +433,13 @@ mod tests {
 
     /// The stop of #7282 as it should go: every rule holds.
     fn clean_stop() -> Vec<Event> {
-        vec![
-            inst(InstanceChange::StartRequested { auto_restart: false }),
-            write(VmmState::Starting, 2, 1, true),
-            inst(InstanceChange::StopRequested),
+        let mut v = Vec::new();
+        v.extend(request(InstanceChange::StartRequested { auto_restart: false }, true));
+        v.push(write(VmmState::Starting, 2, 1, true));
+        v.extend(request(InstanceChange::StopRequested, true));
+        v.extend([
             write(VmmState::Stopping, 3, 2, true),
-            Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) },
+            sent(VmmState::Destroyed, 7),
             write(VmmState::Destroyed, 7, 3, true),
             // A late 404 once Nexus holds the terminal state is fine.
             Event::Gone {
@@ -415,16 +448,19 @@ mod tests {
             },
             write(VmmState::Failed, 7, 7, false),
             inst(InstanceChange::Stopped),
-        ]
+        ]);
+        v
     }
 
     #[test]
-    fn each_invariant_has_its_own_text() {
-        assert!(invariant_text(1).starts_with("the sled agent answers NoSuchVmm"));
-        assert!(invariant_text(4).contains("last user request was stop"));
-        assert_eq!(invariant_text(9), "?");
-        let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _)| invariant_text(*k)).collect();
-        assert_eq!(texts.len(), INVARIANTS.len());
+    fn each_invariant_has_its_own_name_and_text() {
+        assert!(invariant_text(1).starts_with("a sled agent answers NoSuchVmm"));
+        assert!(invariant_text(7).contains("last request"));
+        assert_eq!(invariant_name(3), "terminal-is-final");
+        assert_eq!((invariant_text(10), invariant_name(10)), ("?", "?"));
+        let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_text(*k)).collect();
+        let names: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_name(*k)).collect();
+        assert_eq!((texts.len(), names.len()), (INVARIANTS.len(), INVARIANTS.len()));
     }
 
     #[test]
@@ -437,61 +473,133 @@ mod tests {
         let held = Some((DbVmmState::Reported(VmmState::Stopping), g(6)));
         assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: held }], None), [1]);
         assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: None }], None), [1]);
-    }
-
-    #[test]
-    fn invariant_2_failed_recorded_for_a_vmm_whose_destroyed_was_sent() {
-        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
-        let failed = write(VmmState::Failed, 7, 6, true);
-        // Either order: the VMM really was destroyed, yet Nexus recorded it Failed.
-        assert_eq!(check(&[sent.clone(), failed.clone()], None), [2]);
-        assert_eq!(check(&[failed.clone(), sent], None), [2]);
-        // A Failed write alone, or one that did not apply, is no break.
-        assert_eq!(check(&[failed], None), Vec::<u8>::new());
-        let stale = write(VmmState::Failed, 7, 7, false);
-        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
-        assert_eq!(check(&[sent, stale], None), Vec::<u8>::new());
-    }
-
-    #[test]
-    fn invariant_3_an_applied_write_that_does_not_move_the_generation_on() {
-        assert_eq!(check(&[write(VmmState::Running, 4, 4, true)], None), [3]);
-        assert_eq!(check(&[write(VmmState::Running, 3, 5, true)], None), [3]);
-        assert_eq!(check(&[write(VmmState::Running, 4, 4, false)], None), Vec::<u8>::new());
-    }
-
-    #[test]
-    fn invariant_4_a_stopped_instance_that_fails_restarts_or_ends_elsewhere() {
-        let stop = inst(InstanceChange::StopRequested);
-        assert_eq!(check(&[stop.clone(), inst(InstanceChange::Failed)], None), [4]);
-        let auto = inst(InstanceChange::StartRequested { auto_restart: true });
-        assert_eq!(check(&[stop.clone(), auto.clone()], None), [4]);
+        // Not once it vanished, nor once Nexus unwound the start itself.
         assert_eq!(
-            check(std::slice::from_ref(&stop), Some(finished(ExternalState::Starting))),
-            [4]
+            check(&[vanished(), Event::Gone { vmm: VMM, nexus_had: held }], None),
+            Vec::<u8>::new()
         );
-        // A user's start after the stop lifts the rule.
-        let start = inst(InstanceChange::StartRequested { auto_restart: false });
+        let unwound = Some((DbVmmState::SagaUnwound, g(2)));
+        assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: unwound }], None), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_2_failed_recorded_for_a_vmm_that_never_vanished() {
+        let failed = write(VmmState::Failed, 7, 6, true);
+        assert_eq!(check(&[sent(VmmState::Destroyed, 7), failed.clone()], None), [2]);
+        assert_eq!(check(std::slice::from_ref(&failed), None), [2]);
+        // A Failed write that did not apply, or one for a VMM that vanished, is none.
+        assert_eq!(check(&[write(VmmState::Failed, 7, 7, false)], None), Vec::<u8>::new());
+        assert_eq!(check(&[vanished(), failed], None), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_3_a_terminal_state_replaced() {
+        let destroyed = write(VmmState::Destroyed, 7, 6, true);
+        // Failed over Destroyed: the user's stop of #7282's class (2 as well).
+        assert_eq!(check(&[destroyed.clone(), write(VmmState::Failed, 8, 7, true)], None), [2, 3]);
+        let running = write(VmmState::Running, 8, 7, true);
+        assert_eq!(check(&[destroyed.clone(), running], None), [3]);
+        // The same terminal state again is no replacement.
         assert_eq!(
-            check(&[stop, start, inst(InstanceChange::Failed), auto], None),
+            check(&[destroyed, write(VmmState::Destroyed, 8, 7, true)], None),
             Vec::<u8>::new()
         );
     }
 
     #[test]
-    fn invariant_5_deadlock_a_failed_step_or_the_disk_elsewhere() {
+    fn invariant_4_an_applied_write_that_does_not_move_the_generation_on() {
+        assert_eq!(check(&[write(VmmState::Running, 4, 4, true)], None), [4]);
+        assert_eq!(check(&[write(VmmState::Running, 3, 5, true)], None), [4]);
+        assert_eq!(check(&[write(VmmState::Running, 4, 4, false)], None), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_5_a_report_never_applied() {
+        let end = || Some(ending_with(VmmState::Stopping, 6));
+        assert_eq!(check(&[sent(VmmState::Destroyed, 7)], end()), [5]);
+        // Applied, or superseded by a newer generation, or sent for a VMM that
+        // vanished: nothing lost.
+        assert_eq!(check(&[sent(VmmState::Stopping, 6)], end()), Vec::<u8>::new());
+        assert_eq!(
+            check(&[sent(VmmState::Stopping, 5), write(VmmState::Stopping, 6, 4, true)], end()),
+            Vec::<u8>::new()
+        );
+        assert_eq!(check(&[sent(VmmState::Destroyed, 7), vanished()], end()), Vec::<u8>::new());
+        // A run cut short is not judged.
+        let cut = End { ending: Ending::Bound("b".into()), ..ending_with(VmmState::Stopping, 6) };
+        assert_eq!(check(&[sent(VmmState::Destroyed, 7)], Some(cut)), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_6_a_vanished_vmm_a_watcher_pass_saw_left_live() {
+        let listed = |gen| Event::Listed(vec![(VMM, g(gen))]);
+        let end = || Some(ending_with(VmmState::Running, 4));
+        assert_eq!(check(&[vanished(), listed(4)], end()), [6]);
+        // Listed before the vanish, or at an older generation than Nexus ends with.
+        assert_eq!(check(&[listed(4), vanished()], end()), Vec::<u8>::new());
+        assert_eq!(check(&[vanished(), listed(3)], end()), Vec::<u8>::new());
+        // Ended Failed, or unwound by Nexus.
+        assert_eq!(
+            check(&[vanished(), listed(4)], Some(ending_with(VmmState::Failed, 5))),
+            Vec::<u8>::new()
+        );
+        let unwound = End {
+            vmms: vec![(VMM, DbVmmState::SagaUnwound, g(4))],
+            ..ending_with(VmmState::Running, 4)
+        };
+        assert_eq!(check(&[vanished(), listed(4)], Some(unwound)), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn invariant_7_an_instance_that_does_not_end_as_its_user_last_asked() {
+        let stop = request(InstanceChange::StopRequested, true);
+        assert_eq!(check(&[&stop[..], &[inst(InstanceChange::Failed)]].concat(), None), [7]);
+        let auto = inst(InstanceChange::StartRequested { auto_restart: true });
+        assert_eq!(check(&[&stop[..], &[auto.clone()]].concat(), None), [7]);
+        assert_eq!(check(&stop, Some(finished(ExternalState::Starting))), [7]);
+        let start = request(InstanceChange::StartRequested { auto_restart: false }, true);
+        assert_eq!(check(&start, Some(finished(ExternalState::Stopped))), [7]);
+        let reboot = request(InstanceChange::RebootRequested, true);
+        assert_eq!(check(&reboot, Some(finished(ExternalState::Running))), Vec::<u8>::new());
+        // A user's start after the stop lifts the rule.
+        let later = [&stop[..], &start[..], &[inst(InstanceChange::Failed), auto]].concat();
+        assert_eq!(check(&later, None), Vec::<u8>::new());
+        // A request that failed asks nothing; nor do two that overlapped.
+        let failed = request(InstanceChange::StopRequested, false);
+        assert_eq!(check(&failed, Some(finished(ExternalState::Running))), Vec::<u8>::new());
+        let overlap = [
+            inst(InstanceChange::StopRequested),
+            inst(InstanceChange::RebootRequested),
+            inst(InstanceChange::RequestEnded { ok: true }),
+            inst(InstanceChange::RequestEnded { ok: true }),
+        ];
+        assert_eq!(check(&overlap, Some(finished(ExternalState::Stopped))), Vec::<u8>::new());
+        // The VMM vanished: Failed is the right end.
+        assert_eq!(
+            check(
+                &[&stop[..], &[vanished(), inst(InstanceChange::Failed)]].concat(),
+                Some(finished(ExternalState::Failed))
+            ),
+            Vec::<u8>::new()
+        );
+    }
+
+    #[test]
+    fn invariants_8_and_9_deadlock_a_failed_step_or_the_disk_elsewhere() {
         let deadlock = End {
             ending: Ending::Deadlock(vec!["scenario".into()]),
             ..finished(ExternalState::Stopped)
         };
-        assert_eq!(check(&[], Some(deadlock)), [5]);
+        assert_eq!(check(&[], Some(deadlock)), [8]);
         let failed =
             End { outcome: Some(Err("attach".into())), ..finished(ExternalState::Stopped) };
-        assert_eq!(check(&[], Some(failed)), [5]);
+        assert_eq!(check(&[], Some(failed.clone())), [9]);
         let unfinished = End { outcome: None, ..finished(ExternalState::Stopped) };
-        assert_eq!(check(&[], Some(unfinished)), [5]);
+        assert_eq!(check(&[], Some(unfinished)), [9]);
         let disk = End { disk_on_second: Some(false), ..finished(ExternalState::Stopped) };
-        assert_eq!(check(&[], Some(disk)), [5]);
+        assert_eq!(check(&[], Some(disk)), [9]);
+        // A run the environment touched is judged by the general rules alone.
+        assert_eq!(check(&[Event::Environment], Some(failed)), Vec::<u8>::new());
     }
 
     #[test]
@@ -531,18 +639,25 @@ mod tests {
     #[test]
     fn the_hash_covers_everything_the_rules_remember() {
         let base = hash_after(&[]);
-        let sent = Event::Sent { vmm: VMM, state: VmmState::Destroyed, gen: g(7) };
         let gone = Event::Gone { vmm: VMM, nexus_had: None };
         for (what, events) in [
-            ("sent destroyed", vec![sent]),
-            ("recorded failed", vec![write(VmmState::Failed, 7, 6, true)]),
-            ("user stopped", vec![inst(InstanceChange::StopRequested)]),
+            ("unacked report", vec![sent(VmmState::Destroyed, 7)]),
+            ("stored generation", vec![write(VmmState::Running, 4, 3, true)]),
+            ("terminal state", vec![write(VmmState::Destroyed, 7, 6, true)]),
+            ("vanished", vec![vanished()]),
+            ("listed after a vanish", vec![vanished(), Event::Listed(vec![(VMM, g(4))])]),
+            ("request", vec![inst(InstanceChange::StopRequested)]),
+            ("environment", vec![Event::Environment]),
             ("broken", vec![gone]),
         ] {
             assert_ne!(hash_after(&events), base, "{what} is not in the hash");
         }
-        // A report that is not Destroyed, or a stale write, leaves nothing to remember.
-        let running = Event::Sent { vmm: VMM, state: VmmState::Running, gen: g(4) };
-        assert_eq!(hash_after(&[running, write(VmmState::Failed, 7, 7, false)]), base);
+        assert_ne!(
+            hash_after(&[vanished()]),
+            hash_after(&[vanished(), Event::Listed(vec![(VMM, g(4))])])
+        );
+        // A stale write, or a listing with nothing vanished, leaves nothing to remember.
+        let listed = Event::Listed(vec![(VMM, g(4))]);
+        assert_eq!(hash_after(&[write(VmmState::Failed, 7, 7, false), listed]), base);
     }
 }

@@ -565,8 +565,14 @@ impl Sched {
                 continue;
             }
             let kind = g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind);
-            let choice =
-                Choice { ticket: p.ticket, actor: p.actor, kind, call: p.call, offer: p.offer, fault: None };
+            let choice = Choice {
+                ticket: p.ticket,
+                actor: p.actor,
+                kind,
+                call: p.call,
+                offer: p.offer,
+                fault: None,
+            };
             out.push(choice);
             if can_fault {
                 out.extend(p.faults.iter().map(|&f| Choice { fault: Some(f), ..choice }));
@@ -598,7 +604,8 @@ impl Sched {
             g.errors.push(format!("{} cannot be released with {fault:?}", p.call.kind.label()));
             return;
         }
-        let step = Step { actor: p.actor, call: p.call, answer: Answer::Pending, fault, writes_from };
+        let step =
+            Step { actor: p.actor, call: p.call, answer: Answer::Pending, fault, writes_from };
         g.steps.push(step);
         let index = g.steps.len() - 1;
         p.released = Some(index);
@@ -621,7 +628,11 @@ impl Sched {
     }
 
     /// Parks `alts` as one group; returns its id (the first ticket).
-    fn park(&self, actor: ActorId, alts: Vec<(Call, Offer, Option<WaitPred>, &'static [Fault], bool)>) -> u64 {
+    fn park(
+        &self,
+        actor: ActorId,
+        alts: Vec<(Call, Offer, Option<WaitPred>, &'static [Fault], bool)>,
+    ) -> u64 {
         let mut g = self.lock();
         let group = g.next_ticket + 1;
         for (alt, (call, offer, wait, faults, costs_fault)) in alts.into_iter().enumerate() {

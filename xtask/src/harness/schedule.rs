@@ -275,7 +275,9 @@ impl Replay {
                     let arg = rest
                         .strip_suffix(')')
                         .filter(|a| !a.is_empty() && !a.contains(['(', ')']))
-                        .ok_or_else(|| bad("expected call(instance), e.g. user.instance_stop(inst1)"))?;
+                        .ok_or_else(|| {
+                            bad("expected call(instance), e.g. user.instance_stop(inst1)")
+                        })?;
                     (body, Some(arg.to_string()))
                 }
                 None => (body, None),

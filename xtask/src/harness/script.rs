@@ -273,8 +273,13 @@ impl Driver for Gated {
             Ok(v) => Answer::Created(v.id, v.propolis_id, v.state),
             Err(e) => Answer::Error(nexus_error_label(e)),
         };
-        self.call(CallKind::InstanceCreate, Arg::Name(name), || n.instance_create(name, true), describe)
-            .await
+        self.call(
+            CallKind::InstanceCreate,
+            Arg::Name(name),
+            || n.instance_create(name, true),
+            describe,
+        )
+        .await
     }
 
     async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceView, NexusError> {
@@ -489,7 +494,8 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
 }
 
 /// The operations a user may add to a run, on any instance the scenario created.
-const USER_OPS: [CallKind; 3] = [CallKind::InstanceStop, CallKind::InstanceStart, CallKind::InstanceReboot];
+const USER_OPS: [CallKind; 3] =
+    [CallKind::InstanceStop, CallKind::InstanceStart, CallKind::InstanceReboot];
 
 /// The id of the instance the scenario created under `name`, if it has yet.
 fn created(progress: &Mutex<Progress>, name: &str) -> Option<InstanceUuid> {
@@ -539,7 +545,10 @@ pub(super) async fn user(
                 }
             })
             .collect();
-        let done = Call { arg: Arg::None, ..env_call(CallKind::Done, Component::User, Component::User, "") };
+        let done = Call {
+            arg: Arg::None,
+            ..env_call(CallKind::Done, Component::User, Component::User, "")
+        };
         let Some((i, step)) = sched.offer(alts, done).await else { return };
         let Some(&(op, name)) = choices.get(i) else { return };
         let Some(id) = created(&progress, name) else {
@@ -590,19 +599,28 @@ pub(super) async fn faults(
             .map(|&name| {
                 let (p, s) = (Arc::clone(&progress), Arc::downgrade(&sim));
                 sched::Alt {
-                    call: env_call(CallKind::VmmVanish, Component::Fault, Component::SledAgent, name),
+                    call: env_call(
+                        CallKind::VmmVanish,
+                        Component::Fault,
+                        Component::SledAgent,
+                        name,
+                    ),
                     // Not while a report of it is under way: the VMM is lost
                     // between reports, with nothing of it left in flight.
                     wait: Some(Box::new(move || {
                         created(&p, name).is_some_and(|id| {
-                            s.upgrade().is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
+                            s.upgrade()
+                                .is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
                         })
                     })),
                     costs_fault: true,
                 }
             })
             .collect();
-        let done = Call { arg: Arg::None, ..env_call(CallKind::Done, Component::Fault, Component::Fault, "") };
+        let done = Call {
+            arg: Arg::None,
+            ..env_call(CallKind::Done, Component::Fault, Component::Fault, "")
+        };
         let Some((i, step)) = sched.offer(alts, done).await else { return };
         let Some(&name) = names.get(i) else { return };
         let gone = created(&progress, name).and_then(|id| {
