@@ -186,20 +186,111 @@ async fn seeded_fault_skips_the_generation_check() {
     assert!(h.report(vmm, VmmState::Starting, 3).await, "older applies under the fault");
 }
 
-#[tokio::test]
-async fn stop_answered_with_no_such_vmm_marks_the_vmm_failed_at_once() {
+/// A sled agent that registers, queues Running, and answers every other request
+/// with `NoSuchVmm`, after running `before_404` (a report racing the request).
+fn forgetful_sled(before_404: impl Fn(PropolisUuid) + Send + Sync + 'static) -> MockSledAgentApi {
     let mut sled = MockSledAgentApi::new();
     sled.expect_vmm_register().returning(|_, b| Ok(SledVmmState { vmm_state: b.vmm_runtime }));
-    sled.expect_vmm_put_state().returning(|id, b| match b.state {
+    sled.expect_vmm_put_state().returning(move |id, b| match b.state {
         VmmStateRequested::Running => Ok(VmmPutStateResponse { updated_runtime: None }),
-        _ => Err(SledAgentError::NoSuchVmm { propolis_id: id }),
+        _ => {
+            before_404(id);
+            Err(SledAgentError::NoSuchVmm { propolis_id: id })
+        }
     });
-    let h = harness_with(sled, NexusConfig::default());
+    sled
+}
+
+#[tokio::test]
+async fn stop_answered_with_no_such_vmm_marks_the_vmm_failed_at_once() {
+    let h = harness_with(forgetful_sled(|_| {}), NexusConfig::default());
     let (inst, vmm) = h.started("inst").await;
-    let view = h.nexus.instance_stop(inst).await.expect("stop itself succeeds");
-    assert_eq!(view.state, ExternalState::Failed);
+    let e = h.nexus.instance_stop(inst).await.expect_err("the sled agent's 404 is the answer");
+    assert!(matches!(e, NexusError::SledAgent { source: SledAgentError::NoSuchVmm { .. }, .. }));
+    // Failed at the generation the stop read (2) + 1, and the update step awaited.
     assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Failed), 3));
+    assert_eq!(h.external(inst), ExternalState::Failed);
     assert!(h.run_updates().await.is_empty(), "run synchronously, not spawned");
+}
+
+/// A stop whose request meets a 404 after the VMM's Destroyed was recorded: the
+/// Failed write is based on what the stop read, so it is stale (omicron's
+/// `mark_vmm_failed`); the seeded bug bases it on what is stored then.
+async fn stop_racing_a_destroyed_report(faults: NexusFaults) -> (DbVmmState, u64) {
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<NexusStub<MockSledAgentApi>>>> =
+        Arc::default();
+    let reporter = Arc::clone(&slot);
+    let sled = forgetful_sled(move |id| {
+        if let Some(n) = reporter.get().and_then(std::sync::Weak::upgrade) {
+            n.process_vmm_update(id, state(VmmState::Destroyed, 7)).expect("known VMM");
+        }
+    });
+    let h = harness_with(sled, NexusConfig { faults, ..NexusConfig::default() });
+    slot.set(Arc::downgrade(&h.nexus)).expect("set once");
+    let (inst, vmm) = h.started("inst").await;
+    assert!(h.nexus.instance_stop(inst).await.is_err());
+    h.stored(vmm)
+}
+
+#[tokio::test]
+async fn a_404_after_destroyed_was_recorded_leaves_destroyed() {
+    let clean = stop_racing_a_destroyed_report(NexusFaults::default()).await;
+    assert_eq!(clean, (DbVmmState::Reported(VmmState::Destroyed), 7));
+    let bug = NexusFaults { mark_failed_at_stored_gen: true, ..NexusFaults::default() };
+    let seeded = stop_racing_a_destroyed_report(bug).await;
+    assert_eq!(seeded, (DbVmmState::Reported(VmmState::Failed), 8));
+}
+
+#[tokio::test]
+async fn reboot_goes_to_the_sled_agent_and_is_refused_without_a_vmm() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    let view = h.nexus.instance_reboot(inst).await.expect("a VMM to reboot");
+    assert_eq!(view.state, ExternalState::Rebooting);
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Rebooting), 3));
+    assert_eq!(h.nexus.instance_record(inst).unwrap().intended, nexus_stub::IntendedState::Running);
+    // Stopped, with no VMM: refused, and nothing logged as requested.
+    let h = harness();
+    let view = h.nexus.instance_create("idle", false).await.unwrap();
+    let e = h.nexus.instance_reboot(view.id).await.expect_err("nothing to reboot");
+    assert!(matches!(e, NexusError::InstanceNotRebootable { state: ExternalState::Stopped, .. }));
+    assert!(h.nexus.instance_log().is_empty());
+}
+
+#[tokio::test]
+async fn start_refuses_a_stopping_instance_and_accepts_a_running_one_as_done() {
+    let h = harness();
+    let (inst, _) = h.started("inst").await;
+    h.nexus.instance_stop(inst).await.unwrap();
+    let e = h.nexus.instance_start(inst).await.expect_err("still stopping");
+    assert!(matches!(e, NexusError::InstanceNotStartable { state: ExternalState::Stopping, .. }));
+    let h = harness();
+    let (inst, _) = h.started("inst").await;
+    let before = h.nexus.instance_log().len();
+    let view = h.nexus.instance_start(inst).await.expect("already starting: nothing to do");
+    assert_eq!(view.propolis_id, h.nexus.instance(inst).unwrap().propolis_id);
+    assert_eq!(h.nexus.instance_log().len(), before, "no request is logged for a no-op");
+}
+
+#[tokio::test]
+async fn a_start_whose_ensure_running_fails_unwinds_and_unregisters() {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register().returning(|_, b| Ok(SledVmmState { vmm_state: b.vmm_runtime }));
+    sled.expect_vmm_put_state()
+        .returning(|id, _| Err(SledAgentError::NoSuchVmm { propolis_id: id }));
+    sled.expect_vmm_unregister()
+        .times(1)
+        .returning(|_| Ok(VmmUnregisterResponse { updated_runtime: None }));
+    let h = harness_with(sled, NexusConfig::default());
+    let e = h.nexus.instance_create("inst", true).await.expect_err("the start fails");
+    assert!(matches!(e, NexusError::SledAgent { operation: "vmm_put_state", .. }));
+    let vmm = h.nexus.vmms()[0];
+    // Unwound, not Failed: omicron's start saga marks nothing failed here.
+    assert_eq!((vmm.state, vmm.deleted), (DbVmmState::SagaUnwound, true));
+    let inst = h.nexus.instances()[0].id;
+    assert_eq!(h.external(inst), ExternalState::Stopped);
+    let last = h.nexus.instance_log().last().map(|e| e.change);
+    assert_eq!(last, Some(InstanceChange::RequestEnded { ok: false }));
 }
 
 #[tokio::test]
@@ -423,20 +514,24 @@ async fn the_instance_log_keeps_every_change_in_order() {
     h.nexus.instance_start(inst).await.unwrap();
     let changes: Vec<_> =
         h.nexus.instance_log().iter().map(|e| (e.instance_id, e.change)).collect();
+    let ended = InstanceChange::RequestEnded { ok: true };
     assert_eq!(
         changes,
         [
             (inst, InstanceChange::StartRequested { auto_restart: false }),
+            (inst, ended),
             (inst, InstanceChange::StopRequested),
+            (inst, ended),
             (inst, InstanceChange::Failed),
             (inst, InstanceChange::StartRequested { auto_restart: false }),
+            (inst, ended),
         ]
     );
     let mut rest = Vec::new();
-    assert_eq!(h.nexus.visit_instance_log_since(2, |e| rest.push(e.change)), 4);
+    assert_eq!(h.nexus.visit_instance_log_since(4, |e| rest.push(e.change)), 7);
     assert_eq!(
         rest,
-        [InstanceChange::Failed, InstanceChange::StartRequested { auto_restart: false }]
+        [InstanceChange::Failed, InstanceChange::StartRequested { auto_restart: false }, ended]
     );
 
     // A Destroyed VMM leaves the instance stopped; auto-restart's start says so.
@@ -452,7 +547,7 @@ async fn the_instance_log_keeps_every_change_in_order() {
     h.run_updates().await;
     assert_eq!(h.nexus.reincarnation_pass().await.started, 1);
     let changes: Vec<_> = h.nexus.instance_log().iter().map(|e| e.change).collect();
-    assert_eq!(changes[1], InstanceChange::Stopped);
+    assert_eq!(changes[2], InstanceChange::Stopped);
     assert_eq!(changes.last(), Some(&InstanceChange::StartRequested { auto_restart: true }));
 }
 

@@ -7,7 +7,9 @@
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use sim_sled_agent::{PokeMode, RemovalOrdering, SimConfig, SimError, SimMode, SimSledAgent};
+use sim_sled_agent::{
+    PokeMode, RemovalOrdering, SimConfig, SimError, SimMode, SimSledAgent, REPORT_ATTEMPTS,
+};
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockNexusInternalApi,
     NexusApiError, PropolisUuid, SledAgentApi, SledAgentError, SledUuid, SledVmmState,
@@ -47,8 +49,8 @@ fn hash_of(sim: &Sim) -> u64 {
 }
 
 impl Recorder {
-    /// `fail_on`: a state whose report fails once.
-    fn mock(fail_on: Option<VmmState>) -> (Recorder, MockNexusInternalApi) {
+    /// `fail_on`: a state whose report fails, with this status, this many times.
+    fn mock(fail_on: Option<(VmmState, u16, u32)>) -> (Recorder, MockNexusInternalApi) {
         let rec = Recorder {
             reports: Arc::default(),
             hashes: Arc::default(),
@@ -56,24 +58,28 @@ impl Recorder {
         };
         let (reports, late) = (Arc::clone(&rec.reports), Arc::clone(&rec.sim));
         let hashes = Arc::clone(&rec.hashes);
-        let failed_once = Arc::new(Mutex::new(false));
+        let failures = Arc::new(Mutex::new(0u32));
         let mut nexus = MockNexusInternalApi::new();
         nexus.expect_cpapi_instances_put().returning(move |id, st: SledVmmState| {
             assert_eq!(id, VMM);
             let sim = late.get().and_then(Weak::upgrade).expect("sim is bound");
             let in_table = sim.contains_vmm(id);
+            assert!(sim.reporting(id), "a report in flight is known as such");
             hashes.lock().unwrap().push(hash_of(&sim));
             let s = st.vmm_state;
             reports.lock().unwrap().push((s.state, s.gen.as_u64(), in_table));
-            let mut failed = failed_once.lock().unwrap();
-            if Some(s.state) == fail_on && !*failed {
-                *failed = true;
-                return Err(NexusApiError::UnexpectedResponse {
-                    operation: "cpapi_instances_put",
-                    status: 503,
-                    message: "unavailable".into(),
-                });
-            }
+            let mut failed = failures.lock().unwrap();
+            match fail_on {
+                Some((state, status, times)) if state == s.state && *failed < times => {
+                    *failed += 1;
+                    Err(NexusApiError::UnexpectedResponse {
+                        operation: "cpapi_instances_put",
+                        status,
+                        message: "refused".into(),
+                    })
+                }
+                _ => Ok(()),
+            }?;
             Ok(())
         });
         (rec, nexus)
@@ -108,7 +114,7 @@ async fn put(sim: &Sim, state: VmmStateRequested) -> Result<(VmmState, u64), Sle
 /// Register at gen 2, start (queued), stop: the omicron test's steps before the poke.
 async fn started_then_stopped(
     ordering: RemovalOrdering,
-    fail_on: Option<VmmState>,
+    fail_on: Option<(VmmState, u16, u32)>,
 ) -> (Arc<Sim>, Recorder) {
     let (rec, nexus) = Recorder::mock(fail_on);
     let sim = sim(SimConfig { ordering, mode: SimMode::Explicit }, nexus);
@@ -178,10 +184,30 @@ async fn the_state_hash_covers_the_table_and_a_report_in_flight() {
     assert_ne!(during_destroyed, hash_of(&empty), "the taken VMM is state while in flight");
 }
 
+/// A report Nexus refuses with a 5xx is sent again by the same poke, as
+/// omicron's sled agent retries it; the VMM stays until one is acknowledged.
+#[tokio::test]
+async fn a_report_refused_with_a_5xx_is_sent_again_by_the_same_poke() {
+    for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
+        let fail = Some((VmmState::Destroyed, 503, 2));
+        let (sim, rec) = started_then_stopped(ordering, fail).await;
+        let outcome = sim.poke(VMM, PokeMode::Drain).await.expect("the third send is taken");
+        let destroyed: Vec<_> =
+            rec.reports().iter().filter(|r| r.0 == VmmState::Destroyed).map(|r| r.1).collect();
+        assert_eq!(destroyed, [7, 7, 7], "{ordering:?}: the same state, sent three times");
+        assert!(outcome.removed && !sim.contains_vmm(VMM), "{ordering:?}");
+    }
+}
+
+/// A report refused with a 4xx is not sent again (there is no point), nor one
+/// refused `REPORT_ATTEMPTS` times: the poke fails and the VMM stays for the next.
 #[tokio::test]
 async fn a_failed_terminal_report_keeps_the_vmm_and_is_retried() {
-    for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
-        let (sim, _rec) = started_then_stopped(ordering, Some(VmmState::Destroyed)).await;
+    for (ordering, fail) in [
+        (RemovalOrdering::PublishThenRemove, (VmmState::Destroyed, 404, 1)),
+        (RemovalOrdering::RemoveThenPublish, (VmmState::Destroyed, 500, REPORT_ATTEMPTS)),
+    ] {
+        let (sim, rec) = started_then_stopped(ordering, Some(fail)).await;
         let err = sim.poke(VMM, PokeMode::Drain).await.expect_err("the Destroyed report fails");
         assert!(
             matches!(err, SimError::ReportFailed { state, .. }
@@ -189,6 +215,8 @@ async fn a_failed_terminal_report_keeps_the_vmm_and_is_retried() {
             "{ordering:?}: {err:?}"
         );
         assert!(sim.contains_vmm(VMM), "{ordering:?}: the VMM must stay in the table");
+        let sends = rec.reports().iter().filter(|r| r.0 == VmmState::Destroyed).count();
+        assert_eq!(sends as u32, fail.2, "{ordering:?}");
         let got = sim.vmm_get_state(VMM).await.expect("still answerable");
         assert_eq!(got.vmm_state.state, VmmState::Destroyed);
 
@@ -324,4 +352,20 @@ fn auto_mode_without_a_runtime_is_an_error() {
         Arc::new(LogicalClock::default()),
     );
     assert!(matches!(r, Err(SimError::NoRuntime)));
+}
+
+/// A VMM that vanishes leaves the table without a word to Nexus; the sim then
+/// answers 404 for it, and a poke of it fails.
+#[tokio::test]
+async fn a_vanished_vmm_is_gone_without_a_report() {
+    let (sim, rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;
+    assert_eq!(sim.vmm_of(InstanceUuid::from_u128(0x17)), None);
+    assert_eq!(sim.vmm_of(INSTANCE), Some(VMM));
+    assert!(!sim.reporting(VMM));
+    assert!(sim.vanish(VMM));
+    assert!(!sim.vanish(VMM), "only once");
+    assert!(rec.reports().is_empty(), "no report");
+    let e = sim.vmm_get_state(VMM).await.expect_err("gone");
+    assert!(e.vmm_gone());
+    assert!(matches!(sim.poke(VMM, PokeMode::Drain).await, Err(SimError::NoSuchVmm { .. })));
 }
