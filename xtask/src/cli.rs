@@ -162,13 +162,13 @@ struct ModelArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
     max_steps: usize,
     /// Operations (stop, start, reboot of any instance the scenario created) a
-    /// user may add to a run, each at any point [default: 0 for scenario, 1 for
-    /// explore; at most 4].
+    /// user may add to a run, each at any point and on any instance [default: 0;
+    /// at most 4].
     #[arg(long, value_parser = env_choices)]
     user_ops: Option<usize>,
     /// Faults a run may meet, each at any point: a report to Nexus refused (503)
     /// or its answer lost, a Nexus call to the sled agent refused or its answer
-    /// lost, a VMM vanishing [default: 0 for scenario, 1 for explore; at most 4].
+    /// lost, a VMM vanishing [default: 0; at most 4].
     #[arg(long, value_parser = env_choices)]
     faults: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
@@ -194,8 +194,8 @@ fn env_choices(s: &str) -> Result<usize, String> {
 }
 
 impl ModelArgs {
-    /// The run configuration; `env` is the command's default for user operations
-    /// and faults.
+    /// The run configuration; `env` is the command's default number of user
+    /// operations and faults.
     fn run_config(&self, log: Logger, env: usize) -> RunConfig {
         RunConfig {
             user_ops: self.user_ops.unwrap_or(env),
@@ -433,6 +433,8 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
                 "harness_fault"
             },
             "max_steps": config.max_steps,
+            "environment": report::environment_json(&config),
+            "invariants": report::invariants_json(),
             "violations": violations,
             "instances": report::instances_out(&result),
             "disk": report::disk_out(&result),
@@ -529,7 +531,9 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     use std::io::IsTerminal;
     // Logging stays off the hot path: a run takes microseconds, a log line more.
     let log = Logger::root(slog::Discard, o!());
-    let run = a.model.run_config(log, 1);
+    // Explore keeps 0 of each by default until the search at 1 of each is fast
+    // enough for disk-move (it is exhaustive, but takes minutes, not seconds).
+    let run = a.model.run_config(log, 0);
     let cfg = ExploreConfig {
         max_schedules: a.max_schedules,
         max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict};
 use crate::harness::invariants::invariant_text;
+use crate::harness::script::FINDINGS;
 use crate::harness::sched::Component;
 use crate::harness::DEFAULT_MAX_STEPS;
 use crate::report::{self, StepOut};
@@ -168,6 +169,14 @@ impl<'a> View<'a> {
         let mut s = String::new();
         let _ = writeln!(s, "{}", self.header());
         let _ = writeln!(s, "bounds:   {}", self.bounds_text());
+        if !self.cfg.run.findings {
+            let names: Vec<&str> = FINDINGS.iter().map(|(n, _)| *n).collect();
+            let _ = writeln!(
+                s,
+                "excluded: {} (races omicron's design has too; --findings explores them)",
+                names.join(", ")
+            );
+        }
         let _ = writeln!(s, "coverage: {}", self.coverage_text());
         let _ = writeln!(s, "searched: {}", self.counts_text());
         let _ = writeln!(s, "verdict:  {}", self.verdict_text());
@@ -235,7 +244,11 @@ impl<'a> View<'a> {
                 "max_steps": b.max_steps,
                 "max_schedules": self.cfg.max_schedules,
                 "max_seconds": self.cfg.max_time.map(|t| t.as_secs_f64()),
+                "user_ops": b.user_ops,
+                "faults": b.faults,
             },
+            "environment": crate::report::environment_json(b),
+            "invariants": crate::report::invariants_json(),
             "verdict": r.verdict().word(),
             "coverage": r.coverage.word(),
             "truncated_by": truncated_by,
@@ -287,7 +300,7 @@ impl<'a> View<'a> {
                 mermaid_id(to),
                 st.n,
                 st.actor,
-                mermaid_text(&call_text(st))
+                mermaid_text(&st.call_text())
             );
             let _ = writeln!(
                 s,
@@ -399,7 +412,7 @@ impl<'a> View<'a> {
             }
             let mid = (x1 + x2) / 2;
             let (n, ry, label_y, answer_y) = (st.n, y + 18, y - 3, y + 14);
-            let call = esc(&format!("{} {}", st.actor, call_text(st)));
+            let call = esc(&format!("{} {}", st.actor, st.call_text()));
             let answer = esc(&answer_text(st));
             let _ = writeln!(
                 s,
@@ -431,14 +444,6 @@ fn mermaid_id(c: Component) -> &'static str {
         Component::UpdateStep => "update",
         Component::SledAgent => "sled",
     }
-}
-
-fn call_text(st: &StepOut) -> String {
-    [Some(st.call.to_string()), st.target.clone(), st.arg.clone()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn answer_text(st: &StepOut) -> String {

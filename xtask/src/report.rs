@@ -8,7 +8,7 @@ use nexus_stub::{DiskState, VmmWrite};
 use serde::Serialize;
 
 use crate::harness::invariants::invariant_text;
-use crate::harness::sched::{Answer, Arg, CallKind, Step};
+use crate::harness::sched::{Answer, Arg, CallKind, Fault, Step};
 use crate::harness::{Names, RunEnd, RunResult};
 
 #[derive(Debug, Serialize)]
@@ -22,8 +22,26 @@ pub struct StepOut {
     pub arg: Option<String>,
     pub answer: String,
     pub gen: Option<u64>,
+    /// The fault the step was released with ("503", "timeout"), if any.
+    pub fault: Option<&'static str>,
     /// Nexus VMM writes this step caused: "destroyed/g7 applied", "failed/g7 stale".
     pub writes: Vec<String>,
+}
+
+impl StepOut {
+    /// The call as a line shows it: name, target, argument, and `!fault`.
+    pub fn call_text(&self) -> String {
+        let mut s = [Some(self.call.to_string()), self.target.clone(), self.arg.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(f) = self.fault {
+            s.push_str(" !");
+            s.push_str(f);
+        }
+        s
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -70,6 +88,8 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
             None => "404 NO_SUCH_INSTANCE".into(),
         },
         Answer::Error(kind) => format!("error: {kind}"),
+        Answer::Injected(Fault::Unavailable) => "503 (injected)".into(),
+        Answer::Injected(Fault::Timeout) => "timed out (injected; the call was applied)".into(),
         Answer::Ack => "204".into(),
         Answer::Write { applied: true } => "updated".into(),
         Answer::Write { applied: false } => "not updated".into(),
@@ -118,6 +138,7 @@ fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
         arg: arg_text(s.call.arg, names),
         answer: answer_text(&s.answer, names),
         gen: s.answer.gen().map(|g| g.as_u64()),
+        fault: s.fault.map(Fault::label),
         writes: r.writes_of(i).iter().map(|w| write_text(w, names)).collect(),
     }
 }
@@ -192,11 +213,7 @@ pub fn step_table(steps: &[StepOut], highlight: Option<usize>) -> String {
     let mut out = String::new();
     for s in steps {
         let mark = if Some(s.n) == highlight { ">>" } else { "  " };
-        let what = [Some(s.call.to_string()), s.target.clone(), s.arg.clone()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let what = s.call_text();
         let _ = write!(
             out,
             "{mark}{:>3}  {:<9} {:>11} -> {:<11} {:<44} => {}",
@@ -227,4 +244,25 @@ pub fn terminal_writes(r: &RunResult) -> Vec<String> {
         }
     }
     out
+}
+
+/// The invariants, as the JSON of both commands lists them.
+pub fn invariants_json() -> serde_json::Value {
+    crate::harness::invariants::INVARIANTS
+        .iter()
+        .map(|(n, name, text)| serde_json::json!({"number": n, "name": name, "description": text}))
+        .collect()
+}
+
+/// The environment a run was given, and the findings it leaves out, for JSON.
+pub fn environment_json(c: &crate::harness::RunConfig) -> serde_json::Value {
+    let excluded: Vec<_> = if c.findings {
+        Vec::new()
+    } else {
+        crate::harness::script::FINDINGS
+            .iter()
+            .map(|(name, text)| serde_json::json!({"name": name, "description": text}))
+            .collect()
+    };
+    serde_json::json!({"user_ops": c.user_ops, "faults": c.faults, "excluded": excluded})
 }

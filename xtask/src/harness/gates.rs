@@ -13,6 +13,7 @@ use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Sched};
 
+
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through
 /// the `Arc` blanket impls (the explorer makes millions of these calls).
@@ -22,18 +23,35 @@ pub struct Gated<T> {
     sched: Arc<Sched>,
     /// The caller's side, for the step log (the callee is fixed by the trait).
     from: Component,
-    /// The actor a call is charged to when no actor is being polled on this thread.
-    fallback: Option<ActorId>,
+    /// Whom a call is charged to when no actor is being polled on this thread.
+    fallback: Fallback,
+}
+
+/// Whom a gate charges a call made outside any actor (a server's thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Nobody: such a call is a harness error.
+    None,
+    /// The actor whose poke of the call's VMM is under way: over HTTP the sim
+    /// reports from its server's threads, on behalf of whoever poked it.
+    Poker,
 }
 
 impl<T> Gated<T> {
     pub fn new(inner: T, sched: &Arc<Sched>, from: Component) -> Self {
-        Gated { inner, sched: Arc::clone(sched), from, fallback: None }
+        Gated { inner, sched: Arc::clone(sched), from, fallback: Fallback::None }
     }
 
-    pub fn with_fallback_actor(mut self, actor: ActorId) -> Self {
-        self.fallback = Some(actor);
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
         self
+    }
+
+    fn fallback_for(&self, vmm: Option<PropolisUuid>) -> Option<ActorId> {
+        match (self.fallback, vmm) {
+            (Fallback::Poker, Some(vmm)) => self.sched.poking(vmm),
+            _ => None,
+        }
     }
 
     /// Parks at the scheduler as `kind` to `to`, then runs `run` and records what
@@ -47,7 +65,7 @@ impl<T> Gated<T> {
         describe: impl FnOnce(&R) -> Answer,
     ) -> R {
         let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
-        self.sched.gate(call, None, self.fallback, run, describe).await
+        self.sched.gate(call, None, self.fallback_for(call.vmm), run, describe).await
     }
 
     /// `pass`, for a call the explorer may fail with one of `faults`; `fail` is
@@ -61,7 +79,8 @@ impl<T> Gated<T> {
         describe: impl FnOnce(&R) -> Answer,
     ) -> R {
         let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
-        self.sched.gate_faulty(call, None, self.fallback, faults, run, Some(fail), describe).await
+        let fallback = self.fallback_for(call.vmm);
+        self.sched.gate_faulty(call, None, fallback, faults, run, Some(fail), describe).await
     }
 }
 

@@ -229,8 +229,8 @@ impl World {
         let mut to_nexus = Gated::new(target, &sched, Component::SledAgent);
         if config.transport == Transport::Http {
             // Over HTTP the sim reports from its server's threads, outside any actor;
-            // only the scenario pokes, so its reports are the scenario's calls.
-            to_nexus = to_nexus.with_fallback_actor(transport::SCENARIO_ACTOR);
+            // each report is a call of whoever's poke made it.
+            to_nexus = to_nexus.with_fallback(gates::Fallback::Poker);
         }
         let sim = SimSledAgent::new(log, SLED, sim_config, to_nexus, Arc::clone(&clock))
             .map_err(RunError::Setup)?;

@@ -249,6 +249,8 @@ pub enum Answer {
     },
     /// Another error, by kind.
     Error(&'static str),
+    /// What the caller saw of a fault the schedule injected.
+    Injected(Fault),
     Ack,
     Write {
         applied: bool,
@@ -532,6 +534,20 @@ impl Sched {
         g.steps.len()
     }
 
+    /// The actor whose poke of `vmm` is under way (released, not yet answered).
+    pub fn poking(&self, vmm: PropolisUuid) -> Option<ActorId> {
+        let g = self.lock();
+        g.steps
+            .iter()
+            .rev()
+            .find(|s| {
+                s.call.kind == CallKind::VmmPoke
+                    && s.call.vmm == Some(vmm)
+                    && s.answer == Answer::Pending
+            })
+            .map(|s| s.actor)
+    }
+
     pub fn errors(&self) -> Vec<String> {
         self.lock().errors.clone()
     }
@@ -743,7 +759,11 @@ impl Sched {
             _ => run().await,
         };
         if let Some(a) = admitted {
-            self.complete(a.step, describe(&out));
+            let answer = match a.fault {
+                Some(f) => Answer::Injected(f),
+                None => describe(&out),
+            };
+            self.complete(a.step, answer);
         }
         out
     }

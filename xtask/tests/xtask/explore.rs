@@ -67,28 +67,35 @@ fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() 
     let legacy = ["--ordering", "remove-then-publish"];
     // List at Stopping/6 (create, register, two put-states, stop, poke, three
     // reports), then ask inside the window: the 404 at step 11. Its Failed write
-    // commits at 12; the instance is Failed at 13; the scenario fails by 17.
+    // commits at 12; the instance the user stopped is Failed at 13; the scenario's
+    // wait sees Failed, not Stopped, by 17.
     check_broken(
         &[&["--scenario", "stop-race"][..], &legacy].concat(),
-        &[(1, 11), (2, 12), (4, 13), (5, 17)],
+        &[(1, 11), (2, 12), (7, 13), (9, 17)],
     );
     // disk-move creates its disk first: one step more each.
     check_broken(
         &[&["--scenario", "disk-move"][..], &legacy].concat(),
-        &[(1, 12), (2, 13), (4, 14), (5, 18)],
+        &[(1, 12), (2, 13), (7, 14), (9, 18)],
     );
 }
 
 #[test]
 fn every_seeded_bug_is_found_with_the_invariants_it_breaks() {
     let cases: [(&str, &[(u64, u64)]); 3] = [
-        ("no-generation-check", &[(1, 15), (2, 13), (3, 3), (4, 14), (5, 16)]),
-        ("watcher-lists-terminal", &[(2, 13), (4, 14), (5, 18)]),
-        ("watcher-skips-generation", &[(2, 13), (4, 14), (5, 18)]),
+        ("no-generation-check", &[(1, 15), (2, 13), (3, 13), (4, 3), (7, 14), (8, 16), (9, 16)]),
+        ("watcher-lists-terminal", &[(2, 13), (7, 14), (9, 18)]),
+        ("watcher-skips-generation", &[(2, 13), (7, 14), (9, 18)]),
     ];
     for (bug, want) in cases {
         check_broken(&["--scenario", "stop-race", "--inject", bug], want);
     }
+    // The landed model's user path needs a second stop to show: two stops, the
+    // second's put-state answered 404 after Destroyed/7 was recorded, so Failed
+    // lands at the stored 7 + 1 (12 steps). Without the bug it is stale.
+    let user = ["--scenario", "stop-race", "--user-ops", "1", "--watcher-passes", "1"];
+    let bug = [&user[..], &["--inject", "mark-failed-at-stored-gen"]].concat();
+    check_broken(&bug, &[(2, 12), (3, 12)]);
     let (code, _, err) = xtask(&["explore", "--inject", "no-such-bug"]);
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
 }
@@ -135,7 +142,7 @@ fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
     assert_eq!(j["verdict"], "inconclusive");
     assert!(j["counterexample"].is_null(), "{j}");
     assert!(j["truncated_by"][0].as_str().unwrap().contains("step bound (12 steps)"), "{j}");
-    // The legacy ordering breaks 1 and 2 within 12 steps; 4 and 5 are unjudged,
+    // The legacy ordering breaks 1 and 2 within 12 steps; 7 and 9 are unjudged,
     // and the printed commands carry the bound, so they reproduce.
     let args =
         ["--scenario", "stop-race", "--ordering", "remove-then-publish", "--max-steps", "12"];

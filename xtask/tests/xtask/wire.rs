@@ -21,7 +21,16 @@ fn checked_in_openapi_documents_match_the_code() {
 fn http_transport_gives_the_same_runs_as_in_process() {
     let explored = json(&["explore", "--ordering", "remove-then-publish"], 1);
     let replay = explored["counterexample"]["replay"].as_str().unwrap().to_string();
-    let cases: [(&[&str], u8); 5] = [
+    let faults = ["--scenario", "stop-race", "--faults", "2", "--user-ops", "1", "--schedule"];
+    let faulted = [&faults[..], &[super::scenario::REPORTS_FAULTED]].concat();
+    let double_stop = [
+        &["--scenario", "stop-race", "--user-ops", "1", "--watcher-passes", "1"][..],
+        &["--inject", "mark-failed-at-stored-gen", "--schedule", super::scenario::DOUBLE_STOP],
+    ]
+    .concat();
+    let cases: [(&[&str], u8); 7] = [
+        (&faulted, 0),
+        (&double_stop, 1),
         (&[], 0),
         (&["--ordering", "remove-then-publish"], 1),
         (&["--ordering", "remove-then-publish", "--restart-policy", "2024"], 1),
