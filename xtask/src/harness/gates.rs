@@ -13,7 +13,6 @@ use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Sched};
 
-
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through
 /// the `Arc` blanket impls (the explorer makes millions of these calls).

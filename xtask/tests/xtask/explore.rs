@@ -84,8 +84,8 @@ fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() 
 fn every_seeded_bug_is_found_with_the_invariants_it_breaks() {
     let cases: [(&str, &[(u64, u64)]); 3] = [
         ("no-generation-check", &[(1, 15), (2, 13), (3, 13), (4, 3), (7, 14), (8, 16), (9, 16)]),
-        ("watcher-lists-terminal", &[(2, 13), (7, 14), (9, 18)]),
-        ("watcher-skips-generation", &[(2, 13), (7, 14), (9, 18)]),
+        ("watcher-lists-terminal", &[(2, 13), (3, 13), (7, 14), (9, 18)]),
+        ("watcher-skips-generation", &[(2, 13), (3, 13), (7, 14), (9, 18)]),
     ];
     for (bug, want) in cases {
         check_broken(&["--scenario", "stop-race", "--inject", bug], want);
@@ -260,15 +260,64 @@ fn pruned_search_and_full_enumeration_agree() {
     assert_eq!(pruned.situations, unpruned.situations);
 }
 
+/// The same agreement with the environment's choices: a user's operation (with
+/// the landed user path seeded, and with the findings' windows open), faults of
+/// every kind, and both together; small bounds, since the enumeration is every
+/// schedule.
+#[test]
+fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
+    use xtask::harness::Inject;
+    let env = |user_ops, faults, passes| RunConfig {
+        user_ops,
+        faults,
+        restart_passes: 0,
+        ..stop_race(passes)
+    };
+    let cases = [
+        env(1, 0, 0),
+        RunConfig { inject: Some(Inject::MarkFailedAtStoredGen), ..env(1, 0, 0) },
+        RunConfig { findings: true, ..env(1, 0, 0) },
+        env(0, 1, 1),
+        env(1, 1, 0),
+    ];
+    for run in cases {
+        let what = format!(
+            "U={} F={} W={} {:?} findings={}",
+            run.user_ops, run.faults, run.watcher_passes, run.inject, run.findings
+        );
+        let pruned = search(run.clone(), true);
+        let (all, runs) = enumerate(&run);
+        assert_eq!(lengths(&pruned), all, "{what}");
+        assert_eq!(pruned.coverage, Coverage::Exhaustive, "{what}");
+        assert!(runs > 2 * pruned.runs, "{what}: pruning prunes ({runs} vs {})", pruned.runs);
+        eprintln!(
+            "{what}: {runs} schedules enumerated, {} runs pruned, broken {all:?}",
+            pruned.runs
+        );
+    }
+}
+
 #[test]
 fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
-    for ordering in ["publish-then-remove", "remove-then-publish"] {
-        let args = ["explore", "--scenario", "stop-race", "--ordering", ordering];
+    // With a user and faults too: their calls' answers leave the histories once
+    // the outer call answers, and every merge that makes is replayed and compared.
+    let user =
+        ["--user-ops", "1", "--faults", "1", "--watcher-passes", "0", "--restart-passes", "0"];
+    let faults = ["--faults", "1", "--restart-passes", "0"];
+    let cases: [(&str, &[&str]); 4] = [
+        ("publish-then-remove", &[]),
+        ("remove-then-publish", &[]),
+        ("publish-then-remove", &user),
+        ("publish-then-remove", &faults),
+    ];
+    for (ordering, extra) in cases {
+        let args =
+            [&["explore", "--scenario", "stop-race", "--ordering", ordering][..], extra].concat();
         let code = if ordering == "remove-then-publish" { 1 } else { 0 };
         let (plain, checked) =
             (json(&args, code), json(&[&args[..], &["--check-fingerprints"]].concat(), code));
         for field in ["verdict", "coverage", "runs", "situations", "counterexamples"] {
-            assert_eq!(plain[field], checked[field], "{ordering}: {field}");
+            assert_eq!(plain[field], checked[field], "{args:?}: {field}");
         }
     }
 }
