@@ -555,7 +555,7 @@ mod tests {
         let stop = request(InstanceChange::StopRequested, true);
         assert_eq!(check(&[&stop[..], &[inst(InstanceChange::Failed)]].concat(), None), [7]);
         let auto = inst(InstanceChange::StartRequested { auto_restart: true });
-        assert_eq!(check(&[&stop[..], &[auto.clone()]].concat(), None), [7]);
+        assert_eq!(check(&[&stop[..], std::slice::from_ref(&auto)].concat(), None), [7]);
         assert_eq!(check(&stop, Some(finished(ExternalState::Starting))), [7]);
         let start = request(InstanceChange::StartRequested { auto_restart: false }, true);
         assert_eq!(check(&start, Some(finished(ExternalState::Stopped))), [7]);

@@ -336,6 +336,21 @@ impl Choice {
     }
 }
 
+/// A call to park, as one of a group.
+struct ToPark {
+    call: Call,
+    offer: Offer,
+    wait: Option<WaitPred>,
+    faults: &'static [Fault],
+    costs_fault: bool,
+}
+
+impl ToPark {
+    fn call(call: Call, wait: Option<WaitPred>, faults: &'static [Fault]) -> ToPark {
+        ToPark { call, offer: Offer::Call, wait, faults, costs_fault: false }
+    }
+}
+
 /// One alternative of an environment actor's offer (see `Sched::offer`).
 pub struct Alt {
     pub call: Call,
@@ -644,14 +659,10 @@ impl Sched {
     }
 
     /// Parks `alts` as one group; returns its id (the first ticket).
-    fn park(
-        &self,
-        actor: ActorId,
-        alts: Vec<(Call, Offer, Option<WaitPred>, &'static [Fault], bool)>,
-    ) -> u64 {
+    fn park(&self, actor: ActorId, alts: Vec<ToPark>) -> u64 {
         let mut g = self.lock();
         let group = g.next_ticket + 1;
-        for (alt, (call, offer, wait, faults, costs_fault)) in alts.into_iter().enumerate() {
+        for (alt, p) in alts.into_iter().enumerate() {
             g.next_ticket += 1;
             let ticket = g.next_ticket;
             g.parked.push(Parked {
@@ -659,14 +670,14 @@ impl Sched {
                 group,
                 alt,
                 actor,
-                call,
-                offer,
-                faults,
-                costs_fault,
+                call: p.call,
+                offer: p.offer,
+                faults: p.faults,
+                costs_fault: p.costs_fault,
                 fault: None,
                 released: None,
                 waker: None,
-                wait,
+                wait: p.wait,
             });
         }
         wake_idle(&mut g);
@@ -747,7 +758,7 @@ impl Sched {
             return run().await;
         };
         let faults = if fail.is_some() { faults } else { &[] };
-        let group = self.park(actor, vec![(call, Offer::Call, wait, faults, false)]);
+        let group = self.park(actor, vec![ToPark::call(call, wait, faults)]);
         let admitted = Admission { sched: Arc::clone(self), group }.await;
         let fault = admitted.and_then(|a| a.fault);
         let out = match (fault, fail) {
@@ -778,11 +789,17 @@ impl Sched {
             return None;
         };
         let n = alts.len();
-        let mut parked: Vec<_> = alts
+        let mut parked: Vec<ToPark> = alts
             .into_iter()
-            .map(|a| (a.call, Offer::Alternative, a.wait, &[][..], a.costs_fault))
+            .map(|a| ToPark {
+                call: a.call,
+                offer: Offer::Alternative,
+                wait: a.wait,
+                faults: &[],
+                costs_fault: a.costs_fault,
+            })
             .collect();
-        parked.push((done, Offer::Done, None, &[][..], false));
+        parked.push(ToPark { offer: Offer::Done, ..ToPark::call(done, None, &[]) });
         let group = self.park(actor, parked);
         let a = Admission { sched: Arc::clone(self), group }.await?;
         if a.alt == n {
@@ -919,7 +936,7 @@ mod tests {
         let s = Sched::default();
         s.add_actor(ActorKind::Scenario);
         let w = s.add_actor(ActorKind::Watcher);
-        s.park(w, vec![(call(CallKind::VmmGetState), Offer::Call, None, &[], false)]);
+        s.park(w, vec![ToPark::call(call(CallKind::VmmGetState), None, &[])]);
         s
     }
 
@@ -929,7 +946,9 @@ mod tests {
     fn the_hash_covers_every_actor_and_parked_call() {
         let base = hash(&sched());
         type Perturb = fn(&Sched);
-        let covered: [(&str, Perturb); 7] = [
+        let covered: [(&str, Perturb); 9] = [
+            ("fault budget", |s| s.set_fault_budget(3)),
+            ("parked offer kind", |s| s.lock().parked[0].offer = Offer::Alternative),
             ("another actor", |s| {
                 s.add_actor(ActorKind::Restart);
             }),
@@ -952,5 +971,72 @@ mod tests {
         let s = sched();
         s.lock().parked[0].ticket += 100;
         assert_eq!(hash(&s), base);
+    }
+
+    fn kinds(s: &Sched) -> Vec<(ActorId, Offer, Option<Fault>)> {
+        let mut out = Vec::new();
+        s.enabled_into(&mut out);
+        out.iter().map(|c| (c.actor, c.offer, c.fault)).collect()
+    }
+
+    /// An actor with a call that may fault, and one with an offer of two
+    /// alternatives and a `done`.
+    fn offers() -> (Sched, u64) {
+        let s = Sched::default();
+        let a = s.add_actor(ActorKind::Scenario);
+        let b = s.add_actor(ActorKind::User);
+        s.park(a, vec![ToPark::call(call(CallKind::VmmPutState), None, &Fault::ALL)]);
+        let alt = |k| ToPark { offer: Offer::Alternative, ..ToPark::call(call(k), None, &[]) };
+        let done = ToPark { offer: Offer::Done, ..ToPark::call(call(CallKind::Done), None, &[]) };
+        let group =
+            s.park(b, vec![alt(CallKind::InstanceStop), alt(CallKind::InstanceStart), done]);
+        (s, group)
+    }
+
+    #[test]
+    fn faults_are_offered_while_the_budget_lasts_and_done_only_when_idle() {
+        use Offer::*;
+        let (s, group) = offers();
+        // No budget: the call plain; the alternatives; no `done` while a call waits.
+        assert_eq!(kinds(&s), [(0, Call, None), (1, Alternative, None), (1, Alternative, None)]);
+        s.set_fault_budget(1);
+        let with_faults = kinds(&s);
+        assert_eq!(
+            &with_faults[..3],
+            [(0, Call, None), (0, Call, Some(Fault::Unavailable)), (0, Call, Some(Fault::Timeout))]
+        );
+        // Released with a fault: the budget is spent, and with the call gone only
+        // alternatives are left, so the offer's `done` is enabled.
+        let t = s.lock().parked[0].ticket;
+        s.release(t, Some(Fault::Timeout));
+        assert_eq!(s.lock().faults_left, 0);
+        assert_eq!(s.steps()[0].fault, Some(Fault::Timeout));
+        assert_eq!(kinds(&s), [(1, Alternative, None), (1, Alternative, None), (1, Done, None)]);
+        // A fault the call does not allow, or one past the budget, is refused.
+        s.release(group + 1, Some(Fault::Unavailable));
+        assert_eq!(s.errors().len(), 1, "{:?}", s.errors());
+        // Releasing one alternative withdraws the rest of its offer.
+        s.release(group + 1, None);
+        let left: Vec<_> =
+            s.lock().parked.iter().map(|p| (p.group, p.released.is_some())).collect();
+        assert_eq!(left, [(1, true), (group, true)]);
+    }
+
+    /// What a call made inside another answers leaves the caller's history alone;
+    /// the outer answer moves it.
+    #[test]
+    fn only_outer_answers_enter_an_actors_history() {
+        let s = Sched::default();
+        let a = s.add_actor(ActorKind::Scenario);
+        let outer = s.park(a, vec![ToPark::call(call(CallKind::InstanceStop), None, &[])]);
+        s.release(outer, None);
+        let inner = s.park(a, vec![ToPark::call(call(CallKind::VmmPutState), None, &[])]);
+        s.release(inner, None);
+        let before = s.lock().actors[a].history;
+        s.complete(1, Answer::NoState);
+        assert_eq!(s.lock().actors[a].history, before, "the inner answer is not kept");
+        s.complete(0, Answer::Ack);
+        assert_ne!(s.lock().actors[a].history, before, "the outer one is");
+        assert_eq!(s.lock().actors[a].outer, None);
     }
 }
