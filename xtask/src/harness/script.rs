@@ -321,11 +321,7 @@ impl Driver for Gated {
             vmm: Some(vmm),
             arg: Arg::None,
         };
-        let describe = |r: &Result<(), BoxError>| match r {
-            Ok(()) => Answer::Ack,
-            Err(_) => Answer::Error("sim_error"),
-        };
-        self.sched.gate(call, None, None, || self.sim.poke(vmm), describe).await
+        self.sched.gate(call, None, None, || self.sim.poke(vmm), poke_answer).await
     }
 
     /// Parks until the instance is no longer Stopping, then reads its state. The
@@ -507,6 +503,19 @@ fn env_call(kind: CallKind, from: Component, to: Component, name: &'static str) 
     Call { kind, from, to, vmm: None, arg: Arg::Name(name) }
 }
 
+/// An environment actor's "nothing more".
+fn done_call(who: Component) -> Call {
+    Call { kind: CallKind::Done, from: who, to: who, vmm: None, arg: Arg::None }
+}
+
+/// How a poke's result reads in the step log.
+fn poke_answer(r: &Result<(), BoxError>) -> Answer {
+    match r {
+        Ok(()) => Answer::Ack,
+        Err(_) => Answer::Error("sim_error"),
+    }
+}
+
 /// A user beyond the script: up to `ops` times, a stop, start or reboot of any
 /// instance the scenario has created, each followed, as the test's
 /// `instance_simulate` does, by finishing the transitions of the instance's VMM.
@@ -545,10 +554,7 @@ pub(super) async fn user(
                 }
             })
             .collect();
-        let done = Call {
-            arg: Arg::None,
-            ..env_call(CallKind::Done, Component::User, Component::User, "")
-        };
+        let done = done_call(Component::User);
         let Some((i, step)) = sched.offer(alts, done).await else { return };
         let Some(&(op, name)) = choices.get(i) else { return };
         let Some(id) = created(&progress, name) else {
@@ -571,11 +577,7 @@ pub(super) async fn user(
                 vmm: Some(vmm),
                 arg: Arg::None,
             };
-            let describe = |r: &Result<(), BoxError>| match r {
-                Ok(()) => Answer::Ack,
-                Err(_) => Answer::Error("sim_error"),
-            };
-            let _ = sched.gate(call, None, None, || sim.poke(vmm), describe).await;
+            let _ = sched.gate(call, None, None, || sim.poke(vmm), poke_answer).await;
         }
     }
 }
@@ -617,10 +619,7 @@ pub(super) async fn faults(
                 }
             })
             .collect();
-        let done = Call {
-            arg: Arg::None,
-            ..env_call(CallKind::Done, Component::Fault, Component::Fault, "")
-        };
+        let done = done_call(Component::Fault);
         let Some((i, step)) = sched.offer(alts, done).await else { return };
         let Some(&name) = names.get(i) else { return };
         let gone = created(&progress, name).and_then(|id| {
