@@ -304,6 +304,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         db.instances.get(&instance_id).map(|i| (db.external_state(i), i.auto_restarts))
     }
 
+    /// The state of the instance's active VMM record, if it has one; read at every
+    /// scheduling step by a harness, so it allocates nothing.
+    pub fn active_vmm_state(&self, instance_id: InstanceUuid) -> Option<DbVmmState> {
+        let db = self.db();
+        let vmm = db.instances.get(&instance_id)?.propolis_id?;
+        db.vmms.get(&vmm).map(|v| v.state)
+    }
+
     pub fn instance_record(&self, instance_id: InstanceUuid) -> Option<InstanceRecord> {
         self.db().instances.get(&instance_id).cloned()
     }

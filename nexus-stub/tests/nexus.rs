@@ -108,6 +108,8 @@ async fn start_registers_at_gen_2_and_running_is_only_queued() {
     let (inst, vmm) = h.started("inst").await;
     assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Starting), 2));
     assert_eq!(h.external(inst), ExternalState::Starting);
+    assert_eq!(h.nexus.active_vmm_state(inst), Some(DbVmmState::Reported(VmmState::Starting)));
+    assert_eq!(h.nexus.active_vmm_state(InstanceUuid::from_u128(99)), None);
     let applied: Vec<_> =
         h.nexus.vmm_writes().iter().map(|w| (w.gen.as_u64(), w.applied)).collect();
     // Starting/2 over Creating/1 applies; the put-state answer Starting/2 is stale.

@@ -610,7 +610,8 @@ impl Sched {
             }
         }
         drop(g);
-        out.sort_by_key(|c| (c.actor, c.ticket, c.fault));
+        // Keys are unique (a ticket is one call, offered once per fault at most).
+        out.sort_unstable_by_key(|c| (c.actor, c.ticket, c.fault));
         if out.iter().any(|c| c.offer == Offer::Call) {
             out.retain(|c| c.offer != Offer::Done);
         } else {

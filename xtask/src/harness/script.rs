@@ -209,10 +209,10 @@ pub const FINDINGS: [(&str, &str); 2] = [
 /// Whether an instance is in the window of a known finding: its active VMM is
 /// recorded Destroyed (not yet unlinked), or still Creating.
 fn in_finding_window(nexus: &Nexus, id: InstanceUuid) -> bool {
-    let Some(vmm) = nexus.instance_record(id).and_then(|i| i.propolis_id) else { return false };
-    nexus.vmm(vmm).is_some_and(|v| {
-        matches!(v.state, DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
-    })
+    matches!(
+        nexus.active_vmm_state(id),
+        Some(DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
+    )
 }
 
 /// A stop's or reboot's wait: until the instance is out of every finding's window.
