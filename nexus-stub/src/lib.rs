@@ -250,6 +250,10 @@ pub struct NexusStub<S> {
     clock: Arc<dyn Clock>,
     spawner: Arc<dyn TaskSpawner>,
     db: Mutex<Db>,
+    /// Stops and reboots waiting on the sled agent, by VMM: the generation each
+    /// read, which a 404 turns into Failed at + 1. It is what those requests keep
+    /// across the call, so it is state (hashed), sorted, one entry a request.
+    requests: Mutex<BTreeMap<PropolisUuid, Vec<Generation>>>,
     this: Weak<Self>,
 }
 
@@ -269,6 +273,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             clock,
             spawner,
             db: Mutex::new(Db::default()),
+            requests: Mutex::default(),
             this: this.clone(),
         })
     }
@@ -372,6 +377,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     /// Feeds everything that decides Nexus's future behaviour into `h`.
     pub fn hash_state<H: Hasher>(&self, h: &mut H) {
         self.db().hash_state(h, self.clock.peek(), self.config.restart_cooldown);
+        std::hash::Hash::hash(&*self.requests_in_flight(), h);
+    }
+
+    fn requests_in_flight(&self) -> MutexGuard<'_, BTreeMap<PropolisUuid, Vec<Generation>>> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- the generation-checked write ----
@@ -679,7 +689,25 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         (propolis_id, read_gen): (PropolisUuid, Generation),
         state: VmmStateRequested,
     ) -> Result<(), NexusError> {
-        match sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await {
+        {
+            let mut m = self.requests_in_flight();
+            let gens = m.entry(propolis_id).or_default();
+            gens.push(read_gen);
+            gens.sort_unstable();
+        }
+        let answer = sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await;
+        {
+            let mut m = self.requests_in_flight();
+            if let Some(gens) = m.get_mut(&propolis_id) {
+                if let Some(i) = gens.iter().position(|g| *g == read_gen) {
+                    gens.remove(i);
+                }
+                if gens.is_empty() {
+                    m.remove(&propolis_id);
+                }
+            }
+        }
+        match answer {
             Ok(resp) => {
                 if let Some(state) = resp.updated_runtime {
                     self.process_vmm_update(propolis_id, state)?;

@@ -22,10 +22,10 @@ pub const INVARIANTS: [(u8, &str, &str); 9] = [
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
     (4, "generations-increase", "stored generations never decrease; every applied write has a greater generation"),
     (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged)"),
-    (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it, Nexus ends holding it Failed"),
+    (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it and is told it is gone, Nexus ends holding it Failed"),
     (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), and one its user stopped is never failed or auto-restarted, unless its VMM vanished"),
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed"),
-    (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs no user operation or fault touched"),
+    (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -51,6 +51,8 @@ pub enum Event {
     Vanished { vmm: PropolisUuid, instance: InstanceUuid },
     /// The watcher listed these VMMs, at these generations, to check (a pass began).
     Listed(Vec<(PropolisUuid, Generation)>),
+    /// The watcher's check of a VMM was answered NoSuchVmm.
+    WatcherSawGone { vmm: PropolisUuid },
     /// The environment acted: a user's extra operation, or a fault.
     Environment,
 }
@@ -107,6 +109,9 @@ struct Requests {
     /// What the one request in flight asks for, if only one has been since
     /// none was; `None` once two overlapped.
     pending: Option<Asked>,
+    /// Whether the last request to end alone and well was a stop: a later one
+    /// that fails or overlaps another does not lift it.
+    stopped: bool,
 }
 
 impl Requests {
@@ -120,6 +125,9 @@ impl Requests {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             self.asked = self.pending.take().filter(|_| ok);
+            if let Some(asked) = self.asked {
+                self.stopped = asked == Asked::Stopped;
+            }
         } else {
             // Another request is still going: which one wins is not defined.
             self.pending = None;
@@ -139,9 +147,10 @@ pub struct Invariants {
     unacked: BTreeMap<PropolisUuid, Generation>,
     /// Per VMM, the first terminal state Nexus applied.
     terminal: BTreeMap<PropolisUuid, VmmState>,
-    /// VMMs that vanished, and the generation a watcher pass begun after the
-    /// vanish last listed each at.
-    vanished: BTreeMap<PropolisUuid, Option<Generation>>,
+    /// VMMs that vanished: the generation a watcher pass begun after the vanish
+    /// last listed each at, and whether that pass's check then got NoSuchVmm (a
+    /// refused or inconclusive check writes nothing, rightly).
+    vanished: BTreeMap<PropolisUuid, (Option<Generation>, bool)>,
     /// Instances one of whose VMMs vanished: rule 7 no longer applies to them.
     lost: BTreeSet<InstanceUuid>,
     /// Per instance, its user requests.
@@ -218,14 +227,19 @@ impl Invariants {
             }
             Event::Vanished { vmm, instance } => {
                 // An outer step's events may be fed again: keep what a pass saw.
-                self.vanished.entry(vmm).or_insert(None);
+                self.vanished.entry(vmm).or_insert((None, false));
                 self.lost.insert(instance);
             }
             Event::Listed(ref rows) => {
                 for &(vmm, gen) in rows {
-                    if let Some(listed) = self.vanished.get_mut(&vmm) {
-                        *listed = Some(gen);
+                    if let Some(seen) = self.vanished.get_mut(&vmm) {
+                        *seen = (Some(gen), false);
                     }
+                }
+            }
+            Event::WatcherSawGone { vmm } => {
+                if let Some(seen) = self.vanished.get_mut(&vmm) {
+                    seen.1 |= seen.0.is_some();
                 }
             }
             Event::Environment => self.environment = true,
@@ -273,7 +287,7 @@ impl Invariants {
         names: &dyn Fn() -> Names,
     ) {
         let r = self.requests.entry(id).or_default();
-        let stopped = r.asked == Some(Asked::Stopped) && !self.lost.contains(&id);
+        let stopped = r.stopped && !self.lost.contains(&id);
         match change {
             InstanceChange::StopRequested => r.begin(Asked::Stopped),
             InstanceChange::StartRequested { auto_restart: false }
@@ -356,7 +370,7 @@ impl Invariants {
                 }
             }
             let ended = state.is_terminal() || state == DbVmmState::SagaUnwound;
-            if vanished == Some(Some(gen)) && !ended {
+            if vanished == Some((Some(gen), true)) && !ended {
                 self.broke(6, step, || {
                     format!(
                         "{} vanished, and a watcher pass begun after listed it at {state}/g{gen}, yet Nexus ended holding it so",
@@ -533,21 +547,22 @@ mod tests {
     #[test]
     fn invariant_6_a_vanished_vmm_a_watcher_pass_saw_left_live() {
         let listed = |gen| Event::Listed(vec![(VMM, g(gen))]);
+        let told = Event::WatcherSawGone { vmm: VMM };
         let end = || Some(ending_with(VmmState::Running, 4));
-        assert_eq!(check(&[vanished(), listed(4)], end()), [6]);
-        // Listed before the vanish, or at an older generation than Nexus ends with.
-        assert_eq!(check(&[listed(4), vanished()], end()), Vec::<u8>::new());
-        assert_eq!(check(&[vanished(), listed(3)], end()), Vec::<u8>::new());
+        assert_eq!(check(&[vanished(), listed(4), told.clone()], end()), [6]);
+        // Listed but its check refused (a 503: nothing to write), listed before
+        // the vanish, or at an older generation than Nexus ends with: no break.
+        assert_eq!(check(&[vanished(), listed(4)], end()), Vec::<u8>::new());
+        assert_eq!(check(&[listed(4), vanished(), told.clone()], end()), Vec::<u8>::new());
+        assert_eq!(check(&[vanished(), listed(3), told.clone()], end()), Vec::<u8>::new());
         // Ended Failed, or unwound by Nexus.
-        assert_eq!(
-            check(&[vanished(), listed(4)], Some(ending_with(VmmState::Failed, 5))),
-            Vec::<u8>::new()
-        );
+        let failed = Some(ending_with(VmmState::Failed, 5));
+        assert_eq!(check(&[vanished(), listed(4), told.clone()], failed), Vec::<u8>::new());
         let unwound = End {
             vmms: vec![(VMM, DbVmmState::SagaUnwound, g(4))],
             ..ending_with(VmmState::Running, 4)
         };
-        assert_eq!(check(&[vanished(), listed(4)], Some(unwound)), Vec::<u8>::new());
+        assert_eq!(check(&[vanished(), listed(4), told], Some(unwound)), Vec::<u8>::new());
     }
 
     #[test]
@@ -574,6 +589,10 @@ mod tests {
             inst(InstanceChange::RequestEnded { ok: true }),
         ];
         assert_eq!(check(&overlap, Some(finished(ExternalState::Stopped))), Vec::<u8>::new());
+        // A later request that fails does not lift the stop.
+        let failed_start = request(InstanceChange::StartRequested { auto_restart: false }, false);
+        let after = [&stop[..], &failed_start[..], &[inst(InstanceChange::Failed)]].concat();
+        assert_eq!(check(&after, None), [7]);
         // The VMM vanished: Failed is the right end.
         assert_eq!(
             check(
@@ -646,6 +665,14 @@ mod tests {
             ("terminal state", vec![write(VmmState::Destroyed, 7, 6, true)]),
             ("vanished", vec![vanished()]),
             ("listed after a vanish", vec![vanished(), Event::Listed(vec![(VMM, g(4))])]),
+            (
+                "told it is gone",
+                vec![
+                    vanished(),
+                    Event::Listed(vec![(VMM, g(4))]),
+                    Event::WatcherSawGone { vmm: VMM },
+                ],
+            ),
             ("request", vec![inst(InstanceChange::StopRequested)]),
             ("environment", vec![Event::Environment]),
             ("broken", vec![gone]),

@@ -460,6 +460,15 @@ fn drive(
     chooser: &mut dyn Chooser,
 ) -> Result<(World, RunEnd, Observer), RunError> {
     let world = World::build(config)?;
+    // However the run ends, error included, calls still parked (over HTTP, on
+    // the servers' threads) are let through so the servers can close.
+    struct CloseOnDrop(Arc<Sched>);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseOnDrop(Arc::clone(&world.sched));
     let mut pool = LocalPool::new();
     let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
 
@@ -470,7 +479,7 @@ fn drive(
     let fut = script::scenario(
         (config.scenario, config.findings),
         Arc::clone(&world.nexus),
-        world.links.sim_port(&world.sim),
+        (world.links.sim_port(&world.sim), Arc::downgrade(&world.sim)),
         Arc::clone(&world.sched),
         Arc::clone(&world.progress),
     );
@@ -492,7 +501,11 @@ fn drive(
         let id = world.sched.add_actor(ActorKind::User);
         let fut = script::user(
             config.scenario,
-            (Arc::clone(&world.nexus), world.links.sim_port(&world.sim)),
+            (
+                Arc::clone(&world.nexus),
+                world.links.sim_port(&world.sim),
+                Arc::downgrade(&world.sim),
+            ),
             Arc::clone(&world.sched),
             Arc::clone(&world.progress),
             (config.user_ops, config.findings),

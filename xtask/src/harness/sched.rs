@@ -418,6 +418,9 @@ struct Inner {
     next_ticket: u64,
     /// Faults the run may still inject (explored choices, bounded by `--faults`).
     faults_left: usize,
+    /// The run is over: every call still parked goes through unscheduled, so a
+    /// server thread blocked at a gate can finish and the servers can close.
+    closed: bool,
 }
 
 #[derive(Default)]
@@ -458,6 +461,18 @@ impl Sched {
         self.lock().errors.push(msg);
     }
 
+    /// Ends the run's scheduling: every parked call, and any parked later, goes
+    /// through unscheduled (and unrecorded).
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        for p in &mut g.parked {
+            if let Some(w) = p.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     /// How many faults the schedule may inject in this run.
     pub fn set_fault_budget(&self, n: usize) {
         self.lock().faults_left = n;
@@ -489,9 +504,22 @@ impl Sched {
             let history = if a.done { 0 } else { a.history };
             (a.kind, a.done, history).hash(h);
         }
-        for p in &g.parked {
-            (p.actor, p.call, p.released.is_some(), p.offer, p.fault).hash(h);
-        }
+        // In a fixed order: which was parked first is ticket numbering, not state.
+        let mut parked: Vec<_> = g
+            .parked
+            .iter()
+            .map(|p| (p.actor, p.alt, p.released.is_some(), p.offer as u8, p.fault, p.call))
+            .collect();
+        parked.sort_unstable_by(|a, b| {
+            (a.0, a.1, a.2, a.3, a.4).cmp(&(b.0, b.1, b.2, b.3, b.4)).then_with(|| {
+                let mut ha = super::hash::StableHasher::default();
+                let mut hb = super::hash::StableHasher::default();
+                a.5.hash(&mut ha);
+                b.5.hash(&mut hb);
+                ha.finish().cmp(&hb.finish())
+            })
+        });
+        parked.hash(h);
         g.faults_left.hash(h);
     }
 
@@ -863,6 +891,10 @@ impl Future for Admission {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Admitted>> {
         let mut g = self.sched.lock();
         let group = self.group;
+        if g.closed {
+            g.parked.retain(|p| p.group != group);
+            return Poll::Ready(None);
+        }
         let released = g.parked.iter().enumerate().find_map(|(i, p)| {
             (p.group == group).then_some(())?;
             p.released.map(|step| (i, step))

@@ -1,7 +1,7 @@
 //! The actors' scripts: the scenario (the omicron test's steps), the watcher, and
 //! auto-restart. Each runs real component code; only the gates are the harness's.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use std::future::Future;
 
@@ -186,6 +186,8 @@ impl<D: Driver> Ctx<'_, D> {
 struct Gated {
     nexus: Arc<Nexus>,
     sim: SimPort,
+    /// The sim itself, to read whether a poke of a VMM is under way.
+    sim_state: Weak<super::Sim>,
     sched: Arc<Sched>,
     /// Whether stops may land in the windows of the known findings.
     findings: bool,
@@ -321,7 +323,8 @@ impl Driver for Gated {
             vmm: Some(vmm),
             arg: Arg::None,
         };
-        self.sched.gate(call, None, None, || self.sim.poke(vmm), poke_answer).await
+        let wait = Some(one_poke_at_a_time(&self.sim_state, vmm));
+        self.sched.gate(call, wait, None, || self.sim.poke(vmm), poke_answer).await
     }
 
     /// Parks until the instance is no longer Stopping, then reads its state. The
@@ -430,11 +433,11 @@ pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Pro
 pub(super) async fn scenario(
     (kind, findings): (ScenarioKind, bool),
     nexus: Arc<Nexus>,
-    sim: SimPort,
+    (sim, sim_state): (SimPort, Weak<super::Sim>),
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
 ) {
-    let driver = Gated { nexus, sim, sched, findings };
+    let driver = Gated { nexus, sim, sim_state, sched, findings };
     run(kind, &driver, &progress).await;
 }
 
@@ -508,6 +511,14 @@ fn done_call(who: Component) -> Call {
     Call { kind: CallKind::Done, from: who, to: who, vmm: None, arg: Arg::None }
 }
 
+/// A poke's wait: until no other poke of the VMM is under way. omicron runs one
+/// runner per VMM, which takes one request at a time; and a poke in the harness
+/// is always waiting on a report between its steps, so `reporting` says it.
+fn one_poke_at_a_time(sim: &Weak<super::Sim>, vmm: PropolisUuid) -> sched::WaitPred {
+    let sim = Weak::clone(sim);
+    Box::new(move || sim.upgrade().is_none_or(|s| !s.reporting(vmm)))
+}
+
 /// How a poke's result reads in the step log.
 fn poke_answer(r: &Result<(), BoxError>) -> Answer {
     match r {
@@ -522,7 +533,7 @@ fn poke_answer(r: &Result<(), BoxError>) -> Answer {
 /// Which operation, on which instance, and when, are the schedule's choices.
 pub(super) async fn user(
     kind: ScenarioKind,
-    (nexus, sim): (Arc<Nexus>, SimPort),
+    (nexus, sim, sim_state): (Arc<Nexus>, SimPort, Weak<super::Sim>),
     sched: Arc<Sched>,
     progress: Arc<Mutex<Progress>>,
     (ops, findings): (usize, bool),
@@ -577,7 +588,8 @@ pub(super) async fn user(
                 vmm: Some(vmm),
                 arg: Arg::None,
             };
-            let _ = sched.gate(call, None, None, || sim.poke(vmm), poke_answer).await;
+            let wait = Some(one_poke_at_a_time(&sim_state, vmm));
+            let _ = sched.gate(call, wait, None, || sim.poke(vmm), poke_answer).await;
         }
     }
 }
