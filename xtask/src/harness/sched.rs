@@ -504,22 +504,15 @@ impl Sched {
             let history = if a.done { 0 } else { a.history };
             (a.kind, a.done, history).hash(h);
         }
-        // In a fixed order: which was parked first is ticket numbering, not state.
-        let mut parked: Vec<_> = g
-            .parked
-            .iter()
-            .map(|p| (p.actor, p.alt, p.released.is_some(), p.offer as u8, p.fault, p.call))
-            .collect();
-        parked.sort_unstable_by(|a, b| {
-            (a.0, a.1, a.2, a.3, a.4).cmp(&(b.0, b.1, b.2, b.3, b.4)).then_with(|| {
-                let mut ha = super::hash::StableHasher::default();
-                let mut hb = super::hash::StableHasher::default();
-                a.5.hash(&mut ha);
-                b.5.hash(&mut hb);
-                ha.finish().cmp(&hb.finish())
-            })
-        });
-        parked.hash(h);
+        // As a set: which was parked first is ticket numbering, not state. Each
+        // call is hashed alone and the hashes summed, so no order and no buffer.
+        let mut sum = 0u64;
+        for p in &g.parked {
+            let mut e = super::hash::StableHasher::default();
+            (p.actor, p.alt, p.released.is_some(), p.offer, p.fault, p.call).hash(&mut e);
+            sum = sum.wrapping_add(e.finish());
+        }
+        (g.parked.len(), sum).hash(h);
         g.faults_left.hash(h);
     }
 
@@ -688,7 +681,7 @@ impl Sched {
     }
 
     /// Parks `alts` as one group; returns its id (the first ticket).
-    fn park(&self, actor: ActorId, alts: Vec<ToPark>) -> u64 {
+    fn park(&self, actor: ActorId, alts: impl IntoIterator<Item = ToPark>) -> u64 {
         let mut g = self.lock();
         let group = g.next_ticket + 1;
         for (alt, p) in alts.into_iter().enumerate() {
@@ -787,7 +780,7 @@ impl Sched {
             return run().await;
         };
         let faults = if fail.is_some() { faults } else { &[] };
-        let group = self.park(actor, vec![ToPark::call(call, wait, faults)]);
+        let group = self.park(actor, [ToPark::call(call, wait, faults)]);
         let admitted = Admission { sched: Arc::clone(self), group }.await;
         let fault = admitted.and_then(|a| a.fault);
         let out = match (fault, fail) {
@@ -1000,10 +993,24 @@ mod tests {
             perturb(&s);
             assert_ne!(hash(&s), base, "{field} is not in the hash");
         }
-        // Tickets are numbering, not state.
+        // Tickets are numbering, not state, and so is the order calls were parked in.
         let s = sched();
         s.lock().parked[0].ticket += 100;
         assert_eq!(hash(&s), base);
+        let two = |first: CallKind, second: CallKind| {
+            let s = Sched::default();
+            let (a, b) = (s.add_actor(ActorKind::Scenario), s.add_actor(ActorKind::Watcher));
+            s.park(a, [ToPark::call(call(first), None, &[])]);
+            s.park(b, [ToPark::call(call(second), None, &[])]);
+            s
+        };
+        let ab = two(CallKind::VmmList, CallKind::VmmGetState);
+        let ba = Sched::default();
+        let (a, b) = (ba.add_actor(ActorKind::Scenario), ba.add_actor(ActorKind::Watcher));
+        ba.park(b, [ToPark::call(call(CallKind::VmmGetState), None, &[])]);
+        ba.park(a, [ToPark::call(call(CallKind::VmmList), None, &[])]);
+        assert_eq!(hash(&ab), hash(&ba));
+        assert_ne!(hash(&ab), hash(&two(CallKind::VmmGetState, CallKind::VmmList)));
     }
 
     fn kinds(s: &Sched) -> Vec<(ActorId, Offer, Option<Fault>)> {
