@@ -28,10 +28,20 @@ fn token(c: &Choice) -> String {
 /// environment actor's choice is about (`user.instance_stop(inst1)`), then the
 /// fault it was released with (`scenario.cpapi_instances_put!503`).
 pub fn step_label(actor: ActorKind, call: &Call, fault: Option<Fault>) -> String {
-    let mut s = format!("{actor}.{}", call.kind.label());
-    if let (ActorKind::User | ActorKind::Fault, Arg::Name(name)) = (actor, call.arg) {
+    let arg = match (actor, call.arg) {
+        (ActorKind::User | ActorKind::Fault, Arg::Name(name)) => Some(name),
+        _ => None,
+    };
+    label(actor, call.kind, arg, fault)
+}
+
+/// `actor.call`, then `(arg)` and `!fault` where given: the one spelling of a
+/// replay token, for steps and parsed tokens alike.
+fn label(actor: ActorKind, call: CallKind, arg: Option<&str>, fault: Option<Fault>) -> String {
+    let mut s = format!("{actor}.{}", call.label());
+    if let Some(a) = arg {
         s.push('(');
-        s.push_str(name);
+        s.push_str(a);
         s.push(')');
     }
     if let Some(f) = fault {
@@ -207,14 +217,7 @@ impl Token {
     }
 
     fn label(&self) -> String {
-        let mut s = format!("{}.{}", self.actor, self.call.label());
-        if let Some(a) = &self.arg {
-            s = format!("{s}({a})");
-        }
-        if let Some(f) = self.fault {
-            s = format!("{s}!{}", f.label());
-        }
-        s
+        label(self.actor, self.call, self.arg.as_deref(), self.fault)
     }
 }
 

@@ -49,8 +49,6 @@ impl ScenarioKind {
 pub struct Progress {
     /// Instances the scenario created, by name, in order.
     pub instances: Vec<(String, InstanceUuid)>,
-    /// Instances the user stopped: they must end Stopped.
-    pub stopped: Vec<InstanceUuid>,
     pub disk: Option<DiskUuid>,
     /// `None` while running (or stuck); the failure message if a step failed.
     pub outcome: Option<Result<(), String>>,
@@ -162,7 +160,6 @@ impl<D: Driver> Ctx<'_, D> {
         };
         let view = self.driver.instance_create(name).await.map_err(nexus_err("create"))?;
         self.progress().instances.push((name.to_string(), view.id));
-        self.progress().stopped.push(view.id);
         self.driver.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
         if let Some(vmm) = view.propolis_id {
             self.driver
