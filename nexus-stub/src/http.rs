@@ -81,6 +81,17 @@ pub trait NexusStubHttpApi {
         body: TypedBody<SledVmmState>,
     ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError>;
 
+    /// The instance update step, run for the watcher, which waits for it.
+    #[endpoint {
+        method = POST,
+        path = "/datastore/instances/{instance_id}/update",
+        tags = ["datastore"],
+    }]
+    async fn instance_update(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseUpdatedNoContent, ApiError>;
+
     #[endpoint { method = POST, path = "/instances", tags = ["instances"] }]
     async fn instance_create(
         rqctx: RequestContext<Self::Context>,
@@ -161,6 +172,17 @@ impl From<NexusError> for ApiError {
     }
 }
 
+/// A datastore error as the watcher's port answers it: an unknown VMM is a 404
+/// the client turns back into `NoSuchVmm`, anything else a 500.
+fn datastore_error(e: watcher::DatastoreError) -> ApiError {
+    match e {
+        watcher::DatastoreError::NoSuchVmm { .. } => {
+            ApiError::not_found(error_codes::NO_SUCH_VMM, e.to_string())
+        }
+        other => ApiError::internal(error_chain(&other)),
+    }
+}
+
 impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     type Context = Arc<NexusStub<S>>;
 
@@ -187,9 +209,24 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         body: TypedBody<SledVmmState>,
     ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError> {
         let nexus = rqctx.context();
-        Ok(HttpResponseOk(
-            nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?,
-        ))
+        let r = WatcherDatastore::vmm_update_runtime(
+            nexus.as_ref(),
+            path.into_inner().propolis_id,
+            body.into_inner(),
+        )
+        .await;
+        r.map(HttpResponseOk).map_err(datastore_error)
+    }
+
+    async fn instance_update(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseUpdatedNoContent, ApiError> {
+        let nexus = rqctx.context();
+        WatcherDatastore::run_instance_update(nexus.as_ref(), path.into_inner().instance_id)
+            .await
+            .map_err(datastore_error)?;
+        Ok(HttpResponseUpdatedNoContent())
     }
 
     async fn instance_create(

@@ -423,7 +423,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         if let Some(instance_id) = update {
             self.start_update(instance_id);
         }
-        Ok(VmmWriteOutcome { updated, update_queued: update.is_some() })
+        Ok(VmmWriteOutcome { updated, update_needed: update.is_some() })
     }
 
     fn start_update(&self, instance_id: InstanceUuid) {
@@ -1011,12 +1011,22 @@ impl<S: SledAgentApi + 'static> WatcherDatastore for NexusStub<S> {
         propolis_id: PropolisUuid,
         new_state: SledVmmState,
     ) -> Result<VmmWriteOutcome, DatastoreError> {
-        self.process_vmm_update(propolis_id, new_state).map_err(|e| match e {
-            NexusError::NoSuchVmm { propolis_id } => DatastoreError::NoSuchVmm { propolis_id },
-            other => DatastoreError::Unavailable {
-                operation: "vmm_update_runtime",
-                source: Box::new(other),
-            },
+        // The watcher runs the update step itself and waits for it, as omicron's
+        // does with the saga `process_vmm_update` hands it.
+        let (updated, update) =
+            self.write_vmm(propolis_id, new_state.vmm_state).map_err(|e| match e {
+                NexusError::NoSuchVmm { propolis_id } => DatastoreError::NoSuchVmm { propolis_id },
+                other => DatastoreError::Unavailable {
+                    operation: "vmm_update_runtime",
+                    source: Box::new(other),
+                },
+            })?;
+        Ok(VmmWriteOutcome { updated, update_needed: update.is_some() })
+    }
+
+    async fn run_instance_update(&self, instance_id: InstanceUuid) -> Result<(), DatastoreError> {
+        NexusStub::instance_update(self, instance_id).map(|_| ()).map_err(|e| {
+            DatastoreError::Unavailable { operation: "instance_update", source: Box::new(e) }
         })
     }
 }

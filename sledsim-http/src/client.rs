@@ -6,8 +6,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled_agent_api::{
-    error_codes, ErrorBody, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid,
-    SledAgentApi, SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
+    error_codes, ErrorBody, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi,
+    PropolisUuid, SledAgentApi, SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
     VmmStateRequested, VmmUnregisterResponse,
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
@@ -314,5 +314,15 @@ impl WatcherDatastore for NexusClient {
             }
             f => DatastoreError::Unavailable { operation: "vmm_update_runtime", source: boxed(f) },
         })
+    }
+
+    async fn run_instance_update(&self, instance_id: InstanceUuid) -> Result<(), DatastoreError> {
+        let path = format!("/datastore/instances/{instance_id}/update");
+        match self.http.send(Method::POST, &path, None::<&()>).await {
+            Ok(_) => Ok(()),
+            Err(f) => {
+                Err(DatastoreError::Unavailable { operation: "instance_update", source: boxed(f) })
+            }
+        }
     }
 }

@@ -166,7 +166,11 @@ async fn every_nexus_method_and_error_over_http() {
     let w = client.vmm_update_runtime(vmm, state(VmmState::Running, 4)).await.unwrap();
     assert!(!w.updated, "equal generation is stale");
     let w = client.vmm_update_runtime(vmm, state(VmmState::Failed, 5)).await.unwrap();
-    assert!(w.updated && w.update_queued);
+    assert!(w.updated && w.update_needed);
+    // The watcher runs the update step itself: over the wire too.
+    assert_eq!(s.nexus.instance(view.id).unwrap().state, ExternalState::Stopping);
+    client.run_instance_update(view.id).await.unwrap();
+    assert_eq!(s.nexus.instance(view.id).unwrap().state, ExternalState::Failed);
     let e = client.vmm_update_runtime(unknown, state(VmmState::Failed, 5)).await.unwrap_err();
     assert!(matches!(e, DatastoreError::NoSuchVmm { .. }), "{e:?}");
 }

@@ -6,7 +6,10 @@
 //! or Nexus. As in omicron (nexus/src/app/background/tasks/instance_watcher.rs):
 //! - `Ok(state)` from the sled agent is submitted as an ordinary VMM write;
 //! - `NoSuchVmm` (404 `NO_SUCH_INSTANCE`) becomes Failed at the listed gen + 1;
-//! - any other error is inconclusive and writes nothing.
+//! - any other error is inconclusive and writes nothing;
+//! - a write that applied a terminal state is followed by the instance update
+//!   step, which the check runs and awaits, as omicron's check awaits its saga;
+//! - checks run concurrently, at most `concurrency` at once (16 in omicron).
 //!
 //! The Failed write is only safe because Nexus checks generations: if the sled
 //! agent published a terminal state before forgetting the VMM, that state already
@@ -16,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use sled_agent_api::{
     BoxError, Clock, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, SledVmmState,
@@ -39,8 +43,8 @@ pub struct WatchedVmm {
 pub struct VmmWriteOutcome {
     /// The write's generation was newer than the stored one, and it was applied.
     pub updated: bool,
-    /// An instance update step was started because of it.
-    pub update_queued: bool,
+    /// It applied a terminal state, so the instance needs its update step.
+    pub update_needed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +68,17 @@ pub trait WatcherDatastore: Send + Sync {
     /// (sled, VMM) as omicron pages them.
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError>;
 
-    /// The same generation-checked write a sled agent's report goes through.
+    /// The same generation-checked write a sled agent's report goes through, but
+    /// the update step it may need is left to the caller (omicron's
+    /// `process_vmm_update` hands the watcher the saga to run).
     async fn vmm_update_runtime(
         &self,
         propolis_id: PropolisUuid,
         new_state: SledVmmState,
     ) -> Result<VmmWriteOutcome, DatastoreError>;
+
+    /// Runs the instance update step and waits for it to finish.
+    async fn run_instance_update(&self, instance_id: InstanceUuid) -> Result<(), DatastoreError>;
 }
 
 #[async_trait]
@@ -84,6 +93,10 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Arc<T> {
         new_state: SledVmmState,
     ) -> Result<VmmWriteOutcome, DatastoreError> {
         (**self).vmm_update_runtime(propolis_id, new_state).await
+    }
+
+    async fn run_instance_update(&self, instance_id: InstanceUuid) -> Result<(), DatastoreError> {
+        (**self).run_instance_update(instance_id).await
     }
 }
 
@@ -107,7 +120,24 @@ pub struct PassCounts {
     pub updated: usize,
     /// Writes the datastore refused with an error.
     pub write_errors: usize,
+    /// Update steps that failed after an applied write.
+    pub update_errors: usize,
 }
+
+impl PassCounts {
+    /// Adds another check's or pass's counts to these.
+    pub fn add(&mut self, other: PassCounts) {
+        self.checked += other.checked;
+        self.failed += other.failed;
+        self.inconclusive += other.inconclusive;
+        self.updated += other.updated;
+        self.write_errors += other.write_errors;
+        self.update_errors += other.update_errors;
+    }
+}
+
+/// omicron's `MAX_CONCURRENT_CHECKS`.
+pub const DEFAULT_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatcherError {
@@ -125,6 +155,7 @@ pub struct InstanceWatcher<D, S> {
     sleds: BTreeMap<SledUuid, S>,
     clock: Arc<dyn Clock>,
     faults: WatcherFaults,
+    concurrency: usize,
 }
 
 impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
@@ -135,7 +166,20 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let log = log.new(o!("component" => "InstanceWatcher"));
-        InstanceWatcher { log, datastore, sleds, clock, faults: WatcherFaults::default() }
+        InstanceWatcher {
+            log,
+            datastore,
+            sleds,
+            clock,
+            faults: WatcherFaults::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// At most `n` checks at once (at least one).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     pub fn with_faults(mut self, faults: WatcherFaults) -> Self {
@@ -143,17 +187,33 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         self
     }
 
-    /// One activation: list, then check each VMM in listing order.
+    /// One activation: list, then check every listed VMM, at most `concurrency`
+    /// at once, each check holding its slot until its update step is done.
     pub async fn activate(&self) -> Result<PassCounts, WatcherError> {
-        let listed = self
-            .datastore
-            .vmm_list_for_watcher()
-            .await
-            .map_err(|source| WatcherError::List { source })?;
+        self.activate_with(|vmm, _| async move { self.check(&vmm).await }).await
+    }
+
+    /// `activate`, with each check run by `run` (which may run it as a task of its
+    /// own, as omicron does, and must return its counts). `run` is also told the
+    /// rows still waiting for a slot, in order: all the pass has left to do.
+    pub async fn activate_with<F, Fut>(&self, mut run: F) -> Result<PassCounts, WatcherError>
+    where
+        F: FnMut(WatchedVmm, &[WatchedVmm]) -> Fut,
+        Fut: std::future::Future<Output = PassCounts>,
+    {
+        let listed = self.list().await?;
         let mut counts = PassCounts::default();
-        for vmm in listed {
-            counts.checked += 1;
-            self.check(&vmm, &mut counts).await;
+        // Filled up to the bound, one more started as each one ends.
+        let mut checks = FuturesUnordered::new();
+        let mut rest = listed.as_slice();
+        loop {
+            while checks.len() < self.concurrency {
+                let Some((vmm, waiting)) = rest.split_first() else { break };
+                rest = waiting;
+                checks.push(run(*vmm, rest));
+            }
+            let Some(c) = checks.next().await else { break };
+            counts.add(c);
         }
         info!(self.log, "pass done";
             "checked" => counts.checked, "failed" => counts.failed,
@@ -161,7 +221,26 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         Ok(counts)
     }
 
-    async fn check(&self, vmm: &WatchedVmm, counts: &mut PassCounts) {
+    /// The VMMs a pass checks, in listing order.
+    pub async fn list(&self) -> Result<Vec<WatchedVmm>, WatcherError> {
+        let listed = self
+            .datastore
+            .vmm_list_for_watcher()
+            .await
+            .map_err(|source| WatcherError::List { source })?;
+        debug!(self.log, "listed VMMs to check"; "count" => listed.len());
+        Ok(listed)
+    }
+
+    /// One check: ask the VMM's sled agent, write what it says (or Failed if it
+    /// says the VMM is gone), and run the update step the write needs.
+    pub async fn check(&self, vmm: &WatchedVmm) -> PassCounts {
+        let mut counts = PassCounts { checked: 1, ..PassCounts::default() };
+        self.check_into(vmm, &mut counts).await;
+        counts
+    }
+
+    async fn check_into(&self, vmm: &WatchedVmm, counts: &mut PassCounts) {
         // The VMM's identity goes on every line rather than into a child logger: a
         // child logger allocates per check, and the explorer runs millions of checks.
         let (log, id, inst, listed) =
@@ -205,6 +284,13 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
                     "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed,
                     "state" => %new_state.vmm_state.state,
                     "gen" => new_state.vmm_state.gen.as_u64(), "updated" => outcome.updated);
+                if outcome.update_needed {
+                    if let Err(e) = self.datastore.run_instance_update(inst).await {
+                        warn!(log, "instance update failed"; "error" => %e,
+                            "propolis_id" => %id, "instance_id" => %inst);
+                        counts.update_errors += 1;
+                    }
+                }
             }
             Err(e) => {
                 warn!(log, "VMM write failed"; "error" => %e,

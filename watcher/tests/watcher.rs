@@ -28,18 +28,26 @@ fn runtime(state: VmmState, gen: u64) -> VmmRuntimeState {
     }
 }
 
+const INSTANCE: InstanceUuid = InstanceUuid::from_u128(0x20);
+
 /// A datastore listing one VMM at Stopping/6 (the #7282 row) and expecting at most
-/// one write, whose (state, gen) must be `want_write`.
+/// one write, whose (state, gen) must be `want_write`; a write it applies needs
+/// the update step, which the watcher must then run, once.
 fn datastore(want_write: Option<(VmmState, u64)>, applied: bool) -> MockWatcherDatastore {
     let mut ds = MockWatcherDatastore::new();
     ds.expect_vmm_list_for_watcher().times(1).returning(|| {
         Ok(vec![WatchedVmm {
-            instance_id: InstanceUuid::from_u128(0x20),
+            instance_id: INSTANCE,
             propolis_id: VMM,
             sled_id: SLED,
             runtime: runtime(VmmState::Stopping, 6),
         }])
     });
+    let terminal = want_write.is_some_and(|(s, _)| s.is_terminal());
+    ds.expect_run_instance_update()
+        .with(eq(INSTANCE))
+        .times(usize::from(applied && terminal))
+        .returning(|_| Ok(()));
     match want_write {
         Some((state, gen)) => {
             ds.expect_vmm_update_runtime()
@@ -47,8 +55,9 @@ fn datastore(want_write: Option<(VmmState, u64)>, applied: bool) -> MockWatcherD
                     *id == VMM && s.vmm_state.state == state && s.vmm_state.gen.as_u64() == gen
                 })
                 .times(1)
-                .returning(move |_, _| {
-                    Ok(VmmWriteOutcome { updated: applied, update_queued: applied })
+                .returning(move |_, s: SledVmmState| {
+                    let update_needed = applied && s.vmm_state.state.is_terminal();
+                    Ok(VmmWriteOutcome { updated: applied, update_needed })
                 });
         }
         None => {
@@ -183,4 +192,100 @@ async fn a_failed_listing_is_an_error() {
         Arc::new(LogicalClock::default()),
     );
     assert!(matches!(w.activate().await, Err(WatcherError::List { .. })));
+}
+
+#[tokio::test]
+async fn a_failed_update_step_is_counted() {
+    let mut ds = MockWatcherDatastore::new();
+    ds.expect_vmm_list_for_watcher().returning(|| {
+        Ok(vec![WatchedVmm {
+            instance_id: INSTANCE,
+            propolis_id: VMM,
+            sled_id: SLED,
+            runtime: runtime(VmmState::Stopping, 6),
+        }])
+    });
+    ds.expect_vmm_update_runtime()
+        .returning(|_, _| Ok(VmmWriteOutcome { updated: true, update_needed: true }));
+    ds.expect_run_instance_update().times(1).returning(|_| {
+        Err(DatastoreError::Unavailable { operation: "instance_update", source: "down".into() })
+    });
+    let sleds = one_sled(|| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
+    let counts = check(ds, sleds, WatcherFaults::default()).await;
+    assert_eq!(
+        counts,
+        PassCounts { checked: 1, updated: 1, update_errors: 1, ..PassCounts::default() }
+    );
+}
+
+/// Lists `n` VMMs, applies every write as terminal, and counts the update steps
+/// under way at once: each yields a few times, so checks that may overlap do.
+#[derive(Default)]
+struct Overlap {
+    n: u128,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl watcher::WatcherDatastore for Overlap {
+    async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
+        Ok((0..self.n)
+            .map(|i| WatchedVmm {
+                instance_id: InstanceUuid::from_u128(0x20 + i),
+                propolis_id: PropolisUuid::from_u128(0x10 + i),
+                sled_id: SLED,
+                runtime: runtime(VmmState::Stopping, 6),
+            })
+            .collect())
+    }
+
+    async fn vmm_update_runtime(
+        &self,
+        _: PropolisUuid,
+        _: SledVmmState,
+    ) -> Result<VmmWriteOutcome, DatastoreError> {
+        Ok(VmmWriteOutcome { updated: true, update_needed: true })
+    }
+
+    async fn run_instance_update(&self, _: InstanceUuid) -> Result<(), DatastoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.now.fetch_sub(1, SeqCst);
+        Ok(())
+    }
+}
+
+/// How many update steps ran at once when a pass checked `n` VMMs with
+/// `concurrency` (`None`: the default).
+async fn most_at_once(n: u128, concurrency: Option<usize>) -> usize {
+    let ds = Arc::new(Overlap { n, ..Overlap::default() });
+    let mut s = MockSledAgentApi::new();
+    s.expect_vmm_get_state()
+        .returning(|_| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let mut w = InstanceWatcher::new(
+        &log,
+        Arc::clone(&ds),
+        BTreeMap::from([(SLED, s)]),
+        Arc::new(LogicalClock::default()),
+    );
+    if let Some(c) = concurrency {
+        w = w.with_concurrency(c);
+    }
+    let counts = w.activate().await.expect("listing succeeds");
+    assert_eq!((counts.checked, counts.updated), (n as usize, n as usize));
+    ds.most.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn checks_run_concurrently_up_to_the_bound_each_through_its_update() {
+    assert_eq!(most_at_once(4, Some(1)).await, 1);
+    assert_eq!(most_at_once(4, Some(2)).await, 2);
+    assert_eq!(most_at_once(4, Some(0)).await, 1, "at least one at a time");
+    assert_eq!(most_at_once(20, None).await, watcher::DEFAULT_CONCURRENCY);
 }

@@ -18,6 +18,7 @@ use crate::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
 use crate::harness::schedule::ScheduleSpec;
 use crate::harness::{
     self, Inject, RunConfig, RunEnd, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
+    DEFAULT_WATCHER_CONCURRENCY,
 };
 use crate::report;
 
@@ -154,6 +155,10 @@ struct ModelArgs {
     /// Watcher passes; each may start at any point.
     #[arg(long, default_value_t = 2)]
     watcher_passes: usize,
+    /// Checks one watcher pass runs at once, each its own actor (omicron runs up
+    /// to 16) [at least 1; at most 16].
+    #[arg(long, default_value_t = DEFAULT_WATCHER_CONCURRENCY, value_parser = concurrency)]
+    watcher_concurrency: usize,
     /// Auto-restart passes; each may start at any point.
     #[arg(long, default_value_t = 1)]
     restart_passes: usize,
@@ -193,6 +198,17 @@ fn env_choices(s: &str) -> Result<usize, String> {
     }
 }
 
+/// omicron's `MAX_CONCURRENT_CHECKS`: more would model no real watcher.
+const MAX_WATCHER_CONCURRENCY: usize = watcher::DEFAULT_CONCURRENCY;
+
+fn concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_WATCHER_CONCURRENCY).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be from 1 to {MAX_WATCHER_CONCURRENCY}")),
+        Err(e) => Err(format!("must be a whole number from 1 to {MAX_WATCHER_CONCURRENCY} ({e})")),
+    }
+}
+
 impl ModelArgs {
     /// The run configuration; `env` is the command's default number of user
     /// operations and faults.
@@ -205,6 +221,7 @@ impl ModelArgs {
             ordering: self.ordering.into(),
             restart_policy: self.restart_policy.into(),
             watcher_passes: self.watcher_passes,
+            watcher_concurrency: self.watcher_concurrency,
             restart_passes: self.restart_passes,
             max_steps: self.max_steps,
             inject: self.inject.map(Into::into),

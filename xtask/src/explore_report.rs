@@ -10,7 +10,7 @@ use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Tru
 use crate::harness::invariants::invariant_text;
 use crate::harness::sched::Component;
 use crate::harness::script::FINDINGS;
-use crate::harness::DEFAULT_MAX_STEPS;
+use crate::harness::{DEFAULT_MAX_STEPS, DEFAULT_WATCHER_CONCURRENCY};
 use crate::report::{self, StepOut};
 
 pub struct View<'a> {
@@ -43,8 +43,8 @@ impl<'a> View<'a> {
     fn bounds_text(&self) -> String {
         let b = &self.cfg.run;
         let mut s = format!(
-            "{} watcher pass(es), {} restart pass(es), {} user op(s), {} fault(s), {} steps per schedule, {} schedules at most",
-            b.watcher_passes, b.restart_passes, b.user_ops, b.faults, b.max_steps, self.cfg.max_schedules
+            "{} watcher pass(es) of {} check(s) at once, {} restart pass(es), {} user op(s), {} fault(s), {} steps per schedule, {} schedules at most",
+            b.watcher_passes, b.watcher_concurrency, b.restart_passes, b.user_ops, b.faults, b.max_steps, self.cfg.max_schedules
         );
         if let Some(t) = self.cfg.max_time {
             let _ = write!(s, ", {} s at most", t.as_secs_f64());
@@ -64,6 +64,9 @@ impl<'a> View<'a> {
         );
         if b.watcher_passes != 2 {
             let _ = write!(cmd, " --watcher-passes {}", b.watcher_passes);
+        }
+        if b.watcher_concurrency != DEFAULT_WATCHER_CONCURRENCY {
+            let _ = write!(cmd, " --watcher-concurrency {}", b.watcher_concurrency);
         }
         if b.restart_passes != 1 {
             let _ = write!(cmd, " --restart-passes {}", b.restart_passes);
@@ -240,6 +243,7 @@ impl<'a> View<'a> {
             "inject": b.inject.map(|i| i.label()),
             "bounds": {
                 "watcher_passes": b.watcher_passes,
+                "watcher_concurrency": b.watcher_concurrency,
                 "restart_passes": b.restart_passes,
                 "max_steps": b.max_steps,
                 "max_schedules": self.cfg.max_schedules,

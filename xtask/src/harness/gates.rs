@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled_agent_api::{
-    InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
+    InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
     SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
@@ -268,6 +268,20 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Gated<Arc<T>> {
             || (*self.inner).vmm_update_runtime(propolis_id, new_state),
             |r| match r {
                 Ok(o) => Answer::Write { applied: o.updated },
+                Err(_) => Answer::Error("datastore_error"),
+            },
+        )
+        .await
+    }
+
+    async fn run_instance_update(&self, instance_id: InstanceUuid) -> Result<(), DatastoreError> {
+        self.pass(
+            CallKind::InstanceUpdate,
+            Component::Datastore,
+            (None, Arg::Instance(instance_id)),
+            || (*self.inner).run_instance_update(instance_id),
+            |r| match r {
+                Ok(()) => Answer::Ack,
                 Err(_) => Answer::Error("datastore_error"),
             },
         )

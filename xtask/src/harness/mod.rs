@@ -82,6 +82,8 @@ pub struct RunConfig {
     pub ordering: RemovalOrdering,
     pub restart_policy: RestartPolicy,
     pub watcher_passes: usize,
+    /// Checks a watcher pass runs at once, each its own actor.
+    pub watcher_concurrency: usize,
     pub restart_passes: usize,
     pub max_steps: usize,
     /// Operations a user may add to the scenario's (explored choices).
@@ -105,6 +107,9 @@ pub struct RunConfig {
 /// Steps one run may take, in `scenario` and `explore` alike, so a schedule that
 /// explore prints replays under `scenario` with the same bound.
 pub const DEFAULT_MAX_STEPS: usize = 200;
+
+/// Checks a watcher pass runs at once (omicron runs up to 16).
+pub const DEFAULT_WATCHER_CONCURRENCY: usize = 2;
 
 /// How the components reach each other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +138,7 @@ impl RunConfig {
             ordering: RemovalOrdering::PublishThenRemove,
             restart_policy: RestartPolicy::Current,
             watcher_passes: 2,
+            watcher_concurrency: DEFAULT_WATCHER_CONCURRENCY,
             restart_passes: 1,
             max_steps: DEFAULT_MAX_STEPS,
             user_ops: 0,
@@ -281,6 +287,7 @@ impl World {
         };
         InstanceWatcher::new(&config.log, ds, BTreeMap::from([(SLED, sled)]), clock)
             .with_faults(faults)
+            .with_concurrency(config.watcher_concurrency)
     }
 
     /// Identifies the situation: every component's state, every actor's history
@@ -362,7 +369,17 @@ impl World {
 type ActorFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 fn spawn(pool: &LocalPool, id: usize, sched: &Arc<Sched>, fut: ActorFuture) {
-    if let Err(e) = pool.spawner().spawn_local(Tagged::new(id, Arc::clone(sched), fut)) {
+    spawn_on(&pool.spawner(), id, sched, fut);
+}
+
+/// Starts an actor's future on the run's pool, tagged with its id.
+pub(super) fn spawn_on(
+    spawner: &futures::executor::LocalSpawner,
+    id: usize,
+    sched: &Arc<Sched>,
+    fut: ActorFuture,
+) {
+    if let Err(e) = spawner.spawn_local(Tagged::new(id, Arc::clone(sched), fut)) {
         // A LocalPool only refuses once shut down, which this harness never does.
         sched.record_error(format!("spawning actor {id}: {e}"));
     }
@@ -486,10 +503,11 @@ fn drive(
     spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
     let watcher_id = world.sched.add_actor(ActorKind::Watcher);
     let fut = script::watcher(
-        world.watcher(config, clock),
+        Arc::new(world.watcher(config, clock)),
         config.watcher_passes,
         Arc::clone(&world.watcher_counts),
         Arc::clone(&world.sched),
+        pool.spawner(),
     );
     spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
     let restart_id = world.sched.add_actor(ActorKind::Restart);

@@ -26,13 +26,15 @@ thread_local! {
 }
 
 /// Which actor: the unit a schedule interleaves. Update steps are numbered in the
-/// order Nexus started them.
+/// order Nexus started them, the watcher's checks in the order it started them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActorKind {
     Scenario,
     Watcher,
     Restart,
     Update(u32),
+    /// One check of a watcher pass (omicron runs each as its own task).
+    Check(u32),
     /// A user beyond the scenario's script: stops, starts and reboots instances.
     User,
     /// The environment's faults that are actions of their own (a VMM vanishing).
@@ -48,13 +50,21 @@ impl ActorKind {
             "user" => Some(ActorKind::User),
             "fault" => Some(ActorKind::Fault),
             _ => {
-                let n = s.strip_prefix("update")?;
+                let (n, kind): (&str, fn(u32) -> ActorKind) = match s.strip_prefix("update") {
+                    Some(n) => (n, ActorKind::Update),
+                    None => (s.strip_prefix("check")?, ActorKind::Check),
+                };
                 if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
-                n.parse().ok().filter(|&n| n > 0).map(ActorKind::Update)
+                n.parse().ok().filter(|&n| n > 0).map(kind)
             }
         }
+    }
+
+    /// The watcher's pass or one of its checks.
+    pub const fn is_watcher(self) -> bool {
+        matches!(self, ActorKind::Watcher | ActorKind::Check(_))
     }
 }
 
@@ -65,6 +75,7 @@ impl fmt::Display for ActorKind {
             ActorKind::Watcher => f.write_str("watcher"),
             ActorKind::Restart => f.write_str("restart"),
             ActorKind::Update(n) => write!(f, "update{n}"),
+            ActorKind::Check(n) => write!(f, "check{n}"),
             ActorKind::User => f.write_str("user"),
             ActorKind::Fault => f.write_str("fault"),
         }
@@ -404,6 +415,11 @@ struct ActorInfo {
     /// and the next parked call's arguments (hashed). The outer answer is what
     /// the actor's own code keeps, so it says all the actor uses.
     outer: Option<(usize, u64)>,
+    /// The actor that started this one and waits for it (a check's pass).
+    parent: Option<ActorId>,
+    /// Waiting, outside any gate, for one of its children to finish: set while
+    /// it is so blocked, cleared when a child finishes (it is then about to run).
+    waiting: bool,
 }
 
 #[derive(Default)]
@@ -479,16 +495,51 @@ impl Sched {
     }
 
     pub fn add_actor(&self, kind: ActorKind) -> ActorId {
+        self.add(kind, None)
+    }
+
+    fn add(&self, kind: ActorKind, parent: Option<ActorId>) -> ActorId {
         let mut g = self.lock();
-        g.actors.push(ActorInfo { kind, done: false, history: 0, outer: None });
+        let info = ActorInfo { kind, done: false, history: 0, outer: None, parent, waiting: false };
+        g.actors.push(info);
         g.actors.len() - 1
     }
 
     /// The next update step's kind (`update1`, `update2`, ...).
     pub fn next_update(&self) -> ActorKind {
-        let n =
-            self.lock().actors.iter().filter(|a| matches!(a.kind, ActorKind::Update(_))).count();
-        ActorKind::Update(u32::try_from(n + 1).unwrap_or(u32::MAX))
+        ActorKind::Update(self.count(|k| matches!(k, ActorKind::Update(_))))
+    }
+
+    /// The next check's kind (`check1`, `check2`, ...).
+    pub fn next_check(&self) -> ActorKind {
+        ActorKind::Check(self.count(|k| matches!(k, ActorKind::Check(_))))
+    }
+
+    /// One more than the number of actors of a kind.
+    fn count(&self, f: impl Fn(ActorKind) -> bool) -> u32 {
+        let n = self.lock().actors.iter().filter(|a| f(a.kind)).count();
+        u32::try_from(n + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Adds an actor started by the one being polled, which may then wait for it
+    /// in `waiting_for_children`. `seed` stands for what its future starts from
+    /// (what the parent handed it), as its history before any call.
+    pub fn add_child(&self, kind: ActorKind, seed: u64) -> ActorId {
+        let parent = CURRENT.with(Cell::get);
+        if parent.is_none() {
+            self.record_error(format!("{kind} started outside any actor"));
+        }
+        let id = self.add(kind, parent);
+        if let Some(a) = self.lock().actors.get_mut(id) {
+            a.history = seed;
+        }
+        id
+    }
+
+    /// `f`, run by an actor that blocks in it only on its children: while it
+    /// does, the run counts as quiescent once they are.
+    pub fn waiting_for_children<F: Future>(self: &Arc<Self>, f: F) -> WaitingForChildren<F> {
+        WaitingForChildren { sched: Arc::clone(self), inner: Box::pin(f) }
     }
 
     pub fn actor_kinds(&self) -> Vec<ActorKind> {
@@ -541,8 +592,13 @@ impl Sched {
 
     fn actor_done(&self, id: ActorId) {
         let mut g = self.lock();
+        let mut parent = None;
         if let Some(a) = g.actors.get_mut(id) {
             a.done = true;
+            parent = a.parent;
+        }
+        if let Some(p) = parent.and_then(|p| g.actors.get_mut(p)) {
+            p.waiting = false;
         }
         wake_idle(&mut g);
     }
@@ -834,10 +890,11 @@ impl Sched {
 /// Every actor is done or has a call parked and not yet released: nothing moves
 /// until the scheduler releases something.
 fn quiescent(g: &Inner) -> bool {
-    g.actors
-        .iter()
-        .enumerate()
-        .all(|(id, a)| a.done || g.parked.iter().any(|p| p.actor == id && p.released.is_none()))
+    g.actors.iter().enumerate().all(|(id, a)| {
+        a.done
+            || g.parked.iter().any(|p| p.actor == id && p.released.is_none())
+            || (a.waiting && g.actors.iter().any(|c| c.parent == Some(id) && !c.done))
+    })
 }
 
 fn wake_idle(g: &mut Inner) {
@@ -907,6 +964,28 @@ impl Future for Admission {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+}
+
+/// See `Sched::waiting_for_children`.
+pub struct WaitingForChildren<F> {
+    sched: Arc<Sched>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for WaitingForChildren<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let r = self.inner.as_mut().poll(cx);
+        if let Some(id) = CURRENT.with(Cell::get) {
+            let mut g = self.sched.lock();
+            if let Some(a) = g.actors.get_mut(id) {
+                a.waiting = r.is_pending();
+            }
+            wake_idle(&mut g);
+        }
+        r
     }
 }
 

@@ -86,16 +86,19 @@ pub enum ScheduleError {
     OverBound { steps: usize, max_steps: usize },
 }
 
-/// Scheduling priority of an actor under the named policies: the scenario first,
-/// then the update steps it waits for, a user's operation under way, then
-/// background tasks.
-fn priority(kind: ActorKind) -> u8 {
-    match kind {
+/// Scheduling priority of a choice under the named policies: the scenario first,
+/// then the update steps it waits for (whoever runs them: a watcher's check runs
+/// its own), a user's operation under way, then background tasks.
+fn priority(c: &Choice) -> u8 {
+    if c.call.kind == CallKind::InstanceUpdate {
+        return 1;
+    }
+    match c.kind {
         ActorKind::Scenario => 0,
         ActorKind::Update(_) => 1,
         ActorKind::User => 2,
         ActorKind::Restart => 3,
-        ActorKind::Watcher => 4,
+        ActorKind::Watcher | ActorKind::Check(_) => 4,
         ActorKind::Fault => 5,
     }
 }
@@ -108,8 +111,8 @@ pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usiz
         .iter()
         .enumerate()
         .filter(|(_, c)| c.fault.is_none() && !c.optional())
-        .filter(|(_, c)| !(skip_watcher && c.kind == ActorKind::Watcher))
-        .min_by_key(|(_, c)| (priority(c.kind), c.actor))
+        .filter(|(_, c)| !(skip_watcher && c.kind.is_watcher()))
+        .min_by_key(|(_, c)| (priority(c), c.actor))
         .map(|(i, _)| i)
 }
 
@@ -142,7 +145,7 @@ enum Phase {
 
 impl Seed7282 {
     fn watcher(ctx: &ChoiceCtx<'_>, kind: CallKind) -> Option<usize> {
-        ctx.enabled.iter().position(|c| c.kind == ActorKind::Watcher && c.call.kind == kind)
+        ctx.enabled.iter().position(|c| c.kind.is_watcher() && c.call.kind == kind)
     }
 }
 

@@ -5,6 +5,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use std::future::Future;
 
+use futures::executor::LocalSpawner;
+use futures::FutureExt;
+
 use nexus_stub::{
     DbVmmState, DiskState, DiskView, ExternalState, InstanceView, NexusError, NexusStub,
 };
@@ -416,6 +419,19 @@ async fn disk_move<D: Driver>(cx: &Ctx<'_, D>) -> Result<(), StepFailed> {
     Ok(())
 }
 
+/// What of a listed row a check's future depends on (not the row's timestamp:
+/// the watcher writes its own clock's time).
+fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, VmmState, u64) {
+    (w.instance_id, w.propolis_id, w.runtime.state, w.runtime.gen.as_u64())
+}
+
+/// A value's hash by the harness's stable hasher, to stand for an actor's state.
+fn stable_hash<T: std::hash::Hash>(v: &T) -> u64 {
+    let mut h = super::hash::StableHasher::default();
+    v.hash(&mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 /// Runs a scenario to its end or its first failed step; the outcome goes into
 /// `progress`.
 pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Progress>) {
@@ -439,17 +455,32 @@ pub(super) async fn scenario(
 }
 
 pub(super) async fn watcher(
-    watcher: Watcher,
+    watcher: Arc<Watcher>,
     passes: usize,
     counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
     sched: Arc<Sched>,
+    spawner: LocalSpawner,
 ) {
     for pass in 0..passes {
+        // Each check is an actor of its own, as omicron runs each as a task; the
+        // pass waits for them, blocked outside any gate.
+        let check = |vmm: watcher::WatchedVmm, waiting: &[watcher::WatchedVmm]| {
+            // The check's future starts from its row (the generation a Failed
+            // write builds on); the pass's, from here on, from the rows still
+            // waiting alone: the listing it answered is spent.
+            let id = sched.add_child(sched.next_check(), stable_hash(&row(&vmm)));
+            let waiting: Vec<_> = waiting.iter().map(row).collect();
+            sched.forget_history(stable_hash(&(pass, waiting)));
+            let w = Arc::clone(&watcher);
+            let (run, done) = async move { w.check(&vmm).await }.remote_handle();
+            super::spawn_on(&spawner, id, &sched, Box::pin(run));
+            done
+        };
+        let pass_counts = sched.waiting_for_children(watcher.activate_with(check)).await;
         // A failed listing is already logged by the watcher; the pass just counts as empty.
-        let c = watcher.activate().await.unwrap_or_default();
-        counts.lock().unwrap_or_else(|p| p.into_inner()).push(c);
-        // `activate` keeps nothing from one pass to the next (the counts are only
-        // reported), so what is left to do depends on the passes made alone.
+        counts.lock().unwrap_or_else(|p| p.into_inner()).push(pass_counts.unwrap_or_default());
+        // A pass keeps nothing for the next (the counts are only reported), so
+        // what is left to do depends on the passes made alone.
         sched.forget_history(pass as u64 + 1);
     }
 }

@@ -3,7 +3,9 @@
 //! reproduce what they say.
 
 use super::*;
+use nexus_stub::DbVmmState;
 use xtask::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
+use xtask::harness::sched;
 use xtask::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 
 /// (invariant, shortest length) for each counterexample of an explore JSON.
@@ -58,6 +60,7 @@ fn the_fixed_ordering_is_proved_clean_and_exhaustive() {
         assert!(j["runs"].as_u64().unwrap() > 100, "{scenario}: {j}");
         assert_eq!(j["schedules"], j["runs"]);
         assert_eq!(j["bounds"]["watcher_passes"], 2);
+        assert_eq!(j["bounds"]["watcher_concurrency"], 2);
         assert_eq!(j["bounds"]["max_steps"], 200);
     }
 }
@@ -433,7 +436,7 @@ impl Chooser for FingerprintAt {
 fn what_a_stop_read_before_calling_the_sled_agent_is_in_the_fingerprint() {
     let prefix = "scenario.instance_create scenario.vmm_register scenario.vmm_put_state \
         scenario.instance_stop scenario.vmm_put_state scenario.vmm_poke \
-        scenario.cpapi_instances_put*2 watcher.vmm_list watcher.vmm_get_state";
+        scenario.cpapi_instances_put*2 watcher.vmm_list check1.vmm_get_state";
     let run = RunConfig {
         ordering: RemovalOrdering::RemoveThenPublish,
         user_ops: 1,
@@ -446,7 +449,74 @@ fn what_a_stop_read_before_calling_the_sled_agent_is_in_the_fingerprint() {
         harness::run(&run, &mut c).expect("runs");
         c.fingerprint.expect("reached step 12")
     };
-    let stop_first = at("user.instance_stop(inst1) watcher.vmm_write");
-    let write_first = at("watcher.vmm_write user.instance_stop(inst1)");
+    let stop_first = at("user.instance_stop(inst1) check1.vmm_write");
+    let write_first = at("check1.vmm_write user.instance_stop(inst1)");
     assert_ne!(stop_first, write_first);
+}
+
+/// Plays disk-move so that both instances have a live VMM when the watcher lists
+/// (a user restarts inst1 once inst2 exists), and records the most checks alive
+/// at once: each check is an actor of its own, bounded by the concurrency.
+#[derive(Default)]
+struct TwoLiveVmms {
+    listed: bool,
+    most_checks: usize,
+}
+
+impl Chooser for TwoLiveVmms {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        let checks = ctx.world.sched.unfinished();
+        let alive = checks.iter().filter(|k| matches!(k, ActorKind::Check(_))).count();
+        self.most_checks = self.most_checks.max(alive);
+        let nexus = &ctx.world.nexus;
+        let live = nexus
+            .vmms()
+            .iter()
+            .filter(|v| {
+                !v.deleted && matches!(v.state, DbVmmState::Reported(s) if s != VmmState::Destroyed)
+            })
+            .count();
+        let pick = |f: &dyn Fn(&sched::Choice) -> bool| ctx.enabled.iter().position(f);
+        let start_inst1 = |c: &sched::Choice| {
+            c.call.kind == CallKind::InstanceStart && c.call.arg == sched::Arg::Name("inst1")
+        };
+        if nexus.instances().len() == 2 {
+            if let Some(i) = pick(&start_inst1) {
+                return Ok(Some(i));
+            }
+        }
+        if !self.listed && live == 2 {
+            if let Some(i) = pick(&|c| c.call.kind == CallKind::VmmList) {
+                self.listed = true;
+                return Ok(Some(i));
+            }
+        }
+        let plain = |c: &sched::Choice| {
+            c.fault.is_none() && !c.optional() && (self.listed || !c.kind.is_watcher())
+        };
+        // The user's restart runs through first, so inst1 is live again early.
+        let user = |c: &sched::Choice| plain(c) && c.kind == ActorKind::User;
+        Ok(pick(&user).or_else(|| pick(&plain)).or_else(|| pick(&|c| c.fault.is_none())))
+    }
+}
+
+fn most_checks_at_once(concurrency: usize) -> usize {
+    let run = RunConfig {
+        user_ops: 1,
+        watcher_passes: 1,
+        restart_passes: 0,
+        watcher_concurrency: concurrency,
+        ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+    };
+    let mut c = TwoLiveVmms::default();
+    let r = harness::run(&run, &mut c).expect("runs");
+    assert!(c.listed, "the watcher listed two live VMMs");
+    assert_eq!(r.watcher.first().map(|p| p.checked), Some(2), "{:?}", r.watcher);
+    c.most_checks
+}
+
+#[test]
+fn a_pass_runs_its_checks_as_actors_up_to_the_concurrency() {
+    assert_eq!(most_checks_at_once(1), 1);
+    assert_eq!(most_checks_at_once(2), 2);
 }

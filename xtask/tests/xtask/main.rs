@@ -47,7 +47,7 @@ pub fn seed_7282(ordering: RemovalOrdering, policy: RestartPolicy) -> RunResult 
 pub fn watcher_get_state(r: &RunResult) -> Answer {
     r.steps
         .iter()
-        .find(|s| r.actors[s.actor] == ActorKind::Watcher && s.call.kind == CallKind::VmmGetState)
+        .find(|s| r.actors[s.actor].is_watcher() && s.call.kind == CallKind::VmmGetState)
         .map(|s| s.answer.clone())
         .expect("the watcher checked a VMM")
 }

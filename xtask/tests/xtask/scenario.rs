@@ -201,6 +201,9 @@ fn environment_counts_out_of_range_exit_2() {
         &["scenario", "--faults", "99"],
         &["explore", "--faults", "-1"],
         &["explore", "--user-ops", "many"],
+        &["scenario", "--watcher-concurrency", "0"],
+        &["explore", "--watcher-concurrency", "17"],
+        &["explore", "--watcher-concurrency", "two"],
     ] {
         check_usage_error(args);
     }
