@@ -217,7 +217,8 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         }
         info!(self.log, "pass done";
             "checked" => counts.checked, "failed" => counts.failed,
-            "inconclusive" => counts.inconclusive, "updated" => counts.updated);
+            "inconclusive" => counts.inconclusive, "updated" => counts.updated,
+            "write_errors" => counts.write_errors, "update_errors" => counts.update_errors);
         Ok(counts)
     }
 

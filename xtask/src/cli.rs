@@ -198,8 +198,9 @@ fn env_choices(s: &str) -> Result<usize, String> {
     }
 }
 
-/// omicron's `MAX_CONCURRENT_CHECKS`: more would model no real watcher.
-const MAX_WATCHER_CONCURRENCY: usize = watcher::DEFAULT_CONCURRENCY;
+/// The most checks a pass may run at once: omicron's `MAX_CONCURRENT_CHECKS` (16);
+/// more would model no real watcher.
+const MAX_WATCHER_CONCURRENCY: usize = 16;
 
 fn concurrency(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -450,6 +451,8 @@ fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fai
                 "harness_fault"
             },
             "max_steps": config.max_steps,
+            "watcher_passes": config.watcher_passes,
+            "watcher_concurrency": config.watcher_concurrency,
             "environment": report::environment_json(&config),
             "invariants": report::invariants_json(),
             "violations": violations,
@@ -505,7 +508,7 @@ fn human(
         let _ = writeln!(s, "  {:<6} {} {}", d.name, d.state, d.instance.unwrap_or_default());
     }
     for (k, c) in r.watcher.iter().enumerate() {
-        let _ = writeln!(
+        let _ = write!(
             s,
             "  watcher pass {}: checked {}, failed {}, inconclusive {}, updated {}",
             k + 1,
@@ -514,6 +517,13 @@ fn human(
             c.inconclusive,
             c.updated
         );
+        // Rare, so said only when they happened.
+        for (n, what) in [(c.write_errors, "write errors"), (c.update_errors, "update errors")] {
+            if n > 0 {
+                let _ = write!(s, ", {what} {n}");
+            }
+        }
+        s.push('\n');
     }
     if violations.is_empty() && matches!(r.end, RunEnd::StepBound(_)) {
         let _ = writeln!(

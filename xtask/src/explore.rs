@@ -290,7 +290,7 @@ impl Chooser for Dfs<'_> {
             // other may skip what only it could do.
             let full = ctx.world.situation(ctx.observer);
             let next: Vec<(ActorKind, Call)> =
-                ctx.enabled.iter().map(|c| (c.kind, c.call)).collect();
+                ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call)).collect();
             match situations.get(&fp) {
                 Some(seen) if seen.full != full || seen.next != next => self.collisions += 1,
                 Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),
@@ -352,7 +352,7 @@ pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunErro
             .steps
             .iter()
             .skip(from)
-            .map(|s| (r.actors.get(s.actor).copied(), s.call, s.answer.clone()))
+            .map(|s| (r.actors.get(s.actor).map(|k| k.unnumbered()), s.call, s.answer.clone()))
             .collect();
         let broke: Vec<_> = r
             .violations

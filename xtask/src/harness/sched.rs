@@ -62,6 +62,15 @@ impl ActorKind {
         }
     }
 
+    /// The kind without the number that orders actors of one kind by start.
+    pub const fn unnumbered(self) -> ActorKind {
+        match self {
+            ActorKind::Update(_) => ActorKind::Update(0),
+            ActorKind::Check(_) => ActorKind::Check(0),
+            k => k,
+        }
+    }
+
     /// The watcher's pass or one of its checks.
     pub const fn is_watcher(self) -> bool {
         matches!(self, ActorKind::Watcher | ActorKind::Check(_))
@@ -417,8 +426,9 @@ struct ActorInfo {
     outer: Option<(usize, u64)>,
     /// The actor that started this one and waits for it (a check's pass).
     parent: Option<ActorId>,
-    /// Waiting, outside any gate, for one of its children to finish: set while
-    /// it is so blocked, cleared when a child finishes (it is then about to run).
+    /// Inside `waiting_for_children` and pending there (at a gate, or blocked
+    /// on its children); cleared when a child finishes, since it is then about
+    /// to run. It counts as quiescent only while some child of it is alive.
     waiting: bool,
 }
 
@@ -550,17 +560,20 @@ impl Sched {
     /// into `h`: with the components' own state, this identifies a situation.
     pub fn hash_actors<H: Hasher>(&self, h: &mut H) {
         let g = self.lock();
-        for a in &g.actors {
-            // A finished actor has no future, so what it saw no longer matters.
-            let history = if a.done { 0 } else { a.history };
-            (a.kind, a.done, history).hash(h);
+        // A finished actor has no future, so it is left out; and an actor is named
+        // by what it is, not when it started (`update3` and `update2` doing the
+        // same are one): no component reads actor ids or numbers, they only
+        // label the steps.
+        for a in g.actors.iter().filter(|a| !a.done) {
+            (a.kind.unnumbered(), a.history).hash(h);
         }
         // As a set: which was parked first is ticket numbering, not state. Each
         // call is hashed alone and the hashes summed, so no order and no buffer.
         let mut sum = 0u64;
         for p in &g.parked {
             let mut e = super::hash::StableHasher::default();
-            (p.actor, p.alt, p.released.is_some(), p.offer, p.fault, p.call).hash(&mut e);
+            let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.history));
+            (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call).hash(&mut e);
             sum = sum.wrapping_add(e.finish());
         }
         (g.parked.len(), sum).hash(h);
@@ -1090,6 +1103,28 @@ mod tests {
         ba.park(a, [ToPark::call(call(CallKind::VmmList), None, &[])]);
         assert_eq!(hash(&ab), hash(&ba));
         assert_ne!(hash(&ab), hash(&two(CallKind::VmmGetState, CallKind::VmmList)));
+    }
+
+    /// A finished actor has no future, and a number only orders actors of a kind
+    /// by start: runs that differ only there are one situation. A live actor's
+    /// kind still counts.
+    #[test]
+    fn finished_actors_and_actor_numbers_leave_no_trace() {
+        let with = |extra_done: usize, n: u32| {
+            let s = Sched::default();
+            for _ in 0..extra_done {
+                let u = s.add_actor(ActorKind::Update(1));
+                s.actor_done(u);
+            }
+            let c = s.add_actor(ActorKind::Check(n));
+            s.park(c, vec![ToPark::call(call(CallKind::VmmGetState), None, &[])]);
+            hash(&s)
+        };
+        assert_eq!(with(0, 1), with(2, 3), "done actors and numbers are not state");
+        let s = Sched::default();
+        let u = s.add_actor(ActorKind::Update(1));
+        s.park(u, vec![ToPark::call(call(CallKind::VmmGetState), None, &[])]);
+        assert_ne!(hash(&s), with(0, 1), "a live actor's kind is");
     }
 
     fn kinds(s: &Sched) -> Vec<(ActorId, Offer, Option<Fault>)> {

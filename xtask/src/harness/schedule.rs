@@ -116,7 +116,8 @@ pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usiz
         .map(|(i, _)| i)
 }
 
-/// The watcher and auto-restart go only when nothing else can: they never interfere.
+/// The watcher and auto-restart go only when nothing else can, so they never
+/// interfere; an update step goes early whoever runs it (a check runs its own).
 #[derive(Debug, Default)]
 pub struct Happy;
 

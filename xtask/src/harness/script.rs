@@ -11,7 +11,9 @@ use futures::FutureExt;
 use nexus_stub::{
     DbVmmState, DiskState, DiskView, ExternalState, InstanceView, NexusError, NexusStub,
 };
-use sled_agent_api::{BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, VmmState};
+use sled_agent_api::{
+    BoxError, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, VmmState,
+};
 use sledsim_http::error_chain;
 
 use super::invariants::{End, Ending};
@@ -421,8 +423,8 @@ async fn disk_move<D: Driver>(cx: &Ctx<'_, D>) -> Result<(), StepFailed> {
 
 /// What of a listed row a check's future depends on (not the row's timestamp:
 /// the watcher writes its own clock's time).
-fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, VmmState, u64) {
-    (w.instance_id, w.propolis_id, w.runtime.state, w.runtime.gen.as_u64())
+fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, SledUuid, VmmState, u64) {
+    (w.instance_id, w.propolis_id, w.sled_id, w.runtime.state, w.runtime.gen.as_u64())
 }
 
 /// A value's hash by the harness's stable hasher, to stand for an actor's state.
