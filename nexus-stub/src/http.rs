@@ -191,6 +191,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         path: Path<VmmPath>,
         body: TypedBody<SledVmmState>,
     ) -> Result<HttpResponseUpdatedNoContent, ApiError> {
+        sledsim_http::refuse_if_asked(&rqctx.request)?;
         let nexus = rqctx.context();
         nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?;
         Ok(HttpResponseUpdatedNoContent())

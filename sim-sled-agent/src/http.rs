@@ -129,6 +129,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
         path: Path<VmmPath>,
         body: TypedBody<VmmPutStateBody>,
     ) -> Result<HttpResponseOk<VmmPutStateResponse>, ApiError> {
+        sledsim_http::refuse_if_asked(&rqctx.request)?;
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_put_state(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
     }
@@ -137,6 +138,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
     ) -> Result<HttpResponseOk<SledVmmState>, ApiError> {
+        sledsim_http::refuse_if_asked(&rqctx.request)?;
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_get_state(id).await.map(HttpResponseOk).map_err(sled)
     }

@@ -48,6 +48,9 @@ impl Http {
         body: Option<&B>,
     ) -> Result<Response, Failure> {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if crate::fault::refusing() {
+            req = req.header(crate::fault::REFUSE_HEADER, "503");
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

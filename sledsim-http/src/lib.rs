@@ -9,8 +9,13 @@
 
 mod client;
 mod error;
+mod fault;
 mod server;
 
 pub use client::{LateNexus, NexusClient, PokeResponse, SledAgentClient};
 pub use error::{error_chain, server_config, ApiError, REQUEST_BODY_MAX_BYTES};
+pub use fault::{
+    refusals_served, refuse_if_asked, refused_by_server, RefusedByServer, REFUSAL_MESSAGE,
+    REFUSE_HEADER,
+};
 pub use server::{openapi_json, start_server, ServerError};

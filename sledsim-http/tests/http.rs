@@ -376,3 +376,38 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
     assert!(SledAgentClient::new(sim).vmm_get_state(vmm).await.is_ok());
     assert!(NexusClient::new(nx).vmm_list_for_watcher().await.is_ok());
 }
+
+/// A call made inside `refused_by_server` asks its server to refuse it: a real
+/// 503 comes back and nothing is applied, on both servers' faultable endpoints;
+/// the same call outside goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_asked_of_a_server_is_a_real_503_that_applies_nothing() {
+    use sledsim_http::refused_by_server;
+    let s = stack(RemovalOrdering::PublishThenRemove).await;
+    let sled = SledAgentClient::new(&s.sim_url);
+    let view = s.nexus.instance_create("inst1", true).await.unwrap();
+    let vmm = view.propolis_id.unwrap();
+    let refused = |e: &SledAgentError| {
+        matches!(e, SledAgentError::UnexpectedResponse { status: 503, message, .. }
+            if message.contains("fault injection"))
+    };
+
+    let e = refused_by_server(sled.vmm_put_state(vmm, put(VmmStateRequested::Stopped)))
+        .await
+        .unwrap_err();
+    assert!(refused(&e), "{e:?}");
+    assert_eq!(sled.vmm_get_state(vmm).await.unwrap().vmm_state.state, VmmState::Starting);
+    let e = refused_by_server(sled.vmm_get_state(vmm)).await.unwrap_err();
+    assert!(refused(&e) && !e.vmm_gone(), "{e:?}");
+
+    let nexus = NexusClient::new(&s.nexus_url);
+    let report = SledVmmState { vmm_state: runtime(VmmState::Running, 4) };
+    let e = refused_by_server(nexus.cpapi_instances_put(vmm, report)).await.unwrap_err();
+    assert!(
+        matches!(&e, NexusApiError::UnexpectedResponse { status: 503, .. }) && e.retryable(),
+        "{e:?}"
+    );
+    assert_eq!(s.nexus.vmm(vmm).unwrap().gen.as_u64(), 2, "the refused report changed nothing");
+    nexus.cpapi_instances_put(vmm, report).await.unwrap();
+    assert_eq!(s.nexus.vmm(vmm).unwrap().gen.as_u64(), 4);
+}

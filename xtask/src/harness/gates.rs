@@ -11,7 +11,9 @@ use sled_agent_api::{
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
-use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Sched};
+use futures::future::Either;
+
+use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Injection, Sched};
 
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through
@@ -24,6 +26,9 @@ pub struct Gated<T> {
     from: Component,
     /// Whom a call is charged to when no actor is being polled on this thread.
     fallback: Fallback,
+    /// The callee is across the wire: a refusal is asked of its server, which
+    /// answers 503, rather than made up here.
+    wire: bool,
 }
 
 /// Whom a gate charges a call made outside any actor (a server's thread).
@@ -38,7 +43,13 @@ pub enum Fallback {
 
 impl<T> Gated<T> {
     pub fn new(inner: T, sched: &Arc<Sched>, from: Component) -> Self {
-        Gated { inner, sched: Arc::clone(sched), from, fallback: Fallback::None }
+        Gated { inner, sched: Arc::clone(sched), from, fallback: Fallback::None, wire: false }
+    }
+
+    /// Marks the callee as a server across the wire.
+    pub fn over_the_wire(mut self, wire: bool) -> Self {
+        self.wire = wire;
+        self
     }
 
     pub fn with_fallback(mut self, fallback: Fallback) -> Self {
@@ -79,7 +90,12 @@ impl<T> Gated<T> {
     ) -> R {
         let call = Call { kind, from: self.from, to, vmm: target.0, arg: target.1 };
         let fallback = self.fallback_for(call.vmm);
-        self.sched.gate_faulty(call, None, fallback, faults, run, Some(fail), describe).await
+        let run = |refuse: bool| match refuse {
+            true => Either::Right(sledsim_http::refused_by_server(run())),
+            false => Either::Left(run()),
+        };
+        let inject = Injection { fail, callee_refuses: self.wire };
+        self.sched.gate_faulty(call, None, fallback, faults, run, Some(inject), describe).await
     }
 }
 
@@ -89,7 +105,7 @@ fn sled_fault(operation: &'static str, fault: Fault) -> SledAgentError {
         Fault::Unavailable => SledAgentError::UnexpectedResponse {
             operation,
             status: 503,
-            message: "injected: service unavailable".into(),
+            message: sledsim_http::REFUSAL_MESSAGE.into(),
         },
         Fault::Timeout => SledAgentError::Communication {
             operation,
@@ -104,7 +120,7 @@ fn nexus_fault(operation: &'static str, fault: Fault) -> NexusApiError {
         Fault::Unavailable => NexusApiError::UnexpectedResponse {
             operation,
             status: 503,
-            message: "injected: service unavailable".into(),
+            message: sledsim_http::REFUSAL_MESSAGE.into(),
         },
         Fault::Timeout => NexusApiError::Communication {
             operation,

@@ -232,7 +232,8 @@ impl World {
             Transport::Http => Arc::clone(&late) as Arc<dyn NexusInternalApi>,
         };
         let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
-        let mut to_nexus = Gated::new(target, &sched, Component::SledAgent);
+        let wire = config.transport == Transport::Http;
+        let mut to_nexus = Gated::new(target, &sched, Component::SledAgent).over_the_wire(wire);
         if config.transport == Transport::Http {
             // Over HTTP the sim reports from its server's threads, outside any actor;
             // each report is a call of whoever's poke made it.
@@ -254,7 +255,8 @@ impl World {
             Transport::InProc => transport::in_process(&sim),
             Transport::Http => transport::http(&sim, log).map_err(RunError::Transport)?,
         };
-        let sleds = BTreeMap::from([(SLED, Gated::new(sled_for_nexus, &sched, Component::Nexus))]);
+        let to_sled = Gated::new(sled_for_nexus, &sched, Component::Nexus).over_the_wire(wire);
+        let sleds = BTreeMap::from([(SLED, to_sled)]);
         let nexus =
             NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
         let links = links.finish(&nexus, &weak, &late, log).map_err(RunError::Transport)?;
@@ -281,7 +283,8 @@ impl World {
 
     fn watcher(&self, config: &RunConfig, clock: Arc<dyn Clock>) -> Watcher {
         let ds = Gated::new(self.links.datastore(&self.nexus), &self.sched, Component::Watcher);
-        let sled = Gated::new(self.links.sled(&self.sim), &self.sched, Component::Watcher);
+        let sled = Gated::new(self.links.sled(&self.sim), &self.sched, Component::Watcher)
+            .over_the_wire(config.transport == Transport::Http);
         let faults = WatcherFaults {
             skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration),
         };

@@ -822,12 +822,15 @@ impl Sched {
     where
         Fut: Future<Output = T>,
     {
-        self.gate_faulty(call, wait, fallback, &[], run, None::<fn(Fault) -> T>, describe).await
+        let no_fault = None::<Injection<fn(Fault) -> T>>;
+        self.gate_faulty(call, wait, fallback, &[], |_| run(), no_fault, describe).await
     }
 
-    /// `gate`, for a call that may be released with one of `faults`: then `fail`
-    /// makes what the caller sees instead of the callee's answer (`Unavailable`:
-    /// the callee is never called; `Timeout`: it is, and its answer dropped).
+    /// `gate`, for a call that may be released with one of `faults`, injected as
+    /// `inject` says. `Timeout`: the callee is called and its answer dropped for
+    /// what `fail` makes. `Unavailable`: the callee refuses the call itself when
+    /// `run(true)` asks it to (over the wire: a server answers 503 and applies
+    /// nothing), else it is never called and `fail` makes what the caller sees.
     #[allow(clippy::too_many_arguments)]
     pub async fn gate_faulty<T, Fut>(
         self: &Arc<Self>,
@@ -835,8 +838,8 @@ impl Sched {
         wait: Option<WaitPred>,
         fallback: Option<ActorId>,
         faults: &'static [Fault],
-        run: impl FnOnce() -> Fut,
-        fail: Option<impl FnOnce(Fault) -> T>,
+        run: impl FnOnce(bool) -> Fut,
+        inject: Option<Injection<impl FnOnce(Fault) -> T>>,
         describe: impl FnOnce(&T) -> Answer,
     ) -> T
     where
@@ -846,19 +849,20 @@ impl Sched {
             // Only reachable if a component spawns work outside the harness's actors;
             // the run is then not deterministic, so it is recorded as a harness error.
             self.record_error(format!("{} called outside any actor", call.kind.label()));
-            return run().await;
+            return run(false).await;
         };
-        let faults = if fail.is_some() { faults } else { &[] };
+        let faults = if inject.is_some() { faults } else { &[] };
         let group = self.park(actor, [ToPark::call(call, wait, faults)]);
         let admitted = Admission { sched: Arc::clone(self), group }.await;
         let fault = admitted.and_then(|a| a.fault);
-        let out = match (fault, fail) {
-            (Some(Fault::Unavailable), Some(fail)) => fail(Fault::Unavailable),
-            (Some(Fault::Timeout), Some(fail)) => {
-                drop(run().await);
-                fail(Fault::Timeout)
+        let out = match (fault, inject) {
+            (Some(Fault::Unavailable), Some(i)) if i.callee_refuses => run(true).await,
+            (Some(Fault::Unavailable), Some(i)) => (i.fail)(Fault::Unavailable),
+            (Some(Fault::Timeout), Some(i)) => {
+                drop(run(false).await);
+                (i.fail)(Fault::Timeout)
             }
-            _ => run().await,
+            _ => run(false).await,
         };
         if let Some(a) = admitted {
             let answer = match a.fault {
@@ -978,6 +982,13 @@ impl Future for Admission {
         }
         Poll::Pending
     }
+}
+
+/// How a gate injects a fault: what the caller sees instead of the callee's
+/// answer, and whether the callee refuses a call itself when asked to.
+pub struct Injection<F> {
+    pub fail: F,
+    pub callee_refuses: bool,
 }
 
 /// See `Sched::waiting_for_children`.

@@ -143,3 +143,59 @@ fn stress_cuts_a_run_over_its_limit_short_and_calls_it_inconclusive() {
     let reports = stress(&StressConfig { run_limit: xtask::stress::RUN_LIMIT, ..cfg }).unwrap();
     assert_eq!((reports[0].runs, reports[0].failed, reports[0].inconclusive), (3, 0, 0));
 }
+
+/// Plays `happy`, but releases the scenario's stop request to the sled agent
+/// refused (503): the scenario's stop then fails, as a user's would.
+#[derive(Default)]
+struct RefuseTheStop {
+    refused: bool,
+}
+
+impl xtask::harness::schedule::Chooser for RefuseTheStop {
+    fn choose(
+        &mut self,
+        ctx: &xtask::harness::schedule::ChoiceCtx<'_>,
+    ) -> Result<Option<usize>, xtask::harness::schedule::ScheduleError> {
+        let refuse = ctx.enabled.iter().position(|c| {
+            c.kind == ActorKind::Scenario
+                && c.call.kind == CallKind::VmmPutState
+                && c.call.arg
+                    == xtask::harness::sched::Arg::Requested(
+                        sled_agent_api::VmmStateRequested::Stopped,
+                    )
+                && c.fault == Some(xtask::harness::sched::Fault::Unavailable)
+        });
+        match refuse {
+            Some(i) if !self.refused => {
+                self.refused = true;
+                Ok(Some(i))
+            }
+            _ => Happy.choose(ctx),
+        }
+    }
+}
+
+/// Over HTTP a refused call is refused by its server (a real 503 over the wire),
+/// and the run reads exactly as in process, where the gate makes the refusal up.
+#[test]
+fn a_refusal_over_http_is_the_servers_and_reads_as_in_process() {
+    let run = RunConfig {
+        scenario: ScenarioKind::StopRace,
+        faults: 1,
+        ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+    };
+    let mut chooser = RefuseTheStop::default();
+    let r = harness::run(&run, &mut chooser).expect("runs");
+    assert!(chooser.refused, "the stop was refused");
+    let outcome = format!("{:?}", r.scenario_outcome);
+    assert!(outcome.contains(sledsim_http::REFUSAL_MESSAGE), "{outcome}");
+    let replay = r.replay();
+    let args = ["--scenario", "stop-race", "--faults", "1", "--schedule", &replay];
+    // The stop's failure is the environment's doing, so the run passes (exit 0).
+    let inproc = json(&[&["scenario"][..], &args].concat(), 0);
+    let before = sledsim_http::refusals_served();
+    let mut http = json(&[&["scenario", "--transport", "http"][..], &args].concat(), 0);
+    assert!(sledsim_http::refusals_served() > before, "the sim's server refused the stop");
+    http["transport"] = "inproc".into();
+    assert_eq!(inproc, http);
+}
