@@ -618,3 +618,47 @@ async fn the_tokio_spawner_counts_update_steps_in_flight() {
     }
     panic!("the update step never finished");
 }
+
+/// The cheap reads a harness polls say what the full reads say, and ids carry
+/// their kind in the top bits and a counter below, so every run mints the same.
+#[tokio::test]
+async fn cheap_reads_agree_with_the_records_and_ids_are_minted_in_order() {
+    let config =
+        NexusConfig { restart_policy: RestartPolicy::Policy2024, ..NexusConfig::default() };
+    let h = harness_with(sim_like_sled(), config);
+    assert_eq!(h.nexus.config(), config);
+    let (a, vmm_a) = h.started("a").await;
+    let (b, vmm_b) = h.started("b").await;
+    for id in [a, b] {
+        let view = h.nexus.instance(id).unwrap();
+        assert_eq!(h.nexus.instance_status(id), Some((view.state, view.auto_restarts)));
+    }
+    assert_eq!(h.nexus.instance_status(InstanceUuid::from_u128(0x99)), None);
+    let ids = [
+        a.into_untyped().as_u128(),
+        vmm_a.into_untyped().as_u128(),
+        b.into_untyped().as_u128(),
+        vmm_b.into_untyped().as_u128(),
+    ];
+    let kind = |i: usize| ids[i] >> 96;
+    let count = |i: usize| ids[i] & ((1 << 96) - 1);
+    assert_eq!(kind(0), kind(2), "instances share a kind");
+    assert_eq!(kind(1), kind(3), "VMMs share a kind");
+    assert_ne!(kind(0), kind(1), "instances and VMMs do not");
+    assert!(count(0) < count(1) && count(1) < count(2) && count(2) < count(3));
+
+    assert!(h.report(vmm_a, VmmState::Running, 4).await);
+    let writes = h.nexus.vmm_writes();
+    assert!(writes.len() >= 3, "{writes:?}");
+    assert_eq!(h.nexus.vmm_writes_len(), writes.len());
+    let mut seen = Vec::new();
+    assert_eq!(h.nexus.visit_writes_since(1, |w| seen.push(*w)), writes.len());
+    assert_eq!(seen, writes[1..]);
+    assert_eq!(h.nexus.visit_writes_since(writes.len() + 5, |_| panic!("nothing")), writes.len());
+}
+
+#[test]
+fn restart_policies_have_the_command_line_names() {
+    assert_eq!(RestartPolicy::Current.label(), "current");
+    assert_eq!(RestartPolicy::Policy2024.label(), "2024");
+}
