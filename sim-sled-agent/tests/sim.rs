@@ -369,3 +369,30 @@ async fn a_vanished_vmm_is_gone_without_a_report() {
     assert!(e.vmm_gone());
     assert!(matches!(sim.poke(VMM, PokeMode::Drain).await, Err(SimError::NoSuchVmm { .. })));
 }
+
+/// A VMM that leaves the table takes its Auto-mode stepper with it: the task is
+/// aborted, so no stepper outlives its VMM.
+#[tokio::test(start_paused = true)]
+async fn an_unregistered_vmm_leaves_no_stepper_behind() {
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = alive();
+    let (sim, rec) = stopped_in_auto_mode(RemovalOrdering::PublishThenRemove, Duration::ZERO).await;
+    assert_eq!(alive(), before + 1, "one stepper for the VMM");
+    sim.vmm_unregister(VMM).await.unwrap();
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(alive(), before, "the stepper went with its VMM");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(rec.reports().is_empty(), "{:?}", rec.reports());
+}
+
+#[test]
+fn orderings_have_the_command_line_names_and_the_sim_keeps_its_config() {
+    assert_eq!(RemovalOrdering::PublishThenRemove.label(), "publish-then-remove");
+    assert_eq!(RemovalOrdering::RemoveThenPublish.label(), "remove-then-publish");
+    let config = SimConfig { ordering: RemovalOrdering::RemoveThenPublish, ..SimConfig::default() };
+    let (_, nexus) = Recorder::mock(None);
+    let s = sim(config, nexus);
+    assert_eq!(s.config(), config);
+}
