@@ -395,4 +395,23 @@ fn orderings_have_the_command_line_names_and_the_sim_keeps_its_config() {
     let (_, nexus) = Recorder::mock(None);
     let s = sim(config, nexus);
     assert_eq!(s.config(), config);
+    assert_eq!(s.sled_id(), SledUuid::from_u128(1));
+}
+
+/// The sim-only reads of the table agree: ids in order, membership, queue length.
+#[tokio::test]
+async fn the_table_reads_agree() {
+    let (rec, nexus) = Recorder::mock(None);
+    let s = sim(SimConfig::default(), nexus);
+    rec.bind(&s);
+    let other = PropolisUuid::from_u128(0x05);
+    assert!(s.vmm_ids().is_empty());
+    s.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    s.vmm_register(other, starting_at_gen_2()).await.unwrap();
+    assert_eq!(s.vmm_ids(), [other, VMM], "in id order");
+    assert!(s.contains_vmm(other) && !s.contains_vmm(PropolisUuid::from_u128(0x99)));
+    assert_eq!(s.queued(VMM), Some(0));
+    put(&s, VmmStateRequested::Running).await.unwrap();
+    assert_eq!(s.queued(VMM), Some(1), "Running is queued, not applied");
+    assert_eq!(s.queued(PropolisUuid::from_u128(0x99)), None);
 }
