@@ -415,3 +415,106 @@ async fn the_table_reads_agree() {
     assert_eq!(s.queued(VMM), Some(1), "Running is queued, not applied");
     assert_eq!(s.queued(PropolisUuid::from_u128(0x99)), None);
 }
+
+/// A poke of a Running VMM with nothing queued re-publishes the same generation
+/// and keeps the VMM: only an executed Destroyed lets it go.
+#[tokio::test]
+async fn a_running_vmm_stays_through_pokes_with_nothing_queued() {
+    let (rec, nexus) = Recorder::mock(None);
+    let s = sim(SimConfig::default(), nexus);
+    rec.bind(&s);
+    s.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    put(&s, VmmStateRequested::Running).await.unwrap();
+    for _ in 0..2 {
+        let outcome = s.poke(VMM, PokeMode::Drain).await.unwrap();
+        assert!(!outcome.removed && s.contains_vmm(VMM));
+        let got = outcome.published.last().map(|p| (p.vmm_state.state, p.vmm_state.gen.as_u64()));
+        assert_eq!(got, Some((VmmState::Running, 3)));
+    }
+}
+
+/// An Auto-mode sim with `jitter` and `seed`, a VMM registered at Starting/2.
+async fn auto(jitter: Duration, seed: u64) -> (Arc<Sim>, Recorder) {
+    let (rec, nexus) = Recorder::mock(None);
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let mode = SimMode::Auto {
+        delay: Duration::from_millis(1500),
+        jitter,
+        seed,
+        teardown: Duration::ZERO,
+    };
+    let config = SimConfig { ordering: RemovalOrdering::PublishThenRemove, mode };
+    let s = SimSledAgent::new(
+        &log,
+        SledUuid::from_u128(1),
+        config,
+        nexus,
+        Arc::new(LogicalClock::default()),
+    )
+    .expect("inside a runtime");
+    rec.bind(&s);
+    s.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    (s, rec)
+}
+
+/// Milliseconds (on the paused clock) until the first report arrives.
+async fn ms_to_first_report(rec: &Recorder) -> u64 {
+    for ms in 0..10_000 {
+        if !rec.reports().is_empty() {
+            return ms;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("no report in 10 s");
+}
+
+/// As in omicron's sim, only a transition that moved the generation with work
+/// left queued wakes the stepper: Running from Starting is queued without a
+/// bump and waits; Stopped wakes it.
+#[tokio::test(start_paused = true)]
+async fn auto_mode_wakes_only_for_a_bumped_transition_with_work_queued() {
+    let (s, rec) = auto(Duration::ZERO, 0).await;
+    put(&s, VmmStateRequested::Running).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(rec.reports().is_empty(), "{:?}", rec.reports());
+    put(&s, VmmStateRequested::Stopped).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1490)).await;
+    assert!(rec.reports().is_empty(), "not before the delay");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(rec.reports().len(), 4, "{:?}", rec.reports());
+}
+
+/// The jitter is a seeded share of its bound: the same seed waits the same, a
+/// different one differently, never past the bound.
+#[tokio::test(start_paused = true)]
+async fn auto_mode_jitter_comes_from_the_seed() {
+    let mut waits = Vec::new();
+    for seed in [7, 7, 8] {
+        let (s, rec) = auto(Duration::from_millis(1000), seed).await;
+        put(&s, VmmStateRequested::Running).await.unwrap();
+        put(&s, VmmStateRequested::Stopped).await.unwrap();
+        waits.push(ms_to_first_report(&rec).await);
+    }
+    assert!(waits.iter().all(|w| (1500..2500).contains(w)), "{waits:?}");
+    assert_eq!(waits[0], waits[1], "one seed, one wait");
+    assert_ne!(waits[0], waits[2], "another seed, another wait");
+    // Pinned, so a seed names the same run in every version of the sim.
+    assert_eq!(waits, [2019, 2019, 2113]);
+}
+
+/// The stepper keeps serving a VMM that is still in the table: a reboot's drain
+/// leaves it there, and a later stop is drained too.
+#[tokio::test(start_paused = true)]
+async fn auto_mode_serves_every_wake_until_the_vmm_is_gone() {
+    let (s, rec) = auto(Duration::ZERO, 0).await;
+    put(&s, VmmStateRequested::Running).await.unwrap();
+    put(&s, VmmStateRequested::Reboot).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(s.contains_vmm(VMM));
+    let after_reboot = rec.reports().len();
+    assert!(after_reboot > 0 && rec.reports().last().map(|r| r.0) == Some(VmmState::Running));
+    put(&s, VmmStateRequested::Stopped).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rec.reports().last().map(|r| (r.0, r.2)), Some((VmmState::Destroyed, true)));
+    assert!(!s.contains_vmm(VMM));
+}
