@@ -48,10 +48,16 @@ impl<F: Future> Future for RefusedByServer<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let prev = REFUSING.with(|r| r.replace(true));
-        let out = self.inner.as_mut().poll(cx);
-        REFUSING.with(|r| r.set(prev));
-        out
+        /// Puts the flag back however the poll ends, a panic included, so a
+        /// thread that outlives the panic sends no stray refusals.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                REFUSING.with(|r| r.set(self.0));
+            }
+        }
+        let _restore = Restore(REFUSING.with(|r| r.replace(true)));
+        self.inner.as_mut().poll(cx)
     }
 }
 

@@ -28,7 +28,8 @@ pub struct WithEnvironment {
     pub states: usize,
     pub ms: f64,
     pub exhaustive: bool,
-    pub clean: bool,
+    /// `clean`, `violated` or `inconclusive`.
+    pub verdict: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,13 +173,12 @@ pub fn measure() -> Result<Bench, RunError> {
             states: r.situations,
             ms: r.elapsed.as_secs_f64() * 1e3,
             exhaustive: r.coverage == crate::explore::Coverage::Exhaustive,
-            clean: r.verdict() == Verdict::Clean,
+            verdict: r.verdict().word(),
         });
     }
     let environment_proof_under_5s = with_environment.iter().any(|w| {
         w.scenario == ScenarioKind::DiskMove.label()
-            && w.exhaustive
-            && w.clean
+            && w.verdict == Verdict::Clean.word()
             && w.ms < ENVIRONMENT_PROOF_TARGET.as_secs_f64() * 1e3
     });
 
@@ -245,10 +245,9 @@ pub fn human(b: &Bench) -> String {
     }
     s.push_str("\nwith 1 user operation and 1 fault (W=2, R=1), one core:\n");
     for w in &b.with_environment {
-        let verdict = match (w.exhaustive, w.clean) {
-            (true, true) => "clean, exhaustive",
-            (_, false) => "NOT CLEAN",
-            (false, true) => "not exhaustive within the bench's 60 s",
+        let verdict = match (w.verdict, w.exhaustive) {
+            (v, true) => format!("{v}, exhaustive"),
+            (v, false) => format!("{v}: not exhaustive within the bench's 60 s"),
         };
         s.push_str(&format!(
             "  {:<9} {:>8} runs, {:>8} situations, {:>9.1} ms, {verdict}\n",

@@ -289,8 +289,10 @@ impl Chooser for Dfs<'_> {
             // that share a fingerprint must agree on both, or pruning one for the
             // other may skip what only it could do.
             let full = ctx.world.situation(ctx.observer);
-            let next: Vec<(ActorKind, Call)> =
+            // As a sorted list: the same actors may hold other ids on another path.
+            let mut next: Vec<(ActorKind, Call)> =
                 ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call)).collect();
+            next.sort_by_cached_key(|c| format!("{c:?}"));
             match situations.get(&fp) {
                 Some(seen) if seen.full != full || seen.next != next => self.collisions += 1,
                 Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),

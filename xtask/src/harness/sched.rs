@@ -556,7 +556,7 @@ impl Sched {
         self.lock().actors.iter().map(|a| a.kind).collect()
     }
 
-    /// Feeds every actor's identity, progress and history, and every parked call,
+    /// Feeds every live actor's kind and history, and every parked call,
     /// into `h`: with the components' own state, this identifies a situation.
     pub fn hash_actors<H: Hasher>(&self, h: &mut H) {
         let g = self.lock();
