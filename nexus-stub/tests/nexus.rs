@@ -662,3 +662,31 @@ fn restart_policies_have_the_command_line_names() {
     assert_eq!(RestartPolicy::Current.label(), "current");
     assert_eq!(RestartPolicy::Policy2024.label(), "2024");
 }
+
+/// A stop the sled agent refused leaves the instance running but meant to be
+/// stopped; a user's start then has nothing to start, but records that the user
+/// wants it running again (omicron writes the intent before deciding).
+#[tokio::test]
+async fn a_users_start_of_a_going_instance_records_the_intent_only() {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register()
+        .returning(|_, body| Ok(SledVmmState { vmm_state: body.vmm_runtime }));
+    sled.expect_vmm_put_state().returning(|_, body| match body.state {
+        VmmStateRequested::Stopped => Err(SledAgentError::UnexpectedResponse {
+            operation: "vmm_put_state",
+            status: 503,
+            message: "busy".into(),
+        }),
+        _ => Ok(VmmPutStateResponse { updated_runtime: Some(state(VmmState::Starting, 2)) }),
+    });
+    let h = harness_with(sled, NexusConfig::default());
+    let (inst, vmm) = h.started("inst").await;
+    let intended = |h: &Harness| h.nexus.instance_record(inst).unwrap().intended;
+    assert!(h.nexus.instance_stop(inst).await.is_err(), "the sled agent refused");
+    assert_eq!(intended(&h), nexus_stub::IntendedState::Stopped);
+    assert_eq!(h.stored(vmm), (DbVmmState::Reported(VmmState::Starting), 2), "nothing written");
+    let view = h.nexus.instance_start(inst).await.expect("already going: a no-op");
+    assert_eq!((view.state, view.propolis_id), (ExternalState::Starting, Some(vmm)));
+    assert_eq!(intended(&h), nexus_stub::IntendedState::Running);
+    assert_eq!(h.nexus.vmms().len(), 1, "no second VMM");
+}
