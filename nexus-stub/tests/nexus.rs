@@ -690,3 +690,44 @@ async fn a_users_start_of_a_going_instance_records_the_intent_only() {
     assert_eq!(intended(&h), nexus_stub::IntendedState::Running);
     assert_eq!(h.nexus.vmms().len(), 1, "no second VMM");
 }
+
+/// Stopping a Failed instance (its VMM already unlinked) puts it at rest: no VMM,
+/// a new instance generation, a Stopped entry in the log; a second stop changes
+/// nothing.
+#[tokio::test]
+async fn stopping_a_failed_instance_puts_it_at_rest() {
+    let h = harness_with(forgetful_sled(|_| {}), NexusConfig::default());
+    let (inst, _) = h.started("inst").await;
+    let _ = h.nexus.instance_stop(inst).await;
+    assert_eq!(h.external(inst), ExternalState::Failed);
+    let gen = h.nexus.instance_record(inst).unwrap().gen;
+    let stopped = |h: &Harness| {
+        let log = h.nexus.instance_log();
+        log.iter().filter(|e| e.instance_id == inst && e.change == InstanceChange::Stopped).count()
+    };
+    assert_eq!(stopped(&h), 0);
+    let view = h.nexus.instance_stop(inst).await.expect("a Failed instance stops at once");
+    assert_eq!((view.state, view.propolis_id), (ExternalState::Stopped, None));
+    let after = h.nexus.instance_record(inst).unwrap();
+    assert_eq!(after.gen, gen.next());
+    assert_eq!(stopped(&h), 1);
+    h.nexus.instance_stop(inst).await.expect("already stopped");
+    assert_eq!(h.nexus.instance_record(inst).unwrap().gen, after.gen, "nothing more");
+    assert_eq!(stopped(&h), 1);
+}
+
+/// The read generations of requests in flight are part of the state hash, and a
+/// request that ended leaves none behind: two stops the sled agent answers
+/// without a new state leave the same hash.
+#[tokio::test]
+async fn a_finished_request_leaves_no_read_generation_behind() {
+    let mut sled = MockSledAgentApi::new();
+    sled.expect_vmm_register().returning(|_, b| Ok(SledVmmState { vmm_state: b.vmm_runtime }));
+    sled.expect_vmm_put_state().returning(|_, _| Ok(VmmPutStateResponse { updated_runtime: None }));
+    let h = harness_with(sled, NexusConfig::default());
+    let (inst, _) = h.started("inst").await;
+    h.nexus.instance_stop(inst).await.expect("stops");
+    let once = hash_of(&h.nexus);
+    h.nexus.instance_stop(inst).await.expect("stops again");
+    assert_eq!(hash_of(&h.nexus), once);
+}
