@@ -308,6 +308,36 @@ mod tests {
 
     /// Every field the fingerprint claims to cover moves it when perturbed; the
     /// ones it leaves out on purpose (timestamps, the logs) do not.
+    /// The words the step log and JSON use, and which records are terminal.
+    #[test]
+    fn vmm_and_instance_states_read_as_omicron_names_them() {
+        let cases = [
+            (DbVmmState::Creating, "creating", false),
+            (DbVmmState::SagaUnwound, "saga_unwound", false),
+            (DbVmmState::Reported(VmmState::Running), "running", false),
+            (DbVmmState::Reported(VmmState::Destroyed), "destroyed", true),
+            (DbVmmState::Reported(VmmState::Failed), "failed", true),
+        ];
+        for (state, word, terminal) in cases {
+            assert_eq!((state.to_string().as_str(), state.is_terminal()), (word, terminal));
+        }
+        let words: Vec<String> = [
+            ExternalState::Starting,
+            ExternalState::Running,
+            ExternalState::Stopping,
+            ExternalState::Stopped,
+            ExternalState::Rebooting,
+            ExternalState::Migrating,
+            ExternalState::Failed,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let want =
+            ["starting", "running", "stopping", "stopped", "rebooting", "migrating", "failed"];
+        assert_eq!(words, want);
+    }
+
     #[test]
     fn the_hash_covers_every_field_that_decides_the_future() {
         let base = hash(&db(), at(10));
