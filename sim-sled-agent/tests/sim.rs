@@ -489,7 +489,10 @@ async fn auto_mode_wakes_only_for_a_bumped_transition_with_work_queued() {
 #[tokio::test(start_paused = true)]
 async fn auto_mode_jitter_comes_from_the_seed() {
     let mut waits = Vec::new();
-    for seed in [7, 7, 8] {
+    // Seeds with high bits and bits shared with the VMM's id, so every step of
+    // the mixing shows.
+    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+    for seed in [SEED, SEED, SEED ^ 0x1f] {
         let (s, rec) = auto(Duration::from_millis(1000), seed).await;
         put(&s, VmmStateRequested::Running).await.unwrap();
         put(&s, VmmStateRequested::Stopped).await.unwrap();
@@ -499,7 +502,7 @@ async fn auto_mode_jitter_comes_from_the_seed() {
     assert_eq!(waits[0], waits[1], "one seed, one wait");
     assert_ne!(waits[0], waits[2], "another seed, another wait");
     // Pinned, so a seed names the same run in every version of the sim.
-    assert_eq!(waits, [2019, 2019, 2113]);
+    assert_eq!(waits, [1979, 1979, 1765]);
 }
 
 /// The stepper keeps serving a VMM that is still in the table: a reboot's drain
