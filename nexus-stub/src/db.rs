@@ -306,8 +306,6 @@ mod tests {
         h.finish()
     }
 
-    /// Every field the fingerprint claims to cover moves it when perturbed; the
-    /// ones it leaves out on purpose (timestamps, the logs) do not.
     /// The words the step log and JSON use, and which records are terminal.
     #[test]
     fn vmm_and_instance_states_read_as_omicron_names_them() {
@@ -338,6 +336,8 @@ mod tests {
         assert_eq!(words, want);
     }
 
+    /// Every field the fingerprint claims to cover moves it when perturbed; the
+    /// ones it leaves out on purpose (timestamps, the logs) do not.
     #[test]
     fn the_hash_covers_every_field_that_decides_the_future() {
         let base = hash(&db(), at(10));

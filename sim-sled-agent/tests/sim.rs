@@ -20,6 +20,7 @@ type Sim = SimSledAgent<MockNexusInternalApi>;
 
 const VMM: PropolisUuid = PropolisUuid::from_u128(0x10);
 const INSTANCE: InstanceUuid = InstanceUuid::from_u128(0x20);
+const PUBLISH: RemovalOrdering = RemovalOrdering::PublishThenRemove;
 
 fn sim(config: SimConfig, nexus: MockNexusInternalApi) -> Arc<Sim> {
     let log = slog::Logger::root(slog::Discard, slog::o!());
@@ -295,24 +296,7 @@ async fn stopped_in_auto_mode(
     ordering: RemovalOrdering,
     teardown: Duration,
 ) -> (Arc<Sim>, Recorder) {
-    let (rec, nexus) = Recorder::mock(None);
-    let log = slog::Logger::root(slog::Discard, slog::o!());
-    let mode = SimMode::Auto {
-        delay: Duration::from_millis(1500),
-        jitter: Duration::ZERO,
-        seed: 0,
-        teardown,
-    };
-    let sim = SimSledAgent::new(
-        &log,
-        SledUuid::from_u128(1),
-        SimConfig { ordering, mode },
-        nexus,
-        Arc::new(LogicalClock::default()),
-    )
-    .expect("inside a runtime");
-    rec.bind(&sim);
-    sim.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    let (sim, rec) = auto(ordering, (Duration::ZERO, 0), teardown).await;
     put(&sim, VmmStateRequested::Running).await.unwrap();
     put(&sim, VmmStateRequested::Stopped).await.unwrap();
     (sim, rec)
@@ -433,28 +417,27 @@ async fn a_running_vmm_stays_through_pokes_with_nothing_queued() {
     }
 }
 
-/// An Auto-mode sim with `jitter` and `seed`, a VMM registered at Starting/2.
-async fn auto(jitter: Duration, seed: u64) -> (Arc<Sim>, Recorder) {
+/// A sim in Auto mode (1.5 s delay, then `jitter` drawn from `seed`) with a VMM
+/// registered at Starting/2.
+async fn auto(
+    ordering: RemovalOrdering,
+    (jitter, seed): (Duration, u64),
+    teardown: Duration,
+) -> (Arc<Sim>, Recorder) {
     let (rec, nexus) = Recorder::mock(None);
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let mode = SimMode::Auto {
-        delay: Duration::from_millis(1500),
-        jitter,
-        seed,
-        teardown: Duration::ZERO,
-    };
-    let config = SimConfig { ordering: RemovalOrdering::PublishThenRemove, mode };
-    let s = SimSledAgent::new(
+    let mode = SimMode::Auto { delay: Duration::from_millis(1500), jitter, seed, teardown };
+    let sim = SimSledAgent::new(
         &log,
         SledUuid::from_u128(1),
-        config,
+        SimConfig { ordering, mode },
         nexus,
         Arc::new(LogicalClock::default()),
     )
     .expect("inside a runtime");
-    rec.bind(&s);
-    s.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
-    (s, rec)
+    rec.bind(&sim);
+    sim.vmm_register(VMM, starting_at_gen_2()).await.unwrap();
+    (sim, rec)
 }
 
 /// Milliseconds (on the paused clock) until the first report arrives.
@@ -473,7 +456,7 @@ async fn ms_to_first_report(rec: &Recorder) -> u64 {
 /// bump and waits; Stopped wakes it.
 #[tokio::test(start_paused = true)]
 async fn auto_mode_wakes_only_for_a_bumped_transition_with_work_queued() {
-    let (s, rec) = auto(Duration::ZERO, 0).await;
+    let (s, rec) = auto(PUBLISH, (Duration::ZERO, 0), Duration::ZERO).await;
     put(&s, VmmStateRequested::Running).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(rec.reports().is_empty(), "{:?}", rec.reports());
@@ -493,7 +476,7 @@ async fn auto_mode_jitter_comes_from_the_seed() {
     // the mixing shows.
     const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
     for seed in [SEED, SEED, SEED ^ 0x1f] {
-        let (s, rec) = auto(Duration::from_millis(1000), seed).await;
+        let (s, rec) = auto(PUBLISH, (Duration::from_millis(1000), seed), Duration::ZERO).await;
         put(&s, VmmStateRequested::Running).await.unwrap();
         put(&s, VmmStateRequested::Stopped).await.unwrap();
         waits.push(ms_to_first_report(&rec).await);
@@ -509,7 +492,7 @@ async fn auto_mode_jitter_comes_from_the_seed() {
 /// leaves it there, and a later stop is drained too.
 #[tokio::test(start_paused = true)]
 async fn auto_mode_serves_every_wake_until_the_vmm_is_gone() {
-    let (s, rec) = auto(Duration::ZERO, 0).await;
+    let (s, rec) = auto(PUBLISH, (Duration::ZERO, 0), Duration::ZERO).await;
     put(&s, VmmStateRequested::Running).await.unwrap();
     put(&s, VmmStateRequested::Reboot).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;

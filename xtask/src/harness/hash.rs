@@ -66,6 +66,13 @@ impl Hasher for StableHasher {
     }
 }
 
+/// One value's hash by `StableHasher`, for a part of a situation hashed alone.
+pub fn stable_hash<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = StableHasher::default();
+    v.hash(&mut h);
+    h.finish()
+}
+
 /// A "hasher" that keeps every byte fed to it: the full input of a fingerprint,
 /// stored beside it when fingerprints are checked for collisions.
 #[derive(Clone, Debug, Default)]

@@ -505,12 +505,12 @@ impl Sched {
     }
 
     pub fn add_actor(&self, kind: ActorKind) -> ActorId {
-        self.add(kind, None)
+        self.add(kind, None, 0)
     }
 
-    fn add(&self, kind: ActorKind, parent: Option<ActorId>) -> ActorId {
+    fn add(&self, kind: ActorKind, parent: Option<ActorId>, history: u64) -> ActorId {
         let mut g = self.lock();
-        let info = ActorInfo { kind, done: false, history: 0, outer: None, parent, waiting: false };
+        let info = ActorInfo { kind, done: false, history, outer: None, parent, waiting: false };
         g.actors.push(info);
         g.actors.len() - 1
     }
@@ -539,11 +539,7 @@ impl Sched {
         if parent.is_none() {
             self.record_error(format!("{kind} started outside any actor"));
         }
-        let id = self.add(kind, parent);
-        if let Some(a) = self.lock().actors.get_mut(id) {
-            a.history = seed;
-        }
-        id
+        self.add(kind, parent, seed)
     }
 
     /// `f`, run by an actor that blocks in it only on its children: while it
@@ -571,10 +567,9 @@ impl Sched {
         // call is hashed alone and the hashes summed, so no order and no buffer.
         let mut sum = 0u64;
         for p in &g.parked {
-            let mut e = super::hash::StableHasher::default();
             let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.history));
-            (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call).hash(&mut e);
-            sum = sum.wrapping_add(e.finish());
+            let entry = (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call);
+            sum = sum.wrapping_add(super::hash::stable_hash(&entry));
         }
         (g.parked.len(), sum).hash(h);
         g.faults_left.hash(h);

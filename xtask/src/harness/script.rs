@@ -427,13 +427,6 @@ fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, SledUuid, VmmSta
     (w.instance_id, w.propolis_id, w.sled_id, w.runtime.state, w.runtime.gen.as_u64())
 }
 
-/// A value's hash by the harness's stable hasher, to stand for an actor's state.
-fn stable_hash<T: std::hash::Hash>(v: &T) -> u64 {
-    let mut h = super::hash::StableHasher::default();
-    v.hash(&mut h);
-    std::hash::Hasher::finish(&h)
-}
-
 /// Runs a scenario to its end or its first failed step; the outcome goes into
 /// `progress`.
 pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Progress>) {
@@ -470,9 +463,9 @@ pub(super) async fn watcher(
             // The check's future starts from its row (the generation a Failed
             // write builds on); the pass's, from here on, from the rows still
             // waiting alone: the listing it answered is spent.
-            let id = sched.add_child(sched.next_check(), stable_hash(&row(&vmm)));
+            let id = sched.add_child(sched.next_check(), super::hash::stable_hash(&row(&vmm)));
             let waiting: Vec<_> = waiting.iter().map(row).collect();
-            sched.forget_history(stable_hash(&(pass, waiting)));
+            sched.forget_history(super::hash::stable_hash(&(pass, waiting)));
             let w = Arc::clone(&watcher);
             let (run, done) = async move { w.check(&vmm).await }.remote_handle();
             super::spawn_on(&spawner, id, &sched, Box::pin(run));
