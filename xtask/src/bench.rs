@@ -7,9 +7,9 @@ use serde::Serialize;
 use sim_sled_agent::RemovalOrdering;
 use slog::{o, Logger};
 
-use crate::explore::{explore, ExploreConfig, ExploreResult, Verdict};
-use crate::harness::schedule::Seed7282;
-use crate::harness::{self, RunConfig, RunError, ScenarioKind};
+use sledsim_explorer::explore::{explore, ExploreConfig, ExploreResult, Verdict};
+use sledsim_explorer::harness::schedule::Seed7282;
+use sledsim_explorer::harness::{self, RunConfig, RunError, ScenarioKind};
 
 /// The targets, as the README states them.
 pub const PROOF_TARGET: Duration = Duration::from_secs(1);
@@ -172,7 +172,7 @@ pub fn measure() -> Result<Bench, RunError> {
             schedules: r.runs,
             states: r.situations,
             ms: r.elapsed.as_secs_f64() * 1e3,
-            exhaustive: r.coverage == crate::explore::Coverage::Exhaustive,
+            exhaustive: r.coverage == sledsim_explorer::explore::Coverage::Exhaustive,
             verdict: r.verdict().word(),
         });
     }

@@ -14,13 +14,13 @@ use sim_sled_agent::RemovalOrdering;
 use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
-use crate::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
-use crate::harness::schedule::ScheduleSpec;
-use crate::harness::{
+use sledsim_explorer::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
+use sledsim_explorer::harness::schedule::ScheduleSpec;
+use sledsim_explorer::harness::{
     self, Inject, RunConfig, RunEnd, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
     DEFAULT_WATCHER_CONCURRENCY,
 };
-use crate::report;
+use sledsim_explorer::report;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -569,7 +569,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;
-    let result = crate::explore::explore(&cfg, &mut |p| {
+    let result = sledsim_explorer::explore::explore(&cfg, &mut |p| {
         if tty && p.elapsed.as_secs_f64() >= 1.0 {
             shown = true;
             let _ = write!(
@@ -586,7 +586,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     if shown {
         let _ = writeln!(err);
     }
-    let view = crate::explore_report::View::new(&cfg, &result);
+    let view = sledsim_explorer::explore_report::View::new(&cfg, &result);
     if let Some(path) = &a.report {
         std::fs::write(path, view.html())
             .map_err(|e| Fail::Usage(format!("cannot write {}: {e}", path.display())))?;

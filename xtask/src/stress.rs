@@ -25,10 +25,10 @@ use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::{InstanceWatcher, WatcherDatastore};
 
-use crate::harness::invariants::{Ending, Event, Invariants, Violation};
-use crate::harness::script::{self, Driver, Progress, ScenarioKind};
-use crate::harness::transport::WeakNexus;
-use crate::harness::{Names, Transport, SLED};
+use sledsim_explorer::harness::invariants::{Ending, Event, Invariants, Violation};
+use sledsim_explorer::harness::script::{self, Driver, Progress, ScenarioKind};
+use sledsim_explorer::harness::transport::WeakNexus;
+use sledsim_explorer::harness::{Names, Transport, SLED};
 
 type Nexus = NexusStub<Arc<dyn SledAgentApi>>;
 type Sim = SimSledAgent<Arc<dyn NexusInternalApi>>;

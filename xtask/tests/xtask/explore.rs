@@ -4,9 +4,9 @@
 
 use super::*;
 use nexus_stub::DbVmmState;
-use xtask::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
-use xtask::harness::sched;
-use xtask::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
+use sledsim_explorer::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
+use sledsim_explorer::harness::sched;
+use sledsim_explorer::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 
 /// (invariant, shortest length) for each counterexample of an explore JSON.
 fn broken(j: &serde_json::Value) -> Vec<(u64, u64)> {
@@ -232,7 +232,7 @@ fn enumerate(run: &RunConfig) -> (Vec<(u8, usize)>, usize) {
 /// pruning off reaches every situation the pruned search does.
 #[test]
 fn pruned_search_and_full_enumeration_agree() {
-    use xtask::harness::Inject;
+    use sledsim_explorer::harness::Inject;
     let legacy = RemovalOrdering::RemoveThenPublish;
     let mut cases = vec![stop_race(1), RunConfig { ordering: legacy, ..stop_race(1) }];
     cases.push(RunConfig {
@@ -269,7 +269,7 @@ fn pruned_search_and_full_enumeration_agree() {
 /// schedule.
 #[test]
 fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
-    use xtask::harness::Inject;
+    use sledsim_explorer::harness::Inject;
     let env = |user_ops, faults, passes| RunConfig {
         user_ops,
         faults,
@@ -399,7 +399,7 @@ fn explore_is_deterministic() {
 /// agree, two without do not.
 #[test]
 fn merged_paths_are_checked_for_one_future() {
-    use xtask::explore::one_future;
+    use sledsim_explorer::explore::one_future;
     let run = stop_race(1);
     assert!(one_future(&run, &[], &[]).unwrap());
     // The scenario's create first, or the watcher's (empty) listing first: the

@@ -11,9 +11,9 @@ mod wire;
 pub use nexus_stub::{ExternalState, RestartPolicy};
 pub use sim_sled_agent::RemovalOrdering;
 pub use sled_agent_api::VmmState;
-pub use xtask::harness::sched::{ActorKind, Answer, CallKind};
-pub use xtask::harness::schedule::{Happy, Replay, Seed7282};
-pub use xtask::harness::{self, RunConfig, RunResult, ScenarioKind};
+pub use sledsim_explorer::harness::sched::{ActorKind, Answer, CallKind};
+pub use sledsim_explorer::harness::schedule::{Happy, Replay, Seed7282};
+pub use sledsim_explorer::harness::{self, RunConfig, RunResult, ScenarioKind};
 
 /// Runs `cargo xtask <args>` in process; returns (exit code, stdout, stderr).
 pub fn xtask(args: &[&str]) -> (u8, String, String) {

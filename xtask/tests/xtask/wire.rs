@@ -156,19 +156,19 @@ struct RefuseTheStop {
     refused: bool,
 }
 
-impl xtask::harness::schedule::Chooser for RefuseTheStop {
+impl sledsim_explorer::harness::schedule::Chooser for RefuseTheStop {
     fn choose(
         &mut self,
-        ctx: &xtask::harness::schedule::ChoiceCtx<'_>,
-    ) -> Result<Option<usize>, xtask::harness::schedule::ScheduleError> {
+        ctx: &sledsim_explorer::harness::schedule::ChoiceCtx<'_>,
+    ) -> Result<Option<usize>, sledsim_explorer::harness::schedule::ScheduleError> {
         let refuse = ctx.enabled.iter().position(|c| {
             c.kind == ActorKind::Scenario
                 && c.call.kind == CallKind::VmmPutState
                 && c.call.arg
-                    == xtask::harness::sched::Arg::Requested(
+                    == sledsim_explorer::harness::sched::Arg::Requested(
                         sled_agent_api::VmmStateRequested::Stopped,
                     )
-                && c.fault == Some(xtask::harness::sched::Fault::Unavailable)
+                && c.fault == Some(sledsim_explorer::harness::sched::Fault::Unavailable)
         });
         match refuse {
             Some(i) if !self.refused => {
