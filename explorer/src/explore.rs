@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
-use crate::harness::sched::{ActorId, ActorKind, Call, Choice};
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
+use crate::harness::step::{ActorId, ActorKind, Call, Choice};
 use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
 
 #[derive(Clone, Debug)]

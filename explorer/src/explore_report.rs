@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict};
 use crate::harness::invariants::invariant_text;
-use crate::harness::sched::Component;
 use crate::harness::script::FINDINGS;
+use crate::harness::step::Component;
 use crate::harness::{DEFAULT_MAX_STEPS, DEFAULT_WATCHER_CONCURRENCY};
 use crate::report::{self, StepOut};
 

@@ -8,7 +8,7 @@ use nexus_stub::{DiskState, VmmWrite};
 use serde::Serialize;
 
 use crate::harness::invariants::invariant_text;
-use crate::harness::sched::{Answer, Arg, CallKind, Fault, Step};
+use crate::harness::step::{Answer, Arg, CallKind, Fault, Step};
 use crate::harness::{Names, RunEnd, RunResult};
 
 #[derive(Debug, Serialize)]

@@ -13,7 +13,8 @@ use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
 use futures::future::Either;
 
-use super::sched::{ActorId, Answer, Arg, Call, CallKind, Component, Fault, Injection, Sched};
+use super::sched::{Injection, Sched};
+use super::step::{ActorId, Answer, Arg, Call, CallKind, Component, Fault};
 
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through

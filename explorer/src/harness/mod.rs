@@ -30,14 +30,16 @@ pub mod observe;
 pub mod sched;
 pub mod schedule;
 pub mod script;
+pub mod step;
 pub mod transport;
 
 use gates::Gated;
 use invariants::Violation;
 use observe::Observer;
-use sched::{ActorKind, Answer, Arg, Call, CallKind, Component, Probes, Sched, Step, Tagged};
+use sched::{Probes, Sched, Tagged};
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
 pub use script::{Progress, ScenarioKind};
+use step::{ActorKind, Answer, Arg, Call, CallKind, Component, Step};
 
 // The components talk to each other through trait objects, so one set of types
 // serves both transports: in process, or over HTTP with clients behind the gates.

@@ -3,8 +3,8 @@
 //! never from printed text.
 
 use super::invariants::{Ending, Event, Invariants, Violation};
-use super::sched::{Answer, Arg, Call, CallKind, Component};
 use super::script::ScenarioKind;
+use super::step::{Answer, Arg, Call, CallKind, Component};
 use super::{RunEnd, World};
 
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use nexus_stub::DbVmmState;
 use sled_agent_api::VmmState;
 
 use super::observe::Observer;
-use super::sched::{ActorKind, Arg, Call, CallKind, Choice, Fault, Step};
+use super::step::{ActorKind, Arg, Call, CallKind, Choice, Fault, Step};
 use super::World;
 
 /// What a chooser sees when it picks.

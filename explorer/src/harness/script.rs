@@ -17,7 +17,8 @@ use sled_agent_api::{
 use sledsim_http::error_chain;
 
 use super::invariants::{End, Ending};
-use super::sched::{self, Answer, Arg, Call, CallKind, Component, Sched};
+use super::sched::{self, Sched};
+use super::step::{Answer, Arg, Call, CallKind, Component};
 use super::transport::SimPort;
 use super::{Nexus, Watcher};
 

@@ -16,7 +16,8 @@ use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::WatcherDatastore;
 
-use super::sched::{ActorId, Sched};
+use super::sched::Sched;
+use super::step::ActorId;
 use super::{Nexus, Sim};
 
 /// The scenario is always the first actor a run adds.

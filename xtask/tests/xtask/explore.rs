@@ -5,8 +5,8 @@
 use super::*;
 use nexus_stub::DbVmmState;
 use sledsim_explorer::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
-use sledsim_explorer::harness::sched;
 use sledsim_explorer::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
+use sledsim_explorer::harness::step;
 
 /// (invariant, shortest length) for each counterexample of an explore JSON.
 fn broken(j: &serde_json::Value) -> Vec<(u64, u64)> {
@@ -476,9 +476,9 @@ impl Chooser for TwoLiveVmms {
                 !v.deleted && matches!(v.state, DbVmmState::Reported(s) if s != VmmState::Destroyed)
             })
             .count();
-        let pick = |f: &dyn Fn(&sched::Choice) -> bool| ctx.enabled.iter().position(f);
-        let start_inst1 = |c: &sched::Choice| {
-            c.call.kind == CallKind::InstanceStart && c.call.arg == sched::Arg::Name("inst1")
+        let pick = |f: &dyn Fn(&step::Choice) -> bool| ctx.enabled.iter().position(f);
+        let start_inst1 = |c: &step::Choice| {
+            c.call.kind == CallKind::InstanceStart && c.call.arg == step::Arg::Name("inst1")
         };
         if nexus.instances().len() == 2 {
             if let Some(i) = pick(&start_inst1) {
@@ -491,11 +491,11 @@ impl Chooser for TwoLiveVmms {
                 return Ok(Some(i));
             }
         }
-        let plain = |c: &sched::Choice| {
+        let plain = |c: &step::Choice| {
             c.fault.is_none() && !c.optional() && (self.listed || !c.kind.is_watcher())
         };
         // The user's restart runs through first, so inst1 is live again early.
-        let user = |c: &sched::Choice| plain(c) && c.kind == ActorKind::User;
+        let user = |c: &step::Choice| plain(c) && c.kind == ActorKind::User;
         Ok(pick(&user).or_else(|| pick(&plain)).or_else(|| pick(&|c| c.fault.is_none())))
     }
 }

@@ -11,8 +11,8 @@ mod wire;
 pub use nexus_stub::{ExternalState, RestartPolicy};
 pub use sim_sled_agent::RemovalOrdering;
 pub use sled_agent_api::VmmState;
-pub use sledsim_explorer::harness::sched::{ActorKind, Answer, CallKind};
 pub use sledsim_explorer::harness::schedule::{Happy, Replay, Seed7282};
+pub use sledsim_explorer::harness::step::{ActorKind, Answer, CallKind};
 pub use sledsim_explorer::harness::{self, RunConfig, RunResult, ScenarioKind};
 
 /// Runs `cargo xtask <args>` in process; returns (exit code, stdout, stderr).

@@ -165,10 +165,10 @@ impl sledsim_explorer::harness::schedule::Chooser for RefuseTheStop {
             c.kind == ActorKind::Scenario
                 && c.call.kind == CallKind::VmmPutState
                 && c.call.arg
-                    == sledsim_explorer::harness::sched::Arg::Requested(
+                    == sledsim_explorer::harness::step::Arg::Requested(
                         sled_agent_api::VmmStateRequested::Stopped,
                     )
-                && c.fault == Some(sledsim_explorer::harness::sched::Fault::Unavailable)
+                && c.fault == Some(sledsim_explorer::harness::step::Fault::Unavailable)
         });
         match refuse {
             Some(i) if !self.refused => {

@@ -1,0 +1,341 @@
+//! The step vocabulary: actors, components, calls, their arguments, answers and
+//! faults, and their replay labels. What a schedule is made of; the scheduler that
+//! releases steps is in `sched`.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use nexus_stub::{DbVmmState, DiskState, ExternalState};
+use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState, VmmStateRequested};
+
+pub type ActorId = usize;
+/// Which actor: the unit a schedule interleaves. Update steps are numbered in the
+/// order Nexus started them, the watcher's checks in the order it started them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorKind {
+    Scenario,
+    Watcher,
+    Restart,
+    Update(u32),
+    /// One check of a watcher pass (omicron runs each as its own task).
+    Check(u32),
+    /// A user beyond the scenario's script: stops, starts and reboots instances.
+    User,
+    /// The environment's faults that are actions of their own (a VMM vanishing).
+    Fault,
+}
+
+impl ActorKind {
+    pub fn parse(s: &str) -> Option<ActorKind> {
+        match s {
+            "scenario" => Some(ActorKind::Scenario),
+            "watcher" => Some(ActorKind::Watcher),
+            "restart" => Some(ActorKind::Restart),
+            "user" => Some(ActorKind::User),
+            "fault" => Some(ActorKind::Fault),
+            _ => {
+                let (n, kind): (&str, fn(u32) -> ActorKind) = match s.strip_prefix("update") {
+                    Some(n) => (n, ActorKind::Update),
+                    None => (s.strip_prefix("check")?, ActorKind::Check),
+                };
+                if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                n.parse().ok().filter(|&n| n > 0).map(kind)
+            }
+        }
+    }
+
+    /// The kind without the number that orders actors of one kind by start.
+    pub const fn unnumbered(self) -> ActorKind {
+        match self {
+            ActorKind::Update(_) => ActorKind::Update(0),
+            ActorKind::Check(_) => ActorKind::Check(0),
+            k => k,
+        }
+    }
+
+    /// The watcher's pass or one of its checks.
+    pub const fn is_watcher(self) -> bool {
+        matches!(self, ActorKind::Watcher | ActorKind::Check(_))
+    }
+}
+
+impl fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActorKind::Scenario => f.write_str("scenario"),
+            ActorKind::Watcher => f.write_str("watcher"),
+            ActorKind::Restart => f.write_str("restart"),
+            ActorKind::Update(n) => write!(f, "update{n}"),
+            ActorKind::Check(n) => write!(f, "check{n}"),
+            ActorKind::User => f.write_str("user"),
+            ActorKind::Fault => f.write_str("fault"),
+        }
+    }
+}
+
+/// Who is on either side of a call, for the step log and the sequence diagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Scenario,
+    User,
+    Fault,
+    Nexus,
+    Datastore,
+    Watcher,
+    UpdateStep,
+    SledAgent,
+}
+
+impl Component {
+    pub const ALL: [Component; 8] = [
+        Component::Scenario,
+        Component::User,
+        Component::Fault,
+        Component::Nexus,
+        Component::Datastore,
+        Component::Watcher,
+        Component::UpdateStep,
+        Component::SledAgent,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Component::Scenario => "scenario",
+            Component::User => "user",
+            Component::Fault => "fault",
+            Component::Nexus => "nexus",
+            Component::Datastore => "datastore",
+            Component::Watcher => "watcher",
+            Component::UpdateStep => "update-step",
+            Component::SledAgent => "sled-agent",
+        }
+    }
+}
+
+/// The kinds of gated call; their labels are what replay strings are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    VmmRegister,
+    VmmUnregister,
+    VmmPutState,
+    VmmGetState,
+    VmmPoke,
+    CpapiInstancesPut,
+    VmmList,
+    VmmWrite,
+    InstanceUpdate,
+    Reincarnation,
+    InstanceCreate,
+    InstanceStart,
+    InstanceStop,
+    InstanceReboot,
+    DiskCreate,
+    DiskAttach,
+    DiskDetach,
+    WaitForState,
+    /// A VMM leaves its sled agent without a word (Propolis died).
+    VmmVanish,
+    /// An environment actor takes no more choices.
+    Done,
+}
+
+impl CallKind {
+    pub const ALL: [CallKind; 20] = [
+        CallKind::VmmRegister,
+        CallKind::VmmUnregister,
+        CallKind::VmmPutState,
+        CallKind::VmmGetState,
+        CallKind::VmmPoke,
+        CallKind::CpapiInstancesPut,
+        CallKind::VmmList,
+        CallKind::VmmWrite,
+        CallKind::InstanceUpdate,
+        CallKind::Reincarnation,
+        CallKind::InstanceCreate,
+        CallKind::InstanceStart,
+        CallKind::InstanceStop,
+        CallKind::InstanceReboot,
+        CallKind::DiskCreate,
+        CallKind::DiskAttach,
+        CallKind::DiskDetach,
+        CallKind::WaitForState,
+        CallKind::VmmVanish,
+        CallKind::Done,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            CallKind::VmmRegister => "vmm_register",
+            CallKind::VmmUnregister => "vmm_unregister",
+            CallKind::VmmPutState => "vmm_put_state",
+            CallKind::VmmGetState => "vmm_get_state",
+            CallKind::VmmPoke => "vmm_poke",
+            CallKind::CpapiInstancesPut => "cpapi_instances_put",
+            CallKind::VmmList => "vmm_list",
+            CallKind::VmmWrite => "vmm_write",
+            CallKind::InstanceUpdate => "instance_update",
+            CallKind::Reincarnation => "reincarnation",
+            CallKind::InstanceCreate => "instance_create",
+            CallKind::InstanceStart => "instance_start",
+            CallKind::InstanceStop => "instance_stop",
+            CallKind::InstanceReboot => "instance_reboot",
+            CallKind::DiskCreate => "disk_create",
+            CallKind::DiskAttach => "disk_attach",
+            CallKind::DiskDetach => "disk_detach",
+            CallKind::WaitForState => "wait_for_state",
+            CallKind::VmmVanish => "vmm_vanish",
+            CallKind::Done => "done",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<CallKind> {
+        CallKind::ALL.into_iter().find(|k| k.label() == s)
+    }
+}
+
+/// A fault the explorer may inject into a call as it releases it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// The callee never sees the call; the caller gets a 503.
+    Unavailable,
+    /// The callee applies the call, but its answer is lost: the caller times out.
+    Timeout,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 2] = [Fault::Unavailable, Fault::Timeout];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Fault::Unavailable => "503",
+            Fault::Timeout => "timeout",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.label() == s)
+    }
+}
+
+/// A call's argument, kept structured so the hot path formats nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    None,
+    Requested(VmmStateRequested),
+    State(VmmState, Generation),
+    Instance(InstanceUuid),
+    /// The name of an instance or disk being created.
+    Name(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Call {
+    pub kind: CallKind,
+    pub from: Component,
+    pub to: Component,
+    pub vmm: Option<PropolisUuid>,
+    pub arg: Arg,
+}
+
+/// What a gated call answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// Released, not yet answered (or still running when the run ended).
+    Pending,
+    State(VmmState, Generation),
+    /// A put-state or unregister that returned no state.
+    NoState,
+    /// `NoSuchVmm`, with what Nexus held for the VMM at that instant.
+    Gone {
+        nexus_had: Option<(DbVmmState, Generation)>,
+    },
+    /// Another error, by kind.
+    Error(&'static str),
+    /// What the caller saw of a fault the schedule injected.
+    Injected(Fault),
+    Ack,
+    Write {
+        applied: bool,
+    },
+    Listed(Vec<(PropolisUuid, VmmState, Generation)>),
+    Updated(&'static str),
+    /// The instances an auto-restart pass found to restart.
+    Candidates(Vec<InstanceUuid>),
+    /// An instance operation answered with the instance's user-visible state.
+    Instance(ExternalState),
+    /// A create answered: the instance, its VMM and its state (the scenario
+    /// keeps the ids).
+    Created(InstanceUuid, Option<PropolisUuid>, ExternalState),
+    /// A disk operation answered with where the disk is.
+    Disk(DiskState),
+    Waited(ExternalState),
+    /// The VMM (and its instance) that vanished from its sled agent, if the
+    /// instance had one there.
+    Vanished(Option<(PropolisUuid, InstanceUuid)>),
+}
+
+impl Answer {
+    /// Hashes what the caller learned; `Gone`'s view of Nexus is the observer's,
+    /// not the caller's, so it is left out.
+    pub fn hash_learned<H: Hasher>(&self, h: &mut H) {
+        match self {
+            Answer::Gone { .. } => 0xdead_u32.hash(h),
+            other => other.hash(h),
+        }
+    }
+
+    /// The generation the answer carries, for the step table.
+    pub fn gen(&self) -> Option<Generation> {
+        match self {
+            Answer::State(_, g) => Some(*g),
+            _ => None,
+        }
+    }
+}
+
+/// One released call: the unit of a schedule.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub actor: ActorId,
+    pub call: Call,
+    pub answer: Answer,
+    /// The fault it was released with, if any.
+    pub fault: Option<Fault>,
+    /// Length of Nexus's write log when the step was released. A step runs
+    /// atomically, so the writes it caused are those up to the next step's mark.
+    pub writes_from: usize,
+}
+
+/// What kind of parked call a choice releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offer {
+    /// A call an actor makes: it happens whatever the schedule.
+    Call,
+    /// One of an environment actor's alternatives (a user's operation, a fault):
+    /// it happens only if chosen.
+    Alternative,
+    /// An environment actor's "nothing more": enabled only when nothing but
+    /// alternatives is, so stopping early and stopping last are one schedule.
+    Done,
+}
+
+/// A parked call the scheduler may release now, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice {
+    pub ticket: u64,
+    pub actor: ActorId,
+    pub kind: ActorKind,
+    pub call: Call,
+    pub offer: Offer,
+    /// Released with this fault injected.
+    pub fault: Option<Fault>,
+}
+
+impl Choice {
+    /// Whether it is one of an environment actor's alternatives, taken only if chosen.
+    pub fn optional(&self) -> bool {
+        self.offer == Offer::Alternative
+    }
+}
