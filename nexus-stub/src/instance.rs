@@ -1,0 +1,447 @@
+//! The user operations: create, start, stop and reboot an instance, and attach and
+//! detach a disk (omicron's `app/instance.rs` and its disk calls).
+
+use std::collections::BTreeMap;
+
+use sled_agent_api::{
+    DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid,
+    VmmPutStateBody, VmmRuntimeState, VmmState, VmmStateRequested,
+};
+use slog::{info, warn};
+
+use crate::db::{
+    DbVmmState, DiskState, DiskView, ExternalState, InstanceChange, InstanceRecord, InstanceState,
+    InstanceView, IntendedState, VmmRecord,
+};
+use crate::{NexusError, NexusStub};
+
+/// What a disk operation does to a disk, given where it is.
+enum Change {
+    /// Already as asked: nothing to do.
+    Keep,
+    /// On another instance (this one).
+    Refuse(InstanceUuid),
+    /// Move to this state, if the instance allows.
+    To(DiskState),
+}
+
+/// Why an instance is being started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StartReason {
+    User,
+    AutoRestart,
+}
+
+impl<S: SledAgentApi + 'static> NexusStub<S> {
+    pub fn disk_create(&self, name: &str) -> Result<DiskView, NexusError> {
+        let mut db = self.db();
+        if db.disks.values().any(|(n, _)| n == name) {
+            return Err(NexusError::NameInUse { name: name.to_string() });
+        }
+        let id = DiskUuid::from_u128(Self::mint(&mut db, 3));
+        db.disks.insert(id, (name.to_string(), DiskState::Detached));
+        Ok(DiskView { id, name: name.to_string(), state: DiskState::Detached })
+    }
+
+    pub async fn instance_create(
+        &self,
+        name: &str,
+        start: bool,
+    ) -> Result<InstanceView, NexusError> {
+        let instance_id = {
+            let mut db = self.db();
+            if db.instances.values().any(|i| i.name == name) {
+                return Err(NexusError::NameInUse { name: name.to_string() });
+            }
+            let id = InstanceUuid::from_u128(Self::mint(&mut db, 1));
+            db.instances.insert(
+                id,
+                InstanceRecord {
+                    id,
+                    name: name.to_string(),
+                    state: InstanceState::NoVmm,
+                    propolis_id: None,
+                    gen: Generation::new(),
+                    intended: IntendedState::Stopped,
+                    time_last_auto_restarted: None,
+                    auto_restarts: 0,
+                },
+            );
+            id
+        };
+        if start {
+            let mut began = false;
+            let r = self.start(instance_id, StartReason::User, &mut began).await;
+            self.logged(instance_id, began, r)
+        } else {
+            self.instance(instance_id)
+        }
+    }
+
+    pub async fn instance_start(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
+        let mut began = false;
+        let r = self.start(instance_id, StartReason::User, &mut began).await;
+        self.logged(instance_id, began, r)
+    }
+
+    /// `began` is set once the start is logged as requested.
+    pub(crate) async fn start(
+        &self,
+        instance_id: InstanceUuid,
+        reason: StartReason,
+        began: &mut bool,
+    ) -> Result<InstanceView, NexusError> {
+        // Insert the VMM row (Creating, gen 1) and link it, under one lock.
+        let (propolis_id, sled_id) = {
+            let mut db = self.db();
+            let inst =
+                db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+            match inst.state {
+                InstanceState::NoVmm | InstanceState::Failed => {}
+                InstanceState::Vmm => {
+                    let state = db.external_state(inst);
+                    let view = db.instance_view(inst);
+                    // omicron's `instance_start_allowed`: already going, nothing to do
+                    // but record that the user wants it running.
+                    let going = matches!(
+                        state,
+                        ExternalState::Starting | ExternalState::Running | ExternalState::Rebooting
+                    );
+                    if !going {
+                        return Err(NexusError::InstanceNotStartable { instance_id, state });
+                    }
+                    // Nothing is started, so nothing is logged: a stop still under
+                    // way (its Running seen before its Stopping) ends the instance
+                    // stopped, as in omicron.
+                    if reason == StartReason::User {
+                        if let Some(inst) = db.instances.get_mut(&instance_id) {
+                            inst.intended = IntendedState::Running;
+                        }
+                    }
+                    return Ok(view);
+                }
+            }
+            let sled_id = *self.sleds.keys().next().ok_or(NexusError::NoSleds)?;
+            let propolis_id = PropolisUuid::from_u128(Self::mint(&mut db, 2));
+            let now = self.clock.now();
+            db.vmms.insert(
+                propolis_id,
+                VmmRecord {
+                    id: propolis_id,
+                    instance_id,
+                    sled_id,
+                    state: DbVmmState::Creating,
+                    gen: Generation::new(),
+                    time_state_updated: now,
+                    deleted: false,
+                },
+            );
+            let inst = db
+                .instances
+                .get_mut(&instance_id)
+                .ok_or(NexusError::NoSuchInstance { instance_id })?;
+            inst.state = InstanceState::Vmm;
+            inst.propolis_id = Some(propolis_id);
+            inst.gen = inst.gen.next();
+            inst.intended = IntendedState::Running;
+            let auto_restart = reason == StartReason::AutoRestart;
+            if auto_restart {
+                inst.auto_restarts += 1;
+                inst.time_last_auto_restarted = Some(now);
+            }
+            db.log(instance_id, InstanceChange::StartRequested { auto_restart });
+            *began = true;
+            (propolis_id, sled_id)
+        };
+        info!(self.log, "starting instance";
+            "instance_id" => %instance_id, "propolis_id" => %propolis_id, "reason" => ?reason);
+        let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
+
+        // Register at the row's gen + 1, as omicron's instance_ensure_registered does.
+        let body = InstanceEnsureBody {
+            instance_id,
+            vmm_runtime: VmmRuntimeState {
+                state: VmmState::Starting,
+                gen: Generation::new().next(),
+                time_updated: self.clock.now(),
+            },
+        };
+        match sled.vmm_register(propolis_id, body).await {
+            Ok(state) => {
+                self.process_vmm_update(propolis_id, state)?;
+            }
+            Err(source) => {
+                self.unwind_start(instance_id, propolis_id);
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_register",
+                    propolis_id,
+                    source,
+                });
+            }
+        }
+        // omicron's `sis_ensure_running`: any error, "gone" included, unwinds the
+        // start (the registration's undo unregisters the VMM); nothing is marked
+        // Failed on this path.
+        let body = VmmPutStateBody { state: VmmStateRequested::Running };
+        match sled.vmm_put_state(propolis_id, body).await {
+            Ok(resp) => {
+                if let Some(state) = resp.updated_runtime {
+                    self.process_vmm_update(propolis_id, state)?;
+                }
+            }
+            Err(source) => {
+                warn!(self.log, "start failed at ensure-running; unwinding";
+                    "instance_id" => %instance_id, "propolis_id" => %propolis_id,
+                    "error" => %source);
+                // The undo ignores what unregistering answers, as omicron's does.
+                let _ = sled.vmm_unregister(propolis_id).await;
+                self.unwind_start(instance_id, propolis_id);
+                return Err(NexusError::SledAgent {
+                    operation: "vmm_put_state",
+                    propolis_id,
+                    source,
+                });
+            }
+        }
+        self.instance(instance_id)
+    }
+
+    /// omicron's `instance_request_state` for a stop or reboot: asks the sled agent
+    /// and writes what it answers. A VMM the sled agent no longer has is marked
+    /// Failed at the generation read before the call + 1 (`mark_vmm_failed`);
+    /// every error is returned, and nothing else is written.
+    async fn request_vmm_state(
+        &self,
+        sled: &S,
+        (propolis_id, read_gen): (PropolisUuid, Generation),
+        state: VmmStateRequested,
+    ) -> Result<(), NexusError> {
+        {
+            let mut m = self.requests_in_flight();
+            let gens = m.entry(propolis_id).or_default();
+            gens.push(read_gen);
+            gens.sort_unstable();
+        }
+        let answer = sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await;
+        {
+            let mut m = self.requests_in_flight();
+            if let Some(gens) = m.get_mut(&propolis_id) {
+                if let Some(i) = gens.iter().position(|g| *g == read_gen) {
+                    gens.remove(i);
+                }
+                if gens.is_empty() {
+                    m.remove(&propolis_id);
+                }
+            }
+        }
+        match answer {
+            Ok(resp) => {
+                if let Some(state) = resp.updated_runtime {
+                    self.process_vmm_update(propolis_id, state)?;
+                }
+                Ok(())
+            }
+            Err(source) => {
+                if source.vmm_gone() {
+                    // Its own failure is logged; the user hears of the sled agent's.
+                    if let Err(e) = self.mark_vmm_failed(propolis_id, read_gen) {
+                        warn!(self.log, "marking VMM failed failed";
+                            "propolis_id" => %propolis_id, "error" => %e);
+                    }
+                }
+                Err(NexusError::SledAgent { operation: "vmm_put_state", propolis_id, source })
+            }
+        }
+    }
+
+    /// A start whose registration failed: the VMM row becomes SagaUnwound and the
+    /// instance goes back to having no VMM.
+    fn unwind_start(&self, instance_id: InstanceUuid, propolis_id: PropolisUuid) {
+        let mut db = self.db();
+        if let Some(vmm) = db.vmms.get_mut(&propolis_id) {
+            vmm.state = DbVmmState::SagaUnwound;
+            vmm.deleted = true;
+        }
+        if let Some(inst) = db.instances.get_mut(&instance_id) {
+            if inst.propolis_id == Some(propolis_id) {
+                inst.propolis_id = None;
+                inst.state = InstanceState::NoVmm;
+                inst.gen = inst.gen.next();
+            }
+        }
+    }
+
+    /// Logs that a user's request, if it got as far as logging itself, returned;
+    /// passes the result on.
+    fn logged<T>(
+        &self,
+        instance_id: InstanceUuid,
+        began: bool,
+        r: Result<T, NexusError>,
+    ) -> Result<T, NexusError> {
+        if began {
+            self.db().log(instance_id, InstanceChange::RequestEnded { ok: r.is_ok() });
+        }
+        r
+    }
+
+    pub async fn instance_stop(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
+        let mut began = false;
+        let r = self.stop(instance_id, &mut began).await;
+        self.logged(instance_id, began, r)
+    }
+
+    async fn stop(
+        &self,
+        instance_id: InstanceUuid,
+        began: &mut bool,
+    ) -> Result<InstanceView, NexusError> {
+        let target = {
+            let mut db = self.db();
+            let db = &mut *db;
+            if !db.instances.contains_key(&instance_id) {
+                return Err(NexusError::NoSuchInstance { instance_id });
+            }
+            db.log(instance_id, InstanceChange::StopRequested);
+            *began = true;
+            let inst = db
+                .instances
+                .get_mut(&instance_id)
+                .ok_or(NexusError::NoSuchInstance { instance_id })?;
+            inst.intended = IntendedState::Stopped;
+            match Self::active_vmm(&db.vmms, inst) {
+                Some(target) => Some(target),
+                // Stopping a Failed instance (or one whose link is already gone)
+                // just puts it at rest.
+                None => {
+                    if inst.state != InstanceState::NoVmm {
+                        inst.state = InstanceState::NoVmm;
+                        inst.propolis_id = None;
+                        inst.gen = inst.gen.next();
+                        db.log(instance_id, InstanceChange::Stopped);
+                    }
+                    None
+                }
+            }
+        };
+        let Some((vmm, sled_id)) = target else { return self.instance(instance_id) };
+        info!(self.log, "stopping instance"; "instance_id" => %instance_id, "propolis_id" => %vmm.0);
+        let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
+        self.request_vmm_state(sled, vmm, VmmStateRequested::Stopped).await?;
+        self.instance(instance_id)
+    }
+
+    /// The active VMM a stop or reboot goes to, as omicron's
+    /// `select_runtime_change_action` sends it: any linked VMM but an unwound one,
+    /// with the generation read now (the basis of a Failed write if it is gone).
+    fn active_vmm(
+        vmms: &BTreeMap<PropolisUuid, VmmRecord>,
+        inst: &InstanceRecord,
+    ) -> Option<((PropolisUuid, Generation), SledUuid)> {
+        let (InstanceState::Vmm, Some(propolis_id)) = (inst.state, inst.propolis_id) else {
+            return None;
+        };
+        let vmm = vmms.get(&propolis_id)?;
+        (vmm.state != DbVmmState::SagaUnwound).then_some(((propolis_id, vmm.gen), vmm.sled_id))
+    }
+
+    /// omicron's `instance_reboot`: the intended state becomes Running, and the
+    /// reboot goes to the sled agent of any active VMM; with none, it is refused.
+    pub async fn instance_reboot(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<InstanceView, NexusError> {
+        let mut began = false;
+        let r = self.reboot(instance_id, &mut began).await;
+        self.logged(instance_id, began, r)
+    }
+
+    async fn reboot(
+        &self,
+        instance_id: InstanceUuid,
+        began: &mut bool,
+    ) -> Result<InstanceView, NexusError> {
+        let (vmm, sled_id) = {
+            let mut db = self.db();
+            let db = &mut *db;
+            let inst =
+                db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+            let state = db.external_state(inst);
+            let target = Self::active_vmm(&db.vmms, inst)
+                .ok_or(NexusError::InstanceNotRebootable { instance_id, state })?;
+            db.log(instance_id, InstanceChange::RebootRequested);
+            *began = true;
+            if let Some(inst) = db.instances.get_mut(&instance_id) {
+                inst.intended = IntendedState::Running;
+            }
+            target
+        };
+        info!(self.log, "rebooting instance"; "instance_id" => %instance_id, "propolis_id" => %vmm.0);
+        let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
+        self.request_vmm_state(sled, vmm, VmmStateRequested::Reboot).await?;
+        self.instance(instance_id)
+    }
+
+    pub fn disk_attach(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+    ) -> Result<DiskView, NexusError> {
+        self.disk_change(disk_id, instance_id, "attach a disk", |state| match state {
+            DiskState::Attached(to) if to == instance_id => Change::Keep,
+            DiskState::Attached(attached_to) => Change::Refuse(attached_to),
+            DiskState::Detached => Change::To(DiskState::Attached(instance_id)),
+        })
+    }
+
+    pub fn disk_detach(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+    ) -> Result<DiskView, NexusError> {
+        self.disk_change(disk_id, instance_id, "detach a disk", |state| match state {
+            DiskState::Detached => Change::Keep,
+            DiskState::Attached(to) if to != instance_id => Change::Refuse(to),
+            DiskState::Attached(_) => Change::To(DiskState::Detached),
+        })
+    }
+
+    /// Attach and detach: idempotent where the disk already is where asked; refused
+    /// if it is on another instance; otherwise allowed only while the instance has
+    /// no VMM (omicron also allows Creating, which this model has no use for).
+    fn disk_change(
+        &self,
+        disk_id: DiskUuid,
+        instance_id: InstanceUuid,
+        operation: &'static str,
+        decide: impl FnOnce(DiskState) -> Change,
+    ) -> Result<DiskView, NexusError> {
+        let mut db = self.db();
+        let inst =
+            db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        let external = db.external_state(inst);
+        let no_vmm = inst.state == InstanceState::NoVmm;
+        let (name, state) = db.disks.get_mut(&disk_id).ok_or(NexusError::NoSuchDisk { disk_id })?;
+        match decide(*state) {
+            Change::Keep => {}
+            Change::Refuse(attached_to) => {
+                return Err(NexusError::DiskAttachedToAnother { disk_id, attached_to })
+            }
+            Change::To(_) if !no_vmm => {
+                return Err(NexusError::InstanceNotStopped {
+                    instance_id,
+                    state: external,
+                    operation,
+                })
+            }
+            Change::To(new) => *state = new,
+        }
+        Ok(DiskView { id: disk_id, name: name.clone(), state: *state })
+    }
+}
