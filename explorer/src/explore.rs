@@ -21,7 +21,7 @@ use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::step::{ActorId, ActorKind, Call, Choice};
-use crate::harness::{self, RunConfig, RunEnd, RunError, RunResult};
+use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
 #[derive(Clone, Debug)]
 pub struct ExploreConfig {
@@ -475,9 +475,7 @@ pub fn explore(
         // The prefix is deterministic, so the full run breaks the invariant at the
         // same step; anything else means the harness is not.
         if !run.violations.iter().any(|v| v.invariant == invariant && v.step == len) {
-            return Err(RunError::Harness(format!(
-                "the counterexample for invariant {invariant} did not reproduce at step {len}"
-            )));
+            return Err(RunError::Harness(HarnessError::NotReproduced { invariant, step: len }));
         }
         counterexamples.push(Counterexample { invariant, len, run });
     }

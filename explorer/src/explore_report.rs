@@ -292,7 +292,7 @@ impl<'a> View<'a> {
             return s;
         };
         for st in &self.steps {
-            let (from, to) = (component(st.from), component(st.to));
+            let (from, to) = (st.from, st.to);
             let violating = st.n == c.len;
             if violating {
                 s.push_str("    rect rgb(255, 215, 215)\n");
@@ -404,7 +404,7 @@ impl<'a> View<'a> {
         }
         for (i, st) in self.steps.iter().enumerate() {
             let y = TOP + ROW * i + 14;
-            let (x1, x2) = (x(component(st.from)), x(component(st.to)));
+            let (x1, x2) = (x(st.from), x(st.to));
             if st.n == violating {
                 let _ = writeln!(
                     s,
@@ -431,10 +431,6 @@ impl<'a> View<'a> {
         s.push_str("</svg>");
         s
     }
-}
-
-fn component(label: &str) -> Component {
-    Component::ALL.into_iter().find(|c| c.label() == label).unwrap_or(Component::Scenario)
 }
 
 fn mermaid_id(c: Component) -> &'static str {

@@ -8,15 +8,15 @@ use nexus_stub::{DiskState, VmmWrite};
 use serde::Serialize;
 
 use crate::harness::invariants::invariant_text;
-use crate::harness::step::{Answer, Arg, CallKind, Fault, Step};
+use crate::harness::step::{Answer, Arg, CallKind, Component, Fault, Step};
 use crate::harness::{Names, RunEnd, RunResult};
 
 #[derive(Debug, Serialize)]
 pub struct StepOut {
     pub n: usize,
     pub actor: String,
-    pub from: &'static str,
-    pub to: &'static str,
+    pub from: Component,
+    pub to: Component,
     pub call: &'static str,
     pub target: Option<String>,
     pub arg: Option<String>,
@@ -87,7 +87,7 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
             Some((s, g)) => format!("404 NO_SUCH_INSTANCE (nexus holds {s}/g{g})"),
             None => "404 NO_SUCH_INSTANCE".into(),
         },
-        Answer::Error(kind) => format!("error: {kind}"),
+        Answer::Error(kind) => format!("error: {}", kind.label()),
         Answer::Injected(Fault::Unavailable) => "503 (injected)".into(),
         Answer::Injected(Fault::Timeout) => "timed out (injected; the call was applied)".into(),
         Answer::Ack => "204".into(),
@@ -102,7 +102,7 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
                 format!("[{}]", rows.join(", "))
             }
         }
-        Answer::Updated(what) => what.to_string(),
+        Answer::Updated(what) => what.label().to_string(),
         Answer::Candidates(ids) => {
             let names: Vec<String> = ids.iter().map(|i| names.instance(*i)).collect();
             format!("to restart: [{}]", names.join(", "))
@@ -131,8 +131,8 @@ fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
     StepOut {
         n: i + 1,
         actor: r.actors.get(s.actor).map(ToString::to_string).unwrap_or_default(),
-        from: s.call.from.label(),
-        to: s.call.to.label(),
+        from: s.call.from,
+        to: s.call.to,
         call: s.call.kind.label(),
         target: s.call.vmm.map(|v| names.vmm(v)),
         arg: arg_text(s.call.arg, names),
@@ -159,7 +159,7 @@ pub fn violations_out(r: &RunResult) -> Vec<ViolationOut> {
         invariant: 0,
         rule: "the harness itself worked",
         step: 0,
-        message: e.clone(),
+        message: e.to_string(),
     }));
     v
 }

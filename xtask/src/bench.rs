@@ -106,7 +106,18 @@ fn brute_force(run: RunConfig) -> Result<ExploreResult, RunError> {
     explore(&cfg, &mut |_| {})
 }
 
-pub fn measure() -> Result<Bench, RunError> {
+/// Why the bench could not give its figures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("a benchmarked run failed")]
+    Run(#[from] RunError),
+    #[error("the fixed ordering did not prove disk-move clean (verdict {verdict})")]
+    NotProved { verdict: &'static str },
+    #[error("the legacy ordering gave disk-move no counterexample")]
+    NoCounterexample,
+}
+
+pub fn measure() -> Result<Bench, BenchError> {
     let fixed = RemovalOrdering::PublishThenRemove;
 
     let scenario = config(ScenarioKind::DiskMove, fixed);
@@ -126,21 +137,18 @@ pub fn measure() -> Result<Bench, RunError> {
     }
 
     let mut proofs = Vec::new();
-    let mut proof = None;
-    for _ in 0..3 {
-        let r = explore_once(config(ScenarioKind::DiskMove, fixed))?;
-        proofs.push(r.elapsed.as_secs_f64() * 1e3);
-        proof = Some(r);
+    let mut proof = explore_once(config(ScenarioKind::DiskMove, fixed))?;
+    proofs.push(proof.elapsed.as_secs_f64() * 1e3);
+    for _ in 1..3 {
+        proof = explore_once(config(ScenarioKind::DiskMove, fixed))?;
+        proofs.push(proof.elapsed.as_secs_f64() * 1e3);
     }
-    let proof = proof.ok_or_else(|| RunError::Harness("no proof run".into()))?;
     if proof.verdict() != Verdict::Clean {
-        return Err(RunError::Harness("the fixed ordering did not prove clean".into()));
+        return Err(BenchError::NotProved { verdict: proof.verdict().word() });
     }
 
     let legacy = explore_once(config(ScenarioKind::DiskMove, RemovalOrdering::RemoveThenPublish))?;
-    let (first_n, first_t) = legacy
-        .first_violation
-        .ok_or_else(|| RunError::Harness("the legacy ordering found no counterexample".into()))?;
+    let (first_n, first_t) = legacy.first_violation.ok_or(BenchError::NoCounterexample)?;
 
     let mut scaled = Vec::new();
     for w in 1..=3 {

@@ -620,7 +620,10 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
             None => Err(Fail::Broken("the release bench was killed".into())),
         };
     }
-    let b = crate::bench::measure().map_err(run_failure)?;
+    let b = crate::bench::measure().map_err(|e| match e {
+        crate::bench::BenchError::Run(e) => run_failure(e),
+        e => Fail::Broken(error_chain(&e)),
+    })?;
     if a.json {
         let json = serde_json::to_string(&b).map_err(|e| Fail::Broken(e.to_string()))?;
         let _ = writeln!(out, "{json}");

@@ -14,7 +14,7 @@ use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 use futures::future::Either;
 
 use super::sched::{Injection, Sched};
-use super::step::{ActorId, Answer, Arg, Call, CallKind, Component, Fault};
+use super::step::{ActorId, Answer, Arg, Call, CallKind, Component, ErrorKind, Fault};
 
 /// `inner`, with every call parked at the scheduler first. Gates wrap an `Arc` and
 /// call through it directly, one boxed future fewer per call than going through
@@ -147,10 +147,10 @@ fn sled_error_answer(sched: &Sched, e: &SledAgentError) -> Answer {
         SledAgentError::NoSuchVmm { propolis_id } => {
             Answer::Gone { nexus_had: sched.probe(*propolis_id) }
         }
-        SledAgentError::InvalidTransition { .. } => Answer::Error("invalid_transition"),
-        SledAgentError::InvalidRegistration { .. } => Answer::Error("invalid_registration"),
-        SledAgentError::Communication { .. } => Answer::Error("communication"),
-        SledAgentError::UnexpectedResponse { .. } => Answer::Error("unexpected_response"),
+        SledAgentError::InvalidTransition { .. } => Answer::Error(ErrorKind::InvalidTransition),
+        SledAgentError::InvalidRegistration { .. } => Answer::Error(ErrorKind::InvalidRegistration),
+        SledAgentError::Communication { .. } => Answer::Error(ErrorKind::Communication),
+        SledAgentError::UnexpectedResponse { .. } => Answer::Error(ErrorKind::UnexpectedResponse),
     }
 }
 
@@ -246,8 +246,8 @@ impl<T: NexusInternalApi + ?Sized> NexusInternalApi for Gated<Arc<T>> {
             || (*self.inner).cpapi_instances_put(propolis_id, new_runtime_state),
             |r| match r {
                 Ok(()) => Answer::Ack,
-                Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error("no_such_vmm"),
-                Err(_) => Answer::Error("nexus_error"),
+                Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error(ErrorKind::NoSuchVmm),
+                Err(_) => Answer::Error(ErrorKind::Nexus),
             },
         )
         .await
@@ -266,7 +266,7 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Gated<Arc<T>> {
                 Ok(rows) => Answer::Listed(
                     rows.iter().map(|w| (w.propolis_id, w.runtime.state, w.runtime.gen)).collect(),
                 ),
-                Err(_) => Answer::Error("datastore_error"),
+                Err(_) => Answer::Error(ErrorKind::Datastore),
             },
         )
         .await
@@ -285,7 +285,7 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Gated<Arc<T>> {
             || (*self.inner).vmm_update_runtime(propolis_id, new_state),
             |r| match r {
                 Ok(o) => Answer::Write { applied: o.updated },
-                Err(_) => Answer::Error("datastore_error"),
+                Err(_) => Answer::Error(ErrorKind::Datastore),
             },
         )
         .await
@@ -299,7 +299,7 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Gated<Arc<T>> {
             || (*self.inner).run_instance_update(instance_id),
             |r| match r {
                 Ok(()) => Answer::Ack,
-                Err(_) => Answer::Error("datastore_error"),
+                Err(_) => Answer::Error(ErrorKind::Datastore),
             },
         )
         .await

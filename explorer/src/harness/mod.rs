@@ -36,10 +36,11 @@ pub mod transport;
 use gates::Gated;
 use invariants::Violation;
 use observe::Observer;
+pub use sched::HarnessError;
 use sched::{Probes, Sched, Tagged};
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
 pub use script::{Progress, ScenarioKind};
-use step::{ActorKind, Answer, Arg, Call, CallKind, Component, Step};
+use step::{ActorKind, Answer, Arg, Call, CallKind, Component, Step, UpdateAnswer};
 
 // The components talk to each other through trait objects, so one set of types
 // serves both transports: in process, or over HTTP with clients behind the gates.
@@ -356,10 +357,10 @@ impl World {
                         || task,
                         |r| {
                             Answer::Updated(match r {
-                                Ok(UpdateOutcome::Stopped { .. }) => "instance_stopped",
-                                Ok(UpdateOutcome::Failed { .. }) => "instance_failed",
-                                Ok(UpdateOutcome::NothingToDo) => "nothing_to_do",
-                                Err(_) => "error",
+                                Ok(UpdateOutcome::Stopped { .. }) => UpdateAnswer::InstanceStopped,
+                                Ok(UpdateOutcome::Failed { .. }) => UpdateAnswer::InstanceFailed,
+                                Ok(UpdateOutcome::NothingToDo) => UpdateAnswer::NothingToDo,
+                                Err(_) => UpdateAnswer::Error,
                             })
                         },
                     )
@@ -384,9 +385,10 @@ pub(super) fn spawn_on(
     sched: &Arc<Sched>,
     fut: ActorFuture,
 ) {
-    if let Err(e) = spawner.spawn_local(Tagged::new(id, Arc::clone(sched), fut)) {
-        // A LocalPool only refuses once shut down, which this harness never does.
-        sched.record_error(format!("spawning actor {id}: {e}"));
+    // A LocalPool only refuses once shut down (its error says no more), which this
+    // harness never does.
+    if spawner.spawn_local(Tagged::new(id, Arc::clone(sched), fut)).is_err() {
+        sched.record_error(HarnessError::Spawn { actor: id });
     }
 }
 
@@ -396,8 +398,8 @@ pub enum RunError {
     Schedule(#[from] ScheduleError),
     #[error("building the simulated sled agent failed")]
     Setup(#[source] sim_sled_agent::SimError),
-    #[error("the harness failed: {0}")]
-    Harness(String),
+    #[error("the harness failed")]
+    Harness(#[source] HarnessError),
     #[error("setting up the HTTP transport failed")]
     Transport(#[source] transport::TransportError),
 }
@@ -414,7 +416,7 @@ pub struct RunResult {
     pub watcher: Vec<PassCounts>,
     pub names: Names,
     pub scenario_outcome: Option<Result<(), String>>,
-    pub harness_errors: Vec<String>,
+    pub harness_errors: Vec<HarnessError>,
     /// Nexus's VMM write log; `Step::writes_from` indexes into it.
     pub writes: Vec<nexus_stub::VmmWrite>,
 }
@@ -464,7 +466,7 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
 pub struct Verdict {
     pub end: RunEnd,
     pub violations: Vec<Violation>,
-    pub harness_errors: Vec<String>,
+    pub harness_errors: Vec<HarnessError>,
 }
 
 /// Runs one schedule from scratch and reads only its verdict.
@@ -496,7 +498,7 @@ fn drive(
 
     let scenario_id = world.sched.add_actor(ActorKind::Scenario);
     if scenario_id != transport::SCENARIO_ACTOR {
-        return Err(RunError::Harness("the scenario must be the first actor".into()));
+        return Err(RunError::Harness(HarnessError::ScenarioNotFirst));
     }
     let fut = script::scenario(
         (config.scenario, config.findings),
@@ -578,7 +580,7 @@ fn drive(
         let before = config.check_chooser.then(|| look(&world));
         let picked = chooser.choose(&ctx)?;
         if before.is_some_and(|b| b != look(&world)) {
-            world.sched.record_error(format!("the chooser changed the world at step {}", step + 1));
+            world.sched.record_error(HarnessError::ChooserChangedWorld { step: step + 1 });
         }
         let Some(pick) = picked else {
             break RunEnd::Stopped;

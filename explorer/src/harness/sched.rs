@@ -21,6 +21,34 @@ use sled_agent_api::{Generation, PropolisUuid};
 
 use super::step::{ActorId, ActorKind, Answer, Call, CallKind, Choice, Fault, Offer, Step};
 
+/// A fault of the harness itself (not of the model): it fails the run, since a
+/// run the harness lost track of proves nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HarnessError {
+    #[error("the scheduler's probes were set twice")]
+    ProbesSetTwice,
+    #[error("{what} outside any actor")]
+    OutsideActor { what: String },
+    #[error("release of unknown ticket {ticket}")]
+    UnknownTicket { ticket: u64 },
+    #[error("{call} cannot be released with fault {fault}")]
+    FaultNotAllowed { call: &'static str, fault: &'static str },
+    #[error("completion of unknown step {step}")]
+    UnknownStep { step: usize },
+    #[error("offer {group} vanished")]
+    OfferVanished { group: u64 },
+    #[error("spawning actor {actor} failed")]
+    Spawn { actor: ActorId },
+    #[error("the chooser changed the world at step {step}")]
+    ChooserChangedWorld { step: usize },
+    #[error("the user chose {name}, which did not exist yet")]
+    UnknownInstance { name: &'static str },
+    #[error("the scenario must be the first actor")]
+    ScenarioNotFirst,
+    #[error("the counterexample for invariant {invariant} did not reproduce at step {step}")]
+    NotReproduced { invariant: u8, step: usize },
+}
+
 thread_local! {
     static CURRENT: Cell<Option<ActorId>> = const { Cell::new(None) };
 }
@@ -109,7 +137,7 @@ struct Inner {
     actors: Vec<ActorInfo>,
     parked: Vec<Parked>,
     steps: Vec<Step>,
-    errors: Vec<String>,
+    errors: Vec<HarnessError>,
     next_ticket: u64,
     /// Faults the run may still inject (explored choices, bounded by `--faults`).
     faults_left: usize,
@@ -147,13 +175,13 @@ impl Sched {
     pub fn set_probes(&self, probes: Probes) {
         // Set once per run, right after Nexus exists; a second call is a harness bug.
         if self.probes.set(probes).is_err() {
-            self.record_error("probes set twice".into());
+            self.record_error(HarnessError::ProbesSetTwice);
         }
     }
 
     /// A fault of the harness itself; it fails the run.
-    pub fn record_error(&self, msg: String) {
-        self.lock().errors.push(msg);
+    pub fn record_error(&self, e: HarnessError) {
+        self.lock().errors.push(e);
     }
 
     /// Ends the run's scheduling: every parked call, and any parked later, goes
@@ -206,7 +234,7 @@ impl Sched {
     pub fn add_child(&self, kind: ActorKind, seed: u64) -> ActorId {
         let parent = CURRENT.with(Cell::get);
         if parent.is_none() {
-            self.record_error(format!("{kind} started outside any actor"));
+            self.record_error(HarnessError::OutsideActor { what: format!("{kind} started") });
         }
         self.add(kind, parent, seed)
     }
@@ -250,7 +278,7 @@ impl Sched {
     /// differ only in what an earlier pass saw are recognised as one.
     pub fn forget_history(&self, tag: u64) {
         let Some(id) = CURRENT.with(Cell::get) else {
-            self.record_error("forget_history called outside any actor".into());
+            self.record_error(HarnessError::OutsideActor { what: "forget_history called".into() });
             return;
         };
         if let Some(a) = self.lock().actors.get_mut(id) {
@@ -317,7 +345,7 @@ impl Sched {
             .map(|s| s.actor)
     }
 
-    pub fn errors(&self) -> Vec<String> {
+    pub fn errors(&self) -> Vec<HarnessError> {
         self.lock().errors.clone()
     }
 
@@ -382,12 +410,15 @@ impl Sched {
         let g = &mut *g;
         let Some(p) = g.parked.iter_mut().find(|p| p.ticket == ticket && p.released.is_none())
         else {
-            g.errors.push(format!("release of unknown ticket {ticket}"));
+            g.errors.push(HarnessError::UnknownTicket { ticket });
             return;
         };
         if fault.is_some_and(|f| !p.faults.contains(&f)) || (fault.is_some() && g.faults_left == 0)
         {
-            g.errors.push(format!("{} cannot be released with {fault:?}", p.call.kind.label()));
+            g.errors.push(HarnessError::FaultNotAllowed {
+                call: p.call.kind.label(),
+                fault: fault.map_or("none", Fault::label),
+            });
             return;
         }
         let step =
@@ -443,7 +474,7 @@ impl Sched {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(s) = g.steps.get_mut(step) else {
-            g.errors.push(format!("completion of unknown step {step}"));
+            g.errors.push(HarnessError::UnknownStep { step });
             return;
         };
         if let Some(a) = g.actors.get_mut(s.actor) {
@@ -512,7 +543,9 @@ impl Sched {
         let Some(actor) = CURRENT.with(Cell::get).or(fallback) else {
             // Only reachable if a component spawns work outside the harness's actors;
             // the run is then not deterministic, so it is recorded as a harness error.
-            self.record_error(format!("{} called outside any actor", call.kind.label()));
+            self.record_error(HarnessError::OutsideActor {
+                what: format!("{} called", call.kind.label()),
+            });
             return run(false).await;
         };
         let faults = if inject.is_some() { faults } else { &[] };
@@ -544,7 +577,7 @@ impl Sched {
     /// actor (a harness error, recorded).
     pub async fn offer(self: &Arc<Self>, alts: Vec<Alt>, done: Call) -> Option<(usize, usize)> {
         let Some(actor) = CURRENT.with(Cell::get) else {
-            self.record_error("an offer made outside any actor".into());
+            self.record_error(HarnessError::OutsideActor { what: "an offer made".into() });
             return None;
         };
         let n = alts.len();
@@ -641,7 +674,7 @@ impl Future for Admission {
             found = true;
         }
         if !found {
-            g.errors.push(format!("offer {group} vanished"));
+            g.errors.push(HarnessError::OfferVanished { group });
             return Poll::Ready(None);
         }
         Poll::Pending

@@ -17,8 +17,8 @@ use sled_agent_api::{
 use sledsim_http::error_chain;
 
 use super::invariants::{End, Ending};
-use super::sched::{self, Sched};
-use super::step::{Answer, Arg, Call, CallKind, Component};
+use super::sched::{self, HarnessError, Sched};
+use super::step::{Answer, Arg, Call, CallKind, Component, ErrorKind};
 use super::transport::SimPort;
 use super::{Nexus, Watcher};
 
@@ -227,33 +227,33 @@ fn outside_findings(nexus: &Arc<Nexus>, id: InstanceUuid) -> sched::WaitPred {
 }
 
 /// How a Nexus error reads in the step log.
-fn nexus_error_label(e: &NexusError) -> &'static str {
+fn nexus_error_kind(e: &NexusError) -> ErrorKind {
     match e {
-        NexusError::NoSuchInstance { .. } => "no_such_instance",
-        NexusError::NoSuchDisk { .. } => "no_such_disk",
-        NexusError::NoSuchVmm { .. } => "no_such_vmm",
-        NexusError::NameInUse { .. } => "name_in_use",
-        NexusError::NoSleds => "no_sleds",
-        NexusError::InstanceNotStopped { .. } => "instance_not_stopped",
-        NexusError::InstanceNotStartable { .. } => "instance_not_startable",
-        NexusError::InstanceNotRebootable { .. } => "instance_not_rebootable",
-        NexusError::DiskAttachedToAnother { .. } => "disk_attached_to_another",
-        NexusError::SledAgent { .. } => "sled_agent_error",
-        NexusError::NoRuntime => "no_runtime",
+        NexusError::NoSuchInstance { .. } => ErrorKind::NoSuchInstance,
+        NexusError::NoSuchDisk { .. } => ErrorKind::NoSuchDisk,
+        NexusError::NoSuchVmm { .. } => ErrorKind::NoSuchVmm,
+        NexusError::NameInUse { .. } => ErrorKind::NameInUse,
+        NexusError::NoSleds => ErrorKind::NoSleds,
+        NexusError::InstanceNotStopped { .. } => ErrorKind::InstanceNotStopped,
+        NexusError::InstanceNotStartable { .. } => ErrorKind::InstanceNotStartable,
+        NexusError::InstanceNotRebootable { .. } => ErrorKind::InstanceNotRebootable,
+        NexusError::DiskAttachedToAnother { .. } => ErrorKind::DiskAttachedToAnother,
+        NexusError::SledAgent { .. } => ErrorKind::SledAgent,
+        NexusError::NoRuntime => ErrorKind::NoRuntime,
     }
 }
 
 fn instance_answer(r: &Result<InstanceView, NexusError>) -> Answer {
     match r {
         Ok(v) => Answer::Instance(v.state),
-        Err(e) => Answer::Error(nexus_error_label(e)),
+        Err(e) => Answer::Error(nexus_error_kind(e)),
     }
 }
 
 fn disk_answer(r: &Result<DiskView, NexusError>) -> Answer {
     match r {
         Ok(d) => Answer::Disk(d.state),
-        Err(e) => Answer::Error(nexus_error_label(e)),
+        Err(e) => Answer::Error(nexus_error_kind(e)),
     }
 }
 
@@ -276,7 +276,7 @@ impl Driver for Gated {
         let n = &self.nexus;
         let describe = |r: &Result<InstanceView, NexusError>| match r {
             Ok(v) => Answer::Created(v.id, v.propolis_id, v.state),
-            Err(e) => Answer::Error(nexus_error_label(e)),
+            Err(e) => Answer::Error(nexus_error_kind(e)),
         };
         self.call(
             CallKind::InstanceCreate,
@@ -356,7 +356,7 @@ impl Driver for Gated {
                 || async { nexus.instance(id).map(|v| v.state) },
                 |r| match r {
                     Ok(s) => Answer::Waited(*s),
-                    Err(e) => Answer::Error(nexus_error_label(e)),
+                    Err(e) => Answer::Error(nexus_error_kind(e)),
                 },
             )
             .await
@@ -547,7 +547,7 @@ fn one_poke_at_a_time(sim: &Weak<super::Sim>, vmm: PropolisUuid) -> sched::WaitP
 fn poke_answer(r: &Result<(), BoxError>) -> Answer {
     match r {
         Ok(()) => Answer::Ack,
-        Err(_) => Answer::Error("sim_error"),
+        Err(_) => Answer::Error(ErrorKind::Sim),
     }
 }
 
@@ -593,7 +593,7 @@ pub(super) async fn user(
         let Some((i, step)) = sched.offer(alts, done).await else { return };
         let Some(&(op, name)) = choices.get(i) else { return };
         let Some(id) = created(&progress, name) else {
-            sched.record_error(format!("user chose {name} before it existed"));
+            sched.record_error(HarnessError::UnknownInstance { name });
             return;
         };
         let r = match op {

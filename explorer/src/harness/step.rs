@@ -114,6 +114,20 @@ impl Component {
     }
 }
 
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so the step table's column widths apply.
+        f.pad(self.label())
+    }
+}
+
+/// As its label: the JSON reports name components as the step table does.
+impl serde::Serialize for Component {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
 /// The kinds of gated call; their labels are what replay strings are made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CallKind {
@@ -239,6 +253,76 @@ pub struct Call {
     pub arg: Arg,
 }
 
+/// Which error a call answered: its kind, which is all a caller branches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidTransition,
+    InvalidRegistration,
+    Communication,
+    UnexpectedResponse,
+    NoSuchVmm,
+    Nexus,
+    Datastore,
+    Sim,
+    NoSuchInstance,
+    NoSuchDisk,
+    NameInUse,
+    NoSleds,
+    InstanceNotStopped,
+    InstanceNotStartable,
+    InstanceNotRebootable,
+    DiskAttachedToAnother,
+    SledAgent,
+    NoRuntime,
+}
+
+impl ErrorKind {
+    /// The word reports show.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidTransition => "invalid_transition",
+            ErrorKind::InvalidRegistration => "invalid_registration",
+            ErrorKind::Communication => "communication",
+            ErrorKind::UnexpectedResponse => "unexpected_response",
+            ErrorKind::NoSuchVmm => "no_such_vmm",
+            ErrorKind::Nexus => "nexus_error",
+            ErrorKind::Datastore => "datastore_error",
+            ErrorKind::Sim => "sim_error",
+            ErrorKind::NoSuchInstance => "no_such_instance",
+            ErrorKind::NoSuchDisk => "no_such_disk",
+            ErrorKind::NameInUse => "name_in_use",
+            ErrorKind::NoSleds => "no_sleds",
+            ErrorKind::InstanceNotStopped => "instance_not_stopped",
+            ErrorKind::InstanceNotStartable => "instance_not_startable",
+            ErrorKind::InstanceNotRebootable => "instance_not_rebootable",
+            ErrorKind::DiskAttachedToAnother => "disk_attached_to_another",
+            ErrorKind::SledAgent => "sled_agent_error",
+            ErrorKind::NoRuntime => "no_runtime",
+        }
+    }
+}
+
+/// What an instance update step answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpdateAnswer {
+    InstanceStopped,
+    InstanceFailed,
+    NothingToDo,
+    Error,
+}
+
+impl UpdateAnswer {
+    /// The word reports show.
+    pub const fn label(self) -> &'static str {
+        match self {
+            UpdateAnswer::InstanceStopped => "instance_stopped",
+            UpdateAnswer::InstanceFailed => "instance_failed",
+            UpdateAnswer::NothingToDo => "nothing_to_do",
+            UpdateAnswer::Error => "error",
+        }
+    }
+}
+
 /// What a gated call answered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Answer {
@@ -252,7 +336,7 @@ pub enum Answer {
         nexus_had: Option<(DbVmmState, Generation)>,
     },
     /// Another error, by kind.
-    Error(&'static str),
+    Error(ErrorKind),
     /// What the caller saw of a fault the schedule injected.
     Injected(Fault),
     Ack,
@@ -260,7 +344,7 @@ pub enum Answer {
         applied: bool,
     },
     Listed(Vec<(PropolisUuid, VmmState, Generation)>),
-    Updated(&'static str),
+    Updated(UpdateAnswer),
     /// The instances an auto-restart pass found to restart.
     Candidates(Vec<InstanceUuid>),
     /// An instance operation answered with the instance's user-visible state.

@@ -339,10 +339,11 @@ impl Chooser for Meddler {
 
 #[test]
 fn a_chooser_that_changes_the_world_is_a_harness_error() {
+    use sledsim_explorer::harness::HarnessError;
     let cfg = RunConfig { check_chooser: true, ..stop_race(1) };
     let r = harness::run(&cfg, &mut Meddler).expect("runs");
     assert!(
-        r.harness_errors.iter().any(|e| e.contains("the chooser changed the world at step 4")),
+        r.harness_errors.contains(&HarnessError::ChooserChangedWorld { step: 4 }),
         "{:?}",
         r.harness_errors
     );
@@ -352,7 +353,7 @@ fn a_chooser_that_changes_the_world_is_a_harness_error() {
         ..config(RemovalOrdering::RemoveThenPublish, RestartPolicy::Policy2024)
     };
     for r in [harness::run(&cfg, &mut Seed7282::default()), harness::run(&cfg, &mut Happy)] {
-        assert_eq!(r.expect("runs").harness_errors, Vec::<String>::new());
+        assert_eq!(r.expect("runs").harness_errors, Vec::new());
     }
 }
 
