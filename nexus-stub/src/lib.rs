@@ -40,11 +40,13 @@ pub use spawner::{DeferredSpawner, TaskSpawner, TokioSpawner, UpdateTask};
 
 /// Which Failed instances auto-restart may start again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RestartPolicy {
     /// omicron today (#8053): only instances whose intended state is Running.
     #[default]
     Current,
     /// omicron when #7282 was filed: any Failed instance, even one a user stopped.
+    #[cfg_attr(feature = "clap", value(name = "2024"))]
     Policy2024,
 }
 

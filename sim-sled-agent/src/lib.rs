@@ -31,6 +31,7 @@ use vmm::SimVmm;
 
 /// When a VMM that reached Destroyed leaves the table, relative to reporting it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RemovalOrdering {
     /// Report the terminal state, wait for Nexus to acknowledge it, then remove
     /// (RFD 486 §6.1). A later `NoSuchVmm` can then only reach a caller whose view

@@ -42,7 +42,7 @@ struct Cli {
 enum Command {
     /// Run the disk-move scenario (or the stop race) under one schedule and check
     /// every invariant.
-    Scenario(ScenarioArgs),
+    Scenario(ScenarioKinds),
     /// Explore every interleaving within bounds; print the shortest counterexample.
     Explore(ExploreArgs),
     /// Measure the performance targets (rebuilds and runs itself in release).
@@ -56,17 +56,17 @@ enum Command {
 #[derive(Debug, Args)]
 struct StressArgs {
     #[arg(long, value_enum, default_value_t)]
-    scenario: ScenarioArg,
+    scenario: ScenarioKind,
     /// Runs per ordering.
     #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     runs: usize,
     /// One ordering; both if left out.
     #[arg(long, value_enum)]
-    ordering: Option<OrderingArg>,
+    ordering: Option<RemovalOrdering>,
     #[arg(long, value_enum, default_value_t)]
-    restart_policy: RestartPolicyArg,
+    restart_policy: RestartPolicy,
     #[arg(long, value_enum, default_value_t)]
-    transport: TransportArg,
+    transport: Transport,
     /// Seed of the sim's random delays.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -99,44 +99,15 @@ enum LogLevel {
     Trace,
 }
 
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum ScenarioArg {
-    #[default]
-    DiskMove,
-    StopRace,
-}
-
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum OrderingArg {
-    #[default]
-    PublishThenRemove,
-    RemoveThenPublish,
-}
-
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum RestartPolicyArg {
-    #[default]
-    Current,
-    #[value(name = "2024")]
-    Policy2024,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum TransportArg {
-    #[default]
-    Inproc,
-    Http,
-}
-
 #[derive(Debug, Args)]
-struct ScenarioArgs {
+struct ScenarioKinds {
     #[command(flatten)]
     model: ModelArgs,
     /// `happy`, `seed-7282`, or a replay string printed by a run or by explore.
     #[arg(long, default_value = "seed-7282", value_parser = ScheduleSpec::parse)]
     schedule: ScheduleSpec,
     #[arg(long, value_enum, default_value_t)]
-    transport: TransportArg,
+    transport: Transport,
     /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
@@ -147,11 +118,11 @@ struct ScenarioArgs {
 #[derive(Debug, Args)]
 struct ModelArgs {
     #[arg(long, value_enum, default_value_t)]
-    scenario: ScenarioArg,
+    scenario: ScenarioKind,
     #[arg(long, value_enum, default_value_t)]
-    ordering: OrderingArg,
+    ordering: RemovalOrdering,
     #[arg(long, value_enum, default_value_t)]
-    restart_policy: RestartPolicyArg,
+    restart_policy: RestartPolicy,
     /// Watcher passes; each may start at any point.
     #[arg(long, default_value_t = 2)]
     watcher_passes: usize,
@@ -183,7 +154,7 @@ struct ModelArgs {
     findings: bool,
     /// Seed a known bug into the model (also to replay explore's counterexample).
     #[arg(long, value_enum)]
-    inject: Option<InjectArg>,
+    inject: Option<Inject>,
 }
 
 /// The most user operations or faults a run may be given: each multiplies the
@@ -218,34 +189,15 @@ impl ModelArgs {
             user_ops: self.user_ops.unwrap_or(env),
             faults: self.faults.unwrap_or(env),
             findings: self.findings,
-            scenario: self.scenario.into(),
-            ordering: self.ordering.into(),
-            restart_policy: self.restart_policy.into(),
+            scenario: self.scenario,
+            ordering: self.ordering,
+            restart_policy: self.restart_policy,
             watcher_passes: self.watcher_passes,
             watcher_concurrency: self.watcher_concurrency,
             restart_passes: self.restart_passes,
             max_steps: self.max_steps,
-            inject: self.inject.map(Into::into),
+            inject: self.inject,
             ..RunConfig::new(log)
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum InjectArg {
-    NoGenerationCheck,
-    WatcherListsTerminal,
-    WatcherSkipsGeneration,
-    MarkFailedAtStoredGen,
-}
-
-impl From<InjectArg> for Inject {
-    fn from(a: InjectArg) -> Self {
-        match a {
-            InjectArg::NoGenerationCheck => Inject::NoGenerationCheck,
-            InjectArg::WatcherListsTerminal => Inject::WatcherListsTerminal,
-            InjectArg::WatcherSkipsGeneration => Inject::WatcherSkipsGeneration,
-            InjectArg::MarkFailedAtStoredGen => Inject::MarkFailedAtStoredGen,
         }
     }
 }
@@ -273,33 +225,6 @@ struct ExploreArgs {
     mermaid: bool,
     #[arg(long)]
     json: bool,
-}
-
-impl From<ScenarioArg> for ScenarioKind {
-    fn from(a: ScenarioArg) -> Self {
-        match a {
-            ScenarioArg::DiskMove => ScenarioKind::DiskMove,
-            ScenarioArg::StopRace => ScenarioKind::StopRace,
-        }
-    }
-}
-
-impl From<OrderingArg> for RemovalOrdering {
-    fn from(a: OrderingArg) -> Self {
-        match a {
-            OrderingArg::PublishThenRemove => RemovalOrdering::PublishThenRemove,
-            OrderingArg::RemoveThenPublish => RemovalOrdering::RemoveThenPublish,
-        }
-    }
-}
-
-impl From<RestartPolicyArg> for RestartPolicy {
-    fn from(a: RestartPolicyArg) -> Self {
-        match a {
-            RestartPolicyArg::Current => RestartPolicy::Current,
-            RestartPolicyArg::Policy2024 => RestartPolicy::Policy2024,
-        }
-    }
 }
 
 fn logger(format: LogFormat, level: LogLevel) -> Logger {
@@ -416,14 +341,8 @@ fn run_failure(e: RunError) -> Fail {
     }
 }
 
-fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
-    let config = RunConfig {
-        transport: match a.transport {
-            TransportArg::Inproc => Transport::InProc,
-            TransportArg::Http => Transport::Http,
-        },
-        ..a.model.run_config(log, 0)
-    };
+fn scenario(a: ScenarioKinds, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
+    let config = RunConfig { transport: a.transport, ..a.model.run_config(log, 0) };
     let mut chooser =
         a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;
@@ -635,17 +554,14 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
 
 fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
     let orderings = match a.ordering {
-        Some(o) => vec![o.into()],
+        Some(o) => vec![o],
         None => vec![RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish],
     };
-    let transport = match a.transport {
-        TransportArg::Inproc => Transport::InProc,
-        TransportArg::Http => Transport::Http,
-    };
+    let transport = a.transport;
     let cfg = crate::stress::StressConfig {
-        scenario: a.scenario.into(),
+        scenario: a.scenario,
         orderings,
-        restart_policy: a.restart_policy.into(),
+        restart_policy: a.restart_policy,
         transport,
         runs: a.runs,
         seed: a.seed,

@@ -53,6 +53,7 @@ pub const SLED: SledUuid = SledUuid::from_u128(0x5_0000_0000_0000_0000_0000_0001
 
 /// A known bug seeded into the clean model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Inject {
     NoGenerationCheck,
     WatcherListsTerminal,
@@ -116,9 +117,11 @@ pub const DEFAULT_WATCHER_CONCURRENCY: usize = 2;
 
 /// How the components reach each other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Transport {
     /// Direct calls: what the explorer runs.
     #[default]
+    #[cfg_attr(feature = "clap", value(name = "inproc"))]
     InProc,
     /// Real loopback sockets: the sim and Nexus are dropshot servers, and every
     /// cross-component call is an HTTP request made behind its gate.

@@ -24,6 +24,7 @@ use super::{Nexus, Watcher};
 
 /// Which scenario to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ScenarioKind {
     /// omicron's `test_disk_move_between_instances`, up to the disk sitting on
     /// instance 2.

@@ -6,18 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use nexus_stub::{NexusConfig, NexusStub, RestartPolicy, TokioSpawner};
 use sled_agent_api::{SledUuid, SystemClock};
 use sledsim_http::SledAgentClient;
 use slog::{o, Drain};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Policy {
-    Current,
-    #[value(name = "2024")]
-    Policy2024,
-}
 
 #[derive(Debug, Parser)]
 #[command(about = "sledsim's Nexus stub, served over HTTP")]
@@ -32,7 +25,7 @@ struct Args {
     #[arg(long, default_value = "00000005-0000-0000-0000-000000000001")]
     sled_id: SledUuid,
     #[arg(long, value_enum, default_value = "current")]
-    restart_policy: Policy,
+    restart_policy: RestartPolicy,
 }
 
 #[tokio::main]
@@ -40,13 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
     let log = slog::Logger::root(slog_term::FullFormat::new(decorator).build().fuse(), o!());
-    let config = NexusConfig {
-        restart_policy: match args.restart_policy {
-            Policy::Current => RestartPolicy::Current,
-            Policy::Policy2024 => RestartPolicy::Policy2024,
-        },
-        ..NexusConfig::default()
-    };
+    let config = NexusConfig { restart_policy: args.restart_policy, ..NexusConfig::default() };
     let sleds = BTreeMap::from([(args.sled_id, SledAgentClient::new(&args.sled))]);
     let spawner = Arc::new(TokioSpawner::new(&log).context("update steps need a runtime")?);
     let nexus = NexusStub::new(&log, config, sleds, Arc::new(SystemClock), spawner);

@@ -13,12 +13,6 @@ use sledsim_http::NexusClient;
 use slog::{o, Drain};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Ordering {
-    PublishThenRemove,
-    RemoveThenPublish,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
     /// Transitions finish only on POST /vmms/{id}/poke.
     Explicit,
@@ -36,7 +30,7 @@ struct Args {
     #[arg(long)]
     nexus: String,
     #[arg(long, value_enum, default_value = "publish-then-remove")]
-    ordering: Ordering,
+    ordering: RemovalOrdering,
     #[arg(long, value_enum, default_value = "explicit")]
     mode: Mode,
     /// Auto mode: how long after a state change the queue drains.
@@ -58,10 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
     let log = slog::Logger::root(slog_term::FullFormat::new(decorator).build().fuse(), o!());
     let config = SimConfig {
-        ordering: match args.ordering {
-            Ordering::PublishThenRemove => RemovalOrdering::PublishThenRemove,
-            Ordering::RemoveThenPublish => RemovalOrdering::RemoveThenPublish,
-        },
+        ordering: args.ordering,
         mode: match args.mode {
             Mode::Explicit => SimMode::Explicit,
             Mode::Auto => SimMode::Auto {
