@@ -63,6 +63,19 @@ pub struct Counterexample {
     pub run: RunResult,
 }
 
+impl Counterexample {
+    /// The invariant's name (`failed-only-if-vanished`, ...).
+    pub fn invariant_name(&self) -> &'static str {
+        INVARIANTS.iter().find(|(k, _, _)| *k == self.invariant).map_or("?", |(_, n, _)| n)
+    }
+
+    /// The replay string of the whole run: `replay` (or `cargo xtask scenario
+    /// --schedule`) with the same configuration runs it again, step for step.
+    pub fn replay(&self) -> String {
+        self.run.replay()
+    }
+}
+
 /// Why a search did not cover every schedule within its bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Truncation {
@@ -382,7 +395,13 @@ impl Chooser for PrefixThenHappy {
     }
 }
 
-pub fn explore(
+/// Explores every schedule within `cfg`'s bounds (see the module's doc).
+pub fn explore(cfg: &ExploreConfig) -> Result<ExploreResult, RunError> {
+    explore_with_progress(cfg, &mut |_| {})
+}
+
+/// `explore`, calling `progress` about four times a second on long searches.
+pub fn explore_with_progress(
     cfg: &ExploreConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExploreResult, RunError> {

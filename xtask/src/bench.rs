@@ -98,12 +98,12 @@ fn config(scenario: ScenarioKind, ordering: RemovalOrdering) -> RunConfig {
 }
 
 fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
-    explore(&ExploreConfig { max_schedules: usize::MAX, ..ExploreConfig::new(run) }, &mut |_| {})
+    explore(&ExploreConfig { max_schedules: usize::MAX, ..ExploreConfig::new(run) })
 }
 
 fn brute_force(run: RunConfig) -> Result<ExploreResult, RunError> {
     let cfg = ExploreConfig { max_schedules: usize::MAX, prune: false, ..ExploreConfig::new(run) };
-    explore(&cfg, &mut |_| {})
+    explore(&cfg)
 }
 
 /// Why the bench could not give its figures.
@@ -174,7 +174,7 @@ pub fn measure() -> Result<Bench, BenchError> {
             max_time: Some(ENVIRONMENT_CAP),
             ..ExploreConfig::new(run)
         };
-        let r = explore(&cfg, &mut |_| {})?;
+        let r = explore(&cfg)?;
         with_environment.push(WithEnvironment {
             scenario: scenario.label(),
             schedules: r.runs,

@@ -488,7 +488,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;
-    let result = sledsim_explorer::explore::explore(&cfg, &mut |p| {
+    let result = sledsim_explorer::explore::explore_with_progress(&cfg, &mut |p| {
         if tty && p.elapsed.as_secs_f64() >= 1.0 {
             shown = true;
             let _ = write!(

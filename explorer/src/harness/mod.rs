@@ -137,6 +137,13 @@ impl Transport {
     }
 }
 
+/// The defaults, logging nowhere.
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig::new(Logger::root(slog::Discard, slog::o!()))
+    }
+}
+
 impl RunConfig {
     pub fn new(log: Logger) -> Self {
         RunConfig {

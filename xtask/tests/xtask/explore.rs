@@ -176,7 +176,7 @@ fn counts_that_would_search_nothing_or_overflow_exit_2() {
 
 fn search(run: RunConfig, prune: bool) -> ExploreResult {
     let cfg = ExploreConfig { max_schedules: usize::MAX, prune, ..ExploreConfig::new(run) };
-    explore(&cfg, &mut |_| {}).expect("explores")
+    explore(&cfg).expect("explores")
 }
 
 fn lengths(r: &ExploreResult) -> Vec<(u8, usize)> {
