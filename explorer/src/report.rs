@@ -8,8 +8,9 @@ use nexus_stub::{DiskState, VmmWrite};
 use serde::Serialize;
 
 use crate::harness::invariants::invariant_text;
+use crate::harness::schedule::ScheduleSpec;
 use crate::harness::step::{Answer, Arg, CallKind, Component, Fault, Step};
-use crate::harness::{Names, RunEnd, RunResult};
+use crate::harness::{Names, RunConfig, RunEnd, RunResult};
 
 #[derive(Debug, Serialize)]
 pub struct StepOut {
@@ -265,4 +266,125 @@ pub fn environment_json(c: &crate::harness::RunConfig) -> serde_json::Value {
             .collect()
     };
     serde_json::json!({"user_ops": c.user_ops, "faults": c.faults, "excluded": excluded})
+}
+
+/// `cargo xtask scenario --json`: one object for one run.
+pub fn scenario_json(
+    config: &RunConfig,
+    schedule: &ScheduleSpec,
+    result: &RunResult,
+) -> serde_json::Value {
+    serde_json::json!({
+        "scenario": config.scenario.label(),
+        "ordering": config.ordering.label(),
+        "schedule": schedule.to_string(),
+        "restart_policy": config.restart_policy.label(),
+        "transport": config.transport.label(),
+        "passed": result.passed(),
+        "verdict": if result.harness_errors.is_empty() {
+            result.verdict().word()
+        } else {
+            "harness_fault"
+        },
+        "max_steps": config.max_steps,
+        "watcher_passes": config.watcher_passes,
+        "watcher_concurrency": config.watcher_concurrency,
+        "environment": environment_json(config),
+        "invariants": invariants_json(),
+        "violations": violations_out(result),
+        "instances": instances_out(result),
+        "disk": disk_out(result),
+        "terminal_writes": terminal_writes(result),
+        "watcher": result.watcher,
+        "end": end_text(&result.end),
+        "scenario_error": result.scenario_outcome.clone().and_then(Result::err),
+        "replay": result.replay(),
+        "steps": steps_out(result),
+    })
+}
+
+/// `cargo xtask scenario`'s report: the steps, what Nexus wrote, the end state,
+/// the verdict and the replay string.
+pub fn scenario_human(config: &RunConfig, schedule: &ScheduleSpec, r: &RunResult) -> String {
+    let violations = violations_out(r);
+    let mut s = scenario_header(config, schedule);
+    let first_violation = violations.first().map(|v| v.step);
+    s.push_str(&step_table(&steps_out(r), first_violation));
+    let _ = writeln!(s, "\nterminal states written at Nexus:");
+    for line in terminal_writes(r) {
+        let _ = writeln!(s, "  {line}");
+    }
+    s.push_str(&end_state(r));
+    s.push_str(&run_verdict(r, &violations));
+    let _ = writeln!(s, "\nreplay: {}", r.replay());
+    s
+}
+
+fn scenario_header(config: &RunConfig, schedule: &ScheduleSpec) -> String {
+    // A replay string is long and printed in full at the end; the header names it.
+    let schedule = match schedule {
+        ScheduleSpec::Replay(_) => "replay string".to_string(),
+        named => named.to_string(),
+    };
+    format!(
+        "scenario {} | ordering {} | schedule {schedule} | restart policy {} | transport {}\n\n",
+        config.scenario.label(),
+        config.ordering.label(),
+        config.restart_policy.label(),
+        config.transport.label()
+    )
+}
+
+/// What each instance, the disk and each watcher pass ended with.
+fn end_state(r: &RunResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\nend state ({}):", end_text(&r.end));
+    for (name, i) in instances_out(r) {
+        let _ = writeln!(s, "  {name:<6} {:<9} auto-restarts {}", i.state, i.auto_restarts);
+    }
+    if let Some(d) = disk_out(r) {
+        let _ = writeln!(s, "  {:<6} {} {}", d.name, d.state, d.instance.unwrap_or_default());
+    }
+    for (k, c) in r.watcher.iter().enumerate() {
+        let _ = write!(
+            s,
+            "  watcher pass {}: checked {}, failed {}, inconclusive {}, updated {}",
+            k + 1,
+            c.checked,
+            c.failed,
+            c.inconclusive,
+            c.updated
+        );
+        // Rare, so said only when they happened.
+        for (n, what) in [(c.write_errors, "write errors"), (c.update_errors, "update errors")] {
+            if n > 0 {
+                let _ = write!(s, ", {what} {n}");
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn run_verdict(r: &RunResult, violations: &[ViolationOut]) -> String {
+    let mut s = String::new();
+    if violations.is_empty() && matches!(r.end, RunEnd::StepBound(_)) {
+        let _ = writeln!(
+            s,
+            "\nINCONCLUSIVE: nothing broke in {} steps, but the step bound cut the run short",
+            r.steps.len()
+        );
+    } else if violations.is_empty() {
+        let _ = writeln!(s, "\nPASSED: every invariant held");
+    } else {
+        let _ = writeln!(s, "\nFAILED: {} invariant(s) broken", violations.len());
+        for v in violations {
+            let _ = writeln!(
+                s,
+                "  invariant {} ({}) at step {}: {}",
+                v.invariant, v.rule, v.step, v.message
+            );
+        }
+    }
+    s
 }

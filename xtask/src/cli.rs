@@ -17,7 +17,7 @@ use slog::{o, Drain, Logger};
 use sledsim_explorer::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
 use sledsim_explorer::harness::schedule::ScheduleSpec;
 use sledsim_explorer::harness::{
-    self, Inject, RunConfig, RunEnd, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
+    self, Inject, RunConfig, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
     DEFAULT_WATCHER_CONCURRENCY,
 };
 use sledsim_explorer::report;
@@ -42,7 +42,7 @@ struct Cli {
 enum Command {
     /// Run the disk-move scenario (or the stop race) under one schedule and check
     /// every invariant.
-    Scenario(ScenarioKinds),
+    Scenario(ScenarioArgs),
     /// Explore every interleaving within bounds; print the shortest counterexample.
     Explore(ExploreArgs),
     /// Measure the performance targets (rebuilds and runs itself in release).
@@ -100,7 +100,7 @@ enum LogLevel {
 }
 
 #[derive(Debug, Args)]
-struct ScenarioKinds {
+struct ScenarioArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// `happy`, `seed-7282`, or a replay string printed by a run or by explore.
@@ -341,129 +341,19 @@ fn run_failure(e: RunError) -> Fail {
     }
 }
 
-fn scenario(a: ScenarioKinds, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
+fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
     let config = RunConfig { transport: a.transport, ..a.model.run_config(log, 0) };
     let mut chooser =
         a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;
-    let passed = result.passed();
-    // A run the step bound cut short is unjudged at its end: inconclusive, unless
-    // something already broke on the way.
-    let verdict = match (passed, &result.end) {
-        (false, _) => Verdict::Violated,
-        (true, RunEnd::StepBound(_)) => Verdict::Inconclusive,
-        (true, _) => Verdict::Clean,
-    };
-    let steps = report::steps_out(&result);
-    let violations = report::violations_out(&result);
+    let verdict = result.verdict();
     if a.json {
-        let json = serde_json::json!({
-            "scenario": config.scenario.label(),
-            "ordering": config.ordering.label(),
-            "schedule": a.schedule.to_string(),
-            "restart_policy": config.restart_policy.label(),
-            "transport": config.transport.label(),
-            "passed": passed,
-            "verdict": if result.harness_errors.is_empty() {
-                verdict.word()
-            } else {
-                "harness_fault"
-            },
-            "max_steps": config.max_steps,
-            "watcher_passes": config.watcher_passes,
-            "watcher_concurrency": config.watcher_concurrency,
-            "environment": report::environment_json(&config),
-            "invariants": report::invariants_json(),
-            "violations": violations,
-            "instances": report::instances_out(&result),
-            "disk": report::disk_out(&result),
-            "terminal_writes": report::terminal_writes(&result),
-            "watcher": result.watcher,
-            "end": report::end_text(&result.end),
-            "scenario_error": result.scenario_outcome.clone().and_then(Result::err),
-            "replay": result.replay(),
-            "steps": steps,
-        });
+        let json = report::scenario_json(&config, &a.schedule, &result);
         let _ = writeln!(out, "{json}");
     } else {
-        let _ = write!(out, "{}", human(&config, &a.schedule, &result, &steps, &violations));
+        let _ = write!(out, "{}", report::scenario_human(&config, &a.schedule, &result));
     }
     Ok(verdict.exit_code())
-}
-
-fn human(
-    config: &RunConfig,
-    schedule: &ScheduleSpec,
-    r: &harness::RunResult,
-    steps: &[report::StepOut],
-    violations: &[report::ViolationOut],
-) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    // A replay string is long and printed in full at the end; the header names it.
-    let schedule = match schedule {
-        ScheduleSpec::Replay(_) => "replay string".to_string(),
-        named => named.to_string(),
-    };
-    let _ = writeln!(
-        s,
-        "scenario {} | ordering {} | schedule {schedule} | restart policy {} | transport {}\n",
-        config.scenario.label(),
-        config.ordering.label(),
-        config.restart_policy.label(),
-        config.transport.label()
-    );
-    let first_violation = violations.first().map(|v| v.step);
-    s.push_str(&report::step_table(steps, first_violation));
-    let _ = writeln!(s, "\nterminal states written at Nexus:");
-    for line in report::terminal_writes(r) {
-        let _ = writeln!(s, "  {line}");
-    }
-    let _ = writeln!(s, "\nend state ({}):", report::end_text(&r.end));
-    for (name, i) in report::instances_out(r) {
-        let _ = writeln!(s, "  {name:<6} {:<9} auto-restarts {}", i.state, i.auto_restarts);
-    }
-    if let Some(d) = report::disk_out(r) {
-        let _ = writeln!(s, "  {:<6} {} {}", d.name, d.state, d.instance.unwrap_or_default());
-    }
-    for (k, c) in r.watcher.iter().enumerate() {
-        let _ = write!(
-            s,
-            "  watcher pass {}: checked {}, failed {}, inconclusive {}, updated {}",
-            k + 1,
-            c.checked,
-            c.failed,
-            c.inconclusive,
-            c.updated
-        );
-        // Rare, so said only when they happened.
-        for (n, what) in [(c.write_errors, "write errors"), (c.update_errors, "update errors")] {
-            if n > 0 {
-                let _ = write!(s, ", {what} {n}");
-            }
-        }
-        s.push('\n');
-    }
-    if violations.is_empty() && matches!(r.end, RunEnd::StepBound(_)) {
-        let _ = writeln!(
-            s,
-            "\nINCONCLUSIVE: nothing broke in {} steps, but the step bound cut the run short",
-            r.steps.len()
-        );
-    } else if violations.is_empty() {
-        let _ = writeln!(s, "\nPASSED: every invariant held");
-    } else {
-        let _ = writeln!(s, "\nFAILED: {} invariant(s) broken", violations.len());
-        for v in violations {
-            let _ = writeln!(
-                s,
-                "  invariant {} ({}) at step {}: {}",
-                v.invariant, v.rule, v.step, v.message
-            );
-        }
-    }
-    let _ = writeln!(s, "\nreplay: {}", r.replay());
-    s
 }
 
 pub fn main() -> ExitCode {

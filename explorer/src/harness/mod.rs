@@ -436,6 +436,17 @@ impl RunResult {
         self.violations.is_empty() && self.harness_errors.is_empty()
     }
 
+    /// What one run shows, in explore's words: a run the step bound cut short is
+    /// unjudged at its end (inconclusive), unless something broke on the way.
+    pub fn verdict(&self) -> crate::explore::Verdict {
+        use crate::explore::Verdict;
+        match (self.passed(), &self.end) {
+            (false, _) => Verdict::Violated,
+            (true, RunEnd::StepBound(_)) => Verdict::Inconclusive,
+            (true, _) => Verdict::Clean,
+        }
+    }
+
     /// The Nexus writes step `i` caused: from its mark to the next step's. A step
     /// runs atomically, so nothing else wrote in between.
     pub fn writes_of(&self, i: usize) -> &[nexus_stub::VmmWrite] {
