@@ -59,9 +59,11 @@ impl RestartPolicy {
     }
 }
 
-/// Seeded bugs, for checking that the explorer catches them. All off by default.
+/// Seeded bugs, for checking that the explorer catches them. They can be asked
+/// for only with the `seeded-bugs` feature (`NexusConfig::bugs`), so a Nexus
+/// built without it has none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NexusFaults {
+pub struct NexusBugs {
     /// Apply every VMM write, whatever its generation.
     pub skip_generation_check: bool,
     /// Let the watcher's listing include Destroyed VMMs.
@@ -77,7 +79,8 @@ pub struct NexusConfig {
     pub restart_policy: RestartPolicy,
     /// How long after an auto-restart an instance may be restarted again.
     pub restart_cooldown: TimeDelta,
-    pub faults: NexusFaults,
+    #[cfg(feature = "seeded-bugs")]
+    pub bugs: NexusBugs,
 }
 
 impl Default for NexusConfig {
@@ -85,7 +88,8 @@ impl Default for NexusConfig {
         NexusConfig {
             restart_policy: RestartPolicy::Current,
             restart_cooldown: TimeDelta::minutes(5),
-            faults: NexusFaults::default(),
+            #[cfg(feature = "seeded-bugs")]
+            bugs: NexusBugs::default(),
         }
     }
 }
@@ -158,6 +162,14 @@ pub struct NexusStub<S> {
 }
 
 impl<S: SledAgentApi + 'static> NexusStub<S> {
+    /// The seeded bugs in force: none, unless built with `seeded-bugs` and asked.
+    fn bugs(&self) -> NexusBugs {
+        #[cfg(feature = "seeded-bugs")]
+        return self.config.bugs;
+        #[cfg(not(feature = "seeded-bugs"))]
+        NexusBugs::default()
+    }
+
     pub fn new(
         log: &Logger,
         config: NexusConfig,

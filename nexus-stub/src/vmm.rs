@@ -24,7 +24,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         let mut db = self.db();
         let vmm = db.vmms.get_mut(&propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
         let prev_gen = vmm.gen;
-        let newer = new.gen > prev_gen || self.config.faults.skip_generation_check;
+        let newer = new.gen > prev_gen || self.bugs().skip_generation_check;
         let applied = newer && !vmm.deleted;
         if applied {
             vmm.state = DbVmmState::Reported(new.state);
@@ -76,8 +76,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         read_gen: Generation,
     ) -> Result<(), NexusError> {
         let stored = self.vmm(propolis_id).ok_or(NexusError::NoSuchVmm { propolis_id })?;
-        let basis =
-            if self.config.faults.mark_failed_at_stored_gen { stored.gen } else { read_gen };
+        let basis = if self.bugs().mark_failed_at_stored_gen { stored.gen } else { read_gen };
         let failed = VmmRuntimeState {
             state: VmmState::Failed,
             gen: basis.next(),
@@ -156,7 +155,7 @@ impl<S: SledAgentApi + 'static> NexusInternalApi for NexusStub<S> {
 #[async_trait]
 impl<S: SledAgentApi + 'static> WatcherDatastore for NexusStub<S> {
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
-        let list_destroyed = self.config.faults.list_terminal_for_watcher;
+        let list_destroyed = self.bugs().list_terminal_for_watcher;
         let db = self.db();
         let mut rows: Vec<WatchedVmm> = db
             .vmms

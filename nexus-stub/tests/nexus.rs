@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nexus_stub::{
-    DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, NexusConfig, NexusError,
-    NexusFaults, NexusStub, RestartPolicy, TaskSpawner, UpdateOutcome,
+    DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, NexusBugs, NexusConfig,
+    NexusError, NexusStub, RestartPolicy, TaskSpawner, UpdateOutcome,
 };
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockSledAgentApi,
@@ -181,7 +181,7 @@ async fn the_7282_order_of_writes_fails_the_instance() {
 #[tokio::test]
 async fn seeded_fault_skips_the_generation_check() {
     let config = NexusConfig {
-        faults: NexusFaults { skip_generation_check: true, ..NexusFaults::default() },
+        bugs: NexusBugs { skip_generation_check: true, ..NexusBugs::default() },
         ..NexusConfig::default()
     };
     let h = harness_with(sim_like_sled(), config);
@@ -220,7 +220,7 @@ async fn stop_answered_with_no_such_vmm_marks_the_vmm_failed_at_once() {
 /// A stop whose request meets a 404 after the VMM's Destroyed was recorded: the
 /// Failed write is based on what the stop read, so it is stale (omicron's
 /// `mark_vmm_failed`); the seeded bug bases it on what is stored then.
-async fn stop_racing_a_destroyed_report(faults: NexusFaults) -> (DbVmmState, u64) {
+async fn stop_racing_a_destroyed_report(bugs: NexusBugs) -> (DbVmmState, u64) {
     let slot: Arc<std::sync::OnceLock<std::sync::Weak<NexusStub<MockSledAgentApi>>>> =
         Arc::default();
     let reporter = Arc::clone(&slot);
@@ -229,7 +229,7 @@ async fn stop_racing_a_destroyed_report(faults: NexusFaults) -> (DbVmmState, u64
             n.process_vmm_update(id, state(VmmState::Destroyed, 7)).expect("known VMM");
         }
     });
-    let h = harness_with(sled, NexusConfig { faults, ..NexusConfig::default() });
+    let h = harness_with(sled, NexusConfig { bugs, ..NexusConfig::default() });
     slot.set(Arc::downgrade(&h.nexus)).expect("set once");
     let (inst, vmm) = h.started("inst").await;
     assert!(h.nexus.instance_stop(inst).await.is_err());
@@ -238,9 +238,9 @@ async fn stop_racing_a_destroyed_report(faults: NexusFaults) -> (DbVmmState, u64
 
 #[tokio::test]
 async fn a_404_after_destroyed_was_recorded_leaves_destroyed() {
-    let clean = stop_racing_a_destroyed_report(NexusFaults::default()).await;
+    let clean = stop_racing_a_destroyed_report(NexusBugs::default()).await;
     assert_eq!(clean, (DbVmmState::Reported(VmmState::Destroyed), 7));
-    let bug = NexusFaults { mark_failed_at_stored_gen: true, ..NexusFaults::default() };
+    let bug = NexusBugs { mark_failed_at_stored_gen: true, ..NexusBugs::default() };
     let seeded = stop_racing_a_destroyed_report(bug).await;
     assert_eq!(seeded, (DbVmmState::Reported(VmmState::Failed), 8));
 }
@@ -475,7 +475,7 @@ async fn watcher_listing_skips_creating_destroyed_and_deleted() {
     assert_eq!(listed(&*nexus).await, [live, failed, creating]);
 
     let config = NexusConfig {
-        faults: NexusFaults { list_terminal_for_watcher: true, ..NexusFaults::default() },
+        bugs: NexusBugs { list_terminal_for_watcher: true, ..NexusBugs::default() },
         ..NexusConfig::default()
     };
     let h = harness_with(sim_like_sled(), config);

@@ -100,9 +100,10 @@ impl<T: WatcherDatastore + ?Sized> WatcherDatastore for Arc<T> {
     }
 }
 
-/// Seeded bugs, for checking that the explorer catches them. All off by default.
+/// Seeded bugs, for checking that the explorer catches them; only with the
+/// `seeded-bugs` feature can a watcher be given them (`with_bugs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WatcherFaults {
+pub struct WatcherBugs {
     /// Write Failed at listed gen + 2 instead of + 1.
     pub skip_generation: bool,
 }
@@ -154,7 +155,8 @@ pub struct InstanceWatcher<D, S> {
     datastore: D,
     sleds: BTreeMap<SledUuid, S>,
     clock: Arc<dyn Clock>,
-    faults: WatcherFaults,
+    #[cfg(feature = "seeded-bugs")]
+    bugs: WatcherBugs,
     concurrency: usize,
 }
 
@@ -171,7 +173,8 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             datastore,
             sleds,
             clock,
-            faults: WatcherFaults::default(),
+            #[cfg(feature = "seeded-bugs")]
+            bugs: WatcherBugs::default(),
             concurrency: DEFAULT_CONCURRENCY,
         }
     }
@@ -182,9 +185,18 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         self
     }
 
-    pub fn with_faults(mut self, faults: WatcherFaults) -> Self {
-        self.faults = faults;
+    #[cfg(feature = "seeded-bugs")]
+    pub fn with_bugs(mut self, bugs: WatcherBugs) -> Self {
+        self.bugs = bugs;
         self
+    }
+
+    /// The seeded bugs in force: none, unless built with `seeded-bugs` and asked.
+    fn bugs(&self) -> WatcherBugs {
+        #[cfg(feature = "seeded-bugs")]
+        return self.bugs;
+        #[cfg(not(feature = "seeded-bugs"))]
+        WatcherBugs::default()
     }
 
     /// One activation: list, then check every listed VMM, at most `concurrency`
@@ -256,7 +268,7 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             Ok(state) => state,
             Err(e) if e.vmm_gone() => {
                 counts.failed += 1;
-                let gen = if self.faults.skip_generation {
+                let gen = if self.bugs().skip_generation {
                     vmm.runtime.gen.next().next()
                 } else {
                     vmm.runtime.gen.next()

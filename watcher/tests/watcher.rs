@@ -14,7 +14,7 @@ use sled_agent_api::{
 };
 use watcher::{
     DatastoreError, InstanceWatcher, MockWatcherDatastore, PassCounts, VmmWriteOutcome, WatchedVmm,
-    WatcherError, WatcherFaults,
+    WatcherBugs, WatcherError,
 };
 
 const SLED: SledUuid = SledUuid::from_u128(1);
@@ -76,11 +76,11 @@ fn sled(answer: fn() -> Result<SledVmmState, SledAgentError>) -> MockSledAgentAp
 async fn check(
     ds: MockWatcherDatastore,
     sleds: BTreeMap<SledUuid, MockSledAgentApi>,
-    faults: WatcherFaults,
+    bugs: WatcherBugs,
 ) -> PassCounts {
     let log = slog::Logger::root(slog::Discard, slog::o!());
     InstanceWatcher::new(&log, ds, sleds, Arc::new(LogicalClock::default()))
-        .with_faults(faults)
+        .with_bugs(bugs)
         .activate()
         .await
         .expect("listing succeeds")
@@ -96,7 +96,7 @@ fn one_sled(
 async fn ok_submits_the_reported_state_unchanged() {
     let ds = datastore(Some((VmmState::Destroyed, 7)), true);
     let sleds = one_sled(|| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
-    let counts = check(ds, sleds, WatcherFaults::default()).await;
+    let counts = check(ds, sleds, WatcherBugs::default()).await;
     assert_eq!(counts, PassCounts { checked: 1, updated: 1, ..PassCounts::default() });
 }
 
@@ -104,7 +104,7 @@ async fn ok_submits_the_reported_state_unchanged() {
 async fn no_such_vmm_writes_failed_at_listed_gen_plus_one() {
     let ds = datastore(Some((VmmState::Failed, 7)), false);
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
-    let counts = check(ds, sleds, WatcherFaults::default()).await;
+    let counts = check(ds, sleds, WatcherBugs::default()).await;
     // Not applied: the datastore already holds Destroyed/7, so the write was stale.
     assert_eq!(counts, PassCounts { checked: 1, failed: 1, ..PassCounts::default() });
 }
@@ -113,7 +113,7 @@ async fn no_such_vmm_writes_failed_at_listed_gen_plus_one() {
 async fn seeded_skip_generation_fault_writes_listed_gen_plus_two() {
     let ds = datastore(Some((VmmState::Failed, 8)), true);
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
-    let counts = check(ds, sleds, WatcherFaults { skip_generation: true }).await;
+    let counts = check(ds, sleds, WatcherBugs { skip_generation: true }).await;
     assert_eq!(counts.failed, 1);
 }
 
@@ -142,15 +142,14 @@ async fn other_errors_are_inconclusive_and_write_nothing() {
         },
     ];
     for answer in answers {
-        let counts =
-            check(datastore(None, false), one_sled(answer), WatcherFaults::default()).await;
+        let counts = check(datastore(None, false), one_sled(answer), WatcherBugs::default()).await;
         assert_eq!(counts, PassCounts { checked: 1, inconclusive: 1, ..PassCounts::default() });
     }
 }
 
 #[tokio::test]
 async fn unknown_sled_is_inconclusive() {
-    let counts = check(datastore(None, false), BTreeMap::new(), WatcherFaults::default()).await;
+    let counts = check(datastore(None, false), BTreeMap::new(), WatcherBugs::default()).await;
     assert_eq!(counts, PassCounts { checked: 1, inconclusive: 1, ..PassCounts::default() });
 }
 
@@ -168,7 +167,7 @@ async fn write_errors_are_counted_not_dropped() {
     ds.expect_vmm_update_runtime()
         .returning(|id, _| Err(DatastoreError::NoSuchVmm { propolis_id: id }));
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
-    let counts = check(ds, sleds, WatcherFaults::default()).await;
+    let counts = check(ds, sleds, WatcherBugs::default()).await;
     assert_eq!(
         counts,
         PassCounts { checked: 1, failed: 1, write_errors: 1, ..PassCounts::default() }
@@ -211,7 +210,7 @@ async fn a_failed_update_step_is_counted() {
         Err(DatastoreError::Unavailable { operation: "instance_update", source: "down".into() })
     });
     let sleds = one_sled(|| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
-    let counts = check(ds, sleds, WatcherFaults::default()).await;
+    let counts = check(ds, sleds, WatcherBugs::default()).await;
     assert_eq!(
         counts,
         PassCounts { checked: 1, updated: 1, update_errors: 1, ..PassCounts::default() }

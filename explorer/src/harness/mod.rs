@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use nexus_stub::{
-    DeferredSpawner, DiskView, InstanceView, NexusConfig, NexusFaults, NexusStub, RestartPolicy,
+    DeferredSpawner, DiskView, InstanceView, NexusBugs, NexusConfig, NexusStub, RestartPolicy,
     UpdateOutcome,
 };
 use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
@@ -21,7 +21,7 @@ use sled_agent_api::{
     Clock, InstanceUuid, LogicalClock, NexusInternalApi, PropolisUuid, SledAgentApi, SledUuid,
 };
 use slog::Logger;
-use watcher::{InstanceWatcher, PassCounts, WatcherDatastore, WatcherFaults};
+use watcher::{InstanceWatcher, PassCounts, WatcherBugs, WatcherDatastore};
 
 pub mod gates;
 pub mod hash;
@@ -257,7 +257,7 @@ impl World {
         let spawner = Arc::new(DeferredSpawner::default());
         let nexus_config = NexusConfig {
             restart_policy: config.restart_policy,
-            faults: NexusFaults {
+            bugs: NexusBugs {
                 skip_generation_check: config.inject == Some(Inject::NoGenerationCheck),
                 list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
                 mark_failed_at_stored_gen: config.inject == Some(Inject::MarkFailedAtStoredGen),
@@ -298,11 +298,10 @@ impl World {
         let ds = Gated::new(self.links.datastore(&self.nexus), &self.sched, Component::Watcher);
         let sled = Gated::new(self.links.sled(&self.sim), &self.sched, Component::Watcher)
             .over_the_wire(config.transport == Transport::Http);
-        let faults = WatcherFaults {
-            skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration),
-        };
+        let bugs =
+            WatcherBugs { skip_generation: config.inject == Some(Inject::WatcherSkipsGeneration) };
         InstanceWatcher::new(&config.log, ds, BTreeMap::from([(SLED, sled)]), clock)
-            .with_faults(faults)
+            .with_bugs(bugs)
             .with_concurrency(config.watcher_concurrency)
     }
 
