@@ -84,18 +84,40 @@ fn message(body: &Option<ErrorBody>, raw: String) -> String {
     body.as_ref().map_or(raw, |b| b.message.clone())
 }
 
-/// A Nexus whose address is known only after it starts: two servers that point at
-/// each other cannot both be built with the other's address. Until bound, a report
-/// fails as unreachable, which the sim answers by keeping the VMM and retrying.
+/// A Nexus known only after it exists: the sim is built before Nexus (Nexus needs
+/// the sim's client, the sim needs somewhere to report), so its reports go here,
+/// bound once Nexus is up. Over HTTP it holds the client (`bind`); in process it
+/// holds Nexus weakly (`bind_weak`), so the sim -> Nexus -> sim loop of owners
+/// never forms and each run frees everything. Until bound, or once Nexus is
+/// gone, a report fails as unreachable, which the sim answers by keeping the VMM
+/// and retrying.
 #[derive(Default)]
 pub struct LateNexus {
-    target: std::sync::OnceLock<std::sync::Arc<dyn NexusInternalApi>>,
+    target: std::sync::OnceLock<Bound>,
+}
+
+enum Bound {
+    Held(std::sync::Arc<dyn NexusInternalApi>),
+    Weak(std::sync::Weak<dyn NexusInternalApi>),
 }
 
 impl LateNexus {
-    /// Returns false if it was bound already (the first binding stays).
+    /// Reports go to `target`, which this keeps alive. Returns false if it was
+    /// bound already (the first binding stays).
     pub fn bind(&self, target: std::sync::Arc<dyn NexusInternalApi>) -> bool {
-        self.target.set(target).is_ok()
+        self.target.set(Bound::Held(target)).is_ok()
+    }
+
+    /// Reports go to `target` while someone else keeps it alive.
+    pub fn bind_weak(&self, target: &std::sync::Arc<dyn NexusInternalApi>) -> bool {
+        self.target.set(Bound::Weak(std::sync::Arc::downgrade(target))).is_ok()
+    }
+
+    fn target(&self) -> Option<std::sync::Arc<dyn NexusInternalApi>> {
+        match self.target.get()? {
+            Bound::Held(t) => Some(std::sync::Arc::clone(t)),
+            Bound::Weak(t) => t.upgrade(),
+        }
     }
 }
 
@@ -112,10 +134,10 @@ impl NexusInternalApi for LateNexus {
         propolis_id: PropolisUuid,
         new_runtime_state: SledVmmState,
     ) -> Result<(), NexusApiError> {
-        let Some(nexus) = self.target.get() else {
+        let Some(nexus) = self.target() else {
             return Err(NexusApiError::Communication {
                 operation: "cpapi_instances_put",
-                source: "Nexus's address is not known yet".into(),
+                source: "Nexus is not reachable (not bound yet, or gone)".into(),
             });
         };
         nexus.cpapi_instances_put(propolis_id, new_runtime_state).await

@@ -26,8 +26,7 @@ use slog::Logger;
 use watcher::{InstanceWatcher, WatcherDatastore};
 
 use sledsim_explorer::harness::invariants::{Ending, Event, Invariants, Violation};
-use sledsim_explorer::harness::script::{self, Driver, Progress, ScenarioKind};
-use sledsim_explorer::harness::transport::WeakNexus;
+use sledsim_explorer::harness::script::{self, Driver, ScenarioKind, ScenarioProgress};
 use sledsim_explorer::harness::{Names, Transport, SLED};
 
 type Nexus = NexusStub<Arc<dyn SledAgentApi>>;
@@ -278,9 +277,7 @@ async fn one_run(
     let _ = events.nexus.set(Arc::downgrade(&nexus));
     let (nexus_server, datastore): (_, Arc<dyn WatcherDatastore>) = match cfg.transport {
         Transport::InProc => {
-            let weak = WeakNexus::new();
-            weak.bind(&nexus);
-            late.bind(Arc::new(weak));
+            late.bind_weak(&(Arc::clone(&nexus) as Arc<dyn NexusInternalApi>));
             (None, nexus.clone())
         }
         Transport::Http => {
@@ -318,7 +315,7 @@ async fn one_run(
     };
     let background = AbortOnDrop(vec![watching, restarting]);
 
-    let progress = Mutex::new(Progress::default());
+    let progress = Mutex::new(ScenarioProgress::default());
     let driver = Polling { nexus: Arc::clone(&nexus) };
     let in_time =
         tokio::time::timeout(limit, script::run(cfg.scenario, &driver, &progress)).await.is_ok();
@@ -358,7 +355,7 @@ fn judge(
     kind: ScenarioKind,
     nexus: &Nexus,
     events: &Events,
-    progress: &Progress,
+    progress: &ScenarioProgress,
     ending: Ending,
 ) -> RunVerdict {
     let mut inv = Invariants::default();

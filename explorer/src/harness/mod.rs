@@ -39,7 +39,7 @@ use observe::Observer;
 pub use sched::HarnessError;
 use sched::{Probes, Sched, Tagged};
 use schedule::{ChoiceCtx, Chooser, ScheduleError};
-pub use script::{Progress, ScenarioKind};
+pub use script::{ScenarioKind, ScenarioProgress};
 use step::{ActorKind, Answer, Arg, Call, CallKind, Component, Step, UpdateAnswer};
 
 // The components talk to each other through trait objects, so one set of types
@@ -187,7 +187,7 @@ pub struct World {
     /// How the scenario pokes the sim, and how the watcher reaches the sled agent
     /// and the datastore: directly, or through HTTP clients.
     links: transport::Links,
-    progress: Arc<Mutex<Progress>>,
+    progress: Arc<Mutex<ScenarioProgress>>,
     spawner: Arc<DeferredSpawner>,
     watcher_counts: Arc<Mutex<Vec<PassCounts>>>,
     /// The components' clock: not part of a situation, but a chooser must not move it.
@@ -238,12 +238,8 @@ impl World {
         let clock: Arc<dyn Clock> = Arc::clone(&logical) as Arc<dyn Clock>;
         // In process the sim reports straight to Nexus (held weakly); over HTTP, to a
         // client whose address is known once Nexus's server is up.
-        let weak = Arc::new(transport::WeakNexus::<Nexus>::new());
         let late = Arc::new(sledsim_http::LateNexus::default());
-        let target: Arc<dyn NexusInternalApi> = match config.transport {
-            Transport::InProc => Arc::clone(&weak) as Arc<dyn NexusInternalApi>,
-            Transport::Http => Arc::clone(&late) as Arc<dyn NexusInternalApi>,
-        };
+        let target: Arc<dyn NexusInternalApi> = Arc::clone(&late) as Arc<dyn NexusInternalApi>;
         let sim_config = SimConfig { ordering: config.ordering, mode: SimMode::Explicit };
         let wire = config.transport == Transport::Http;
         let mut to_nexus = Gated::new(target, &sched, Component::SledAgent).over_the_wire(wire);
@@ -272,7 +268,7 @@ impl World {
         let sleds = BTreeMap::from([(SLED, to_sled)]);
         let nexus =
             NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
-        let links = links.finish(&nexus, &weak, &late, log).map_err(RunError::Transport)?;
+        let links = links.finish(&nexus, &late, log).map_err(RunError::Transport)?;
         let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {
             vmm: Box::new(move |vmm| {
@@ -332,7 +328,7 @@ impl World {
         r.into_bytes()
     }
 
-    pub fn progress(&self) -> MutexGuard<'_, Progress> {
+    pub fn progress(&self) -> MutexGuard<'_, ScenarioProgress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -572,7 +568,7 @@ fn drive(
     let mut observer = Observer::default();
     let mut enabled = Vec::new();
     let end = loop {
-        if !world.links.settle(&mut pool, &world.sched) {
+        if !world.links.run_until_parked(&mut pool, &world.sched) {
             break RunEnd::Deadlock(world.sched.unfinished());
         }
         if world.spawn_updates(&pool) > 0 {

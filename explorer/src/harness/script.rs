@@ -53,7 +53,7 @@ impl ScenarioKind {
 
 /// What the scenario did, for the observer and the report.
 #[derive(Debug, Default, Hash)]
-pub struct Progress {
+pub struct ScenarioProgress {
     /// Instances the scenario created, by name, in order.
     pub instances: Vec<(String, InstanceUuid)>,
     pub disk: Option<DiskUuid>,
@@ -61,7 +61,7 @@ pub struct Progress {
     pub outcome: Option<Result<(), String>>,
 }
 
-impl Progress {
+impl ScenarioProgress {
     /// Feeds it into a fingerprint: the end-of-run rules read it.
     pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
         std::hash::Hash::hash(self, h);
@@ -150,11 +150,11 @@ pub trait Driver {
 
 struct Ctx<'a, D> {
     driver: &'a D,
-    progress: &'a Mutex<Progress>,
+    progress: &'a Mutex<ScenarioProgress>,
 }
 
 impl<D: Driver> Ctx<'_, D> {
-    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+    fn progress(&self) -> std::sync::MutexGuard<'_, ScenarioProgress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -187,7 +187,7 @@ impl<D: Driver> Ctx<'_, D> {
 }
 
 /// The harness's driver: every operation parks at a gate first.
-struct Gated {
+struct GatedDriver {
     nexus: Arc<Nexus>,
     sim: SimPort,
     /// The sim itself, to read whether a poke of a VMM is under way.
@@ -258,7 +258,7 @@ fn disk_answer(r: &Result<DiskView, NexusError>) -> Answer {
     }
 }
 
-impl Gated {
+impl GatedDriver {
     /// Parks as the scenario's call `kind` to Nexus, then runs it.
     async fn call<T, Fut: Future<Output = T>>(
         &self,
@@ -272,7 +272,7 @@ impl Gated {
     }
 }
 
-impl Driver for Gated {
+impl Driver for GatedDriver {
     async fn instance_create(&self, name: &'static str) -> Result<InstanceView, NexusError> {
         let n = &self.nexus;
         let describe = |r: &Result<InstanceView, NexusError>| match r {
@@ -431,7 +431,7 @@ fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, SledUuid, VmmSta
 
 /// Runs a scenario to its end or its first failed step; the outcome goes into
 /// `progress`.
-pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<Progress>) {
+pub async fn run<D: Driver>(kind: ScenarioKind, driver: &D, progress: &Mutex<ScenarioProgress>) {
     let cx = Ctx { driver, progress };
     let r = match kind {
         ScenarioKind::DiskMove => disk_move(&cx).await,
@@ -445,9 +445,9 @@ pub(super) async fn scenario(
     nexus: Arc<Nexus>,
     (sim, sim_state): (SimPort, Weak<super::Sim>),
     sched: Arc<Sched>,
-    progress: Arc<Mutex<Progress>>,
+    progress: Arc<Mutex<ScenarioProgress>>,
 ) {
-    let driver = Gated { nexus, sim, sim_state, sched, findings };
+    let driver = GatedDriver { nexus, sim, sim_state, sched, findings };
     run(kind, &driver, &progress).await;
 }
 
@@ -522,7 +522,7 @@ const USER_OPS: [CallKind; 3] =
     [CallKind::InstanceStop, CallKind::InstanceStart, CallKind::InstanceReboot];
 
 /// The id of the instance the scenario created under `name`, if it has yet.
-fn created(progress: &Mutex<Progress>, name: &str) -> Option<InstanceUuid> {
+fn created(progress: &Mutex<ScenarioProgress>, name: &str) -> Option<InstanceUuid> {
     let p = progress.lock().unwrap_or_else(|p| p.into_inner());
     p.instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
 }
@@ -560,7 +560,7 @@ pub(super) async fn user(
     kind: ScenarioKind,
     (nexus, sim, sim_state): (Arc<Nexus>, SimPort, Weak<super::Sim>),
     sched: Arc<Sched>,
-    progress: Arc<Mutex<Progress>>,
+    progress: Arc<Mutex<ScenarioProgress>>,
     (ops, findings): (usize, bool),
 ) {
     let choices: Vec<(CallKind, &'static str)> = kind
@@ -626,7 +626,7 @@ pub(super) async fn faults(
     kind: ScenarioKind,
     sim: Arc<super::Sim>,
     sched: Arc<Sched>,
-    progress: Arc<Mutex<Progress>>,
+    progress: Arc<Mutex<ScenarioProgress>>,
 ) {
     let names = kind.instance_names();
     loop {

@@ -2,16 +2,13 @@
 //! loopback sockets. Either way every cross-component call goes through a gate on
 //! the caller's side, so a schedule means the same thing on both.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::executor::LocalPool;
 use futures::future::{select, Either};
 use sim_sled_agent::PokeMode;
-use sled_agent_api::{
-    BoxError, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi, SledVmmState,
-};
+use sled_agent_api::{BoxError, NexusInternalApi, PropolisUuid, SledAgentApi};
 use sledsim_http::{LateNexus, NexusClient, SledAgentClient};
 use slog::Logger;
 use watcher::WatcherDatastore;
@@ -34,44 +31,6 @@ pub enum TransportError {
     Sim(#[source] sledsim_http::ServerError),
     #[error("starting the Nexus stub's server failed")]
     Nexus(#[source] sledsim_http::ServerError),
-}
-
-/// Nexus in process, held weakly so the sim -> Nexus -> sim loop of owners never
-/// forms and each run frees everything.
-pub struct WeakNexus<N>(pub OnceLock<Weak<N>>);
-
-impl<N> WeakNexus<N> {
-    pub fn new() -> Self {
-        WeakNexus(OnceLock::new())
-    }
-
-    pub fn bind(&self, nexus: &Arc<N>) {
-        // Bound once per run, right after Nexus exists.
-        let _ = self.0.set(Arc::downgrade(nexus));
-    }
-}
-
-impl<N> Default for WeakNexus<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[async_trait]
-impl<N: NexusInternalApi + 'static> NexusInternalApi for WeakNexus<N> {
-    async fn cpapi_instances_put(
-        &self,
-        propolis_id: PropolisUuid,
-        new_runtime_state: SledVmmState,
-    ) -> Result<(), NexusApiError> {
-        let Some(nexus) = self.0.get().and_then(Weak::upgrade) else {
-            return Err(NexusApiError::Communication {
-                operation: "cpapi_instances_put",
-                source: "Nexus is gone".into(),
-            });
-        };
-        nexus.cpapi_instances_put(propolis_id, new_runtime_state).await
-    }
 }
 
 /// How the scenario reaches the sim's sim-only controls.
@@ -151,12 +110,11 @@ impl PendingLinks {
     pub fn finish(
         self,
         nexus: &Arc<Nexus>,
-        weak: &WeakNexus<Nexus>,
         late: &LateNexus,
         log: &Logger,
     ) -> Result<Links, TransportError> {
         let Some((runtime, sim_server, sim_url)) = self.wire else {
-            weak.bind(nexus);
+            late.bind_weak(&(Arc::clone(nexus) as Arc<dyn NexusInternalApi>));
             return Ok(Links { wire: None });
         };
         let bind = ([127, 0, 0, 1], 0).into();
@@ -213,7 +171,7 @@ impl Links {
     /// Runs the actors until each is parked at a gate or done. In process that is
     /// exactly when the pool stalls; over HTTP, released calls are in flight on
     /// sockets, so this waits for them. Returns false if the run hung.
-    pub fn settle(&self, pool: &mut LocalPool, sched: &Sched) -> bool {
+    pub fn run_until_parked(&self, pool: &mut LocalPool, sched: &Sched) -> bool {
         if self.wire.is_none() {
             pool.run_until_stalled();
             return true;
