@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
@@ -22,6 +24,8 @@ use crate::harness::invariants::INVARIANTS;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::step::{ActorId, ActorKind, Call, Choice};
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
+
+mod canonical;
 
 #[derive(Clone, Debug)]
 pub struct ExploreConfig {
@@ -36,11 +40,22 @@ pub struct ExploreConfig {
     /// Keep every situation in full beside its fingerprint and report collisions;
     /// also check that no chooser changes the world. Slow: a debugging aid.
     pub check_fingerprints: bool,
+    /// Threads that run schedules, sharing the frontier and the visited set. The
+    /// verdict, the invariants broken and each counterexample are the same for
+    /// every count; so is the number of situations, for a search that breaks
+    /// nothing (pruning on length makes it depend on timing otherwise).
+    pub threads: usize,
+}
+
+/// Every core this process may use (1 if that cannot be told).
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl ExploreConfig {
     pub fn new(run: RunConfig) -> Self {
         ExploreConfig {
+            threads: all_cores(),
             run,
             max_schedules: DEFAULT_MAX_SCHEDULES,
             max_time: None,
@@ -201,9 +216,49 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
-/// Fingerprint -> the smallest depth it was expanded at. Only looked up, never
-/// iterated, so its order cannot leak into results.
-type Visited = HashMap<u64, u32, BuildHasherDefault<StableHasher>>;
+/// Fingerprint -> the smallest depth it was expanded at, in shards so threads
+/// rarely wait on each other. Only looked up, never iterated, so its order cannot
+/// leak into results.
+struct Visited {
+    shards: Vec<Mutex<HashMap<u64, u32, BuildHasherDefault<StableHasher>>>>,
+}
+
+const VISITED_SHARDS: usize = 64;
+
+impl Visited {
+    fn new() -> Self {
+        // Sized for the default disk-move proof, so the tables are not rebuilt as
+        // they grow.
+        let each = (1 << 17) / VISITED_SHARDS;
+        let shards = (0..VISITED_SHARDS)
+            .map(|_| Mutex::new(HashMap::with_capacity_and_hasher(each, Default::default())))
+            .collect();
+        Visited { shards }
+    }
+
+    /// Whether a situation reached at `depth` is to be expanded: with pruning, not
+    /// if it was expanded at the same or a smaller depth. Records the depth.
+    fn claim(&self, fp: u64, depth: u32, prune: bool) -> bool {
+        let shard = usize::try_from((fp ^ (fp >> 32)) % VISITED_SHARDS as u64).unwrap_or(0);
+        let mut m = lock(&self.shards[shard]);
+        let seen = m.entry(fp).or_insert(u32::MAX);
+        if prune && *seen <= depth {
+            return false;
+        }
+        *seen = (*seen).min(depth);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// A poisoned lock means a worker panicked, and `thread::scope` raises that panic
+/// again once the workers are joined, so nothing left behind it is trusted.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Under `--check-fingerprints`, for each fingerprint: what it hashed, the calls
 /// that could go next, and the path that first reached it.
@@ -215,12 +270,32 @@ struct Seen {
     path: Vec<u32>,
 }
 
-/// At most this many merges are replayed to check that both sides have one future.
-const MERGES_CHECKED: usize = 20_000;
-
 /// For each invariant broken so far, by number: the shortest prefix that breaks
 /// it, ending with the step after which the break was seen.
 type Best = BTreeMap<u8, Vec<u32>>;
+
+/// At most this many merges are replayed to check that both sides have one future.
+const MERGES_CHECKED: usize = 20_000;
+
+/// For each invariant, by number, the length of the shortest counterexample found
+/// so far (`usize::MAX`: none). Read at every choice, so lock-free.
+struct BestLens([AtomicUsize; 16]);
+
+impl BestLens {
+    fn new() -> Self {
+        BestLens(std::array::from_fn(|_| AtomicUsize::new(usize::MAX)))
+    }
+
+    fn get(&self, k: u8) -> usize {
+        self.0.get(usize::from(k)).map_or(usize::MAX, |a| a.load(Ordering::Relaxed))
+    }
+
+    fn offer(&self, k: u8, len: usize) {
+        if let Some(a) = self.0.get(usize::from(k)) {
+            a.fetch_min(len, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Schedules still to run, by how many preemptions their prefix makes: the search
 /// runs those with the fewest first (depth first among equals), because races of
@@ -249,7 +324,7 @@ impl Frontier {
 
 /// Follows `prefix`, then explores: at each new situation it lets the actor that
 /// took the last step go on if it can (no preemption), else the first choice, and
-/// leaves the others on the frontier.
+/// leaves the others for later runs (`pushed`, handed to the frontier after).
 struct Dfs<'a> {
     prefix: Vec<u32>,
     /// Preemptions the prefix makes.
@@ -257,26 +332,45 @@ struct Dfs<'a> {
     /// The actor that took the last step.
     last: Option<ActorId>,
     path: Vec<u32>,
-    visited: &'a mut Visited,
-    situations: Option<&'a mut Situations>,
+    visited: &'a Visited,
+    situations: Option<&'a Mutex<Situations>>,
     collisions: usize,
     /// Under `--check-fingerprints`: (first path, this path) to a situation this
     /// run was pruned at, to replay both on and compare.
     merge: Option<(Vec<u32>, Vec<u32>)>,
-    frontier: &'a mut Frontier,
-    best: &'a Best,
+    pushed: Vec<(u32, Vec<u32>)>,
+    best: &'a BestLens,
     prune: bool,
 }
 
 impl Dfs<'_> {
     /// Whether a path at `depth` can still give some invariant a counterexample
     /// shorter than the best one: only one not yet broken on this path can break
-    /// from here, and only at step `depth + 1` or later.
+    /// from here, and only at step `depth + 1` or later. A best found meanwhile by
+    /// another thread only makes this prune less, never wrongly.
     fn may_matter(&self, ctx: &ChoiceCtx<'_>, depth: usize) -> bool {
         INVARIANTS.iter().any(|&(k, _, _)| {
-            !ctx.observer.invariants().is_broken(k)
-                && self.best.get(&k).is_none_or(|b| depth + 1 < b.len())
+            !ctx.observer.invariants().is_broken(k) && depth + 1 < self.best.get(k)
         })
+    }
+
+    /// Under `--check-fingerprints`: two situations that share a fingerprint must
+    /// agree on what it hashes and on what can be done next, or pruning one for
+    /// the other may skip what only it could do.
+    fn check_situation(&mut self, situations: &Mutex<Situations>, ctx: &ChoiceCtx<'_>, fp: u64) {
+        let full = ctx.world.situation(ctx.observer);
+        // As a sorted list: the same actors may hold other ids on another path.
+        let mut next: Vec<(ActorKind, Call)> =
+            ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call)).collect();
+        next.sort_by_cached_key(|c| format!("{c:?}"));
+        let mut situations = lock(situations);
+        match situations.get(&fp) {
+            Some(seen) if seen.full != full || seen.next != next => self.collisions += 1,
+            Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),
+            None => {
+                situations.insert(fp, Seen { full, next, path: self.path.clone() });
+            }
+        }
     }
 }
 
@@ -295,30 +389,13 @@ impl Chooser for Dfs<'_> {
         if self.prune && !self.may_matter(ctx, depth) {
             return Ok(None);
         }
-        let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
         let fp = ctx.world.fingerprint(ctx.observer);
-        if let Some(situations) = self.situations.as_deref_mut() {
-            // What the fingerprint hashes, and what can be done next: two situations
-            // that share a fingerprint must agree on both, or pruning one for the
-            // other may skip what only it could do.
-            let full = ctx.world.situation(ctx.observer);
-            // As a sorted list: the same actors may hold other ids on another path.
-            let mut next: Vec<(ActorKind, Call)> =
-                ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call)).collect();
-            next.sort_by_cached_key(|c| format!("{c:?}"));
-            match situations.get(&fp) {
-                Some(seen) if seen.full != full || seen.next != next => self.collisions += 1,
-                Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),
-                None => {
-                    situations.insert(fp, Seen { full, next, path: self.path.clone() });
-                }
-            }
+        if let Some(situations) = self.situations {
+            self.check_situation(situations, ctx, fp);
         }
-        let seen = self.visited.entry(fp).or_insert(u32::MAX);
-        if self.prune && *seen <= depth32 {
+        if !self.visited.claim(fp, u32::try_from(depth).unwrap_or(u32::MAX), self.prune) {
             return Ok(None);
         }
-        *seen = (*seen).min(depth32);
         let go_on = ctx.enabled.iter().position(|c| Some(c.actor) == self.last);
         let take = go_on.unwrap_or(0);
         // Switching away from an actor that could go on is a preemption.
@@ -326,7 +403,7 @@ impl Chooser for Dfs<'_> {
         for alt in (0..ctx.enabled.len()).rev().filter(|&a| a != take) {
             let mut p = self.path.clone();
             p.push(u32::try_from(alt).unwrap_or(u32::MAX));
-            self.frontier.push(cost, p);
+            self.pushed.push((cost, p));
         }
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
@@ -405,81 +482,36 @@ pub fn explore_with_progress(
     cfg: &ExploreConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExploreResult, RunError> {
-    let start = Instant::now();
-    // Sized for the default disk-move proof, so the table is not rebuilt as it grows.
-    let mut visited: Visited = HashMap::with_capacity_and_hasher(1 << 17, Default::default());
-    let mut situations: Option<Situations> = cfg.check_fingerprints.then(Situations::default);
-    let mut frontier = Frontier::default();
-    frontier.push(0, Vec::new());
-    let mut best: Best = BTreeMap::new();
-    let (mut runs, mut violating_runs, mut step_bound_runs, mut collisions) = (0, 0, 0, 0);
-    let mut first_violation = None;
-    let mut truncated = Vec::new();
-    let mut merges: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
-    // The search needs verdicts only; the counterexamples' runs below keep the trace.
-    let search =
-        RunConfig { trace_writes: false, check_chooser: cfg.check_fingerprints, ..cfg.run.clone() };
-    let mut last_report = Instant::now();
-    while let Some((preemptions, prefix)) = frontier.pop() {
-        if runs >= cfg.max_schedules {
-            truncated.push(Truncation::ScheduleCap(cfg.max_schedules));
-            break;
+    let search = Search::new(cfg);
+    std::thread::scope(|scope| {
+        for _ in 0..cfg.threads.max(1) {
+            // The components' futures nest deeply when polled; give them the main
+            // thread's stack size.
+            let _ = std::thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn_scoped(scope, || search.work());
         }
-        if let Some(t) = cfg.max_time.filter(|&t| start.elapsed() >= t) {
-            truncated.push(Truncation::TimeCap(t));
-            break;
-        }
-        runs += 1;
-        let mut dfs = Dfs {
-            prefix,
-            preemptions,
-            last: None,
-            path: Vec::new(),
-            visited: &mut visited,
-            situations: situations.as_mut(),
-            collisions: 0,
-            merge: None,
-            frontier: &mut frontier,
-            best: &best,
-            prune: cfg.prune,
-        };
-        let r = harness::run_verdict(&search, &mut dfs)?;
-        collisions += dfs.collisions;
-        if let (Some(m), true) = (dfs.merge.take(), merges.len() < MERGES_CHECKED) {
-            merges.push(m);
-        }
-        let path = std::mem::take(&mut dfs.path);
-        if let Some(e) = r.harness_errors.first() {
-            return Err(RunError::Harness(e.clone()));
-        }
-        if matches!(r.end, RunEnd::StepBound(_)) {
-            step_bound_runs += 1;
-        }
-        if !r.violations.is_empty() {
-            violating_runs += 1;
-            first_violation.get_or_insert((runs, start.elapsed()));
-        }
-        for v in &r.violations {
-            let len = v.step.min(path.len());
-            if best.get(&v.invariant).is_none_or(|b| len < b.len()) {
-                best.insert(v.invariant, path[..len].to_vec());
-            }
-        }
-        if last_report.elapsed() >= Duration::from_millis(250) {
-            last_report = Instant::now();
-            progress(Progress {
-                runs,
-                situations: visited.len(),
-                violating_runs,
-                elapsed: start.elapsed(),
-            });
-        }
+        search.report_until_done(progress);
+    });
+    let Search { start, visited, best, queue, tally, .. } = search;
+    let queue = queue.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = tally.error.take() {
+        return Err(e);
     }
-    if step_bound_runs > 0 {
-        truncated
-            .push(Truncation::StepBound { max_steps: cfg.run.max_steps, runs: step_bound_runs });
+    if queue.started == 0 {
+        // No worker could be started: nothing was searched.
+        return Err(RunError::Harness(HarnessError::NoWorkers));
     }
-    for (first, again) in &merges {
+    let mut truncated: Vec<Truncation> = queue.truncated.into_iter().collect();
+    if tally.step_bound_runs > 0 {
+        truncated.push(Truncation::StepBound {
+            max_steps: cfg.run.max_steps,
+            runs: tally.step_bound_runs,
+        });
+    }
+    let mut collisions = tally.collisions;
+    for (first, again) in &tally.merges {
         if !one_future(&cfg.run, first, again)? {
             collisions += 1;
         }
@@ -487,6 +519,8 @@ pub fn explore_with_progress(
     if collisions > 0 {
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
+    let best = best.into_inner().unwrap_or_else(|p| p.into_inner());
+    let best = canonical::counterexamples(cfg, best, truncated.is_empty(), start)?;
     let mut counterexamples = Vec::new();
     for (invariant, prefix) in best {
         let len = prefix.len();
@@ -498,6 +532,8 @@ pub fn explore_with_progress(
         }
         counterexamples.push(Counterexample { invariant, len, run });
     }
+    let (runs, violating_runs, first_violation) =
+        (tally.runs, tally.violating_runs, tally.first_violation);
     Ok(ExploreResult {
         runs,
         situations: visited.len(),
@@ -511,4 +547,207 @@ pub fn explore_with_progress(
         first_violation,
         elapsed: start.elapsed(),
     })
+}
+
+/// What the search's threads share: the frontier, the visited set, the best
+/// lengths, and the tallies.
+struct Search<'a> {
+    cfg: &'a ExploreConfig,
+    /// The search needs verdicts only; the counterexamples' runs keep the trace.
+    run: RunConfig,
+    start: Instant,
+    visited: Visited,
+    situations: Option<Mutex<Situations>>,
+    best_lens: BestLens,
+    /// Per broken invariant, the shortest prefix found (ties: the smaller in
+    /// choice order); replaced by the canonical one once the search is done.
+    best: Mutex<Best>,
+    queue: Mutex<Queue>,
+    /// Work was pushed, or the search ended.
+    wake: Condvar,
+    /// The search ended (for the thread that reports progress).
+    ended: Condvar,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Queue {
+    frontier: Frontier,
+    /// Runs being run now; with an empty frontier and none busy, the search is done.
+    busy: usize,
+    started: usize,
+    stopped: bool,
+    truncated: Option<Truncation>,
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    violating_runs: usize,
+    step_bound_runs: usize,
+    collisions: usize,
+    first_violation: Option<(usize, Duration)>,
+    merges: Vec<(Vec<u32>, Vec<u32>)>,
+    error: Option<RunError>,
+}
+
+impl<'a> Search<'a> {
+    fn new(cfg: &'a ExploreConfig) -> Self {
+        let mut frontier = Frontier::default();
+        frontier.push(0, Vec::new());
+        Search {
+            cfg,
+            run: RunConfig {
+                trace_writes: false,
+                check_chooser: cfg.check_fingerprints,
+                ..cfg.run.clone()
+            },
+            start: Instant::now(),
+            visited: Visited::new(),
+            situations: cfg.check_fingerprints.then(|| Mutex::new(Situations::default())),
+            best_lens: BestLens::new(),
+            best: Mutex::new(BTreeMap::new()),
+            queue: Mutex::new(Queue { frontier, ..Queue::default() }),
+            wake: Condvar::new(),
+            ended: Condvar::new(),
+            tally: Mutex::new(Tally::default()),
+        }
+    }
+
+    /// One thread's share: take a prefix, run it, hand back what it left, until
+    /// nothing is left or a cap is reached.
+    fn work(&self) {
+        while let Some((preemptions, prefix)) = self.next() {
+            let mut dfs = Dfs {
+                prefix,
+                preemptions,
+                last: None,
+                path: Vec::new(),
+                visited: &self.visited,
+                situations: self.situations.as_ref(),
+                collisions: 0,
+                merge: None,
+                pushed: Vec::new(),
+                best: &self.best_lens,
+                prune: self.cfg.prune,
+            };
+            let outcome = harness::run_outcome(&self.run, &mut dfs);
+            self.record(&mut dfs, outcome);
+            let mut q = lock(&self.queue);
+            for (cost, p) in dfs.pushed {
+                q.frontier.push(cost, p);
+            }
+            q.busy -= 1;
+            drop(q);
+            self.wake.notify_all();
+        }
+    }
+
+    fn next(&self) -> Option<(u32, Vec<u32>)> {
+        let mut q = lock(&self.queue);
+        loop {
+            if q.stopped {
+                return None;
+            }
+            let cap = if q.started >= self.cfg.max_schedules {
+                Some(Truncation::ScheduleCap(self.cfg.max_schedules))
+            } else {
+                self.cfg.max_time.filter(|&t| self.start.elapsed() >= t).map(Truncation::TimeCap)
+            };
+            match (q.frontier.pop(), cap) {
+                (Some(_), Some(t)) => {
+                    q.truncated = Some(t);
+                    return self.stop(q);
+                }
+                (Some(work), None) => {
+                    q.busy += 1;
+                    q.started += 1;
+                    return Some(work);
+                }
+                (None, _) if q.busy == 0 => return self.stop(q),
+                (None, _) => q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
+    fn stop<T>(&self, mut q: MutexGuard<'_, Queue>) -> Option<T> {
+        q.stopped = true;
+        drop(q);
+        self.wake.notify_all();
+        self.ended.notify_all();
+        None
+    }
+
+    fn record(&self, dfs: &mut Dfs<'_>, outcome: Result<harness::RunOutcome, RunError>) {
+        let mut t = lock(&self.tally);
+        t.runs += 1;
+        let r = match outcome {
+            Ok(r) => r,
+            Err(e) => return self.fail(t, e),
+        };
+        if let Some(e) = r.harness_errors.first() {
+            return self.fail(t, RunError::Harness(e.clone()));
+        }
+        t.collisions += dfs.collisions;
+        if let (Some(m), true) = (dfs.merge.take(), t.merges.len() < MERGES_CHECKED) {
+            t.merges.push(m);
+        }
+        if matches!(r.end, RunEnd::StepBound(_)) {
+            t.step_bound_runs += 1;
+        }
+        if !r.violations.is_empty() {
+            t.violating_runs += 1;
+            let at = (t.runs, self.start.elapsed());
+            t.first_violation.get_or_insert(at);
+        }
+        drop(t);
+        if r.violations.is_empty() {
+            return;
+        }
+        let mut best = lock(&self.best);
+        for v in &r.violations {
+            let len = v.step.min(dfs.path.len());
+            let prefix = &dfs.path[..len];
+            self.best_lens.offer(v.invariant, len);
+            let better =
+                best.get(&v.invariant).is_none_or(|b| (len, prefix) < (b.len(), b.as_slice()));
+            if better {
+                best.insert(v.invariant, prefix.to_vec());
+            }
+        }
+    }
+
+    /// A run that failed ends the search: keep the first error.
+    fn fail(&self, mut t: MutexGuard<'_, Tally>, e: RunError) {
+        t.error.get_or_insert(e);
+        drop(t);
+        let q = lock(&self.queue);
+        self.stop::<()>(q);
+    }
+
+    /// On the calling thread: a progress report about four times a second,
+    /// until the workers are done.
+    fn report_until_done(&self, progress: &mut dyn FnMut(Progress)) {
+        let mut q = lock(&self.queue);
+        while !q.stopped {
+            let (g, timeout) = self
+                .ended
+                .wait_timeout(q, Duration::from_millis(250))
+                .unwrap_or_else(|p| p.into_inner());
+            q = g;
+            if timeout.timed_out() && !q.stopped {
+                drop(q);
+                let t = lock(&self.tally);
+                let (runs, violating_runs) = (t.runs, t.violating_runs);
+                drop(t);
+                progress(Progress {
+                    runs,
+                    situations: self.visited.len(),
+                    violating_runs,
+                    elapsed: self.start.elapsed(),
+                });
+                q = lock(&self.queue);
+            }
+        }
+    }
 }

@@ -213,6 +213,10 @@ struct ExploreArgs {
     /// Seconds to search at most; a search cut short is truncated.
     #[arg(long, value_parser = at_least_one)]
     max_seconds: Option<usize>,
+    /// Threads that run schedules [default: every core]. The verdict and each
+    /// counterexample are the same for every count.
+    #[arg(long, value_parser = at_least_one)]
+    threads: Option<usize>,
     /// Check the fingerprints: replay both sides of every merge and compare their
     /// futures, and check that no chooser changes the world (slow; a debugging aid).
     #[arg(long)]
@@ -374,6 +378,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
         max_schedules: a.max_schedules,
         max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
         check_fingerprints: a.check_fingerprints,
+        threads: a.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
         ..ExploreConfig::new(run)
     };
     let tty = std::io::stderr().is_terminal();

@@ -479,16 +479,16 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
 /// How a run ended and what it broke: all the explorer reads, so nothing else is
 /// copied out of the run.
 #[derive(Debug)]
-pub struct Verdict {
+pub struct RunOutcome {
     pub end: RunEnd,
     pub violations: Vec<Violation>,
     pub harness_errors: Vec<HarnessError>,
 }
 
-/// Runs one schedule from scratch and reads only its verdict.
-pub fn run_verdict(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<Verdict, RunError> {
+/// Runs one schedule from scratch and reads only how it ended and what it broke.
+pub fn run_outcome(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunOutcome, RunError> {
     let (world, end, observer) = drive(config, chooser)?;
-    Ok(Verdict {
+    Ok(RunOutcome {
         end,
         violations: observer.violations().to_vec(),
         harness_errors: world.sched.errors(),

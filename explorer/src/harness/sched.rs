@@ -47,6 +47,12 @@ pub enum HarnessError {
     ScenarioNotFirst,
     #[error("the counterexample for invariant {invariant} did not reproduce at step {step}")]
     NotReproduced { invariant: u8, step: usize },
+    #[error(
+        "invariant {invariant} breaks in {len} steps, but the exhaustive search found {searched}"
+    )]
+    ShorterMissed { invariant: u8, len: usize, searched: usize },
+    #[error("no search thread could be started")]
+    NoWorkers,
 }
 
 thread_local! {

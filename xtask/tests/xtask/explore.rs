@@ -213,7 +213,7 @@ fn enumerate(run: &RunConfig) -> (Vec<(u8, usize)>, usize) {
     let mut runs = 0;
     loop {
         let mut odo = Odometer { prefix, taken: Vec::new() };
-        let v = harness::run_verdict(&cfg, &mut odo).expect("runs");
+        let v = harness::run_outcome(&cfg, &mut odo).expect("runs");
         runs += 1;
         for x in &v.violations {
             let b = best.entry(x.invariant).or_insert(x.step);
@@ -314,8 +314,9 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
         ("publish-then-remove", &faults),
     ];
     for (ordering, extra) in cases {
-        let args =
-            [&["explore", "--scenario", "stop-race", "--ordering", ordering][..], extra].concat();
+        // One thread, so the schedule count is the same run to run too.
+        let base = ["explore", "--threads", "1", "--scenario", "stop-race", "--ordering", ordering];
+        let args = [&base[..], extra].concat();
         let code = if ordering == "remove-then-publish" { 1 } else { 0 };
         let (plain, checked) =
             (json(&args, code), json(&[&args[..], &["--check-fingerprints"]].concat(), code));
@@ -520,4 +521,40 @@ fn most_checks_at_once(concurrency: usize) -> usize {
 fn a_pass_runs_its_checks_as_actors_up_to_the_concurrency() {
     assert_eq!(most_checks_at_once(1), 1);
     assert_eq!(most_checks_at_once(2), 2);
+}
+
+/// What a search must give whatever its thread count: the verdict, the coverage,
+/// the distinct situations, and each counterexample (its invariant, length and
+/// replay string). Only the schedule count and the time may differ.
+fn check_same_for_any_thread_count(run: RunConfig) {
+    let with = |threads| {
+        let r = explore(&ExploreConfig { threads, ..ExploreConfig::new(run.clone()) })
+            .expect("explores");
+        let cex: Vec<_> =
+            r.counterexamples.iter().map(|c| (c.invariant, c.len, c.replay())).collect();
+        (r.verdict(), r.coverage.clone(), r.situations, cex)
+    };
+    let one = with(1);
+    assert!(one.2 > 100, "{:?}: only {} situations", run.scenario, one.2);
+    assert_eq!(one, with(2), "{:?} {:?} {:?}", run.scenario, run.ordering, run.inject);
+}
+
+#[test]
+fn one_thread_and_two_give_the_same_result() {
+    for scenario in [ScenarioKind::StopRace, ScenarioKind::DiskMove] {
+        for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
+            check_same_for_any_thread_count(RunConfig {
+                scenario,
+                ordering,
+                ..config(ordering, RestartPolicy::Current)
+            });
+        }
+    }
+    // A seeded bug, with a user operation: more invariants break, and more
+    // schedules break each at its shortest length.
+    check_same_for_any_thread_count(RunConfig {
+        inject: Some(harness::Inject::NoGenerationCheck),
+        user_ops: 1,
+        ..stop_race(1)
+    });
 }

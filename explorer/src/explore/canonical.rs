@@ -1,0 +1,139 @@
+//! Which counterexample to print, whatever the thread count or shard: of all
+//! schedules that break an invariant at its shortest length, the first in the
+//! order of choice indices.
+//!
+//! The search finds each broken invariant's shortest length L exactly, but which
+//! schedule of length L it meets first depends on which thread ran what when. So,
+//! once it is done, a depth-first pass in choice order, bounded by the largest L,
+//! looks for the first schedule that breaks each invariant within its L. It
+//! prunes a situation already expanded at the same or a smaller depth, and that
+//! cannot hide the first schedule: if it passed a situation first reached by a
+//! path earlier in the order and no longer, that path's continuation would break
+//! the invariant no later and earlier in the order. The pass runs only when
+//! something broke, and only as deep as the longest counterexample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+use std::time::Instant;
+
+use super::{follow, Best, ExploreConfig};
+use crate::harness::hash::StableHasher;
+use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
+use crate::harness::{self, HarnessError, RunConfig, RunError};
+
+/// The canonical prefix of each invariant in `found` (the search's best, whose
+/// lengths are exact when the search was exhaustive). If the pass cannot finish
+/// within the search's own caps, the search's prefixes are kept as they are.
+pub(super) fn counterexamples(
+    cfg: &ExploreConfig,
+    found: Best,
+    exhaustive: bool,
+    start: Instant,
+) -> Result<Best, RunError> {
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let mut wanted: BTreeMap<u8, usize> = found.iter().map(|(&k, p)| (k, p.len())).collect();
+    let run = RunConfig { trace_writes: false, check_chooser: false, ..cfg.run.clone() };
+    let mut visited: HashMap<u64, u32, BuildHasherDefault<StableHasher>> = HashMap::default();
+    let mut stack: Vec<Vec<u32>> = vec![Vec::new()];
+    let mut canonical = Best::new();
+    let mut runs = 0;
+    while let Some(prefix) = stack.pop() {
+        if wanted.is_empty() {
+            break;
+        }
+        runs += 1;
+        let over_time = cfg.max_time.is_some_and(|t| start.elapsed() >= t * 2);
+        if runs > cfg.max_schedules || over_time {
+            // Out of budget: the search's own prefixes stand.
+            return Ok(found);
+        }
+        let mut lex = InOrder {
+            prune: cfg.prune,
+            prefix,
+            path: Vec::new(),
+            wanted: &wanted,
+            visited: &mut visited,
+            stack: &mut stack,
+        };
+        let r = harness::run_outcome(&run, &mut lex)?;
+        let path = lex.path;
+        if let Some(e) = r.harness_errors.first() {
+            return Err(RunError::Harness(e.clone()));
+        }
+        for v in &r.violations {
+            let Some(&l) = wanted.get(&v.invariant) else { continue };
+            let len = v.step.min(path.len());
+            if len > l {
+                continue;
+            }
+            if len < l && exhaustive {
+                // An exhaustive search found L exactly; a shorter one means it
+                // pruned what it should not have.
+                return Err(RunError::Harness(HarnessError::ShorterMissed {
+                    invariant: v.invariant,
+                    len,
+                    searched: l,
+                }));
+            }
+            canonical.insert(v.invariant, path[..len].to_vec());
+            wanted.remove(&v.invariant);
+        }
+    }
+    if let Some((&invariant, &step)) = wanted.iter().next() {
+        return Err(RunError::Harness(HarnessError::NotReproduced { invariant, step }));
+    }
+    Ok(canonical)
+}
+
+/// Depth first in choice order: follows `prefix`, then takes the first choice at
+/// each new situation and stacks the others so the next run takes the second.
+struct InOrder<'a> {
+    /// Off for a brute-force search, which must not lean on fingerprints.
+    prune: bool,
+    prefix: Vec<u32>,
+    path: Vec<u32>,
+    /// Invariant -> the length its first schedule is looked for within.
+    wanted: &'a BTreeMap<u8, usize>,
+    visited: &'a mut HashMap<u64, u32, BuildHasherDefault<StableHasher>>,
+    stack: &'a mut Vec<Vec<u32>>,
+}
+
+impl Chooser for InOrder<'_> {
+    fn replaying(&self, steps: usize) -> bool {
+        steps < self.prefix.len()
+    }
+
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        let depth = ctx.step;
+        if let Some(&i) = self.prefix.get(depth) {
+            return follow(&mut self.path, i, ctx.enabled, depth);
+        }
+        // Only an invariant not yet broken on this path, within its length, can
+        // still be found from here.
+        let may =
+            self.wanted.iter().any(|(&k, &l)| depth < l && !ctx.observer.invariants().is_broken(k));
+        if !may {
+            return Ok(None);
+        }
+        let fp = ctx.world.fingerprint(ctx.observer);
+        let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
+        let seen = self.visited.entry(fp).or_insert(u32::MAX);
+        if self.prune && *seen <= depth32 {
+            return Ok(None);
+        }
+        *seen = (*seen).min(depth32);
+        // Stacked last to first, so the second choice is the next run's.
+        for alt in (1..ctx.enabled.len()).rev() {
+            let mut p = self.path.clone();
+            p.push(u32::try_from(alt).unwrap_or(u32::MAX));
+            self.stack.push(p);
+        }
+        if ctx.enabled.is_empty() {
+            return Ok(None);
+        }
+        self.path.push(0);
+        Ok(Some(0))
+    }
+}
