@@ -178,6 +178,8 @@ pub struct ExploreResult {
     pub runs: usize,
     /// Distinct situations expanded.
     pub situations: usize,
+    /// Memory the visited set held at the end, in bytes.
+    pub visited_bytes: usize,
     /// Runs in which some invariant broke.
     pub violating_runs: usize,
     pub coverage: Coverage,
@@ -212,6 +214,8 @@ impl ExploreResult {
 pub struct Progress {
     pub runs: usize,
     pub situations: usize,
+    /// The most steps a run has taken so far.
+    pub depth: usize,
     pub violating_runs: usize,
     pub elapsed: Duration,
 }
@@ -251,6 +255,13 @@ impl Visited {
 
     fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// The tables' memory: each slot holds a fingerprint and a depth, plus the
+    /// hash table's one control byte (hashbrown's layout, which std uses).
+    fn bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(u64, u32)>() + 1;
+        self.shards.iter().map(|s| lock(s).capacity() * slot).sum()
     }
 }
 
@@ -537,6 +548,7 @@ pub fn explore_with_progress(
     Ok(ExploreResult {
         runs,
         situations: visited.len(),
+        visited_bytes: visited.bytes(),
         violating_runs,
         coverage: if truncated.is_empty() {
             Coverage::Exhaustive
@@ -583,6 +595,7 @@ struct Queue {
 #[derive(Default)]
 struct Tally {
     runs: usize,
+    depth: usize,
     violating_runs: usize,
     step_bound_runs: usize,
     collisions: usize,
@@ -681,6 +694,7 @@ impl<'a> Search<'a> {
     fn record(&self, dfs: &mut Dfs<'_>, outcome: Result<harness::RunOutcome, RunError>) {
         let mut t = lock(&self.tally);
         t.runs += 1;
+        t.depth = t.depth.max(dfs.path.len());
         let r = match outcome {
             Ok(r) => r,
             Err(e) => return self.fail(t, e),
@@ -738,10 +752,11 @@ impl<'a> Search<'a> {
             if timeout.timed_out() && !q.stopped {
                 drop(q);
                 let t = lock(&self.tally);
-                let (runs, violating_runs) = (t.runs, t.violating_runs);
+                let (runs, depth, violating_runs) = (t.runs, t.depth, t.violating_runs);
                 drop(t);
                 progress(Progress {
                     runs,
+                    depth,
                     situations: self.visited.len(),
                     violating_runs,
                     elapsed: self.start.elapsed(),

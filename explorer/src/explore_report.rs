@@ -115,11 +115,12 @@ impl<'a> View<'a> {
     fn counts_text(&self) -> String {
         let r = self.r;
         format!(
-            "{} runs, {} distinct situations, {} violating runs, {:.3} s",
+            "{} runs, {} distinct situations, {} violating runs, {:.3} s on {} thread(s)",
             r.runs,
             r.situations,
             r.violating_runs,
-            r.elapsed.as_secs_f64()
+            r.elapsed.as_secs_f64(),
+            self.cfg.threads
         )
     }
 
@@ -260,6 +261,8 @@ impl<'a> View<'a> {
             "runs": r.runs,
             "situations": r.situations,
             "violating_runs": r.violating_runs,
+            "threads": self.cfg.threads,
+            "visited_bytes": r.visited_bytes,
             // The contract's names for the same three counts.
             "schedules": r.runs,
             "states": r.situations,

@@ -299,7 +299,7 @@ pub fn run(
     let log = logger(cli.log_format, cli.log_level);
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
-        Command::Explore(a) => explore(a, out, err),
+        Command::Explore(a) => explore(a, out),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
         Command::Openapi => match crate::openapi::write() {
@@ -367,7 +367,7 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fail> {
+fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
     use std::io::IsTerminal;
     // Logging stays off the hot path: a run takes microseconds, a log line more.
     let log = Logger::root(slog::Discard, o!());
@@ -381,25 +381,31 @@ fn explore(a: ExploreArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u
         threads: a.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
         ..ExploreConfig::new(run)
     };
-    let tty = std::io::stderr().is_terminal();
-    let mut shown = false;
-    let result = sledsim_explorer::explore::explore_with_progress(&cfg, &mut |p| {
-        if tty && p.elapsed.as_secs_f64() >= 1.0 {
-            shown = true;
-            let _ = write!(
-                err,
-                "\r{} runs, {} situations, {} violating runs, {:.1} s",
-                p.runs,
-                p.situations,
-                p.violating_runs,
-                p.elapsed.as_secs_f64()
-            );
+    // A progress line on stderr when it is a terminal, from the first second on;
+    // stdout (and --json) stays as it is.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+            bar.set_style(style);
         }
-    })
-    .map_err(run_failure)?;
-    if shown {
-        let _ = writeln!(err);
+        bar
+    });
+    let result = sledsim_explorer::explore::explore_with_progress(&cfg, &mut |p| {
+        let Some(bar) = bar.as_ref().filter(|_| p.elapsed.as_secs_f64() >= 1.0) else { return };
+        bar.set_message(format!(
+            "{} schedules ({:.0}/s), {} distinct situations, depth {}, {} violating",
+            p.runs,
+            p.runs as f64 / p.elapsed.as_secs_f64(),
+            p.situations,
+            p.depth,
+            p.violating_runs
+        ));
+        bar.tick();
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    let result = result.map_err(run_failure)?;
     let view = sledsim_explorer::explore_report::View::new(&cfg, &result);
     if let Some(path) = &a.report {
         std::fs::write(path, view.html())
