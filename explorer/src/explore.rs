@@ -45,6 +45,73 @@ pub struct ExploreConfig {
     /// every count; so is the number of situations, for a search that breaks
     /// nothing (pruning on length makes it depend on timing otherwise).
     pub threads: usize,
+    /// Explore only this part of the schedule space (`--shard K/N`).
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` disjoint parts of the schedule space, which together cover it.
+/// A schedule's part is the hash of the situation it is in once it has passed
+/// `SPLIT_AT` branching points, so any machine computes the same split, and
+/// schedules that meet there (two orders of independent steps) fall in one part.
+/// Before that point every part runs the same few schedules and prunes nothing: a
+/// situation reached there may lead into several parts. After it, each part
+/// prunes on its own visited set, which is sound because every schedule through
+/// a situation it reached after deciding is its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// From 0.
+    pub index: usize,
+    pub count: usize,
+}
+
+/// How many branching points a schedule passes before its part is decided.
+pub const SPLIT_AT: usize = 4;
+
+impl Shard {
+    fn owns(self, fingerprint: u64) -> bool {
+        let h = fingerprint ^ (fingerprint >> 29);
+        usize::try_from(h % self.count.max(1) as u64).unwrap_or(0) == self.index
+    }
+}
+
+/// Where a path stands against the shard split. Without a shard, every path is
+/// past it.
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    shard: Option<Shard>,
+    branches: usize,
+    decided: bool,
+}
+
+impl Split {
+    fn new(shard: Option<Shard>) -> Self {
+        Split { shard, branches: 0, decided: shard.is_none() }
+    }
+
+    /// Whether the path's part is still open: its situations may be neither
+    /// pruned nor recorded.
+    fn before(&self) -> bool {
+        !self.decided
+    }
+
+    /// At a situation: whether the path may go on in this part. Decides the part
+    /// once the path has passed enough branching points.
+    fn mine(&mut self, fingerprint: impl FnOnce() -> u64) -> bool {
+        match self.shard {
+            Some(shard) if !self.decided && self.branches >= SPLIT_AT => {
+                self.decided = true;
+                shard.owns(fingerprint())
+            }
+            _ => true,
+        }
+    }
+
+    /// A choice among `n` was made: counts a branching point.
+    fn chose(&mut self, n: usize) {
+        if n > 1 {
+            self.branches += 1;
+        }
+    }
 }
 
 /// Every core this process may use (1 if that cannot be told).
@@ -56,6 +123,7 @@ impl ExploreConfig {
     pub fn new(run: RunConfig) -> Self {
         ExploreConfig {
             threads: all_cores(),
+            shard: None,
             run,
             max_schedules: DEFAULT_MAX_SCHEDULES,
             max_time: None,
@@ -73,6 +141,9 @@ pub struct Counterexample {
     pub invariant: u8,
     /// Steps up to and including the one after which the violation was seen.
     pub len: usize,
+    /// Those steps as choice indices: what orders two counterexamples of one
+    /// length, and what a shard's JSON carries so its merge can rebuild the run.
+    pub prefix: Vec<u32>,
     /// The whole run: the violating prefix, then the `happy` policy to the end, so
     /// its replay string runs to completion under `cargo xtask scenario`.
     pub run: RunResult,
@@ -104,6 +175,8 @@ pub enum Truncation {
     /// collision) or in what could go next (something the fingerprint leaves
     /// out): one may have been pruned unseen. Found only with `--check-fingerprints`.
     FingerprintCollision(usize),
+    /// Merged from shards, these of which (from 1) were truncated.
+    Shards(Vec<usize>),
 }
 
 impl Truncation {
@@ -116,6 +189,10 @@ impl Truncation {
             }
             Truncation::FingerprintCollision(n) => {
                 format!("{n} fingerprint mismatch(es): one fingerprint, different situations")
+            }
+            Truncation::Shards(which) => {
+                let which: Vec<String> = which.iter().map(ToString::to_string).collect();
+                format!("shard(s) {} truncated", which.join(", "))
             }
         }
     }
@@ -352,6 +429,7 @@ struct Dfs<'a> {
     pushed: Vec<(u32, Vec<u32>)>,
     best: &'a BestLens,
     prune: bool,
+    split: Split,
 }
 
 impl Dfs<'_> {
@@ -393,6 +471,10 @@ impl Chooser for Dfs<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
+            // A prefix was taken in this part before: its decision, if it passed
+            // one, was this part.
+            self.split.mine(|| 0);
+            self.split.chose(ctx.enabled.len());
             let r = follow(&mut self.path, i, ctx.enabled, depth);
             self.last = ctx.enabled.get(i as usize).map(|c| c.actor);
             return r;
@@ -401,12 +483,18 @@ impl Chooser for Dfs<'_> {
             return Ok(None);
         }
         let fp = ctx.world.fingerprint(ctx.observer);
-        if let Some(situations) = self.situations {
-            self.check_situation(situations, ctx, fp);
-        }
-        if !self.visited.claim(fp, u32::try_from(depth).unwrap_or(u32::MAX), self.prune) {
+        if !self.split.mine(|| fp) {
             return Ok(None);
         }
+        if !self.split.before() {
+            if let Some(situations) = self.situations {
+                self.check_situation(situations, ctx, fp);
+            }
+            if !self.visited.claim(fp, u32::try_from(depth).unwrap_or(u32::MAX), self.prune) {
+                return Ok(None);
+            }
+        }
+        self.split.chose(ctx.enabled.len());
         let go_on = ctx.enabled.iter().position(|c| Some(c.actor) == self.last);
         let take = go_on.unwrap_or(0);
         // Switching away from an actor that could go on is a preemption.
@@ -532,17 +620,10 @@ pub fn explore_with_progress(
     }
     let best = best.into_inner().unwrap_or_else(|p| p.into_inner());
     let best = canonical::counterexamples(cfg, best, truncated.is_empty(), start)?;
-    let mut counterexamples = Vec::new();
-    for (invariant, prefix) in best {
-        let len = prefix.len();
-        let run = harness::run(&cfg.run, &mut PrefixThenHappy { prefix, path: Vec::new() })?;
-        // The prefix is deterministic, so the full run breaks the invariant at the
-        // same step; anything else means the harness is not.
-        if !run.violations.iter().any(|v| v.invariant == invariant && v.step == len) {
-            return Err(RunError::Harness(HarnessError::NotReproduced { invariant, step: len }));
-        }
-        counterexamples.push(Counterexample { invariant, len, run });
-    }
+    let counterexamples = best
+        .into_iter()
+        .map(|(k, prefix)| counterexample(&cfg.run, k, prefix))
+        .collect::<Result<_, _>>()?;
     let (runs, violating_runs, first_violation) =
         (tally.runs, tally.violating_runs, tally.first_violation);
     Ok(ExploreResult {
@@ -558,6 +639,106 @@ pub fn explore_with_progress(
         counterexamples,
         first_violation,
         elapsed: start.elapsed(),
+    })
+}
+
+/// The counterexample whose violating steps are `prefix`: run again, then on to
+/// its end by the `happy` policy, so its replay string runs to completion.
+fn counterexample(
+    run: &RunConfig,
+    invariant: u8,
+    prefix: Vec<u32>,
+) -> Result<Counterexample, RunError> {
+    let len = prefix.len();
+    let result =
+        harness::run(run, &mut PrefixThenHappy { prefix: prefix.clone(), path: Vec::new() })?;
+    // The prefix is deterministic, so the full run breaks the invariant at the
+    // same step; anything else means the harness is not.
+    if !result.violations.iter().any(|v| v.invariant == invariant && v.step == len) {
+        return Err(RunError::Harness(HarnessError::NotReproduced { invariant, step: len }));
+    }
+    Ok(Counterexample { invariant, len, prefix, run: result })
+}
+
+/// What one shard of a split search found: what its JSON carries.
+#[derive(Clone, Debug)]
+pub struct ShardResult {
+    pub shard: Shard,
+    pub runs: usize,
+    pub situations: usize,
+    pub violating_runs: usize,
+    pub exhaustive: bool,
+    /// Each broken invariant's counterexample in this shard: its choices.
+    pub counterexamples: Vec<(u8, Vec<u32>)>,
+    pub elapsed: Duration,
+}
+
+/// Why a shard's results cannot be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("shard {index} of {count} is given twice")]
+    Twice { index: usize, count: usize },
+    #[error("shard {index} of {count} is missing")]
+    Missing { index: usize, count: usize },
+    #[error("the shards split the space differently ({a} and {b} parts)")]
+    Counts { a: usize, b: usize },
+    #[error("no shard given")]
+    Empty,
+    #[error("rebuilding a counterexample failed")]
+    Run(#[source] RunError),
+}
+
+/// One search's result from its shards: the same verdict, broken invariants and
+/// counterexamples (each the first in choice order of its shortest length) as
+/// the search unsplit. Runs and situations are the shards' sums (a situation
+/// two shards both reached counts twice); the time is the longest shard's; when
+/// the first violation turned up is not known.
+pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResult, MergeError> {
+    let count = shards.first().ok_or(MergeError::Empty)?.shard.count;
+    let mut seen = vec![false; count];
+    for s in shards {
+        if s.shard.count != count {
+            return Err(MergeError::Counts { a: count, b: s.shard.count });
+        }
+        let slot = seen
+            .get_mut(s.shard.index)
+            .ok_or(MergeError::Counts { a: count, b: s.shard.index + 1 })?;
+        if std::mem::replace(slot, true) {
+            return Err(MergeError::Twice { index: s.shard.index + 1, count });
+        }
+    }
+    if let Some(index) = seen.iter().position(|&s| !s) {
+        return Err(MergeError::Missing { index: index + 1, count });
+    }
+    let mut best = Best::new();
+    for s in shards {
+        for (k, prefix) in &s.counterexamples {
+            let better = best.get(k).is_none_or(|b| (prefix.len(), prefix) < (b.len(), b));
+            if better {
+                best.insert(*k, prefix.clone());
+            }
+        }
+    }
+    let counterexamples = best
+        .into_iter()
+        .map(|(k, prefix)| counterexample(&cfg.run, k, prefix))
+        .collect::<Result<_, _>>()
+        .map_err(MergeError::Run)?;
+    let truncated: Vec<usize> =
+        shards.iter().filter(|s| !s.exhaustive).map(|s| s.shard.index + 1).collect();
+    Ok(ExploreResult {
+        runs: shards.iter().map(|s| s.runs).sum(),
+        situations: shards.iter().map(|s| s.situations).sum(),
+        visited_bytes: 0,
+        violating_runs: shards.iter().map(|s| s.violating_runs).sum(),
+        coverage: if truncated.is_empty() {
+            Coverage::Exhaustive
+        } else {
+            Coverage::Truncated(vec![Truncation::Shards(truncated)])
+        },
+        counterexamples,
+        first_violation: None,
+        elapsed: shards.iter().map(|s| s.elapsed).max().unwrap_or_default(),
     })
 }
 
@@ -643,6 +824,7 @@ impl<'a> Search<'a> {
                 pushed: Vec::new(),
                 best: &self.best_lens,
                 prune: self.cfg.prune,
+                split: Split::new(self.cfg.shard),
             };
             let outcome = harness::run_outcome(&self.run, &mut dfs);
             self.record(&mut dfs, outcome);

@@ -223,6 +223,8 @@ impl<'a> View<'a> {
             "invariant": c.invariant,
             "rule": invariant_text(c.invariant),
             "length": c.len,
+            // The violating steps as choice indices, for `explore-merge`.
+            "choices": c.prefix,
             // Shortest within the bounds only when the search was exhaustive.
             "shortest": self.r.coverage == Coverage::Exhaustive,
             "steps": steps_until(c),

@@ -38,7 +38,8 @@ pub mod harness;
 pub mod report;
 
 pub use explore::{
-    explore, Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict,
+    explore, merge, Counterexample, Coverage, ExploreConfig, ExploreResult, MergeError, Shard,
+    ShardResult, Truncation, Verdict,
 };
 pub use harness::invariants::INVARIANTS;
 pub use harness::{Inject, RunConfig, RunError, RunResult, ScenarioKind, Transport};

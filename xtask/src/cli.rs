@@ -14,7 +14,9 @@ use sim_sled_agent::RemovalOrdering;
 use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
-use sledsim_explorer::explore::{ExploreConfig, Verdict, DEFAULT_MAX_SCHEDULES};
+use sledsim_explorer::explore::{
+    ExploreConfig, Shard, ShardResult, Verdict, DEFAULT_MAX_SCHEDULES,
+};
 use sledsim_explorer::harness::schedule::ScheduleSpec;
 use sledsim_explorer::harness::{
     self, Inject, RunConfig, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
@@ -45,6 +47,8 @@ enum Command {
     Scenario(ScenarioArgs),
     /// Explore every interleaving within bounds; print the shortest counterexample.
     Explore(ExploreArgs),
+    /// Combine the JSON of `explore --shard K/N` for K = 1..N into one result.
+    ExploreMerge(MergeArgs),
     /// Measure the performance targets (rebuilds and runs itself in release).
     Bench(BenchArgs),
     /// Regenerate the OpenAPI documents under openapi/ from the code.
@@ -217,6 +221,10 @@ struct ExploreArgs {
     /// counterexample are the same for every count.
     #[arg(long, value_parser = at_least_one)]
     threads: Option<usize>,
+    /// Explore only part K of N of the schedule space (K from 1), for one machine
+    /// of a CI matrix; `explore-merge` combines the N parts' JSON.
+    #[arg(long, value_name = "K/N", value_parser = shard)]
+    shard: Option<Shard>,
     /// Check the fingerprints: replay both sides of every merge and compare their
     /// futures, and check that no chooser changes the world (slow; a debugging aid).
     #[arg(long)]
@@ -227,8 +235,83 @@ struct ExploreArgs {
     /// Print the counterexample as a Mermaid sequence diagram.
     #[arg(long)]
     mermaid: bool,
+    /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// The JSON each shard's `explore --shard K/N --json` printed, one file a shard.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<std::path::PathBuf>,
+    /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The most parts a search may be split into.
+const MAX_SHARDS: usize = 1024;
+
+fn shard(s: &str) -> Result<Shard, String> {
+    let usage = || format!("must be K/N with 1 <= K <= N <= {MAX_SHARDS}, for example 2/3");
+    let (k, n) = s.split_once('/').ok_or_else(usage)?;
+    let (k, n) =
+        (k.parse::<usize>().map_err(|_| usage())?, n.parse::<usize>().map_err(|_| usage())?);
+    if k == 0 || k > n || n > MAX_SHARDS {
+        return Err(usage());
+    }
+    Ok(Shard { index: k - 1, count: n })
+}
+
+impl ExploreArgs {
+    fn config(&self) -> ExploreConfig {
+        // Logging stays off the hot path: a run takes microseconds, a log line more.
+        let log = Logger::root(slog::Discard, o!());
+        // Explore keeps 0 of each by default until the search at 1 of each is fast
+        // enough for disk-move (it is exhaustive, but takes minutes, not seconds).
+        let run = self.model.run_config(log, 0);
+        ExploreConfig {
+            max_schedules: self.max_schedules,
+            max_time: self.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
+            check_fingerprints: self.check_fingerprints,
+            threads: self.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
+            shard: self.shard,
+            ..ExploreConfig::new(run)
+        }
+    }
+
+    /// What fixes the search a shard belongs to, as `explore` arguments in one
+    /// spelling: shards merge only if theirs are equal. Threads, output and the
+    /// shard itself are left out; they change nothing a merge reads.
+    fn search_args(&self) -> Vec<String> {
+        let m = &self.model;
+        let mut v: Vec<String> = [
+            ("--scenario", m.scenario.label().to_string()),
+            ("--ordering", m.ordering.label().to_string()),
+            ("--restart-policy", m.restart_policy.label().to_string()),
+            ("--watcher-passes", m.watcher_passes.to_string()),
+            ("--watcher-concurrency", m.watcher_concurrency.to_string()),
+            ("--restart-passes", m.restart_passes.to_string()),
+            ("--max-steps", m.max_steps.to_string()),
+            ("--user-ops", m.user_ops.unwrap_or(0).to_string()),
+            ("--faults", m.faults.unwrap_or(0).to_string()),
+            ("--max-schedules", self.max_schedules.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+        if let Some(s) = self.max_seconds {
+            v.extend(["--max-seconds".into(), s.to_string()]);
+        }
+        if m.findings {
+            v.push("--findings".into());
+        }
+        if let Some(i) = m.inject {
+            v.extend(["--inject".into(), i.label().to_string()]);
+        }
+        v
+    }
 }
 
 fn logger(format: LogFormat, level: LogLevel) -> Logger {
@@ -300,6 +383,7 @@ pub fn run(
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out),
+        Command::ExploreMerge(a) => explore_merge(&a, out),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
         Command::Openapi => match crate::openapi::write() {
@@ -369,18 +453,7 @@ pub fn main() -> ExitCode {
 
 fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
     use std::io::IsTerminal;
-    // Logging stays off the hot path: a run takes microseconds, a log line more.
-    let log = Logger::root(slog::Discard, o!());
-    // Explore keeps 0 of each by default until the search at 1 of each is fast
-    // enough for disk-move (it is exhaustive, but takes minutes, not seconds).
-    let run = a.model.run_config(log, 0);
-    let cfg = ExploreConfig {
-        max_schedules: a.max_schedules,
-        max_time: a.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
-        check_fingerprints: a.check_fingerprints,
-        threads: a.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
-        ..ExploreConfig::new(run)
-    };
+    let cfg = a.config();
     // A progress line on stderr when it is a terminal, from the first second on;
     // stdout (and --json) stays as it is.
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -412,13 +485,113 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
             .map_err(|e| Fail::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
     if a.json {
-        let _ = writeln!(out, "{}", view.json());
+        let mut json = view.json();
+        if let Some(s) = cfg.shard {
+            json["shard"] = serde_json::json!({
+                "index": s.index + 1,
+                "count": s.count,
+                "args": a.search_args(),
+            });
+        }
+        let _ = writeln!(out, "{json}");
     } else if a.mermaid {
         let _ = write!(out, "{}", view.mermaid());
     } else {
         let _ = write!(out, "{}", view.human());
     }
     Ok(result.verdict().exit_code())
+}
+
+fn explore_merge(a: &MergeArgs, out: &mut dyn Write) -> Result<u8, Fail> {
+    let mut search: Option<(Vec<String>, ExploreArgs)> = None;
+    let mut shards = Vec::new();
+    for path in &a.files {
+        let (args, shard) = read_shard(path)?;
+        match &search {
+            None => search = Some((args.clone(), parse_search_args(path, &args)?)),
+            Some((first, _)) if *first != args => {
+                return Err(Fail::Usage(format!(
+                    "{} is a shard of another search ({}), not of {}",
+                    path.display(),
+                    args.join(" "),
+                    first.join(" ")
+                )))
+            }
+            Some(_) => {}
+        }
+        shards.push(shard);
+    }
+    let Some((_, args)) = search else { return Err(Fail::Usage("no shard given".into())) };
+    let cfg = ExploreConfig { shard: None, ..args.config() };
+    let result = sledsim_explorer::explore::merge(&cfg, &shards).map_err(|e| match e {
+        sledsim_explorer::explore::MergeError::Run(e) => run_failure(e),
+        e => Fail::Usage(e.to_string()),
+    })?;
+    let view = sledsim_explorer::explore_report::View::new(&cfg, &result);
+    if a.json {
+        let _ = writeln!(out, "{}", view.json());
+    } else {
+        let _ = write!(out, "{}", view.human());
+    }
+    Ok(result.verdict().exit_code())
+}
+
+/// One shard's JSON: the search it belongs to (its arguments) and what it found.
+fn read_shard(path: &std::path::Path) -> Result<(Vec<String>, ShardResult), Fail> {
+    let bad = |why: &str| Fail::Usage(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read it ({e})")))?;
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| bad("not the JSON of explore --shard"))?;
+    let not_shard = || bad("not the JSON of explore --shard K/N --json");
+    let s = j.get("shard").filter(|s| s.is_object()).ok_or_else(not_shard)?;
+    let num = |v: &serde_json::Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+    let (index, count) =
+        (num(&s["index"]).ok_or_else(not_shard)?, num(&s["count"]).ok_or_else(not_shard)?);
+    if index == 0 || index > count {
+        return Err(not_shard());
+    }
+    let args: Vec<String> = s["args"]
+        .as_array()
+        .ok_or_else(not_shard)?
+        .iter()
+        .map(|a| a.as_str().map(String::from).ok_or_else(not_shard))
+        .collect::<Result<_, _>>()?;
+    let mut counterexamples = Vec::new();
+    for c in j["counterexamples"].as_array().ok_or_else(not_shard)? {
+        let invariant = c["invariant"].as_u64().and_then(|k| u8::try_from(k).ok());
+        let choices: Option<Vec<u32>> = c["choices"].as_array().and_then(|a| {
+            a.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect()
+        });
+        match (invariant, choices) {
+            (Some(k), Some(p)) => counterexamples.push((k, p)),
+            _ => return Err(not_shard()),
+        }
+    }
+    let shard = ShardResult {
+        shard: Shard { index: index - 1, count },
+        runs: num(&j["runs"]).ok_or_else(not_shard)?,
+        situations: num(&j["situations"]).ok_or_else(not_shard)?,
+        violating_runs: num(&j["violating_runs"]).ok_or_else(not_shard)?,
+        exhaustive: j["exhaustive"].as_bool().ok_or_else(not_shard)?,
+        counterexamples,
+        elapsed: std::time::Duration::from_secs_f64(
+            j["elapsed_ms"]
+                .as_f64()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .ok_or_else(not_shard)?
+                / 1e3,
+        ),
+    };
+    Ok((args, shard))
+}
+
+/// A shard's search arguments, parsed as `explore` parses them.
+fn parse_search_args(path: &std::path::Path, args: &[String]) -> Result<ExploreArgs, Fail> {
+    let argv = ["cargo xtask", "explore"].into_iter().map(String::from).chain(args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(Cli { command: Command::Explore(a), .. }) => Ok(a),
+        _ => Err(Fail::Usage(format!("{}: its search arguments do not parse", path.display()))),
+    }
 }
 
 fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {

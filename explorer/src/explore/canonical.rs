@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
-use super::{follow, Best, ExploreConfig};
+use super::{follow, Best, ExploreConfig, Split};
 use crate::harness::hash::StableHasher;
 use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, HarnessError, RunConfig, RunError};
@@ -50,6 +50,7 @@ pub(super) fn counterexamples(
             return Ok(found);
         }
         let mut lex = InOrder {
+            split: Split::new(cfg.shard),
             prune: cfg.prune,
             prefix,
             path: Vec::new(),
@@ -92,6 +93,8 @@ pub(super) fn counterexamples(
 struct InOrder<'a> {
     /// Off for a brute-force search, which must not lean on fingerprints.
     prune: bool,
+    /// A shard's pass looks only at its own schedules, as its search did.
+    split: Split,
     prefix: Vec<u32>,
     path: Vec<u32>,
     /// Invariant -> the length its first schedule is looked for within.
@@ -108,6 +111,8 @@ impl Chooser for InOrder<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
+            self.split.mine(|| 0);
+            self.split.chose(ctx.enabled.len());
             return follow(&mut self.path, i, ctx.enabled, depth);
         }
         // Only an invariant not yet broken on this path, within its length, can
@@ -118,12 +123,18 @@ impl Chooser for InOrder<'_> {
             return Ok(None);
         }
         let fp = ctx.world.fingerprint(ctx.observer);
-        let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
-        let seen = self.visited.entry(fp).or_insert(u32::MAX);
-        if self.prune && *seen <= depth32 {
+        if !self.split.mine(|| fp) {
             return Ok(None);
         }
-        *seen = (*seen).min(depth32);
+        if !self.split.before() {
+            let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
+            let seen = self.visited.entry(fp).or_insert(u32::MAX);
+            if self.prune && *seen <= depth32 {
+                return Ok(None);
+            }
+            *seen = (*seen).min(depth32);
+        }
+        self.split.chose(ctx.enabled.len());
         // Stacked last to first, so the second choice is the next run's.
         for alt in (1..ctx.enabled.len()).rev() {
             let mut p = self.path.clone();

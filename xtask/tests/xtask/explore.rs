@@ -558,3 +558,95 @@ fn one_thread_and_two_give_the_same_result() {
         ..stop_race(1)
     });
 }
+
+/// Writes each shard's JSON of a search split `n` ways to a file; returns the files.
+/// (A shard of a search that breaks something may itself break nothing.)
+fn shard_files(args: &[&str], n: usize, tag: &str) -> Vec<std::path::PathBuf> {
+    (1..=n)
+        .map(|k| {
+            let shard = format!("{k}/{n}");
+            let argv = [&["explore"][..], args, &["--shard", &shard, "--json"]].concat();
+            let (code, out, err) = xtask(&argv);
+            assert!(code <= 1, "{argv:?}: {err}");
+            let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                (j["shard"]["index"].as_u64(), j["shard"]["count"].as_u64()),
+                (Some(k as u64), Some(n as u64))
+            );
+            let path = std::env::temp_dir()
+                .join(format!("sledsim-shard-{}-{tag}-{k}-of-{n}.json", std::process::id()));
+            std::fs::write(&path, j.to_string()).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn merged(files: &[std::path::PathBuf], code: u8) -> serde_json::Value {
+    let files: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    json(&[&["explore-merge"][..], &files].concat(), code)
+}
+
+/// The search split N ways and merged gives what it gives unsplit: the verdict,
+/// the coverage, the invariants broken, and each counterexample.
+fn check_shards_merge_to_one_search(args: &[&str], code: u8) {
+    let whole = json(&[&["explore"][..], args].concat(), code);
+    let key = |j: &serde_json::Value| {
+        let cex: Vec<_> = j["counterexamples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["invariant"].clone(), c["length"].clone(), c["replay"].clone()))
+            .collect();
+        (j["verdict"].clone(), j["coverage"].clone(), j["invariants_broken"].clone(), cex)
+    };
+    for n in 1..=3 {
+        let files = shard_files(args, n, &format!("{}-{code}", args.join("")));
+        assert_eq!(key(&merged(&files, code)), key(&whole), "{args:?} in {n} shards");
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+#[test]
+fn shards_merge_to_the_unsplit_result() {
+    check_shards_merge_to_one_search(&["--scenario", "stop-race"], 0);
+    check_shards_merge_to_one_search(
+        &["--scenario", "stop-race", "--ordering", "remove-then-publish"],
+        1,
+    );
+    check_shards_merge_to_one_search(
+        &["--scenario", "disk-move", "--ordering", "remove-then-publish"],
+        1,
+    );
+}
+
+#[test]
+fn bad_shards_are_usage_errors() {
+    for bad in ["3/2", "0/2", "2", "a/b", "1/0", "1/2/3", "-1/2"] {
+        check_usage_error(&["explore", "--shard", bad]);
+    }
+    check_usage_error(&["explore", "--threads", "0"]);
+    let a = shard_files(&["--scenario", "stop-race"], 2, "bad-a");
+    let b = shard_files(&["--scenario", "stop-race", "--watcher-passes", "1"], 2, "bad-b");
+    let strs = |v: &[&std::path::PathBuf]| {
+        v.iter().map(|f| f.to_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let cases = [
+        strs(&[&a[0]]),        // shard 2 of 2 missing
+        strs(&[&a[0], &a[0]]), // shard 1 twice
+        strs(&[&a[0], &b[1]]), // two searches
+        vec![std::env::temp_dir().join("sledsim-no-such-shard.json").to_str().unwrap().to_string()],
+    ];
+    for files in cases {
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        check_usage_error(&[&["explore-merge"][..], &files].concat());
+    }
+    // Not a shard's JSON: a plain explore's.
+    let plain = std::env::temp_dir().join(format!("sledsim-plain-{}.json", std::process::id()));
+    std::fs::write(&plain, json(&["explore", "--scenario", "stop-race"], 0).to_string()).unwrap();
+    check_usage_error(&["explore-merge", plain.to_str().unwrap()]);
+    for f in a.iter().chain(&b).chain([&plain]) {
+        let _ = std::fs::remove_file(f);
+    }
+}
