@@ -44,6 +44,45 @@ pub struct Scaled {
     pub ms: f64,
     /// Runs when every schedule runs to its end (W=1 and 2 only: it explodes).
     pub brute_force_schedules: Option<usize>,
+    /// The same race in shuttle's primitives, explored by shuttle's DFS.
+    pub shuttle: Result<Peer, String>,
+}
+
+/// What shuttle's DFS did on the stop race (`peers/shuttle-stop-race`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub schedules: usize,
+    /// False if it stopped at `PEER_CAP` schedules.
+    pub exhaustive: bool,
+    pub ms: f64,
+}
+
+/// Schedules shuttle's DFS may run per row, so the bench ends.
+const PEER_CAP: usize = 500_000;
+
+/// Builds the shuttle peer (its own workspace, so the project's build never
+/// waits for shuttle) and runs it with `polls` watcher polls.
+fn shuttle_peer(polls: usize) -> Result<Peer, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = root.join("peers/shuttle-stop-race/Cargo.toml");
+    let target = root.join("target/peers");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !built.success() {
+        return Err(format!("building {} failed", manifest.display()));
+    }
+    let out = std::process::Command::new(target.join("release/shuttle-stop-race"))
+        .args([polls.to_string(), PEER_CAP.to_string()])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the shuttle peer: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("the shuttle peer's output: {e}"))
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +205,7 @@ pub fn measure() -> Result<Bench, BenchError> {
         let brute_force_schedules =
             if w <= 2 { Some(brute_force(run.clone())?.runs) } else { None };
         scaled.push(Scaled {
+            shuttle: shuttle_peer(w),
             brute_force_schedules,
             watcher_passes: w,
             schedules: r.runs,
@@ -274,6 +314,19 @@ pub fn human(b: &Bench) -> String {
             "  W={}: {:>7} runs, {:>7} situations, {:>8.1} ms{brute}\n",
             sc.watcher_passes, sc.schedules, sc.states, sc.ms
         ));
+        let peer = match &sc.shuttle {
+            Ok(p) => {
+                let n = if p.exhaustive {
+                    format!("{}", p.schedules)
+                } else {
+                    format!("over {} (stopped at the cap)", p.schedules)
+                };
+                let ratio = p.schedules as f64 / sc.schedules.max(1) as f64;
+                format!("{n} schedules, {:.1} ms: {ratio:.0}x ours", p.ms)
+            }
+            Err(why) => format!("not measured: {why}"),
+        };
+        s.push_str(&format!("        shuttle's DFS on the same race: {peer}\n"));
     }
     s.push_str("\nwith 1 user operation and 1 fault (W=2, R=1):\n");
     for w in &b.with_environment {
