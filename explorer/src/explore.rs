@@ -47,6 +47,10 @@ pub struct ExploreConfig {
     pub threads: usize,
     /// Explore only this part of the schedule space (`--shard K/N`).
     pub shard: Option<Shard>,
+    /// Run the frontier's prefixes in an order shuffled by this seed rather than
+    /// depth first: the result must not change, which is what a test checks
+    /// (threads change the order too, but only as the OS schedules them).
+    pub shuffle: Option<u64>,
 }
 
 /// One of `count` disjoint parts of the schedule space, which together cover it.
@@ -124,6 +128,7 @@ impl ExploreConfig {
         ExploreConfig {
             threads: all_cores(),
             shard: None,
+            shuffle: None,
             run,
             max_schedules: DEFAULT_MAX_SCHEDULES,
             max_time: None,
@@ -334,11 +339,13 @@ impl Visited {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    /// The tables' memory: each slot holds a fingerprint and a depth, plus the
-    /// hash table's one control byte (hashbrown's layout, which std uses).
+    /// The tables' memory: hashbrown's layout (which std uses) keeps a power of
+    /// two of buckets, at most 7/8 of them full, each a (fingerprint, depth) entry
+    /// and a control byte. The frontier's prefixes are not counted.
     fn bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(u64, u32)>() + 1;
-        self.shards.iter().map(|s| lock(s).capacity() * slot).sum()
+        let entry = std::mem::size_of::<(u64, u32)>() + 1;
+        let buckets = |cap: usize| if cap == 0 { 0 } else { (cap * 8 / 7).next_power_of_two() };
+        self.shards.iter().map(|s| buckets(lock(s).capacity()) * entry).sum()
     }
 }
 
@@ -367,7 +374,18 @@ const MERGES_CHECKED: usize = 20_000;
 
 /// For each invariant, by number, the length of the shortest counterexample found
 /// so far (`usize::MAX`: none). Read at every choice, so lock-free.
-struct BestLens([AtomicUsize; 16]);
+struct BestLens([AtomicUsize; BEST_SLOTS]);
+
+const BEST_SLOTS: usize = 16;
+
+// Every invariant's number must have a slot, or its length would never prune.
+const _: () = {
+    let mut i = 0;
+    while i < INVARIANTS.len() {
+        assert!((INVARIANTS[i].0 as usize) < BEST_SLOTS);
+        i += 1;
+    }
+};
 
 impl BestLens {
     fn new() -> Self {
@@ -392,6 +410,8 @@ impl BestLens {
 #[derive(Debug, Default)]
 struct Frontier {
     by_preemptions: Vec<Vec<Vec<u32>>>,
+    /// See `ExploreConfig::shuffle`: the state of a xorshift generator.
+    shuffle: Option<u64>,
 }
 
 impl Frontier {
@@ -406,7 +426,17 @@ impl Frontier {
     fn pop(&mut self) -> Option<(u32, Vec<u32>)> {
         let (k, bucket) =
             self.by_preemptions.iter_mut().enumerate().find(|(_, b)| !b.is_empty())?;
-        Some((u32::try_from(k).unwrap_or(u32::MAX), bucket.pop()?))
+        let prefix = match self.shuffle.as_mut() {
+            Some(x) => {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                let i = usize::try_from(*x % bucket.len() as u64).unwrap_or(0);
+                bucket.swap_remove(i)
+            }
+            None => bucket.pop()?,
+        };
+        Some((u32::try_from(k).unwrap_or(u32::MAX), prefix))
     }
 }
 
@@ -583,24 +613,27 @@ pub fn explore_with_progress(
 ) -> Result<ExploreResult, RunError> {
     let search = Search::new(cfg);
     std::thread::scope(|scope| {
+        let mut spawned = 0;
         for _ in 0..cfg.threads.max(1) {
             // The components' futures nest deeply when polled; give them the main
             // thread's stack size.
-            let _ = std::thread::Builder::new()
+            let worker = std::thread::Builder::new()
                 .stack_size(8 << 20)
                 .spawn_scoped(scope, || search.work());
+            spawned += usize::from(worker.is_ok());
         }
-        search.report_until_done(progress);
+        if spawned == 0 {
+            // No thread could be had: search on this one, without progress reports.
+            search.work();
+        } else {
+            search.report_until_done(progress);
+        }
     });
     let Search { start, visited, best, queue, tally, .. } = search;
     let queue = queue.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(e) = tally.error.take() {
         return Err(e);
-    }
-    if queue.started == 0 {
-        // No worker could be started: nothing was searched.
-        return Err(RunError::Harness(HarnessError::NoWorkers));
     }
     let mut truncated: Vec<Truncation> = queue.truncated.into_iter().collect();
     if tally.step_bound_runs > 0 {
@@ -619,7 +652,7 @@ pub fn explore_with_progress(
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
     let best = best.into_inner().unwrap_or_else(|p| p.into_inner());
-    let best = canonical::counterexamples(cfg, best, truncated.is_empty(), start)?;
+    let best = canonical::counterexamples(cfg, best, truncated.is_empty())?;
     let counterexamples = best
         .into_iter()
         .map(|(k, prefix)| counterexample(&cfg.run, k, prefix))
@@ -787,7 +820,8 @@ struct Tally {
 
 impl<'a> Search<'a> {
     fn new(cfg: &'a ExploreConfig) -> Self {
-        let mut frontier = Frontier::default();
+        // A xorshift state must not be 0.
+        let mut frontier = Frontier { shuffle: cfg.shuffle.map(|s| s | 1), ..Frontier::default() };
         frontier.push(0, Vec::new());
         Search {
             cfg,
@@ -811,6 +845,16 @@ impl<'a> Search<'a> {
     /// One thread's share: take a prefix, run it, hand back what it left, until
     /// nothing is left or a cap is reached.
     fn work(&self) {
+        // A panic in a run must end the search, not leave the others waiting for
+        // a run that never finishes: it becomes the search's error.
+        let run = std::panic::AssertUnwindSafe(|| self.work_until_done());
+        if std::panic::catch_unwind(run).is_err() {
+            let t = lock(&self.tally);
+            self.fail(t, RunError::Harness(HarnessError::Panicked));
+        }
+    }
+
+    fn work_until_done(&self) {
         while let Some((preemptions, prefix)) = self.next() {
             let mut dfs = Dfs {
                 prefix,

@@ -22,13 +22,14 @@ use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, HarnessError, RunConfig, RunError};
 
 /// The canonical prefix of each invariant in `found` (the search's best, whose
-/// lengths are exact when the search was exhaustive). If the pass cannot finish
-/// within the search's own caps, the search's prefixes are kept as they are.
+/// lengths are exact when the search was exhaustive). After an exhaustive search
+/// the pass always runs to its end, so the result never depends on timing. After
+/// a truncated one (whose result is a sample anyway) it keeps to the search's
+/// caps, counted afresh, and if it runs out the search's own prefixes stand.
 pub(super) fn counterexamples(
     cfg: &ExploreConfig,
     found: Best,
     exhaustive: bool,
-    start: Instant,
 ) -> Result<Best, RunError> {
     if found.is_empty() {
         return Ok(found);
@@ -39,14 +40,14 @@ pub(super) fn counterexamples(
     let mut stack: Vec<Vec<u32>> = vec![Vec::new()];
     let mut canonical = Best::new();
     let mut runs = 0;
+    let began = Instant::now();
     while let Some(prefix) = stack.pop() {
         if wanted.is_empty() {
             break;
         }
         runs += 1;
-        let over_time = cfg.max_time.is_some_and(|t| start.elapsed() >= t * 2);
-        if runs > cfg.max_schedules || over_time {
-            // Out of budget: the search's own prefixes stand.
+        let over_time = cfg.max_time.is_some_and(|t| began.elapsed() >= t);
+        if !exhaustive && (runs > cfg.max_schedules || over_time) {
             return Ok(found);
         }
         let mut lex = InOrder {

@@ -51,8 +51,8 @@ pub enum HarnessError {
         "invariant {invariant} breaks in {len} steps, but the exhaustive search found {searched}"
     )]
     ShorterMissed { invariant: u8, len: usize, searched: usize },
-    #[error("no search thread could be started")]
-    NoWorkers,
+    #[error("a run panicked (its message is on stderr)")]
+    Panicked,
 }
 
 thread_local! {

@@ -529,20 +529,31 @@ fn a_pass_runs_its_checks_as_actors_up_to_the_concurrency() {
     assert_eq!(most_checks_at_once(2), 2);
 }
 
-/// What a search must give whatever its thread count: the verdict, the coverage,
-/// the distinct situations, and each counterexample (its invariant, length and
-/// replay string). Only the schedule count and the time may differ.
+/// What a search must give whatever its thread count and whatever order it runs
+/// its schedules in: the verdict, the coverage and each counterexample (its
+/// invariant, length and replay string); for a search that breaks nothing, the
+/// distinct situations too (pruning on length makes them depend on when each
+/// counterexample turned up otherwise). Only the schedule count and the time may
+/// differ. Shuffled frontiers give orders the OS scheduler may never produce.
 fn check_same_for_any_thread_count(run: RunConfig) {
-    let with = |threads| {
-        let r = explore(&ExploreConfig { threads, ..ExploreConfig::new(run.clone()) })
+    let with = |threads, shuffle| {
+        let r = explore(&ExploreConfig { threads, shuffle, ..ExploreConfig::new(run.clone()) })
             .expect("explores");
         let cex: Vec<_> =
             r.counterexamples.iter().map(|c| (c.invariant, c.len, c.replay())).collect();
-        (r.verdict(), r.coverage.clone(), r.situations, cex)
+        let situations = (r.verdict() == Verdict::Clean).then_some(r.situations);
+        ((r.verdict(), r.coverage.clone(), situations, cex), r.situations)
     };
-    let one = with(1);
-    assert!(one.2 > 100, "{:?}: only {} situations", run.scenario, one.2);
-    assert_eq!(one, with(2), "{:?} {:?} {:?}", run.scenario, run.ordering, run.inject);
+    let (one, situations) = with(1, None);
+    assert!(situations > 100, "{:?}: only {situations} situations", run.scenario);
+    for (threads, shuffle) in [(2, None), (1, Some(7)), (1, Some(1234)), (2, Some(99))] {
+        let (other, _) = with(threads, shuffle);
+        assert_eq!(
+            one, other,
+            "{:?} {:?} {:?}: {threads} thread(s), shuffle {shuffle:?}",
+            run.scenario, run.ordering, run.inject
+        );
+    }
 }
 
 #[test]
@@ -608,6 +619,14 @@ fn check_shards_merge_to_one_search(args: &[&str], code: u8) {
     for n in 1..=3 {
         let files = shard_files(args, n, &format!("{}-{code}", args.join("")));
         assert_eq!(key(&merged(&files, code)), key(&whole), "{args:?} in {n} shards");
+        // Each part is a part: fewer situations than the whole (a split that
+        // gave every schedule to every shard would merge right too).
+        for f in files.iter().filter(|_| n > 1) {
+            let part: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            let (p, w) = (part["situations"].as_u64(), whole["situations"].as_u64());
+            assert!(p < w, "{args:?}: a shard of {n} took {p:?} situations of {w:?}");
+        }
         for f in files {
             let _ = std::fs::remove_file(f);
         }
