@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dropshot::{
-    HttpResponseCreated, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext,
-    TypedBody,
+    HttpError, HttpResponseCreated, HttpResponseOk, HttpResponseUpdatedNoContent, Path,
+    RequestContext, TypedBody,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -65,13 +65,13 @@ pub trait NexusStubHttpApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<SledVmmState>,
-    ) -> Result<HttpResponseUpdatedNoContent, ApiError>;
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
 
     /// The VMM rows the instance watcher checks.
     #[endpoint { method = GET, path = "/datastore/vmms", tags = ["datastore"] }]
     async fn vmm_list_for_watcher(
         rqctx: RequestContext<Self::Context>,
-    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, ApiError>;
+    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, HttpError>;
 
     /// The generation-checked VMM write, as the watcher submits it.
     #[endpoint { method = PUT, path = "/datastore/vmms/{propolis_id}", tags = ["datastore"] }]
@@ -79,7 +79,7 @@ pub trait NexusStubHttpApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<SledVmmState>,
-    ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError>;
+    ) -> Result<HttpResponseOk<VmmWriteOutcome>, HttpError>;
 
     /// The instance update step, run for the watcher, which waits for it.
     #[endpoint {
@@ -90,96 +90,98 @@ pub trait NexusStubHttpApi {
     async fn instance_update(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseUpdatedNoContent, ApiError>;
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
 
     #[endpoint { method = POST, path = "/instances", tags = ["instances"] }]
     async fn instance_create(
         rqctx: RequestContext<Self::Context>,
         body: TypedBody<InstanceCreate>,
-    ) -> Result<HttpResponseCreated<InstanceView>, ApiError>;
+    ) -> Result<HttpResponseCreated<InstanceView>, HttpError>;
 
     #[endpoint { method = GET, path = "/instances/{instance_id}", tags = ["instances"] }]
     async fn instance_view(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError>;
 
     #[endpoint { method = POST, path = "/instances/{instance_id}/start", tags = ["instances"] }]
     async fn instance_start(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError>;
 
     #[endpoint { method = POST, path = "/instances/{instance_id}/stop", tags = ["instances"] }]
     async fn instance_stop(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError>;
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError>;
 
     #[endpoint { method = POST, path = "/disks", tags = ["disks"] }]
     async fn disk_create(
         rqctx: RequestContext<Self::Context>,
         body: TypedBody<DiskCreate>,
-    ) -> Result<HttpResponseCreated<DiskView>, ApiError>;
+    ) -> Result<HttpResponseCreated<DiskView>, HttpError>;
 
     #[endpoint { method = GET, path = "/disks/{disk_id}", tags = ["disks"] }]
     async fn disk_view(
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+    ) -> Result<HttpResponseOk<DiskView>, HttpError>;
 
     #[endpoint { method = POST, path = "/disks/{disk_id}/attach", tags = ["disks"] }]
     async fn disk_attach(
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
         body: TypedBody<DiskInstance>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+    ) -> Result<HttpResponseOk<DiskView>, HttpError>;
 
     #[endpoint { method = POST, path = "/disks/{disk_id}/detach", tags = ["disks"] }]
     async fn disk_detach(
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
         body: TypedBody<DiskInstance>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError>;
+    ) -> Result<HttpResponseOk<DiskView>, HttpError>;
 }
 
 /// The server side of `NexusStubHttpApi` for a Nexus calling sled agents `S`.
 #[derive(Debug)]
 pub struct NexusHttp<S>(PhantomData<fn() -> S>);
 
-impl From<NexusError> for ApiError {
+impl From<NexusError> for HttpError {
     fn from(e: NexusError) -> Self {
-        let msg = error_chain(&e);
-        match e {
-            NexusError::NoSuchVmm { .. } => ApiError::not_found(error_codes::NO_SUCH_VMM, msg),
-            NexusError::NoSuchInstance { .. } | NexusError::NoSuchDisk { .. } => {
-                ApiError::not_found("ObjectNotFound", msg)
-            }
-            NexusError::NameInUse { .. } => ApiError::bad_request("ObjectAlreadyExists", msg),
-            NexusError::InstanceNotStopped { .. }
-            | NexusError::InstanceNotStartable { .. }
-            | NexusError::InstanceNotRebootable { .. }
-            | NexusError::DiskAttachedToAnother { .. } => {
-                ApiError::bad_request("InvalidRequest", msg)
-            }
-            NexusError::SledAgent { .. } | NexusError::NoSleds => ApiError::new(
-                dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
-                Some("ServiceNotAvailable"),
-                msg,
-            ),
-            NexusError::NoRuntime => ApiError::internal(msg),
+        nexus_error(e).into()
+    }
+}
+
+fn nexus_error(e: NexusError) -> ApiError {
+    let msg = error_chain(&e);
+    match e {
+        NexusError::NoSuchVmm { .. } => ApiError::not_found(error_codes::NO_SUCH_VMM, msg),
+        NexusError::NoSuchInstance { .. } | NexusError::NoSuchDisk { .. } => {
+            ApiError::not_found("ObjectNotFound", msg)
         }
+        NexusError::NameInUse { .. } => ApiError::bad_request("ObjectAlreadyExists", msg),
+        NexusError::InstanceNotStopped { .. }
+        | NexusError::InstanceNotStartable { .. }
+        | NexusError::InstanceNotRebootable { .. }
+        | NexusError::DiskAttachedToAnother { .. } => ApiError::bad_request("InvalidRequest", msg),
+        NexusError::SledAgent { .. } | NexusError::NoSleds => ApiError::new(
+            dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
+            Some("ServiceNotAvailable"),
+            msg,
+        ),
+        NexusError::NoRuntime => ApiError::internal(msg),
     }
 }
 
 /// A datastore error as the watcher's port answers it: an unknown VMM is a 404
 /// the client turns back into `NoSuchVmm`, anything else a 500.
-fn datastore_error(e: watcher::DatastoreError) -> ApiError {
+fn datastore_error(e: watcher::DatastoreError) -> HttpError {
     match e {
         watcher::DatastoreError::NoSuchVmm { .. } => {
-            ApiError::not_found(error_codes::NO_SUCH_VMM, e.to_string())
+            ApiError::not_found(error_codes::NO_SUCH_VMM, e.to_string()).into()
         }
-        other => ApiError::internal(error_chain(&other)),
+        other => ApiError::internal(error_chain(&other)).into(),
     }
 }
 
@@ -190,7 +192,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<SledVmmState>,
-    ) -> Result<HttpResponseUpdatedNoContent, ApiError> {
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         sledsim_http::refuse_if_asked(&rqctx.request)?;
         let nexus = rqctx.context();
         nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?;
@@ -199,16 +201,16 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
 
     async fn vmm_list_for_watcher(
         rqctx: RequestContext<Self::Context>,
-    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, ApiError> {
+    ) -> Result<HttpResponseOk<Vec<WatchedVmm>>, HttpError> {
         let rows = rqctx.context().vmm_list_for_watcher().await;
-        rows.map(HttpResponseOk).map_err(|e| ApiError::internal(error_chain(&e)))
+        rows.map(HttpResponseOk).map_err(|e| ApiError::internal(error_chain(&e)).into())
     }
 
     async fn vmm_update_runtime(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<SledVmmState>,
-    ) -> Result<HttpResponseOk<VmmWriteOutcome>, ApiError> {
+    ) -> Result<HttpResponseOk<VmmWriteOutcome>, HttpError> {
         let nexus = rqctx.context();
         let r = WatcherDatastore::vmm_update_runtime(
             nexus.as_ref(),
@@ -222,7 +224,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     async fn instance_update(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseUpdatedNoContent, ApiError> {
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let nexus = rqctx.context();
         WatcherDatastore::run_instance_update(nexus.as_ref(), path.into_inner().instance_id)
             .await
@@ -233,7 +235,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     async fn instance_create(
         rqctx: RequestContext<Self::Context>,
         body: TypedBody<InstanceCreate>,
-    ) -> Result<HttpResponseCreated<InstanceView>, ApiError> {
+    ) -> Result<HttpResponseCreated<InstanceView>, HttpError> {
         let b = body.into_inner();
         Ok(HttpResponseCreated(rqctx.context().instance_create(&b.name, b.start).await?))
     }
@@ -241,35 +243,35 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     async fn instance_view(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().instance(path.into_inner().instance_id)?))
     }
 
     async fn instance_start(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().instance_start(path.into_inner().instance_id).await?))
     }
 
     async fn instance_stop(
         rqctx: RequestContext<Self::Context>,
         path: Path<InstancePath>,
-    ) -> Result<HttpResponseOk<InstanceView>, ApiError> {
+    ) -> Result<HttpResponseOk<InstanceView>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().instance_stop(path.into_inner().instance_id).await?))
     }
 
     async fn disk_create(
         rqctx: RequestContext<Self::Context>,
         body: TypedBody<DiskCreate>,
-    ) -> Result<HttpResponseCreated<DiskView>, ApiError> {
+    ) -> Result<HttpResponseCreated<DiskView>, HttpError> {
         Ok(HttpResponseCreated(rqctx.context().disk_create(&body.into_inner().name)?))
     }
 
     async fn disk_view(
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+    ) -> Result<HttpResponseOk<DiskView>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().disk(path.into_inner().disk_id)?))
     }
 
@@ -277,7 +279,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
         body: TypedBody<DiskInstance>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+    ) -> Result<HttpResponseOk<DiskView>, HttpError> {
         let (disk, inst) = (path.into_inner().disk_id, body.into_inner().instance_id);
         Ok(HttpResponseOk(rqctx.context().disk_attach(disk, inst)?))
     }
@@ -286,7 +288,7 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
         rqctx: RequestContext<Self::Context>,
         path: Path<DiskPath>,
         body: TypedBody<DiskInstance>,
-    ) -> Result<HttpResponseOk<DiskView>, ApiError> {
+    ) -> Result<HttpResponseOk<DiskView>, HttpError> {
         let (disk, inst) = (path.into_inner().disk_id, body.into_inner().instance_id);
         Ok(HttpResponseOk(rqctx.context().disk_detach(disk, inst)?))
     }

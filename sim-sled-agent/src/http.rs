@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dropshot::{HttpResponseOk, Path, RequestContext, TypedBody};
+use dropshot::{HttpError, HttpResponseOk, Path, RequestContext, TypedBody};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sled_agent_api::{
@@ -34,14 +34,14 @@ pub trait SimSledAgentHttpApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<InstanceEnsureBody>,
-    ) -> Result<HttpResponseOk<SledVmmState>, ApiError>;
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
 
     /// Stop tracking a VMM; returns the Failed state for Nexus to write.
     #[endpoint { method = DELETE, path = "/vmms/{propolis_id}", tags = ["vmms"] }]
     async fn vmm_unregister(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, ApiError>;
+    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, HttpError>;
 
     /// Ask for a state change.
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/state", tags = ["vmms"] }]
@@ -49,49 +49,49 @@ pub trait SimSledAgentHttpApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<VmmPutStateBody>,
-    ) -> Result<HttpResponseOk<VmmPutStateResponse>, ApiError>;
+    ) -> Result<HttpResponseOk<VmmPutStateResponse>, HttpError>;
 
     /// A VMM's state; 404 `NO_SUCH_INSTANCE` if it is not in the table.
     #[endpoint { method = GET, path = "/vmms/{propolis_id}/state", tags = ["vmms"] }]
     async fn vmm_get_state(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<SledVmmState>, ApiError>;
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
 
     /// Sim only: finish every queued transition, reporting each to Nexus.
     #[endpoint { method = POST, path = "/vmms/{propolis_id}/poke", tags = ["sim"] }]
     async fn vmm_poke(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<PokeResponse>, ApiError>;
+    ) -> Result<HttpResponseOk<PokeResponse>, HttpError>;
 
     /// Sim only: finish one queued transition and report it.
     #[endpoint { method = POST, path = "/vmms/{propolis_id}/poke-single-step", tags = ["sim"] }]
     async fn vmm_poke_single_step(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<PokeResponse>, ApiError>;
+    ) -> Result<HttpResponseOk<PokeResponse>, HttpError>;
 }
 
 /// The server side of `SimSledAgentHttpApi` for a sim reporting through `N`.
 #[derive(Debug)]
 pub struct SimHttp<N>(PhantomData<fn() -> N>);
 
-fn sled(e: SledAgentError) -> ApiError {
-    ApiError::from(&e)
+fn sled(e: SledAgentError) -> HttpError {
+    ApiError::from(&e).into()
 }
 
 async fn poke<N: NexusInternalApi + 'static>(
     sim: &SimSledAgent<N>,
     propolis_id: PropolisUuid,
     mode: PokeMode,
-) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+) -> Result<HttpResponseOk<PokeResponse>, HttpError> {
     match sim.poke(propolis_id, mode).await {
         Ok(o) => Ok(HttpResponseOk(PokeResponse { published: o.published, removed: o.removed })),
         Err(SimError::NoSuchVmm { propolis_id }) => {
             Err(sled(SledAgentError::NoSuchVmm { propolis_id }))
         }
-        Err(e @ SimError::ReportFailed { .. }) => Err(ApiError::new(
+        Err(e @ SimError::ReportFailed { .. }) => Err(HttpError::from(ApiError::new(
             dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
             Some("REPORT_FAILED"),
             // The chain says why Nexus did not take it.
@@ -99,8 +99,8 @@ async fn poke<N: NexusInternalApi + 'static>(
                 "{e}: {}",
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             ),
-        )),
-        Err(e @ SimError::NoRuntime) => Err(ApiError::internal(e.to_string())),
+        ))),
+        Err(e @ SimError::NoRuntime) => Err(ApiError::internal(e.to_string()).into()),
     }
 }
 
@@ -111,7 +111,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<InstanceEnsureBody>,
-    ) -> Result<HttpResponseOk<SledVmmState>, ApiError> {
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_register(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
     }
@@ -119,7 +119,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
     async fn vmm_unregister(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, ApiError> {
+    ) -> Result<HttpResponseOk<VmmUnregisterResponse>, HttpError> {
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_unregister(id).await.map(HttpResponseOk).map_err(sled)
     }
@@ -128,7 +128,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
         body: TypedBody<VmmPutStateBody>,
-    ) -> Result<HttpResponseOk<VmmPutStateResponse>, ApiError> {
+    ) -> Result<HttpResponseOk<VmmPutStateResponse>, HttpError> {
         sledsim_http::refuse_if_asked(&rqctx.request)?;
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_put_state(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
@@ -137,7 +137,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
     async fn vmm_get_state(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<SledVmmState>, ApiError> {
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
         sledsim_http::refuse_if_asked(&rqctx.request)?;
         let id = path.into_inner().propolis_id;
         rqctx.context().vmm_get_state(id).await.map(HttpResponseOk).map_err(sled)
@@ -146,14 +146,14 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
     async fn vmm_poke(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+    ) -> Result<HttpResponseOk<PokeResponse>, HttpError> {
         poke(rqctx.context(), path.into_inner().propolis_id, PokeMode::Drain).await
     }
 
     async fn vmm_poke_single_step(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-    ) -> Result<HttpResponseOk<PokeResponse>, ApiError> {
+    ) -> Result<HttpResponseOk<PokeResponse>, HttpError> {
         poke(rqctx.context(), path.into_inner().propolis_id, PokeMode::SingleStep).await
     }
 }

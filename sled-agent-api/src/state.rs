@@ -128,27 +128,25 @@ pub struct VmmUnregisterResponse {
     pub updated_runtime: Option<SledVmmState>,
 }
 
-/// The body of an error response from either server: omicron's `error_code` and
-/// `message`, plus the VMM's state where the error is about it (an invalid
-/// transition), so a client can rebuild the typed error exactly.
+/// The body of an error response from either server: omicron's `Error`
+/// (`error_code`, `message`, `request_id`), as a client reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vmm_state: Option<VmmState>,
+    #[serde(default)]
+    pub request_id: String,
 }
 
 /// `error_code`s on the wire.
 pub mod error_codes {
     /// 404: the VMM is not in the sled agent's table (omicron's code).
     pub const NO_SUCH_INSTANCE: &str = "NO_SUCH_INSTANCE";
-    /// 400: the requested state cannot be reached from the VMM's state.
-    pub const INVALID_TRANSITION: &str = "INVALID_TRANSITION";
-    /// 400: a registration with a bad initial state.
-    pub const INVALID_REGISTRATION: &str = "INVALID_REGISTRATION";
+    /// 400: a request the sled agent cannot carry out (an invalid transition, a
+    /// registration with a bad initial state): omicron's `InvalidRequest`.
+    pub const INVALID_REQUEST: &str = "InvalidRequest";
     /// 404: Nexus has no record of the VMM being reported.
     pub const NO_SUCH_VMM: &str = "NO_SUCH_VMM";
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sled_agent_api::{
     error_codes, ErrorBody, InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi,
     PropolisUuid, SledAgentApi, SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
-    VmmStateRequested, VmmUnregisterResponse,
+    VmmState, VmmStateRequested, VmmUnregisterResponse,
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
@@ -24,8 +24,9 @@ pub struct PokeResponse {
 enum Failure {
     /// No HTTP answer at all (refused, reset, timed out).
     Transport(reqwest::Error),
-    /// An answer with an error status, and the body if it was ours.
-    Status(StatusCode, Option<ErrorBody>, String),
+    /// An answer with an error status: its body if it was omicron's `Error`, the
+    /// raw text, and the VMM state a sim named in `VMM_STATE_HEADER`.
+    Status(StatusCode, Option<ErrorBody>, String, Option<VmmState>),
     /// A success status with a body that is not what the API promises.
     Undecodable(StatusCode, reqwest::Error),
 }
@@ -59,9 +60,14 @@ impl Http {
         if status.is_success() {
             return Ok(resp);
         }
+        let vmm_state = resp
+            .headers()
+            .get(crate::VMM_STATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| serde_json::from_value(serde_json::Value::String(v.into())).ok());
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str::<ErrorBody>(&text).ok();
-        Err(Failure::Status(status, body, text))
+        Err(Failure::Status(status, body, text, vmm_state))
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -171,28 +177,30 @@ impl SledAgentClient {
                 status: status.as_u16(),
                 message: format!("undecodable response body: {e}"),
             },
-            Failure::Status(status, body, raw) => {
+            Failure::Status(status, body, raw, vmm_state) => {
                 // Only 404 with NO_SUCH_INSTANCE means gone (RFD 486 §6.3); a 404
                 // without it (a wrong URL, a proxy) is just an unexpected answer.
                 if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_INSTANCE)
                 {
                     return SledAgentError::NoSuchVmm { propolis_id };
                 }
-                if status == StatusCode::BAD_REQUEST {
-                    if let (true, Some(current), Some(requested)) = (
-                        code_is(&body, error_codes::INVALID_TRANSITION),
-                        body.as_ref().and_then(|b| b.vmm_state),
-                        requested,
-                    ) {
-                        return SledAgentError::InvalidTransition {
-                            propolis_id,
-                            current,
-                            requested,
-                        };
-                    }
-                    if code_is(&body, error_codes::INVALID_REGISTRATION) {
-                        let reason = message(&body, raw);
-                        return SledAgentError::InvalidRegistration { propolis_id, reason };
+                if status == StatusCode::BAD_REQUEST && code_is(&body, error_codes::INVALID_REQUEST)
+                {
+                    // A put-state refused names the state the VMM was in; a
+                    // registration refused is the other request that can be.
+                    match (vmm_state, requested) {
+                        (Some(current), Some(requested)) => {
+                            return SledAgentError::InvalidTransition {
+                                propolis_id,
+                                current,
+                                requested,
+                            };
+                        }
+                        (None, None) if operation == "vmm_register" => {
+                            let reason = message(&body, raw);
+                            return SledAgentError::InvalidRegistration { propolis_id, reason };
+                        }
+                        _ => {}
                     }
                 }
                 SledAgentError::UnexpectedResponse {
@@ -284,7 +292,9 @@ impl NexusClient {
 fn boxed(f: Failure) -> Box<dyn std::error::Error + Send + Sync> {
     match f {
         Failure::Transport(e) | Failure::Undecodable(_, e) => Box::new(e),
-        Failure::Status(status, body, raw) => format!("{status}: {}", message(&body, raw)).into(),
+        Failure::Status(status, body, raw, _) => {
+            format!("{status}: {}", message(&body, raw)).into()
+        }
     }
 }
 
@@ -302,12 +312,12 @@ impl NexusInternalApi for NexusClient {
             .await
         {
             Ok(_) => Ok(()),
-            Err(Failure::Status(status, body, _))
+            Err(Failure::Status(status, body, _, _))
                 if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_VMM) =>
             {
                 Err(NexusApiError::NoSuchVmm { propolis_id })
             }
-            Err(Failure::Status(status, body, raw)) => Err(NexusApiError::UnexpectedResponse {
+            Err(Failure::Status(status, body, raw, _)) => Err(NexusApiError::UnexpectedResponse {
                 operation,
                 status: status.as_u16(),
                 message: message(&body, raw),
@@ -332,7 +342,7 @@ impl WatcherDatastore for NexusClient {
     ) -> Result<VmmWriteOutcome, DatastoreError> {
         let path = format!("/datastore/vmms/{propolis_id}");
         self.http.call(Method::PUT, &path, Some(&new_state)).await.map_err(|f| match f {
-            Failure::Status(status, body, _)
+            Failure::Status(status, body, _, _)
                 if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_VMM) =>
             {
                 DatastoreError::NoSuchVmm { propolis_id }

@@ -1,17 +1,23 @@
-//! `ApiError`: what both servers answer with when a request fails.
+//! `ApiError`: what both servers answer with when a request fails, built here and
+//! sent as dropshot's `HttpError`, so the body is omicron's `Error` (`error_code`,
+//! `message`, `request_id`), the shape omicron's generated clients read.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use dropshot::{ConfigDropshot, ErrorStatusCode, HttpError};
-use schemars::JsonSchema;
-use serde::Serialize;
-use sled_agent_api::{error_codes, ErrorBody, SledAgentError};
+use sled_agent_api::{error_codes, SledAgentError, VmmState};
 
-/// Requests are a few hundred bytes; anything much larger is refused unread.
-pub const REQUEST_BODY_MAX_BYTES: usize = 4096;
+/// The body limit omicron's sled agent and Nexus are configured with
+/// (`default_request_body_max_bytes = 1048576`); a real instance-ensure body,
+/// with its instance spec, is far over the 4 KiB this used to allow.
+pub const REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
 
-/// A server's configuration: the address, and the small body limit.
+/// Sim-only: on a 400 for an invalid transition, the state the VMM was in. The
+/// body is omicron's (which says it in words only); this lets sledsim's client
+/// give back the typed error.
+pub const VMM_STATE_HEADER: &str = "x-sledsim-vmm-state";
+
+/// A server's configuration: the address and the body limit.
 pub fn server_config(bind: SocketAddr) -> ConfigDropshot {
     ConfigDropshot {
         bind_address: bind,
@@ -20,32 +26,20 @@ pub fn server_config(bind: SocketAddr) -> ConfigDropshot {
     }
 }
 
-/// An error response: the status, and the body every client reads.
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(transparent)]
+/// An error response: the status, `error_code` and message, and for an invalid
+/// transition the VMM's state. Handlers return it as an `HttpError`, to which
+/// dropshot adds the request's id.
+#[derive(Debug)]
 pub struct ApiError {
-    body: ErrorBody,
-    #[serde(skip)]
-    #[schemars(skip)]
-    status: Status,
-}
-
-/// `ErrorStatusCode` has no Default, which `#[serde(skip)]` wants; this wraps it.
-#[derive(Debug, Clone, Copy)]
-struct Status(ErrorStatusCode);
-
-impl Default for Status {
-    fn default() -> Self {
-        Status(ErrorStatusCode::INTERNAL_SERVER_ERROR)
-    }
+    status: ErrorStatusCode,
+    error_code: Option<String>,
+    message: String,
+    vmm_state: Option<VmmState>,
 }
 
 impl ApiError {
     pub fn new(status: ErrorStatusCode, code: Option<&str>, message: String) -> Self {
-        ApiError {
-            body: ErrorBody { error_code: code.map(str::to_string), message, vmm_state: None },
-            status: Status(status),
-        }
+        ApiError { status, error_code: code.map(str::to_string), message, vmm_state: None }
     }
 
     pub fn not_found(code: &str, message: String) -> Self {
@@ -56,16 +50,13 @@ impl ApiError {
         ApiError::new(ErrorStatusCode::BAD_REQUEST, Some(code), message)
     }
 
+    /// omicron's code for a 500.
     pub fn internal(message: String) -> Self {
         ApiError::new(ErrorStatusCode::INTERNAL_SERVER_ERROR, Some("Internal"), message)
     }
 
     pub fn status(&self) -> ErrorStatusCode {
-        self.status.0
-    }
-
-    pub fn body(&self) -> &ErrorBody {
-        &self.body
+        self.status
     }
 }
 
@@ -75,13 +66,14 @@ impl From<&SledAgentError> for ApiError {
             SledAgentError::NoSuchVmm { .. } => {
                 ApiError::not_found(error_codes::NO_SUCH_INSTANCE, e.to_string())
             }
+            // omicron's sim answers these with 400 InvalidRequest too.
             SledAgentError::InvalidTransition { current, .. } => {
-                let mut err = ApiError::bad_request(error_codes::INVALID_TRANSITION, e.to_string());
-                err.body.vmm_state = Some(*current);
+                let mut err = ApiError::bad_request(error_codes::INVALID_REQUEST, e.to_string());
+                err.vmm_state = Some(*current);
                 err
             }
             SledAgentError::InvalidRegistration { .. } => {
-                ApiError::bad_request(error_codes::INVALID_REGISTRATION, e.to_string())
+                ApiError::bad_request(error_codes::INVALID_REQUEST, e.to_string())
             }
             // Only a sled agent that is itself a client of another would see these.
             SledAgentError::Communication { .. } | SledAgentError::UnexpectedResponse { .. } => {
@@ -91,26 +83,20 @@ impl From<&SledAgentError> for ApiError {
     }
 }
 
-/// Dropshot's own errors (a malformed body, a bad path, a body over the limit)
-/// keep their status and message.
-impl From<HttpError> for ApiError {
-    fn from(e: HttpError) -> Self {
-        ApiError::new(e.status_code, e.error_code.as_deref(), e.external_message)
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.body.error_code {
-            Some(code) => write!(f, "{} ({code}): {}", self.status.0, self.body.message),
-            None => write!(f, "{}: {}", self.status.0, self.body.message),
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        let mut err = HttpError {
+            status_code: e.status,
+            error_code: e.error_code,
+            external_message: e.message.clone(),
+            internal_message: e.message,
+            headers: None,
+        };
+        if let Some(state) = e.vmm_state {
+            // A state's label is a valid header value.
+            let _ = err.add_header(VMM_STATE_HEADER, state.to_string());
         }
-    }
-}
-
-impl dropshot::HttpResponseError for ApiError {
-    fn status_code(&self) -> ErrorStatusCode {
-        self.status.0
+        err
     }
 }
 

@@ -234,7 +234,13 @@ async fn raw(method: Method, url: String, body: Option<String>) -> (StatusCode, 
     }
     let resp = req.send().await.unwrap();
     let status = resp.status();
+    let header = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
     let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.is_client_error() || status.is_server_error() {
+        // omicron's `Error`: a message, and the request's id, as in its header.
+        assert!(json["message"].is_string(), "{json}");
+        assert_eq!(json["request_id"].as_str().map(str::to_string), header, "{json}");
+    }
     (status, json["error_code"].as_str().map(str::to_string))
 }
 
@@ -298,14 +304,14 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
             format!("{sim}/vmms/{vmm}/state"),
             Some(r#"{"state":{"type":"running"}}"#.into()),
             s400,
-            Some("INVALID_TRANSITION"),
+            Some("InvalidRequest"),
         ),
         (
             Method::PUT,
             format!("{sim}/vmms/{unknown}"),
             Some(starting.replace("starting", "running")),
             s400,
-            Some("INVALID_REGISTRATION"),
+            Some("InvalidRequest"),
         ),
         // nexus internal: unknown VMM, generation 0, wrong JSON, too big
         (Method::PUT, format!("{nx}/vmms/{unknown}"), Some(gen7.into()), s404, Some("NO_SUCH_VMM")),
