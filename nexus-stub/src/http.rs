@@ -301,11 +301,18 @@ pub fn serve<S: SledAgentApi + 'static>(
     log: &Logger,
 ) -> Result<dropshot::HttpServer<Arc<NexusStub<S>>>, ServerError> {
     let api = nexus_stub_http_api_mod::api_description::<NexusHttp<S>>();
-    sledsim_http::start_server(api, nexus, bind, log, "NexusStubHttp")
+    sledsim_http::start_server(
+        api,
+        nexus,
+        bind,
+        sledsim_http::NEXUS_INTERNAL_API_VERSION,
+        log,
+        "NexusStubHttp",
+    )
 }
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> Result<serde_json::Value, ServerError> {
     let api = nexus_stub_http_api_mod::stub_api_description();
-    sledsim_http::openapi_json(api, "sledsim Nexus stub")
+    sledsim_http::openapi_json(api, "sledsim Nexus stub", sledsim_http::NEXUS_INTERNAL_API_VERSION)
 }

@@ -166,11 +166,22 @@ pub fn serve<N: NexusInternalApi + 'static>(
     log: &Logger,
 ) -> Result<dropshot::HttpServer<Arc<SimSledAgent<N>>>, ServerError> {
     let api = sim_sled_agent_http_api_mod::api_description::<SimHttp<N>>();
-    sledsim_http::start_server(api, sim, bind, log, "SimSledAgentHttp")
+    sledsim_http::start_server(
+        api,
+        sim,
+        bind,
+        sledsim_http::SLED_AGENT_API_VERSION,
+        log,
+        "SimSledAgentHttp",
+    )
 }
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> Result<serde_json::Value, ServerError> {
     let api = sim_sled_agent_http_api_mod::stub_api_description();
-    sledsim_http::openapi_json(api, "sledsim simulated sled agent")
+    sledsim_http::openapi_json(
+        api,
+        "sledsim simulated sled agent",
+        sledsim_http::SLED_AGENT_API_VERSION,
+    )
 }

@@ -34,12 +34,18 @@ enum Failure {
 #[derive(Clone, Debug)]
 struct Http {
     base: String,
+    /// Sent as `api-version` on every request, as omicron's clients do.
+    version: String,
     client: reqwest::Client,
 }
 
 impl Http {
-    fn new(base: &str) -> Self {
-        Http { base: base.trim_end_matches('/').to_string(), client: reqwest::Client::new() }
+    fn new(base: &str, version: &semver::Version) -> Self {
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            version: version.to_string(),
+            client: reqwest::Client::new(),
+        }
     }
 
     async fn send<B: Serialize + ?Sized>(
@@ -48,7 +54,10 @@ impl Http {
         path: &str,
         body: Option<&B>,
     ) -> Result<Response, Failure> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(crate::VERSION_HEADER, &self.version);
         if crate::fault::refusing() {
             req = req.header(crate::fault::REFUSE_HEADER, "503");
         }
@@ -159,7 +168,7 @@ pub struct SledAgentClient {
 impl SledAgentClient {
     /// `base` is like `http://127.0.0.1:12345`.
     pub fn new(base: &str) -> Self {
-        SledAgentClient { http: Http::new(base) }
+        SledAgentClient { http: Http::new(base, &crate::SLED_AGENT_API_VERSION) }
     }
 
     fn error(
@@ -285,7 +294,7 @@ pub struct NexusClient {
 
 impl NexusClient {
     pub fn new(base: &str) -> Self {
-        NexusClient { http: Http::new(base) }
+        NexusClient { http: Http::new(base, &crate::NEXUS_INTERNAL_API_VERSION) }
     }
 }
 

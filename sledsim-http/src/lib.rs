@@ -19,4 +19,7 @@ pub use fault::{
     refusals_served, refuse_if_asked, refused_by_server, RefusedByServer, REFUSAL_MESSAGE,
     REFUSE_HEADER,
 };
-pub use server::{openapi_json, start_server, ServerError};
+pub use server::{
+    openapi_json, start_server, ServerError, NEXUS_INTERNAL_API_VERSION, SLED_AGENT_API_VERSION,
+    VERSION_HEADER,
+};

@@ -15,7 +15,10 @@ use sled_agent_api::{
     PropolisUuid, SledAgentApi, SledAgentError, SledUuid, SledVmmState, VmmPutStateBody,
     VmmRuntimeState, VmmState, VmmStateRequested,
 };
-use sledsim_http::{LateNexus, NexusClient, SledAgentClient, REQUEST_BODY_MAX_BYTES};
+use sledsim_http::{
+    LateNexus, NexusClient, SledAgentClient, NEXUS_INTERNAL_API_VERSION, REQUEST_BODY_MAX_BYTES,
+    SLED_AGENT_API_VERSION, VERSION_HEADER,
+};
 use watcher::{DatastoreError, InstanceWatcher, WatcherDatastore};
 
 const SLED: SledUuid = SledUuid::from_u128(1);
@@ -183,8 +186,8 @@ async fn only_no_such_instance_means_gone() {
     let closed = SledAgentClient::new("http://127.0.0.1:9");
     let e = closed.vmm_get_state(vmm).await.unwrap_err();
     assert!(matches!(e, SledAgentError::Communication { .. }) && !e.vmm_gone(), "{e:?}");
-    // Nexus has no such route: a 404, but not NO_SUCH_INSTANCE, so not gone.
-    let wrong = SledAgentClient::new(&s.nexus_url);
+    // No such route (a wrong base path): a 404, but not NO_SUCH_INSTANCE, so not gone.
+    let wrong = SledAgentClient::new(&format!("{}/not-a-sled-agent", s.sim_url));
     let e = wrong.vmm_get_state(vmm).await.unwrap_err();
     assert!(matches!(e, SledAgentError::UnexpectedResponse { status: 404, .. }), "{e:?}");
     assert!(!e.vmm_gone());
@@ -227,8 +230,28 @@ async fn the_watcher_over_http_acts_as_in_process() {
 type Case = (Method, String, Option<String>, StatusCode, Option<&'static str>);
 
 /// Sends `body` (raw) and returns the status and the error body's code.
-async fn raw(method: Method, url: String, body: Option<String>) -> (StatusCode, Option<String>) {
+/// A request with the `api-version` the server at `base` serves, as omicron's
+/// clients send it: `nexus` says which of the two it is.
+async fn raw(
+    method: Method,
+    url: String,
+    body: Option<String>,
+    nexus: bool,
+) -> (StatusCode, Option<String>) {
+    let version = if nexus { NEXUS_INTERNAL_API_VERSION } else { SLED_AGENT_API_VERSION };
+    raw_at(method, url, body, Some(&version.to_string())).await
+}
+
+async fn raw_at(
+    method: Method,
+    url: String,
+    body: Option<String>,
+    version: Option<&str>,
+) -> (StatusCode, Option<String>) {
     let mut req = reqwest::Client::new().request(method, url);
+    if let Some(v) = version {
+        req = req.header(VERSION_HEADER, v);
+    }
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
@@ -363,19 +386,40 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
         (Method::POST, format!("{nx}/disks/{unknown}/detach"), Some("{}".into()), s400, None),
     ];
     for (method, url, body, want, code) in cases {
-        let (status, got) = raw(method.clone(), url.clone(), body).await;
+        let (status, got) =
+            raw(method.clone(), url.clone(), body, url.starts_with(nx.as_str())).await;
         assert_eq!((status, got.as_deref()), (want, code), "{method} {url}");
     }
 
+    // The api-version header, as omicron's internal servers take it: required, a
+    // semver, and no newer than the server's; an older one is served.
+    let state_url = format!("{sim}/vmms/{vmm}/state");
+    for (version, want) in [
+        (None, s400),
+        (Some("49.0.0"), s400),
+        (Some("not-a-version"), s400),
+        (Some("47.0.0"), StatusCode::OK),
+        (Some("48.0.0"), StatusCode::OK),
+    ] {
+        let (status, _) = raw_at(Method::GET, state_url.clone(), None, version).await;
+        assert_eq!(status, want, "sim, api-version {version:?}");
+    }
+    for (version, want) in [(None, s400), (Some("1.0.1"), s400), (Some("1.0.0"), s404)] {
+        let url = format!("{nx}/vmms/{unknown}");
+        let (status, _) = raw_at(Method::PUT, url, Some(gen7.into()), version).await;
+        assert_eq!(status, want, "nexus, api-version {version:?}");
+    }
+
     // Stale generations are not errors: 204, and nothing changes.
-    let (status, _) = raw(Method::PUT, format!("{nx}/vmms/{vmm}"), Some(gen1.into())).await;
+    let (status, _) = raw(Method::PUT, format!("{nx}/vmms/{vmm}"), Some(gen1.into()), true).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(s.nexus.vmm(vmm).unwrap().gen.as_u64(), 3);
 
     // Disk rules: attaching to an instance that is not stopped is refused with a message.
     let disk = s.nexus.disk_create("d").unwrap().id;
     let attach = format!(r#"{{"instance_id":"{inst}"}}"#);
-    let (status, code) = raw(Method::POST, format!("{nx}/disks/{disk}/attach"), Some(attach)).await;
+    let (status, code) =
+        raw(Method::POST, format!("{nx}/disks/{disk}/attach"), Some(attach), true).await;
     assert_eq!((status, code.as_deref()), (s400, Some("InvalidRequest")));
 
     // Both servers still answer: no handler panicked.
