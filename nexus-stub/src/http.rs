@@ -13,7 +13,7 @@ use dropshot::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sled_agent_api::{
-    error_codes, DiskUuid, InstanceUuid, PropolisUuid, SledAgentApi, SledVmmState,
+    error_codes, DiskUuid, InstanceUuid, NexusInternalApi, PropolisUuid, SledAgentApi, SledVmmState,
 };
 use sledsim_http::{error_chain, ApiError, ServerError};
 use slog::Logger;
@@ -195,7 +195,14 @@ impl<S: SledAgentApi + 'static> NexusStubHttpApi for NexusHttp<S> {
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         sledsim_http::refuse_if_asked(&rqctx.request)?;
         let nexus = rqctx.context();
-        nexus.process_vmm_update(path.into_inner().propolis_id, body.into_inner())?;
+        // Through the trait, so the answer is omicron's: any failure is a 500.
+        NexusInternalApi::cpapi_instances_put(
+            nexus.as_ref(),
+            path.into_inner().propolis_id,
+            body.into_inner(),
+        )
+        .await
+        .map_err(|e| HttpError::from(ApiError::internal(error_chain(&e))))?;
         Ok(HttpResponseUpdatedNoContent())
     }
 

@@ -138,11 +138,12 @@ impl<S: SledAgentApi + 'static> NexusInternalApi for NexusStub<S> {
     ) -> Result<(), NexusApiError> {
         debug!(self.log, "received new VMM runtime state from sled agent";
             "propolis_id" => %propolis_id, "vmm_state" => %new_runtime_state);
+        // Every failure is a 500, an unknown VMM too: omicron's write of an id it
+        // does not have is a database NotFound, which its report path turns
+        // into an internal error (`ErrorHandler::Server`), and which a sled
+        // agent sends again.
         match self.process_vmm_update(propolis_id, new_runtime_state) {
             Ok(_) => Ok(()),
-            Err(NexusError::NoSuchVmm { propolis_id }) => {
-                Err(NexusApiError::NoSuchVmm { propolis_id })
-            }
             Err(e) => Err(NexusApiError::UnexpectedResponse {
                 operation: "cpapi_instances_put",
                 status: 500,

@@ -43,9 +43,6 @@ impl SledAgentError {
 /// not among these: Nexus answers it with success and writes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum NexusApiError {
-    #[error("Nexus has no record of VMM {propolis_id}")]
-    NoSuchVmm { propolis_id: PropolisUuid },
-
     #[error("could not reach Nexus for {operation}")]
     Communication {
         operation: &'static str,
@@ -65,7 +62,6 @@ impl NexusApiError {
         match self {
             NexusApiError::Communication { .. } => true,
             NexusApiError::UnexpectedResponse { status, .. } => *status >= 500,
-            NexusApiError::NoSuchVmm { .. } => false,
         }
     }
 }

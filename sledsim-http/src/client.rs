@@ -321,11 +321,6 @@ impl NexusInternalApi for NexusClient {
             .await
         {
             Ok(_) => Ok(()),
-            Err(Failure::Status(status, body, _, _))
-                if status == StatusCode::NOT_FOUND && code_is(&body, error_codes::NO_SUCH_VMM) =>
-            {
-                Err(NexusApiError::NoSuchVmm { propolis_id })
-            }
             Err(Failure::Status(status, body, raw, _)) => Err(NexusApiError::UnexpectedResponse {
                 operation,
                 status: status.as_u16(),

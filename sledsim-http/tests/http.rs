@@ -161,7 +161,9 @@ async fn every_nexus_method_and_error_over_http() {
     assert_eq!(s.nexus.vmm(vmm).unwrap().gen.as_u64(), 4);
     let unknown = PropolisUuid::from_u128(0x99);
     let e = client.cpapi_instances_put(unknown, state(VmmState::Running, 4)).await.unwrap_err();
-    assert!(matches!(e, NexusApiError::NoSuchVmm { propolis_id } if propolis_id == unknown));
+    // An unknown VMM is a 500, as omicron's Nexus answers it, and retried.
+    assert!(matches!(e, NexusApiError::UnexpectedResponse { status: 500, .. }), "{e:?}");
+    assert!(e.retryable());
 
     let listed = client.vmm_list_for_watcher().await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -337,7 +339,13 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
             Some("InvalidRequest"),
         ),
         // nexus internal: unknown VMM, generation 0, wrong JSON, too big
-        (Method::PUT, format!("{nx}/vmms/{unknown}"), Some(gen7.into()), s404, Some("NO_SUCH_VMM")),
+        (
+            Method::PUT,
+            format!("{nx}/vmms/{unknown}"),
+            Some(gen7.into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("Internal"),
+        ),
         (Method::PUT, format!("{nx}/vmms/{vmm}"), Some(gen0.into()), s400, None),
         (Method::PUT, format!("{nx}/vmms/{vmm}"), Some("[]".into()), s400, None),
         (Method::PUT, format!("{nx}/vmms/{vmm}"), Some(big.clone()), s400, None),
@@ -404,7 +412,9 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
         let (status, _) = raw_at(Method::GET, state_url.clone(), None, version).await;
         assert_eq!(status, want, "sim, api-version {version:?}");
     }
-    for (version, want) in [(None, s400), (Some("1.0.1"), s400), (Some("1.0.0"), s404)] {
+    for (version, want) in
+        [(None, s400), (Some("1.0.1"), s400), (Some("1.0.0"), StatusCode::INTERNAL_SERVER_ERROR)]
+    {
         let url = format!("{nx}/vmms/{unknown}");
         let (status, _) = raw_at(Method::PUT, url, Some(gen7.into()), version).await;
         assert_eq!(status, want, "nexus, api-version {version:?}");

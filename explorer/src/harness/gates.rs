@@ -246,7 +246,6 @@ impl<T: NexusInternalApi + ?Sized> NexusInternalApi for Gated<Arc<T>> {
             || (*self.inner).cpapi_instances_put(propolis_id, new_runtime_state),
             |r| match r {
                 Ok(()) => Answer::Ack,
-                Err(NexusApiError::NoSuchVmm { .. }) => Answer::Error(ErrorKind::NoSuchVmm),
                 Err(_) => Answer::Error(ErrorKind::Nexus),
             },
         )
