@@ -20,6 +20,23 @@ pub struct PokeResponse {
     pub removed: bool,
 }
 
+/// A server's base URL as a command line takes it: `http` or `https`, a host,
+/// and nothing after the path. The error says what is wrong, for clap to print.
+pub fn base_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("not a URL ({e}); for example http://127.0.0.1:12221"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?}: only http and https are served", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a base URL takes no query or fragment".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
 /// How a request failed before any typed error could be read.
 enum Failure {
     /// No HTTP answer at all (refused, reset, timed out).

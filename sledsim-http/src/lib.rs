@@ -13,7 +13,7 @@ mod error;
 mod fault;
 mod server;
 
-pub use client::{LateNexus, NexusClient, PokeResponse, SledAgentClient};
+pub use client::{base_url, LateNexus, NexusClient, PokeResponse, SledAgentClient};
 pub use error::{error_chain, server_config, ApiError, REQUEST_BODY_MAX_BYTES, VMM_STATE_HEADER};
 pub use fault::{
     refusals_served, refuse_if_asked, refused_by_server, RefusedByServer, REFUSAL_MESSAGE,

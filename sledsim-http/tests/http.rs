@@ -471,3 +471,16 @@ async fn a_refusal_asked_of_a_server_is_a_real_503_that_applies_nothing() {
     nexus.cpapi_instances_put(vmm, report).await.unwrap();
     assert_eq!(s.nexus.vmm(vmm).unwrap().gen.as_u64(), 4);
 }
+
+#[test]
+fn a_base_url_is_checked() {
+    for good in ["http://127.0.0.1:12221", "http://localhost:1/", "https://sled.example"] {
+        assert!(sledsim_http::base_url(good).is_ok(), "{good}");
+    }
+    assert_eq!(sledsim_http::base_url("http://h:1/").unwrap(), "http://h:1");
+    for bad in
+        ["", "not-a-url", "127.0.0.1:12221", "ftp://h", "http://", "http://h/?x=1", "http://h/#f"]
+    {
+        assert!(sledsim_http::base_url(bad).is_err(), "{bad:?}");
+    }
+}

@@ -18,8 +18,8 @@ struct Args {
     /// Address to serve on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
-    /// Base URL of the sled agent instances are placed on.
-    #[arg(long)]
+    /// Base URL of the sled agent instances are placed on (http://host:port).
+    #[arg(long, value_parser = sledsim_http::base_url)]
     sled: String,
     /// The sled's id (must match the sled agent's).
     #[arg(long, default_value = "00000005-0000-0000-0000-000000000001")]

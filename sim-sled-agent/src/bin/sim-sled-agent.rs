@@ -26,8 +26,8 @@ struct Args {
     /// Address to serve on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
-    /// Base URL of the Nexus to report VMM states to.
-    #[arg(long)]
+    /// Base URL of the Nexus to report VMM states to (http://host:port).
+    #[arg(long, value_parser = sledsim_http::base_url)]
     nexus: String,
     #[arg(long, value_enum, default_value = "publish-then-remove")]
     ordering: RemovalOrdering,
