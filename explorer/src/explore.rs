@@ -116,6 +116,20 @@ impl Split {
             self.branches += 1;
         }
     }
+
+    /// Takes choice `i` of a prefix. The prefix was taken in this part before,
+    /// so its decision, if it passed one, was this part.
+    fn follow(
+        &mut self,
+        path: &mut Vec<u32>,
+        i: u32,
+        enabled: &[Choice],
+        depth: usize,
+    ) -> Result<Option<usize>, ScheduleError> {
+        self.mine(|| 0);
+        self.chose(enabled.len());
+        follow(path, i, enabled, depth)
+    }
 }
 
 /// Every core this process may use (1 if that cannot be told).
@@ -501,11 +515,7 @@ impl Chooser for Dfs<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
-            // A prefix was taken in this part before: its decision, if it passed
-            // one, was this part.
-            self.split.mine(|| 0);
-            self.split.chose(ctx.enabled.len());
-            let r = follow(&mut self.path, i, ctx.enabled, depth);
+            let r = self.split.follow(&mut self.path, i, ctx.enabled, depth);
             self.last = ctx.enabled.get(i as usize).map(|c| c.actor);
             return r;
         }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
-use super::{follow, Best, ExploreConfig, Split};
+use super::{Best, ExploreConfig, Split};
 use crate::harness::hash::StableHasher;
 use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, HarnessError, RunConfig, RunError};
@@ -112,9 +112,7 @@ impl Chooser for InOrder<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
-            self.split.mine(|| 0);
-            self.split.chose(ctx.enabled.len());
-            return follow(&mut self.path, i, ctx.enabled, depth);
+            return self.split.follow(&mut self.path, i, ctx.enabled, depth);
         }
         // Only an invariant not yet broken on this path, within its length, can
         // still be found from here.
