@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sled_agent_api::{
     InstanceEnsureBody, NexusInternalApi, PropolisUuid, SledAgentApi, SledAgentError, SledVmmState,
-    VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
+    VmmPutStateBody, VmmPutStateResponse, VmmStateRequested, VmmUnregisterResponse,
 };
 use sledsim_http::{ApiError, PokeResponse, ServerError};
 use slog::Logger;
@@ -48,7 +48,7 @@ pub trait SimSledAgentHttpApi {
     async fn vmm_put_state(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-        body: TypedBody<VmmPutStateBody>,
+        body: TypedBody<PutStateBody>,
     ) -> Result<HttpResponseOk<VmmPutStateResponse>, HttpError>;
 
     /// A VMM's state; 404 `NO_SUCH_INSTANCE` if it is not in the table.
@@ -71,6 +71,26 @@ pub trait SimSledAgentHttpApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
     ) -> Result<HttpResponseOk<PokeResponse>, HttpError>;
+}
+
+/// `PUT /vmms/{id}/state`'s body as omicron sends it: its `VmmStateRequested`,
+/// which also has `migration_target` (with its parameters). Migration is not
+/// modelled, so that one is refused; the others are the sim's own requests.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PutStateBody {
+    pub state: RequestedOnTheWire,
+}
+
+/// omicron's `VmmStateRequested`, tagged by `type`, with `value` for the
+/// migration target.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum RequestedOnTheWire {
+    /// Run this VMM by migrating in (not modelled: refused).
+    MigrationTarget(serde_json::Value),
+    Running,
+    Stopped,
+    Reboot,
 }
 
 /// The server side of `SimSledAgentHttpApi` for a sim reporting through `N`.
@@ -127,11 +147,24 @@ impl<N: NexusInternalApi + 'static> SimSledAgentHttpApi for SimHttp<N> {
     async fn vmm_put_state(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPath>,
-        body: TypedBody<VmmPutStateBody>,
+        body: TypedBody<PutStateBody>,
     ) -> Result<HttpResponseOk<VmmPutStateResponse>, HttpError> {
         sledsim_http::refuse_if_asked(&rqctx.request)?;
         let id = path.into_inner().propolis_id;
-        rqctx.context().vmm_put_state(id, body.into_inner()).await.map(HttpResponseOk).map_err(sled)
+        let state = match body.into_inner().state {
+            RequestedOnTheWire::Running => VmmStateRequested::Running,
+            RequestedOnTheWire::Stopped => VmmStateRequested::Stopped,
+            RequestedOnTheWire::Reboot => VmmStateRequested::Reboot,
+            RequestedOnTheWire::MigrationTarget(_) => {
+                return Err(ApiError::bad_request(
+                    sled_agent_api::error_codes::INVALID_REQUEST,
+                    format!("VMM {id}: migration is not modelled"),
+                )
+                .into())
+            }
+        };
+        let body = VmmPutStateBody { state };
+        rqctx.context().vmm_put_state(id, body).await.map(HttpResponseOk).map_err(sled)
     }
 
     async fn vmm_get_state(

@@ -338,6 +338,17 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
             s400,
             Some("InvalidRequest"),
         ),
+        // omicron's migration_target: taken, and refused (migration is not modelled).
+        (
+            Method::PUT,
+            format!("{sim}/vmms/{vmm}/state"),
+            Some(
+                r#"{"state":{"type":"migration_target","value":{"src_propolis_addr":"[::1]:1"}}}"#
+                    .into(),
+            ),
+            s400,
+            Some("InvalidRequest"),
+        ),
         // nexus internal: unknown VMM, generation 0, wrong JSON, too big
         (
             Method::PUT,
