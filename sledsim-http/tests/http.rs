@@ -404,6 +404,22 @@ async fn bad_input_on_every_endpoint_gets_a_status_not_a_panic() {
         ),
         (Method::POST, format!("{nx}/disks/{unknown}/detach"), Some("{}".into()), s400, None),
     ];
+    // A malformed id in any path: 400 in omicron's shape (`raw` checks the body).
+    let bad = "not-a-uuid";
+    let stop = r#"{"state":{"type":"stopped"}}"#;
+    let cases = cases.into_iter().chain([
+        (Method::GET, format!("{sim}/vmms/{bad}/state"), None, s400, None),
+        (Method::PUT, format!("{sim}/vmms/{bad}/state"), Some(stop.into()), s400, None),
+        (Method::PUT, format!("{sim}/vmms/{bad}"), Some(starting.into()), s400, None),
+        (Method::DELETE, format!("{sim}/vmms/{bad}"), None, s400, None),
+        (Method::POST, format!("{sim}/vmms/{bad}/poke"), None, s400, None),
+        (Method::PUT, format!("{nx}/vmms/{bad}"), Some(gen7.into()), s400, None),
+        (Method::PUT, format!("{nx}/datastore/vmms/{bad}"), Some(gen7.into()), s400, None),
+        (Method::POST, format!("{nx}/datastore/instances/{bad}/update"), None, s400, None),
+        (Method::GET, format!("{nx}/instances/{bad}"), None, s400, None),
+        (Method::POST, format!("{nx}/instances/{bad}/stop"), None, s400, None),
+        (Method::GET, format!("{nx}/disks/{bad}"), None, s400, None),
+    ]);
     for (method, url, body, want, code) in cases {
         let (status, got) =
             raw(method.clone(), url.clone(), body, url.starts_with(nx.as_str())).await;
