@@ -383,6 +383,12 @@ struct Seen {
 /// it, ending with the step after which the break was seen.
 type Best = BTreeMap<u8, Vec<u32>>;
 
+/// Whether `prefix` beats the best so far for its invariant: shorter, or as long
+/// and first in the order of choices.
+fn shorter_or_earlier(prefix: &[u32], best: Option<&Vec<u32>>) -> bool {
+    best.is_none_or(|b| (prefix.len(), prefix) < (b.len(), b.as_slice()))
+}
+
 /// At most this many merges are replayed to check that both sides have one future.
 const MERGES_CHECKED: usize = 20_000;
 
@@ -756,8 +762,7 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
     let mut best = Best::new();
     for s in shards {
         for (k, prefix) in &s.counterexamples {
-            let better = best.get(k).is_none_or(|b| (prefix.len(), prefix) < (b.len(), b));
-            if better {
+            if shorter_or_earlier(prefix, best.get(k)) {
                 best.insert(*k, prefix.clone());
             }
         }
@@ -959,9 +964,7 @@ impl<'a> Search<'a> {
             let len = v.step.min(dfs.path.len());
             let prefix = &dfs.path[..len];
             self.best_lens.offer(v.invariant, len);
-            let better =
-                best.get(&v.invariant).is_none_or(|b| (len, prefix) < (b.len(), b.as_slice()));
-            if better {
+            if shorter_or_earlier(prefix, best.get(&v.invariant)) {
                 best.insert(v.invariant, prefix.to_vec());
             }
         }

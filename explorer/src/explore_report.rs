@@ -10,7 +10,6 @@ use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Tru
 use crate::harness::invariants::invariant_text;
 use crate::harness::script::FINDINGS;
 use crate::harness::step::Component;
-use crate::harness::{DEFAULT_MAX_STEPS, DEFAULT_WATCHER_CONCURRENCY};
 use crate::report::{self, StepOut};
 
 pub struct View<'a> {
@@ -55,37 +54,12 @@ impl<'a> View<'a> {
     /// The command that replays a counterexample: every setting it ran under that
     /// differs from `scenario`'s defaults, so it reproduces the run exactly.
     fn command(&self, replay: &str) -> String {
-        let b = &self.cfg.run;
-        let mut cmd = format!(
-            "cargo xtask scenario --scenario {} --ordering {} --restart-policy {}",
-            b.scenario.label(),
-            b.ordering.label(),
-            b.restart_policy.label()
-        );
-        if b.watcher_passes != 2 {
-            let _ = write!(cmd, " --watcher-passes {}", b.watcher_passes);
-        }
-        if b.watcher_concurrency != DEFAULT_WATCHER_CONCURRENCY {
-            let _ = write!(cmd, " --watcher-concurrency {}", b.watcher_concurrency);
-        }
-        if b.restart_passes != 1 {
-            let _ = write!(cmd, " --restart-passes {}", b.restart_passes);
-        }
-        if b.max_steps != DEFAULT_MAX_STEPS {
-            let _ = write!(cmd, " --max-steps {}", b.max_steps);
-        }
-        // scenario's defaults are 0 of each, so a run that had any says so.
-        if b.user_ops > 0 {
-            let _ = write!(cmd, " --user-ops {}", b.user_ops);
-        }
-        if b.faults > 0 {
-            let _ = write!(cmd, " --faults {}", b.faults);
-        }
-        if b.findings {
-            cmd.push_str(" --findings");
-        }
-        if let Some(i) = b.inject {
-            let _ = write!(cmd, " --inject {}", i.label());
+        let mut cmd = String::from("cargo xtask scenario");
+        for f in self.cfg.run.flags().into_iter().filter(|f| !f.is_default) {
+            let _ = write!(cmd, " {}", f.name);
+            if let Some(v) = f.value {
+                let _ = write!(cmd, " {v}");
+            }
         }
         let _ = write!(cmd, " --schedule '{replay}'");
         cmd

@@ -280,38 +280,25 @@ impl ExploreArgs {
             ..ExploreConfig::new(run)
         }
     }
+}
 
-    /// What fixes the search a shard belongs to, as `explore` arguments in one
-    /// spelling: shards merge only if theirs are equal. Threads, output and the
-    /// shard itself are left out; they change nothing a merge reads.
-    fn search_args(&self) -> Vec<String> {
-        let m = &self.model;
-        let mut v: Vec<String> = [
-            ("--scenario", m.scenario.label().to_string()),
-            ("--ordering", m.ordering.label().to_string()),
-            ("--restart-policy", m.restart_policy.label().to_string()),
-            ("--watcher-passes", m.watcher_passes.to_string()),
-            ("--watcher-concurrency", m.watcher_concurrency.to_string()),
-            ("--restart-passes", m.restart_passes.to_string()),
-            ("--max-steps", m.max_steps.to_string()),
-            ("--user-ops", m.user_ops.unwrap_or(0).to_string()),
-            ("--faults", m.faults.unwrap_or(0).to_string()),
-            ("--max-schedules", self.max_schedules.to_string()),
-        ]
-        .into_iter()
-        .flat_map(|(k, v)| [k.to_string(), v])
-        .collect();
-        if let Some(s) = self.max_seconds {
-            v.extend(["--max-seconds".into(), s.to_string()]);
+/// What fixes the search a shard belongs to, as `explore` arguments in one
+/// spelling: shards merge only if theirs are equal. Threads, output and the
+/// shard itself are left out; they change nothing a merge reads.
+fn search_args(cfg: &ExploreConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    for f in cfg.run.flags() {
+        v.push(f.name.to_string());
+        v.extend(f.value);
+        // The search's caps follow the model's bounds (always listed).
+        if f.name == "--faults" {
+            v.extend(["--max-schedules".into(), cfg.max_schedules.to_string()]);
+            if let Some(t) = cfg.max_time {
+                v.extend(["--max-seconds".into(), t.as_secs().to_string()]);
+            }
         }
-        if m.findings {
-            v.push("--findings".into());
-        }
-        if let Some(i) = m.inject {
-            v.extend(["--inject".into(), i.label().to_string()]);
-        }
-        v
     }
+    v
 }
 
 fn logger(format: LogFormat, level: LogLevel) -> Logger {
@@ -490,7 +477,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
             json["shard"] = serde_json::json!({
                 "index": s.index + 1,
                 "count": s.count,
-                "args": a.search_args(),
+                "args": search_args(&cfg),
             });
         }
         let _ = writeln!(out, "{json}");

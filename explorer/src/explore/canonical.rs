@@ -12,12 +12,10 @@
 //! the invariant no later and earlier in the order. The pass runs only when
 //! something broke, and only as deep as the longest counterexample.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{Best, ExploreConfig, Split};
-use crate::harness::hash::StableHasher;
+use super::{Best, ExploreConfig, Split, Visited};
 use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, HarnessError, RunConfig, RunError};
 
@@ -36,7 +34,7 @@ pub(super) fn counterexamples(
     }
     let mut wanted: BTreeMap<u8, usize> = found.iter().map(|(&k, p)| (k, p.len())).collect();
     let run = RunConfig { trace_writes: false, check_chooser: false, ..cfg.run.clone() };
-    let mut visited: HashMap<u64, u32, BuildHasherDefault<StableHasher>> = HashMap::default();
+    let visited = Visited::new();
     let mut stack: Vec<Vec<u32>> = vec![Vec::new()];
     let mut canonical = Best::new();
     let mut runs = 0;
@@ -56,7 +54,7 @@ pub(super) fn counterexamples(
             prefix,
             path: Vec::new(),
             wanted: &wanted,
-            visited: &mut visited,
+            visited: &visited,
             stack: &mut stack,
         };
         let r = harness::run_outcome(&run, &mut lex)?;
@@ -100,7 +98,7 @@ struct InOrder<'a> {
     path: Vec<u32>,
     /// Invariant -> the length its first schedule is looked for within.
     wanted: &'a BTreeMap<u8, usize>,
-    visited: &'a mut HashMap<u64, u32, BuildHasherDefault<StableHasher>>,
+    visited: &'a Visited,
     stack: &'a mut Vec<Vec<u32>>,
 }
 
@@ -125,13 +123,9 @@ impl Chooser for InOrder<'_> {
         if !self.split.mine(|| fp) {
             return Ok(None);
         }
-        if !self.split.before() {
-            let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
-            let seen = self.visited.entry(fp).or_insert(u32::MAX);
-            if self.prune && *seen <= depth32 {
-                return Ok(None);
-            }
-            *seen = (*seen).min(depth32);
+        let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
+        if !self.split.before() && !self.visited.claim(fp, depth32, self.prune) {
+            return Ok(None);
         }
         self.split.chose(ctx.enabled.len());
         // Stacked last to first, so the second choice is the next run's.

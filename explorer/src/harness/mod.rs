@@ -137,6 +137,49 @@ impl Transport {
     }
 }
 
+/// One command-line flag of a run's configuration, as `scenario` and `explore`
+/// take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub name: &'static str,
+    /// `None` for a switch (`--findings`).
+    pub value: Option<String>,
+    /// Whether `scenario` takes this value anyway when the flag is left out.
+    pub is_default: bool,
+}
+
+impl RunConfig {
+    /// The flags that give this configuration to `scenario` or `explore`, in
+    /// one order. The scenario, ordering and policy are never marked default, so
+    /// a command names them; a switch or seeded bug is listed only when on.
+    pub fn flags(&self) -> Vec<Flag> {
+        let flag = |name, value: String, is_default| Flag { name, value: Some(value), is_default };
+        let mut v = vec![
+            flag("--scenario", self.scenario.label().to_string(), false),
+            flag("--ordering", self.ordering.label().to_string(), false),
+            flag("--restart-policy", self.restart_policy.label().to_string(), false),
+            flag("--watcher-passes", self.watcher_passes.to_string(), self.watcher_passes == 2),
+            flag(
+                "--watcher-concurrency",
+                self.watcher_concurrency.to_string(),
+                self.watcher_concurrency == DEFAULT_WATCHER_CONCURRENCY,
+            ),
+            flag("--restart-passes", self.restart_passes.to_string(), self.restart_passes == 1),
+            flag("--max-steps", self.max_steps.to_string(), self.max_steps == DEFAULT_MAX_STEPS),
+            // scenario's defaults are 0 of each.
+            flag("--user-ops", self.user_ops.to_string(), self.user_ops == 0),
+            flag("--faults", self.faults.to_string(), self.faults == 0),
+        ];
+        if self.findings {
+            v.push(Flag { name: "--findings", value: None, is_default: false });
+        }
+        if let Some(i) = self.inject {
+            v.push(flag("--inject", i.label().to_string(), false));
+        }
+        v
+    }
+}
+
 /// The defaults, logging nowhere.
 impl Default for RunConfig {
     fn default() -> Self {
