@@ -26,6 +26,9 @@ use crate::harness::step::{ActorId, ActorKind, Call, Choice};
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
 mod canonical;
+pub mod reduction;
+
+use reduction::Sleeper;
 
 #[derive(Clone, Debug)]
 pub struct ExploreConfig {
@@ -51,6 +54,9 @@ pub struct ExploreConfig {
     /// depth first: the result must not change, which is what a test checks
     /// (threads change the order too, but only as the OS schedules them).
     pub shuffle: Option<u64>,
+    /// Partial-order reduction (`reduction`): do not try again, in the other
+    /// order, two independent steps already tried in one. Off, every order runs.
+    pub reduce: bool,
 }
 
 /// One of `count` disjoint parts of the schedule space, which together cover it.
@@ -143,12 +149,21 @@ impl ExploreConfig {
             threads: all_cores(),
             shard: None,
             shuffle: None,
+            reduce: true,
             run,
             max_schedules: DEFAULT_MAX_SCHEDULES,
             max_time: None,
             prune: true,
             check_fingerprints: false,
         }
+    }
+}
+
+impl ExploreConfig {
+    /// Whether the search reduces: asked, and in process (over HTTP, the sim's
+    /// reports run on server threads, which the footprints do not describe).
+    pub fn reduces(&self) -> bool {
+        self.reduce && self.run.transport == harness::Transport::InProc
     }
 }
 
@@ -284,6 +299,9 @@ pub struct ExploreResult {
     /// Runs and time when the first violation was found.
     pub first_violation: Option<(usize, Duration)>,
     pub elapsed: Duration,
+    /// With `RunConfig::describe_end`: every end a run reached
+    /// (`World::end_state`), for tests that compare two searches.
+    pub end_states: std::collections::BTreeSet<String>,
 }
 
 impl ExploreResult {
@@ -316,11 +334,27 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
-/// Fingerprint -> the smallest depth it was expanded at, in shards so threads
-/// rarely wait on each other. Only looked up, never iterated, so its order cannot
-/// leak into results.
+/// Fingerprint -> how it was expanded: at which depth, and which of its choices
+/// that expansion may have left untried (asleep: a rank mask, see
+/// `reduction::masks`). In shards so threads rarely wait on each other. Only
+/// looked up, never iterated, so its order cannot leak into results.
 struct Visited {
-    shards: Vec<Mutex<HashMap<u64, u32, BuildHasherDefault<StableHasher>>>>,
+    shards: Vec<Mutex<HashMap<u64, Expanded, BuildHasherDefault<StableHasher>>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Expanded {
+    depth: u32,
+    untried: u64,
+}
+
+/// What a visit to a situation is to try (`Visited::claim`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expand {
+    Nothing,
+    All,
+    /// Only the choices of these ranks (`reduction::ranks`).
+    Only(u64),
 }
 
 const VISITED_SHARDS: usize = 64;
@@ -336,17 +370,37 @@ impl Visited {
         Visited { shards }
     }
 
-    /// Whether a situation reached at `depth` is to be expanded: with pruning, not
-    /// if it was expanded at the same or a smaller depth. Records the depth.
-    fn claim(&self, fp: u64, depth: u32, prune: bool) -> bool {
+    /// What to do at a situation reached at `depth`, whose sleep set gives
+    /// `masks` (may leave untried, will leave untried; see `reduction::masks`).
+    /// With pruning: nothing, if it was expanded at the same or a smaller depth
+    /// trying at least what this visit would try; only what that expansion left
+    /// untried, if it was expanded at this depth or a smaller one (what it tried,
+    /// it tried with as long a future); else everything. Records what is then
+    /// covered, always soundly: the shallower expansion wins (it had the longer
+    /// future); at one depth, both expansions' tries count.
+    fn claim(&self, fp: u64, depth: u32, prune: bool, (may, will): (u64, u64)) -> Expand {
         let shard = usize::try_from((fp ^ (fp >> 32)) % VISITED_SHARDS as u64).unwrap_or(0);
         let mut m = lock(&self.shards[shard]);
-        let seen = m.entry(fp).or_insert(u32::MAX);
-        if prune && *seen <= depth {
-            return false;
+        let this = Expanded { depth, untried: may };
+        let Some(seen) = m.get_mut(&fp) else {
+            m.insert(fp, this);
+            return Expand::All;
+        };
+        if !prune {
+            return Expand::All;
         }
-        *seen = (*seen).min(depth);
-        true
+        if seen.depth <= depth && seen.untried & !will == 0 {
+            return Expand::Nothing;
+        }
+        if depth < seen.depth {
+            *seen = this;
+            return Expand::All;
+        }
+        let only = seen.untried;
+        if depth == seen.depth {
+            seen.untried &= may;
+        }
+        Expand::Only(only)
     }
 
     fn len(&self) -> usize {
@@ -357,7 +411,7 @@ impl Visited {
     /// two of buckets, at most 7/8 of them full, each a (fingerprint, depth) entry
     /// and a control byte. The frontier's prefixes are not counted.
     fn bytes(&self) -> usize {
-        let entry = std::mem::size_of::<(u64, u32)>() + 1;
+        let entry = std::mem::size_of::<(u64, Expanded)>() + 1;
         let buckets = |cap: usize| if cap == 0 { 0 } else { (cap * 8 / 7).next_power_of_two() };
         self.shards.iter().map(|s| buckets(lock(s).capacity()) * entry).sum()
     }
@@ -429,24 +483,24 @@ impl BestLens {
 /// the end, so the order changes how soon a violation shows, never the verdict.
 #[derive(Debug, Default)]
 struct Frontier {
-    by_preemptions: Vec<Vec<Vec<u32>>>,
+    by_preemptions: Vec<Vec<Work>>,
     /// See `ExploreConfig::shuffle`: the state of a xorshift generator.
     shuffle: Option<u64>,
 }
 
 impl Frontier {
-    fn push(&mut self, preemptions: u32, prefix: Vec<u32>) {
+    fn push(&mut self, preemptions: u32, work: Work) {
         let k = preemptions as usize;
         if self.by_preemptions.len() <= k {
             self.by_preemptions.resize_with(k + 1, Vec::new);
         }
-        self.by_preemptions[k].push(prefix);
+        self.by_preemptions[k].push(work);
     }
 
-    fn pop(&mut self) -> Option<(u32, Vec<u32>)> {
+    fn pop(&mut self) -> Option<(u32, Work)> {
         let (k, bucket) =
             self.by_preemptions.iter_mut().enumerate().find(|(_, b)| !b.is_empty())?;
-        let prefix = match self.shuffle.as_mut() {
+        let work = match self.shuffle.as_mut() {
             Some(x) => {
                 *x ^= *x << 13;
                 *x ^= *x >> 7;
@@ -456,8 +510,17 @@ impl Frontier {
             }
             None => bucket.pop()?,
         };
-        Some((u32::try_from(k).unwrap_or(u32::MAX), prefix))
+        Some((u32::try_from(k).unwrap_or(u32::MAX), work))
     }
+}
+
+/// A schedule to run: a prefix to follow, and the choices asleep in the
+/// situation it leads to (tried in a sibling schedule, and independent of the
+/// prefix's last step), known by their tickets, which a replay gives again.
+#[derive(Debug, Default)]
+struct Work {
+    prefix: Vec<u32>,
+    sleep: Vec<Sleeper>,
 }
 
 /// Follows `prefix`, then explores: at each new situation it lets the actor that
@@ -465,6 +528,13 @@ impl Frontier {
 /// leaves the others for later runs (`pushed`, handed to the frontier after).
 struct Dfs<'a> {
     prefix: Vec<u32>,
+    /// Asleep once the prefix is followed (`Work::sleep`).
+    wake_with: Vec<Sleeper>,
+    /// Asleep in the situation the run is in, past the prefix.
+    sleep: Vec<Choice>,
+    /// The choices to try in the situation at hand (a buffer kept across steps).
+    awake: Vec<usize>,
+    reduce: bool,
     /// Preemptions the prefix makes.
     preemptions: u32,
     /// The actor that took the last step.
@@ -476,7 +546,7 @@ struct Dfs<'a> {
     /// Under `--check-fingerprints`: (first path, this path) to a situation this
     /// run was pruned at, to replay both on and compare.
     merge: Option<(Vec<u32>, Vec<u32>)>,
-    pushed: Vec<(u32, Vec<u32>)>,
+    pushed: Vec<(u32, Work)>,
     best: &'a BestLens,
     prune: bool,
     split: Split,
@@ -514,10 +584,6 @@ impl Dfs<'_> {
 }
 
 impl Chooser for Dfs<'_> {
-    fn replaying(&self, steps: usize) -> bool {
-        steps < self.prefix.len()
-    }
-
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
@@ -532,24 +598,79 @@ impl Chooser for Dfs<'_> {
         if !self.split.mine(|| fp) {
             return Ok(None);
         }
+        if depth == self.prefix.len() {
+            // The prefix's sleepers, as this run's choices (a replay parks them
+            // under the same tickets); one no longer offered sleeps no more.
+            let wake_with = std::mem::take(&mut self.wake_with);
+            self.sleep = ctx
+                .enabled
+                .iter()
+                .filter(|c| wake_with.contains(&reduction::sleeper(c)))
+                .copied()
+                .collect();
+        }
         if !self.split.before() {
             if let Some(situations) = self.situations {
                 self.check_situation(situations, ctx, fp);
             }
-            if !self.visited.claim(fp, u32::try_from(depth).unwrap_or(u32::MAX), self.prune) {
-                return Ok(None);
+            let ranks = if self.reduce { reduction::ranks(ctx.enabled) } else { None };
+            let masks = reduction::masks(ctx.enabled, ranks.as_deref(), &self.sleep);
+            let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
+            // Choices tried here before, by an expansion with as long a future.
+            let mut tried_before = None;
+            match self.visited.claim(fp, depth32, self.prune, masks) {
+                Expand::Nothing => return Ok(None),
+                Expand::All => {}
+                Expand::Only(untried) => {
+                    tried_before = ranks.map(|r| move |i: usize| untried & (1 << r[i]) == 0);
+                }
             }
+            // Not asleep: what they were tried with does not carry to the choices
+            // tried now, so they join no sleep set.
+            let awake = (0..ctx.enabled.len()).filter(|&i| {
+                !reduction::asleep(&self.sleep, &ctx.enabled[i])
+                    && !tried_before.as_ref().is_some_and(|t| t(i))
+            });
+            self.awake.clear();
+            self.awake.extend(awake);
+        } else {
+            let awake = (0..ctx.enabled.len())
+                .filter(|&i| !reduction::asleep(&self.sleep, &ctx.enabled[i]));
+            self.awake.clear();
+            self.awake.extend(awake);
         }
         self.split.chose(ctx.enabled.len());
+        // The choices to try here, in the order their sleep sets are built in:
+        // the one taken first, then the others by index.
+        let awake = std::mem::take(&mut self.awake);
         let go_on = ctx.enabled.iter().position(|c| Some(c.actor) == self.last);
-        let take = go_on.unwrap_or(0);
+        let Some(&first) = awake.first() else {
+            // Everything here is asleep: every way on was tried in another order.
+            return Ok(None);
+        };
+        let take = go_on.filter(|g| awake.contains(g)).unwrap_or(first);
         // Switching away from an actor that could go on is a preemption.
         let cost = self.preemptions + u32::from(go_on.is_some());
-        for alt in (0..ctx.enabled.len()).rev().filter(|&a| a != take) {
-            let mut p = self.path.clone();
-            p.push(u32::try_from(alt).unwrap_or(u32::MAX));
-            self.pushed.push((cost, p));
+        let order: Vec<usize> =
+            std::iter::once(take).chain(awake.iter().copied().filter(|&a| a != take)).collect();
+        for (k, &alt) in order.iter().enumerate().skip(1).rev() {
+            let mut prefix = self.path.clone();
+            prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
+            let sleep = if self.reduce {
+                let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
+                reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried))
+                    .map(reduction::sleeper)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.pushed.push((cost, Work { prefix, sleep }));
         }
+        if self.reduce {
+            let taken = ctx.enabled[take];
+            self.sleep = reduction::after(&taken, &self.sleep).copied().collect();
+        }
+        self.awake = awake;
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
         Ok(Some(take))
@@ -688,6 +809,7 @@ pub fn explore_with_progress(
         counterexamples,
         first_violation,
         elapsed: start.elapsed(),
+        end_states: std::mem::take(&mut tally.end_states),
     })
 }
 
@@ -787,6 +909,8 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
         counterexamples,
         first_violation: None,
         elapsed: shards.iter().map(|s| s.elapsed).max().unwrap_or_default(),
+        // A shard's JSON carries no end states.
+        end_states: Default::default(),
     })
 }
 
@@ -831,13 +955,14 @@ struct Tally {
     first_violation: Option<(usize, Duration)>,
     merges: Vec<(Vec<u32>, Vec<u32>)>,
     error: Option<RunError>,
+    end_states: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Search<'a> {
     fn new(cfg: &'a ExploreConfig) -> Self {
         // A xorshift state must not be 0.
         let mut frontier = Frontier { shuffle: cfg.shuffle.map(|s| s | 1), ..Frontier::default() };
-        frontier.push(0, Vec::new());
+        frontier.push(0, Work::default());
         Search {
             cfg,
             run: RunConfig {
@@ -870,9 +995,13 @@ impl<'a> Search<'a> {
     }
 
     fn work_until_done(&self) {
-        while let Some((preemptions, prefix)) = self.next() {
+        while let Some((preemptions, Work { prefix, sleep })) = self.next() {
             let mut dfs = Dfs {
                 prefix,
+                wake_with: sleep,
+                sleep: Vec::new(),
+                awake: Vec::new(),
+                reduce: self.cfg.reduces(),
                 preemptions,
                 last: None,
                 path: Vec::new(),
@@ -897,7 +1026,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    fn next(&self) -> Option<(u32, Vec<u32>)> {
+    fn next(&self) -> Option<(u32, Work)> {
         let mut q = lock(&self.queue);
         loop {
             if q.stopped {
@@ -949,6 +1078,9 @@ impl<'a> Search<'a> {
         }
         if matches!(r.end, RunEnd::StepBound(_)) {
             t.step_bound_runs += 1;
+        }
+        if let Some(e) = r.end_state {
+            t.end_states.insert(e);
         }
         if !r.violations.is_empty() {
             t.violating_runs += 1;

@@ -237,14 +237,29 @@ impl Db {
 
     /// Hashes what decides future behaviour. Timestamps and the logs are left out;
     /// the one decision time enters (auto-restart's cooldown) depends only on how
-    /// long is left of each cooldown at `now`, so that is hashed instead.
-    pub(crate) fn hash_state<H: Hasher>(&self, h: &mut H, now: DateTime<Utc>, cooldown: TimeDelta) {
+    /// long is left of each cooldown at `now`, so that is hashed instead, and only
+    /// as "more than `horizon`" once it is: a caller that knows the clock cannot
+    /// move on by `horizon` before the run ends knows such a cooldown will not end
+    /// in it, whenever it began (which is what lets two orders of steps that read
+    /// the clock meet in one situation).
+    pub(crate) fn hash_state<H: Hasher>(
+        &self,
+        h: &mut H,
+        now: DateTime<Utc>,
+        cooldown: TimeDelta,
+        horizon: TimeDelta,
+    ) {
         self.next_id.hash(h);
         for (id, i) in &self.instances {
             (id, &i.name, i.state, i.propolis_id, i.gen, i.intended, i.auto_restarts).hash(h);
-            let left = i
-                .time_last_auto_restarted
-                .map(|t| (t + cooldown - now).max(TimeDelta::zero()).num_milliseconds());
+            let left = i.time_last_auto_restarted.map(|t| {
+                let left = (t + cooldown - now).max(TimeDelta::zero());
+                if left >= horizon {
+                    -1
+                } else {
+                    left.num_milliseconds()
+                }
+            });
             left.hash(h);
         }
         for (id, v) in &self.vmms {
@@ -302,7 +317,7 @@ mod tests {
 
     fn hash(db: &Db, now: DateTime<Utc>) -> u64 {
         let mut h = DefaultHasher::new();
-        db.hash_state(&mut h, now, TimeDelta::minutes(5));
+        db.hash_state(&mut h, now, TimeDelta::minutes(5), TimeDelta::MAX);
         h.finish()
     }
 
@@ -391,5 +406,15 @@ mod tests {
         // all once the cooldown is over.
         assert_ne!(hash(&db(), at(11)), base);
         assert_eq!(hash(&db(), at(600_000)), hash(&db(), at(900_000)));
+        // Beyond the horizon, how much is left is one value, whenever it began.
+        let within = |d: &Db, now| {
+            let mut h = DefaultHasher::new();
+            d.hash_state(&mut h, now, TimeDelta::minutes(5), TimeDelta::seconds(1));
+            h.finish()
+        };
+        let mut later = db();
+        later.instances.get_mut(&INST).unwrap().time_last_auto_restarted = Some(at(5));
+        assert_eq!(within(&db(), at(10)), within(&later, at(10)));
+        assert_ne!(within(&db(), at(299_500)), within(&db(), at(10)));
     }
 }

@@ -286,9 +286,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         db.instance_log.len()
     }
 
-    /// Feeds everything that decides Nexus's future behaviour into `h`.
-    pub fn hash_state<H: Hasher>(&self, h: &mut H) {
-        self.db().hash_state(h, self.clock.peek(), self.config.restart_cooldown);
+    /// Feeds everything that decides Nexus's future behaviour into `h`, for a
+    /// run whose clock moves on by less than `horizon` from now to its end (see
+    /// `Db::hash_state`; `TimeDelta::MAX` promises nothing).
+    pub fn hash_state<H: Hasher>(&self, h: &mut H, horizon: TimeDelta) {
+        self.db().hash_state(h, self.clock.peek(), self.config.restart_cooldown, horizon);
         std::hash::Hash::hash(&*self.requests_in_flight(), h);
     }
 

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sled_agent_api::{
-    Clock, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
-    SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmRuntimeState,
-    VmmUnregisterResponse,
+    Clock, Generation, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid,
+    SledAgentApi, SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
+    VmmRuntimeState, VmmState, VmmUnregisterResponse,
 };
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::Notify;
@@ -236,6 +236,11 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     /// Sim-only: the VMMs in the table, in id order.
     pub fn vmm_ids(&self) -> Vec<PropolisUuid> {
         self.table().keys().copied().collect()
+    }
+
+    /// Sim-only: a VMM's current state and generation, as its table holds them.
+    pub fn vmm_runtime(&self, propolis_id: PropolisUuid) -> Option<(VmmState, Generation)> {
+        self.table().get(&propolis_id).map(|e| (e.vmm.runtime.state, e.vmm.runtime.gen))
     }
 
     /// Sim-only: how many observations are queued for a VMM.

@@ -61,6 +61,11 @@ impl Clock for LogicalClock {
 }
 
 impl LogicalClock {
+    /// How many timestamps it has handed out: how far it has moved on.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
     fn at(&self, ticks: u64) -> DateTime<Utc> {
         let ms = i64::try_from(ticks).unwrap_or(i64::MAX);
         self.start + TimeDelta::milliseconds(ms)

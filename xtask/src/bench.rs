@@ -17,6 +17,9 @@ pub const FIRST_COUNTEREXAMPLE_TARGET: usize = 50;
 pub const THROUGHPUT_TARGET: f64 = 100_000.0;
 /// disk-move with one user operation and one fault, proved exhaustively.
 pub const ENVIRONMENT_PROOF_TARGET: Duration = Duration::from_secs(5);
+/// Schedules without partial-order reduction over schedules with it, on
+/// stop-race with 3 watcher passes.
+pub const REDUCTION_TARGET: f64 = 3.0;
 /// How long the bench lets each of those searches run.
 const ENVIRONMENT_CAP: Duration = Duration::from_secs(60);
 
@@ -44,6 +47,10 @@ pub struct Scaled {
     pub ms: f64,
     /// Runs when every schedule runs to its end (W=1 and 2 only: it explodes).
     pub brute_force_schedules: Option<usize>,
+    /// Runs of the same pruned search without partial-order reduction, and the
+    /// situations it reached (the same, or the reduction lost some).
+    pub unreduced_schedules: usize,
+    pub unreduced_states: usize,
     /// The same race in shuttle's primitives, explored by shuttle's DFS.
     pub shuttle: Result<Peer, String>,
 }
@@ -124,6 +131,9 @@ pub struct Targets {
     pub environment_proof_under_5s: bool,
     /// Two threads at least 1.7 times as fast as one (stop-race, 1 user op, 1 fault).
     pub two_threads_at_least_1_7x: bool,
+    /// stop-race, W=3: at least 3 times fewer schedules with reduction than
+    /// without, with the same situations and verdict.
+    pub reduction_at_least_3x: bool,
 }
 
 impl Targets {
@@ -133,6 +143,7 @@ impl Targets {
             && self.at_least_100k_schedules_per_s
             && self.environment_proof_under_5s
             && self.two_threads_at_least_1_7x
+            && self.reduction_at_least_3x
     }
 }
 
@@ -163,6 +174,8 @@ pub enum BenchError {
     NotProved { verdict: &'static str },
     #[error("the legacy ordering gave disk-move no counterexample")]
     NoCounterexample,
+    #[error("partial-order reduction changed stop-race's verdict")]
+    ReductionChangedVerdict,
 }
 
 pub fn measure() -> Result<Bench, BenchError> {
@@ -202,12 +215,22 @@ pub fn measure() -> Result<Bench, BenchError> {
     for w in 1..=3 {
         let run = RunConfig { watcher_passes: w, ..config(ScenarioKind::StopRace, fixed) };
         let r = explore_once(run.clone())?;
+        let unreduced = explore(&ExploreConfig {
+            max_schedules: usize::MAX,
+            reduce: false,
+            ..ExploreConfig::new(run.clone())
+        })?;
+        if unreduced.verdict() != r.verdict() {
+            return Err(BenchError::ReductionChangedVerdict);
+        }
         let brute_force_schedules =
             if w <= 2 { Some(brute_force(run.clone())?.runs) } else { None };
         scaled.push(Scaled {
             shuttle: shuttle_peer(w),
             brute_force_schedules,
             watcher_passes: w,
+            unreduced_schedules: unreduced.runs,
+            unreduced_states: unreduced.situations,
             schedules: r.runs,
             states: r.situations,
             ms: r.elapsed.as_secs_f64() * 1e3,
@@ -252,6 +275,14 @@ pub fn measure() -> Result<Bench, BenchError> {
             && w.ms < ENVIRONMENT_PROOF_TARGET.as_secs_f64() * 1e3
     });
 
+    let reduction = scaled.iter().find(|s| s.watcher_passes == 3).map_or(0.0, |s| {
+        let same = s.states == s.unreduced_states;
+        if same {
+            s.unreduced_schedules as f64 / s.schedules.max(1) as f64
+        } else {
+            0.0
+        }
+    });
     let proof_ms = median(proofs);
     let stop_race_schedules_per_s = median(sps);
     Ok(Bench {
@@ -273,6 +304,7 @@ pub fn measure() -> Result<Bench, BenchError> {
         targets: Targets {
             environment_proof_under_5s,
             two_threads_at_least_1_7x: two_thread_speedup >= 1.7,
+            reduction_at_least_3x: reduction >= REDUCTION_TARGET,
             proof_under_1s: proof_ms < PROOF_TARGET.as_secs_f64() * 1e3,
             first_counterexample_within_50_schedules: first_n <= FIRST_COUNTEREXAMPLE_TARGET,
             at_least_100k_schedules_per_s: stop_race_schedules_per_s >= THROUGHPUT_TARGET,
@@ -314,6 +346,16 @@ pub fn human(b: &Bench) -> String {
             "  W={}: {:>7} runs, {:>7} situations, {:>8.1} ms{brute}\n",
             sc.watcher_passes, sc.schedules, sc.states, sc.ms
         ));
+        let states = if sc.unreduced_states == sc.states {
+            "the same situations".to_string()
+        } else {
+            format!("{} situations: the reduction LOST some", sc.unreduced_states)
+        };
+        s.push_str(&format!(
+            "        without partial-order reduction: {} runs ({:.2}x as many), {states}\n",
+            sc.unreduced_schedules,
+            sc.unreduced_schedules as f64 / sc.schedules.max(1) as f64,
+        ));
         let peer = match &sc.shuttle {
             Ok(p) => {
                 let n = if p.exhaustive {
@@ -342,10 +384,12 @@ pub fn human(b: &Bench) -> String {
     }
     s.push_str(&format!(
         "environment target: disk-move proved in under 5 s: {}\n\
-         two threads vs one (stop-race): {:.2}x   target >= 1.7x: {}\n",
+         two threads vs one (stop-race): {:.2}x   target >= 1.7x: {}\n\
+         reduction (stop-race, W=3): target >= 3x fewer runs, same situations: {}\n",
         yes(b.targets.environment_proof_under_5s),
         b.two_thread_speedup,
-        yes(b.targets.two_threads_at_least_1_7x)
+        yes(b.targets.two_threads_at_least_1_7x),
+        yes(b.targets.reduction_at_least_3x)
     ));
     s
 }

@@ -229,6 +229,11 @@ struct ExploreArgs {
     /// futures, and check that no chooser changes the world (slow; a debugging aid).
     #[arg(long)]
     check_fingerprints: bool,
+    /// Partial-order reduction: `sleep-sets` does not run again, in the other
+    /// order, two independent steps already run in one (the same situations and
+    /// verdict, fewer schedules); `none` runs every order. Over HTTP, always none.
+    #[arg(long, value_enum, default_value_t = Reduction::SleepSets)]
+    reduction: Reduction,
     /// Write a self-contained HTML page with the sequence diagram.
     #[arg(long, value_name = "FILE.html")]
     report: Option<std::path::PathBuf>,
@@ -264,6 +269,13 @@ fn shard(s: &str) -> Result<Shard, String> {
     Ok(Shard { index: k - 1, count: n })
 }
 
+/// `explore --reduction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Reduction {
+    SleepSets,
+    None,
+}
+
 impl ExploreArgs {
     fn config(&self) -> ExploreConfig {
         // Logging stays off the hot path: a run takes microseconds, a log line more.
@@ -277,6 +289,7 @@ impl ExploreArgs {
             check_fingerprints: self.check_fingerprints,
             threads: self.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
             shard: self.shard,
+            reduce: self.reduction == Reduction::SleepSets,
             ..ExploreConfig::new(run)
         }
     }

@@ -9,13 +9,15 @@
 //! prunes a situation already expanded at the same or a smaller depth, and that
 //! cannot hide the first schedule: if it passed a situation first reached by a
 //! path earlier in the order and no longer, that path's continuation would break
-//! the invariant no later and earlier in the order. The pass runs only when
-//! something broke, and only as deep as the longest counterexample.
+//! the invariant no later and earlier in the order. It uses no partial-order
+//! reduction: the first schedule in choice order may be the one of two orders
+//! that a reduced search left untried. The pass runs only when something broke,
+//! and only as deep as the longest counterexample.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{Best, ExploreConfig, Split, Visited};
+use super::{Best, Expand, ExploreConfig, Split, Visited};
 use crate::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::{self, HarnessError, RunConfig, RunError};
 
@@ -103,10 +105,6 @@ struct InOrder<'a> {
 }
 
 impl Chooser for InOrder<'_> {
-    fn replaying(&self, steps: usize) -> bool {
-        steps < self.prefix.len()
-    }
-
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
@@ -124,7 +122,9 @@ impl Chooser for InOrder<'_> {
             return Ok(None);
         }
         let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
-        if !self.split.before() && !self.visited.claim(fp, depth32, self.prune) {
+        if !self.split.before()
+            && self.visited.claim(fp, depth32, self.prune, (0, 0)) == Expand::Nothing
+        {
             return Ok(None);
         }
         self.split.chose(ctx.enabled.len());

@@ -185,9 +185,10 @@ impl Invariants {
         self.lost.hash(h);
         self.requests.hash(h);
         self.environment.hash(h);
-        for v in &self.violations {
-            v.invariant.hash(h);
-        }
+        // As a set: which broke first is the path's, not the situation's, and two
+        // orders of independent steps that break two invariants meet here.
+        let broken = self.violations.iter().fold(0u64, |m, v| m | 1u64 << (v.invariant % 64));
+        broken.hash(h);
     }
 
     /// Records the first break of each invariant; later ones of the same add nothing.

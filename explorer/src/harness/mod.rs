@@ -105,12 +105,23 @@ pub struct RunConfig {
     /// Check, around every choice, that the chooser left the world as it found it
     /// (its fingerprint's input unchanged); a change is a harness error.
     pub check_chooser: bool,
+    /// Describe what the components hold at the end of a run that ends
+    /// (`RunOutcome::end_state`), for tests that compare searches by it.
+    pub describe_end: bool,
     pub log: Logger,
 }
 
 /// Steps one run may take, in `scenario` and `explore` alike, so a schedule that
 /// explore prints replays under `scenario` with the same bound.
 pub const DEFAULT_MAX_STEPS: usize = 200;
+
+/// How far a run's logical clock (1 ms a timestamp) may move on. Fingerprints
+/// hash an auto-restart cooldown with more than this left as one value however
+/// long is left (`NexusStub::hash_state`), which is sound only while no run gets
+/// this far: a run that does is a harness error, not a quiet miss. omicron's
+/// cooldown is 5 minutes; a run of the longest step bound hands out a few
+/// thousand timestamps.
+pub const CLOCK_HORIZON_MS: u64 = 100_000;
 
 /// Checks a watcher pass runs at once (omicron runs up to 16).
 pub const DEFAULT_WATCHER_CONCURRENCY: usize = 2;
@@ -204,6 +215,7 @@ impl RunConfig {
             transport: Transport::InProc,
             trace_writes: true,
             check_chooser: false,
+            describe_end: false,
             log,
         }
     }
@@ -357,7 +369,7 @@ impl World {
     /// Feeds everything the fingerprint covers into `h`; with a `hash::Recorder`,
     /// that is the situation in full, to compare where fingerprints collide.
     pub fn fingerprint_into<H: Hasher>(&self, observer: &Observer, h: &mut H) {
-        self.nexus.hash_state(h);
+        self.nexus.hash_state(h, chrono::TimeDelta::milliseconds(CLOCK_HORIZON_MS as i64));
         self.sim.hash_state(h);
         self.sched.hash_actors(h);
         self.progress().hash_state(h);
@@ -369,6 +381,26 @@ impl World {
         let mut r = hash::Recorder::default();
         self.fingerprint_into(observer, &mut r);
         r.into_bytes()
+    }
+
+    /// What the components hold, as a user could read it from their APIs: each
+    /// instance's state, Nexus's VMM rows, the sled agent's table, the disk, and
+    /// the scenario's outcome. No fingerprint, no history: two searches compared
+    /// by these compare what they reached.
+    pub fn end_state(&self) -> String {
+        let instances: Vec<_> = self
+            .nexus
+            .instances()
+            .into_iter()
+            .map(|i| (i.name, i.state, i.propolis_id, i.intended, i.auto_restarts))
+            .collect();
+        let vmms: Vec<_> =
+            self.nexus.vmms().into_iter().map(|v| (v.id, v.state, v.gen, v.deleted)).collect();
+        let sled: Vec<_> =
+            self.sim.vmm_ids().into_iter().map(|id| (id, self.sim.vmm_runtime(id))).collect();
+        let progress = self.progress();
+        let disk = progress.disk.and_then(|d| self.nexus.disk(d).ok()).map(|d| d.state);
+        format!("{instances:?} {vmms:?} {sled:?} {disk:?} {:?}", progress.outcome)
     }
 
     pub fn progress(&self) -> MutexGuard<'_, ScenarioProgress> {
@@ -526,12 +558,17 @@ pub struct RunOutcome {
     pub end: RunEnd,
     pub violations: Vec<Violation>,
     pub harness_errors: Vec<HarnessError>,
+    /// With `RunConfig::describe_end`, for a run that finished or deadlocked:
+    /// what the components hold (`World::end_state`).
+    pub end_state: Option<String>,
 }
 
 /// Runs one schedule from scratch and reads only how it ended and what it broke.
 pub fn run_outcome(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunOutcome, RunError> {
     let (world, end, observer) = drive(config, chooser)?;
+    let ended = matches!(end, RunEnd::Finished | RunEnd::Deadlock(_));
     Ok(RunOutcome {
+        end_state: (config.describe_end && ended).then(|| world.end_state()),
         end,
         violations: observer.violations().to_vec(),
         harness_errors: world.sched.errors(),
@@ -617,11 +654,10 @@ fn drive(
         if world.spawn_updates(&pool) > 0 {
             continue;
         }
-        // A chooser replaying a prefix it has already seen checked asks to skip the
-        // checks; the next check catches up (they are incremental).
-        if !chooser.replaying(world.sched.steps_len()) {
-            observer.check(&world);
-        }
+        // After every step, replayed ones too: the invariants' memory depends on
+        // the order its events come in (a write before or after a vanish), and
+        // feeding a replayed prefix's events in one batch gives another order.
+        observer.check(&world);
         world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {
             break if world.sched.all_done() {
@@ -655,6 +691,11 @@ fn drive(
         world.sched.release(choice.ticket, choice.fault);
     };
     chooser.finish(world.sched.steps_len())?;
+    let ticks = world.clock.ticks();
+    if ticks >= CLOCK_HORIZON_MS {
+        let horizon = CLOCK_HORIZON_MS;
+        world.sched.record_error(HarnessError::ClockPastHorizon { ticks, horizon });
+    }
     observer.finish(&world, &end, config.scenario);
     Ok((world, end, observer))
 }

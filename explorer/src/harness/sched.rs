@@ -53,6 +53,8 @@ pub enum HarnessError {
     ShorterMissed { invariant: u8, len: usize, searched: usize },
     #[error("a run panicked (its message is on stderr)")]
     Panicked,
+    #[error("the run's clock moved on {ticks} ms, past the {horizon} ms its fingerprints assume")]
+    ClockPastHorizon { ticks: u64, horizon: u64 },
 }
 
 thread_local! {

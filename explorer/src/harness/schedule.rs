@@ -56,12 +56,6 @@ pub trait Chooser {
     /// run here.
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError>;
 
-    /// Whether the next choice, after `steps` steps, replays a prefix whose every
-    /// step was already checked in an earlier run; the observer may then wait.
-    fn replaying(&self, _steps: usize) -> bool {
-        false
-    }
-
     /// Called once the run ends after `steps` steps.
     fn finish(&mut self, _steps: usize) -> Result<(), ScheduleError> {
         Ok(())

@@ -179,6 +179,40 @@ fn search(run: RunConfig, prune: bool) -> ExploreResult {
     explore(&cfg).expect("explores")
 }
 
+/// The pruned search without partial-order reduction.
+fn unreduced(run: RunConfig) -> ExploreResult {
+    let cfg = ExploreConfig { max_schedules: usize::MAX, reduce: false, ..ExploreConfig::new(run) };
+    explore(&cfg).expect("explores")
+}
+
+/// What every schedule reached, by `enumerate`.
+struct Everything {
+    /// Each broken invariant's shortest length.
+    broken: Vec<(u8, usize)>,
+    runs: usize,
+    /// What the components held at the end of each run that ended.
+    ends: std::collections::BTreeSet<String>,
+}
+
+/// The reduced search (the default) against the unreduced one and against every
+/// schedule: the same situations (sleep sets leave none out), the same broken
+/// invariants at the same lengths, and, where nothing broke (so no run was cut
+/// short for length), the same end states by what the components hold. Returns
+/// the schedules both ran: fewer for the reduced one is likely, not certain (a
+/// situation met again with other choices asleep is expanded again).
+fn check_reduction(run: &RunConfig, all: &Everything, what: &str) -> (usize, usize) {
+    let run = RunConfig { describe_end: true, ..run.clone() };
+    let (reduced, full) = (search(run.clone(), true), unreduced(run));
+    assert_eq!(reduced.situations, full.situations, "{what}: situations");
+    assert_eq!(lengths(&reduced), all.broken, "{what}: reduced");
+    assert_eq!(lengths(&full), all.broken, "{what}: unreduced");
+    if all.broken.is_empty() {
+        assert_eq!(reduced.end_states, all.ends, "{what}: reduced ends");
+        assert_eq!(full.end_states, all.ends, "{what}: unreduced ends");
+    }
+    (reduced.runs, full.runs)
+}
+
 fn lengths(r: &ExploreResult) -> Vec<(u8, usize)> {
     r.counterexamples.iter().map(|c| (c.invariant, c.len)).collect()
 }
@@ -193,9 +227,8 @@ fn stop_race(passes: usize) -> RunConfig {
 
 /// Every schedule, each run to its end and checked at every step, enumerated as
 /// an odometer over the choices: no fingerprints, no pruning, no skipped checks,
-/// nothing shared with the explorer but the harness. Returns each broken
-/// invariant's shortest length, and the number of runs.
-fn enumerate(run: &RunConfig) -> (Vec<(u8, usize)>, usize) {
+/// nothing shared with the explorer but the harness.
+fn enumerate(run: &RunConfig) -> Everything {
     struct Odometer {
         prefix: Vec<usize>,
         taken: Vec<(usize, usize)>,
@@ -207,14 +240,16 @@ fn enumerate(run: &RunConfig) -> (Vec<(u8, usize)>, usize) {
             Ok(Some(i))
         }
     }
-    let cfg = RunConfig { trace_writes: false, ..run.clone() };
+    let cfg = RunConfig { trace_writes: false, describe_end: true, ..run.clone() };
     let mut best = std::collections::BTreeMap::new();
     let mut prefix = Vec::new();
     let mut runs = 0;
+    let mut ends = std::collections::BTreeSet::new();
     loop {
         let mut odo = Odometer { prefix, taken: Vec::new() };
         let v = harness::run_outcome(&cfg, &mut odo).expect("runs");
         runs += 1;
+        ends.extend(v.end_state);
         for x in &v.violations {
             let b = best.entry(x.invariant).or_insert(x.step);
             *b = (*b).min(x.step);
@@ -223,13 +258,14 @@ fn enumerate(run: &RunConfig) -> (Vec<(u8, usize)>, usize) {
         prefix = odo.taken[..k].iter().map(|t| t.0).collect();
         prefix.push(odo.taken[k].0 + 1);
     }
-    (best.into_iter().collect(), runs)
+    Everything { broken: best.into_iter().collect(), runs, ends }
 }
 
 /// Pruning must not change the verdict: the independent enumeration above finds
 /// the same broken invariants with the same shortest lengths, for the fixed and
-/// legacy orderings, the 2024 policy and every seeded bug; and the explorer with
-/// pruning off reaches every situation the pruned search does.
+/// legacy orderings, the 2024 policy and every seeded bug, with and without
+/// partial-order reduction; and the explorer with pruning off reaches every
+/// situation the pruned search does.
 #[test]
 fn pruned_search_and_full_enumeration_agree() {
     use sledsim_explorer::harness::Inject;
@@ -253,11 +289,12 @@ fn pruned_search_and_full_enumeration_agree() {
             run.ordering, run.restart_policy, run.inject, run.watcher_passes
         );
         let pruned = search(run.clone(), true);
-        let (all, runs) = enumerate(&run);
-        assert_eq!(lengths(&pruned), all, "{what}");
-        let want = if all.is_empty() { Verdict::Clean } else { Verdict::Violated };
+        let all = enumerate(&run);
+        assert_eq!(lengths(&pruned), all.broken, "{what}");
+        let want = if all.broken.is_empty() { Verdict::Clean } else { Verdict::Violated };
         assert_eq!((pruned.verdict(), &pruned.coverage), (want, &Coverage::Exhaustive), "{what}");
-        assert!(runs > 2 * pruned.runs, "{what}: pruning prunes");
+        assert!(all.runs > 2 * pruned.runs, "{what}: pruning prunes");
+        check_reduction(&run, &all, &what);
     }
     let (pruned, unpruned) = (search(stop_race(2), true), search(stop_race(2), false));
     assert_eq!(pruned.situations, unpruned.situations);
@@ -266,7 +303,7 @@ fn pruned_search_and_full_enumeration_agree() {
 /// The same agreement with the environment's choices: a user's operation (with
 /// the landed user path seeded, and with the findings' windows open), faults of
 /// every kind, and both together; small bounds, since the enumeration is every
-/// schedule.
+/// schedule. Partial-order reduction is checked against both in each case.
 #[test]
 fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
     use sledsim_explorer::harness::Inject;
@@ -283,21 +320,25 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
         env(0, 1, 1),
         env(1, 1, 0),
     ];
+    let mut fewer = false;
     for run in cases {
         let what = format!(
             "U={} F={} W={} {:?} findings={}",
             run.user_ops, run.faults, run.watcher_passes, run.inject, run.findings
         );
         let pruned = search(run.clone(), true);
-        let (all, runs) = enumerate(&run);
-        assert_eq!(lengths(&pruned), all, "{what}");
+        let all = enumerate(&run);
+        assert_eq!(lengths(&pruned), all.broken, "{what}");
         assert_eq!(pruned.coverage, Coverage::Exhaustive, "{what}");
-        assert!(runs > pruned.runs, "{what}: pruning prunes ({runs} vs {})", pruned.runs);
+        assert!(all.runs > pruned.runs, "{what}: pruning prunes ({} vs {})", all.runs, pruned.runs);
+        let (reduced, full) = check_reduction(&run, &all, &what);
+        fewer |= reduced < full;
         eprintln!(
-            "{what}: {runs} schedules enumerated, {} runs pruned, broken {all:?}",
-            pruned.runs
+            "{what}: {} schedules enumerated, {full} runs pruned, {reduced} reduced, broken {:?}",
+            all.runs, all.broken
         );
     }
+    assert!(fewer, "the reduction saves schedules somewhere");
 }
 
 #[test]

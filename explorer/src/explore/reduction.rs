@@ -1,0 +1,303 @@
+//! Partial-order reduction by sleep sets: which steps commute, and what a search
+//! need not try again because it already tried the same steps in the other order.
+//!
+//! Two choices are independent when they are different actors' and neither
+//! writes a part of the world the other reads or writes. The parts are coarse on
+//! purpose: Nexus's VMM table (with the update steps a write queues), its
+//! instance table (with the instance log and the requests in flight), its disks;
+//! the sled agent's table; the scenario's progress. A step is charged with
+//! everything its release may run: the callee, and the caller's own code up to
+//! its next gate (a Nexus handler after the sled agent answers, the sim after
+//! Nexus acknowledges a report, the scenario when an outer call returns), and
+//! with what its wait condition reads. The invariants' memory is part of the
+//! world too: the record of vanished VMMs is a part of its own, written by a
+//! vanish and by a pass's listing, read by every Nexus write (rules 2 and 7 ask
+//! whether a VMM vanished) and by a check's 404 (rule 1); what the rules keep of
+//! each VMM's writes and reports moves with the VMM table, and reports commute
+//! with writes there (a report is remembered only above the stored generation,
+//! and forgotten once a write reaches it, in either order). Whatever is not
+//! known to commute is dependent: a `Done`, offered only when no call is,
+//! depends on everything; so do two choices of one actor.
+//!
+//! With sleep sets alone every situation is still reached (Godefroid, 1996,
+//! ch. 5): what is saved is the schedules that would reach one again through the
+//! other order of two independent steps. So the number of distinct situations a
+//! search reports is the same with and without reduction, which is what the
+//! tests compare, along with the violations and the end states.
+
+use crate::harness::step::{ActorKind, CallKind, Choice, Component, Offer};
+
+/// Parts of the world, as bits.
+const VMMS: u16 = 1;
+const INSTANCES: u16 = 1 << 1;
+const DISKS: u16 = 1 << 2;
+const NEXUS: u16 = VMMS | INSTANCES | DISKS;
+const SLED: u16 = 1 << 3;
+const PROGRESS: u16 = 1 << 4;
+/// The invariants' record of vanished VMMs and the instances they were of.
+const VANISHED: u16 = 1 << 5;
+/// The run's fault budget.
+const BUDGET: u16 = 1 << 6;
+/// The watcher pass a check belongs to: a check that ends lets it start the next.
+const PASS: u16 = 1 << 7;
+const ALL: u16 = u16::MAX;
+
+/// What releasing a choice may read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    reads: u16,
+    writes: u16,
+}
+
+impl Footprint {
+    const fn reads(parts: u16) -> Self {
+        Footprint { reads: parts, writes: 0 }
+    }
+
+    const fn rw(parts: u16) -> Self {
+        Footprint { reads: parts, writes: parts }
+    }
+
+    const fn and_reads(self, parts: u16) -> Self {
+        Footprint { reads: self.reads | parts, writes: self.writes }
+    }
+
+    const fn and_writes(self, parts: u16) -> Self {
+        Footprint { reads: self.reads | parts, writes: self.writes | parts }
+    }
+
+    const fn conflicts(self, other: Footprint) -> bool {
+        self.writes & (other.reads | other.writes) != 0 || other.writes & self.reads != 0
+    }
+}
+
+/// The parts of the world a choice's release may touch.
+pub fn footprint(c: &Choice) -> Footprint {
+    use CallKind::*;
+    let base = match c.call.kind {
+        Done => return Footprint::rw(ALL),
+        // A check asks the sled agent; a 404's answer records what Nexus held of
+        // the VMM then, which rule 1 weighs against the vanished record.
+        VmmGetState if c.call.from == Component::Watcher => {
+            Footprint::reads(SLED | VMMS).and_writes(VANISHED)
+        }
+        // A Nexus handler's (or update step's, or auto-restart's) call to the sled
+        // agent: the handler goes on once it answers, and may mark the VMM failed
+        // and run the update step.
+        VmmRegister | VmmUnregister | VmmPutState | VmmGetState => Footprint::rw(NEXUS | SLED),
+        // The sim steps, then parks its report (or fails at once, and its caller
+        // goes on): a poke waits while another of the same VMM reports.
+        VmmPoke => Footprint::rw(SLED),
+        // Nexus's checked write of the VMM (which may queue its update step); the
+        // sim then goes on (removes, steps again).
+        CpapiInstancesPut => Footprint::rw(VMMS | SLED),
+        // A listing reads VMM rows; rule 6 notes what it listed of vanished VMMs.
+        VmmList => Footprint::reads(VMMS).and_writes(VANISHED),
+        VmmWrite => Footprint::rw(VMMS),
+        // The update step reads the VMM and unlinks it from its instance.
+        InstanceUpdate => Footprint::rw(VMMS | INSTANCES),
+        // Failed instances with no VMM (a cooldown never ends within a run's
+        // clock horizon, so the clock decides nothing here).
+        Reincarnation => Footprint::reads(INSTANCES),
+        // The user-visible state comes from the instance and its active VMM.
+        WaitForState => Footprint::reads(INSTANCES | VMMS),
+        // Only while the instance has no VMM.
+        DiskAttach | DiskDetach => Footprint::reads(INSTANCES | VMMS).and_writes(DISKS),
+        DiskCreate => Footprint::rw(DISKS),
+        InstanceCreate | InstanceStart | InstanceStop | InstanceReboot => Footprint::rw(NEXUS),
+        // Which VMM is the scenario's progress's (and the sim's); it spends a fault.
+        VmmVanish => Footprint::reads(PROGRESS).and_writes(SLED | VANISHED | BUDGET),
+    };
+    // Every Nexus write feeds rules that read the vanished record (2, 7).
+    let base = if base.writes & NEXUS != 0 { base.and_reads(VANISHED) } else { base };
+    let base = match c.kind {
+        // Its code between calls keeps the ids it was given in its progress.
+        ActorKind::Scenario => base.and_writes(PROGRESS),
+        // Between operations it reads which instances exist and what Nexus
+        // holds of them (its alternatives wait on both).
+        ActorKind::User => base.and_reads(PROGRESS | NEXUS),
+        ActorKind::Watcher | ActorKind::Check(_) => base.and_writes(PASS),
+        ActorKind::Restart | ActorKind::Update(_) | ActorKind::Fault => base,
+    };
+    let base = match c.offer {
+        // A vanish waits for its VMM to exist and not be reporting.
+        Offer::Alternative if c.kind == ActorKind::Fault => base.and_reads(PROGRESS | SLED),
+        Offer::Alternative => base.and_reads(PROGRESS | NEXUS),
+        Offer::Call | Offer::Done => base,
+    };
+    if c.fault.is_some() {
+        base.and_writes(BUDGET)
+    } else {
+        base
+    }
+}
+
+/// Whether releasing `a` and `b` in either order gives the same situation, and
+/// neither disables the other.
+pub fn independent(a: &Choice, b: &Choice) -> bool {
+    a.actor != b.actor && !footprint(a).conflicts(footprint(b))
+}
+
+/// A choice asleep: the same parked call, with the same fault, is known by its
+/// ticket along one path.
+pub type Sleeper = (u64, Option<crate::harness::step::Fault>);
+
+pub fn sleeper(c: &Choice) -> Sleeper {
+    (c.ticket, c.fault)
+}
+
+/// Whether `c` is one of `sleep`.
+pub fn asleep(sleep: &[Choice], c: &Choice) -> bool {
+    sleep.iter().any(|z| sleeper(z) == sleeper(c))
+}
+
+/// The sleep set of the situation after `taken`: what was asleep, or tried
+/// before it here, and commutes with it.
+pub fn after<'a>(
+    taken: &Choice,
+    sleeping: impl IntoIterator<Item = &'a Choice>,
+) -> impl Iterator<Item = &'a Choice> {
+    let taken = *taken;
+    sleeping.into_iter().filter(move |z| independent(z, &taken))
+}
+
+/// Each enabled choice's rank among what identifies a choice whatever path led
+/// to the situation (its actor's kind, its call, how it is offered, its fault),
+/// so a later visit by another path can compare sleep sets as masks of ranks.
+/// `None` over 64 ranks: nothing is then compared.
+pub fn ranks(enabled: &[Choice]) -> Option<Vec<u32>> {
+    let key = |c: &Choice| {
+        crate::harness::hash::stable_hash(&(c.kind.unnumbered(), c.call, c.offer, c.fault))
+    };
+    let keys: Vec<u64> = enabled.iter().map(key).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() > 64 {
+        return None;
+    }
+    let rank = |k: &u64| sorted.binary_search(k).map_or(0, |r| r as u32);
+    Some(keys.iter().map(rank).collect())
+}
+
+/// The sleep set as two masks of ranks: which this visit may leave untried (a
+/// rank is set if any choice of it sleeps), and which it will (set only if all
+/// do). Choices that cannot be told apart are thus never taken to have been
+/// tried when they were not.
+pub fn masks(enabled: &[Choice], ranks: Option<&[u32]>, sleep: &[Choice]) -> (u64, u64) {
+    if sleep.is_empty() {
+        return (0, 0);
+    }
+    let Some(ranks) = ranks else { return (u64::MAX, 0) };
+    let (mut any, mut awake) = (0u64, 0u64);
+    for (c, &rank) in enabled.iter().zip(ranks) {
+        if asleep(sleep, c) {
+            any |= 1 << rank;
+        } else {
+            awake |= 1 << rank;
+        }
+    }
+    (any, any & !awake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::step::{Arg, Call, Fault};
+
+    fn choice(actor: usize, kind: ActorKind, call: CallKind, from: Component) -> Choice {
+        let to = match call {
+            CallKind::VmmList | CallKind::VmmWrite => Component::Datastore,
+            CallKind::CpapiInstancesPut => Component::Nexus,
+            _ => Component::SledAgent,
+        };
+        Choice {
+            ticket: actor as u64 * 10,
+            actor,
+            kind,
+            call: Call { kind: call, from, to, vmm: None, arg: Arg::None },
+            offer: Offer::Call,
+            fault: None,
+        }
+    }
+
+    fn check(a: &Choice, b: &Choice, want: bool) {
+        assert_eq!(independent(a, b), want, "{:?} / {:?}", a.call.kind, b.call.kind);
+        assert_eq!(independent(b, a), want, "symmetric");
+    }
+
+    #[test]
+    fn steps_on_different_parts_commute_and_steps_on_one_do_not() {
+        let poke = choice(0, ActorKind::Scenario, CallKind::VmmPoke, Component::Scenario);
+        let list = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
+        let write = choice(2, ActorKind::Check(1), CallKind::VmmWrite, Component::Watcher);
+        let get = choice(3, ActorKind::Check(2), CallKind::VmmGetState, Component::Watcher);
+        let report = choice(4, ActorKind::User, CallKind::CpapiInstancesPut, Component::SledAgent);
+        let restart = choice(8, ActorKind::Restart, CallKind::Reincarnation, Component::Nexus);
+        let update =
+            choice(9, ActorKind::Update(1), CallKind::InstanceUpdate, Component::UpdateStep);
+        // A report writes the VMM table; auto-restart reads instances, which only
+        // the update step changes.
+        check(&report, &restart, true);
+        check(&update, &restart, false);
+        check(&update, &report, false);
+        // The sim's step and a read or write of Nexus touch nothing in common.
+        check(&poke, &list, true);
+        check(&poke, &write, true);
+        // A check's read of the sled agent, against a Nexus write: rule 1 reads
+        // what Nexus held, so they do not.
+        check(&get, &write, false);
+        // A report writes Nexus and the sim's table.
+        check(&report, &list, false);
+        check(&report, &poke, false);
+        check(&report, &get, false);
+        // Two checks of one pass: either may end and let the pass go on.
+        let get2 = choice(5, ActorKind::Check(3), CallKind::VmmGetState, Component::Watcher);
+        check(&get, &get2, false);
+        // One actor's two choices, and a Done, never commute.
+        check(&poke, &Choice { fault: Some(Fault::Unavailable), ..poke }, false);
+        let done = Choice {
+            call: Call { kind: CallKind::Done, ..poke.call },
+            actor: 7,
+            offer: Offer::Done,
+            ..poke
+        };
+        check(&done, &list, false);
+    }
+
+    #[test]
+    fn faults_share_a_budget_and_a_vanish_meets_every_nexus_write() {
+        let get = choice(3, ActorKind::Check(1), CallKind::VmmGetState, Component::Watcher);
+        let put = choice(4, ActorKind::Scenario, CallKind::VmmPutState, Component::Nexus);
+        let faulty = |c: Choice| Choice { fault: Some(Fault::Unavailable), ..c };
+        let vanish = Choice {
+            offer: Offer::Alternative,
+            ..choice(6, ActorKind::Fault, CallKind::VmmVanish, Component::Fault)
+        };
+        let write = choice(2, ActorKind::Check(2), CallKind::VmmWrite, Component::Watcher);
+        let list = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
+        check(&faulty(get), &faulty(put), false);
+        check(&faulty(get), &vanish, false);
+        check(&vanish, &write, false);
+        check(&vanish, &list, false);
+    }
+
+    #[test]
+    fn masks_tell_choices_apart_by_what_they_are_not_by_ticket() {
+        let a = choice(0, ActorKind::Scenario, CallKind::VmmPoke, Component::Scenario);
+        let b = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
+        let (a2, b2) = (Choice { ticket: 99, ..a }, Choice { ticket: 98, ..b });
+        let m =
+            |enabled: &[Choice], sleep: &[Choice]| masks(enabled, ranks(enabled).as_deref(), sleep);
+        // The same situation reached another way: other tickets, other order.
+        assert_eq!(m(&[a, b], &[a]), m(&[b2, a2], &[a2]));
+        assert_ne!(m(&[a, b], &[a]), m(&[a, b], &[b]));
+        assert_eq!(m(&[a, b], &[]), (0, 0));
+        // Two choices that look alike: one asleep may have been left untried,
+        // but this visit leaves neither untried for sure.
+        let twin = Choice { ticket: 5, actor: 9, ..a };
+        let (any, all) = m(&[a, twin, b], &[a]);
+        assert_ne!(any, 0);
+        assert_eq!(all, 0);
+    }
+}
