@@ -534,6 +534,8 @@ struct Dfs<'a> {
     sleep: Vec<Choice>,
     /// The choices to try in the situation at hand (a buffer kept across steps).
     awake: Vec<usize>,
+    /// Whether Nexus checks generations (not with `--inject no-generation-check`).
+    generations_checked: bool,
     reduce: bool,
     /// Preemptions the prefix makes.
     preemptions: u32,
@@ -651,14 +653,16 @@ impl Chooser for Dfs<'_> {
         let take = go_on.filter(|g| awake.contains(g)).unwrap_or(first);
         // Switching away from an actor that could go on is a preemption.
         let cost = self.preemptions + u32::from(go_on.is_some());
-        let order: Vec<usize> =
-            std::iter::once(take).chain(awake.iter().copied().filter(|&a| a != take)).collect();
+        let at = Here { world: ctx.world, generations_checked: self.generations_checked };
+        let order: Vec<usize> = std::iter::once(take)
+            .chain(awake.iter().rev().copied().filter(|&a| a != take))
+            .collect();
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
             let sleep = if self.reduce {
                 let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
-                reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried))
+                reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried), &at)
                     .map(reduction::sleeper)
                     .collect()
             } else {
@@ -668,12 +672,24 @@ impl Chooser for Dfs<'_> {
         }
         if self.reduce {
             let taken = ctx.enabled[take];
-            self.sleep = reduction::after(&taken, &self.sleep).copied().collect();
+            self.sleep = reduction::after(&taken, &self.sleep, &at).copied().collect();
         }
         self.awake = awake;
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
         Ok(Some(take))
+    }
+}
+
+/// The situation a choice is made in, as the reduction reads it.
+struct Here<'a> {
+    world: &'a harness::World,
+    generations_checked: bool,
+}
+
+impl reduction::Situation for Here<'_> {
+    fn stale(&self, c: &Choice) -> bool {
+        self.world.stale_write(c, self.generations_checked)
     }
 }
 
@@ -1001,6 +1017,8 @@ impl<'a> Search<'a> {
                 wake_with: sleep,
                 sleep: Vec::new(),
                 awake: Vec::new(),
+                generations_checked: self.cfg.run.inject
+                    != Some(harness::Inject::NoGenerationCheck),
                 reduce: self.cfg.reduces(),
                 preemptions,
                 last: None,

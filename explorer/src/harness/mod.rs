@@ -383,6 +383,18 @@ impl World {
         r.into_bytes()
     }
 
+    /// Whether the VMM write `c` parks (a report, or a watcher's write) can no
+    /// longer apply: its row is deleted, or already at its generation or a newer
+    /// one. Rows are never removed and their generations never go down, so it
+    /// stays so; with the generation check seeded out, nothing is stale.
+    pub fn stale_write(&self, c: &step::Choice, generations_checked: bool) -> bool {
+        let (Some(vmm), Arg::State(_, gen)) = (c.call.vmm, c.call.arg) else { return false };
+        let writes = matches!(c.call.kind, CallKind::CpapiInstancesPut | CallKind::VmmWrite);
+        generations_checked
+            && writes
+            && self.nexus.vmm(vmm).is_some_and(|r| r.deleted || r.gen >= gen)
+    }
+
     /// What the components hold, as a user could read it from their APIs: each
     /// instance's state, Nexus's VMM rows, the sled agent's table, the disk, and
     /// the scenario's outcome. No fingerprint, no history: two searches compared
