@@ -224,6 +224,8 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             let gens = m.entry(propolis_id).or_default();
             gens.push(read_gen);
             gens.sort_unstable();
+            let mut latest = self.latest_request.lock().unwrap_or_else(|p| p.into_inner());
+            latest.insert(propolis_id, read_gen);
         }
         let answer = sled.vmm_put_state(propolis_id, VmmPutStateBody { state }).await;
         {

@@ -158,6 +158,10 @@ pub struct NexusStub<S> {
     /// read, which a 404 turns into Failed at + 1. It is what those requests keep
     /// across the call, so it is state (hashed), sorted, one entry a request.
     requests: Mutex<BTreeMap<PropolisUuid, Vec<Generation>>>,
+    /// Per VMM, the generation the latest of those requests read, as it calls the
+    /// sled agent: which request keeps which generation is not in `requests`,
+    /// so a harness that parks the call takes it from here (`request_basis`).
+    latest_request: Mutex<BTreeMap<PropolisUuid, Generation>>,
     this: Weak<Self>,
 }
 
@@ -186,6 +190,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             spawner,
             db: Mutex::new(Db::default()),
             requests: Mutex::default(),
+            latest_request: Mutex::default(),
             this: this.clone(),
         })
     }
@@ -292,6 +297,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     pub fn hash_state<H: Hasher>(&self, h: &mut H, horizon: TimeDelta) {
         self.db().hash_state(h, self.clock.peek(), self.config.restart_cooldown, horizon);
         std::hash::Hash::hash(&*self.requests_in_flight(), h);
+    }
+
+    /// The generation the stop or reboot now calling the sled agent about `vmm`
+    /// read: the basis of the Failed it writes if the VMM is gone. With two such
+    /// requests in flight, which holds which decides what follows, so a harness
+    /// that parks the call keeps it with the call.
+    pub fn request_basis(&self, vmm: PropolisUuid) -> Option<Generation> {
+        self.latest_request.lock().unwrap_or_else(|p| p.into_inner()).get(&vmm).copied()
     }
 
     fn requests_in_flight(&self) -> MutexGuard<'_, BTreeMap<PropolisUuid, Vec<Generation>>> {

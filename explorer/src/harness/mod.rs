@@ -324,11 +324,12 @@ impl World {
         let nexus =
             NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
         let links = links.finish(&nexus, &late, log).map_err(RunError::Transport)?;
-        let (w1, w2) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus));
+        let (w1, w2, w3) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {
             vmm: Box::new(move |vmm| {
                 w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))
             }),
+            basis: Box::new(move |vmm| w3.upgrade().and_then(|n| n.request_basis(vmm))),
             writes: config.trace_writes.then(|| -> Box<dyn Fn() -> usize + Send + Sync> {
                 Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len()))
             }),

@@ -19,7 +19,9 @@ use std::task::{Context, Poll, Waker};
 use nexus_stub::DbVmmState;
 use sled_agent_api::{Generation, PropolisUuid};
 
-use super::step::{ActorId, ActorKind, Answer, Call, CallKind, Choice, Fault, Offer, Step};
+use super::step::{
+    ActorId, ActorKind, Answer, Call, CallKind, Choice, Component, Fault, Offer, Step,
+};
 
 /// A fault of the harness itself (not of the model): it fails the run, since a
 /// run the harness lost track of proves nothing.
@@ -93,6 +95,9 @@ pub struct Probes {
     pub vmm: Box<dyn Fn(PropolisUuid) -> Option<(DbVmmState, Generation)> + Send + Sync>,
     /// How many VMM writes Nexus has logged (taken at every release), if wanted.
     pub writes: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+    /// The generation a Nexus request read before it calls the sled agent
+    /// (`NexusStub::request_basis`), taken when its put-state parks.
+    pub basis: Box<dyn Fn(PropolisUuid) -> Option<Generation> + Send + Sync>,
 }
 
 struct Parked {
@@ -113,6 +118,9 @@ struct Parked {
     released: Option<usize>,
     waker: Option<Waker>,
     wait: Option<WaitPred>,
+    /// For a Nexus put-state: the generation its request read, which it keeps
+    /// across the call (the basis of a Failed write), so part of the situation.
+    basis: Option<Generation>,
 }
 
 #[derive(Debug)]
@@ -273,7 +281,7 @@ impl Sched {
         let mut sum = 0u64;
         for p in &g.parked {
             let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.history));
-            let entry = (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call);
+            let entry = (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call, p.basis);
             sum = sum.wrapping_add(super::hash::stable_hash(&entry));
         }
         (g.parked.len(), sum).hash(h);
@@ -454,9 +462,22 @@ impl Sched {
 
     /// Parks `alts` as one group; returns its id (the first ticket).
     fn park(&self, actor: ActorId, alts: impl IntoIterator<Item = ToPark>) -> u64 {
+        let basis = |call: &Call| match (call.kind, call.from, call.vmm) {
+            (CallKind::VmmPutState, Component::Nexus, Some(vmm)) => {
+                self.probes.get().and_then(|p| (p.basis)(vmm))
+            }
+            _ => None,
+        };
+        let alts: Vec<(ToPark, Option<Generation>)> = alts
+            .into_iter()
+            .map(|p| {
+                let b = basis(&p.call);
+                (p, b)
+            })
+            .collect();
         let mut g = self.lock();
         let group = g.next_ticket + 1;
-        for (alt, p) in alts.into_iter().enumerate() {
+        for (alt, (p, basis)) in alts.into_iter().enumerate() {
             g.next_ticket += 1;
             let ticket = g.next_ticket;
             g.parked.push(Parked {
@@ -472,6 +493,7 @@ impl Sched {
                 released: None,
                 waker: None,
                 wait: p.wait,
+                basis,
             });
         }
         wake_idle(&mut g);

@@ -503,6 +503,38 @@ fn what_a_stop_read_before_calling_the_sled_agent_is_in_the_fingerprint() {
     assert_ne!(stop_first, write_first);
 }
 
+/// Two stops of one VMM in flight at once, the user's and the scenario's: which
+/// of them read which generation decides the Failed a 404 makes, and the set of
+/// generations in flight does not say, so each put-state's basis is part of the
+/// situation. Here the user stops before the VMM vanishes and the scenario after
+/// it is marked Failed, or the other way round; the two used to share a
+/// fingerprint, and the search lost what followed one of them.
+#[test]
+fn which_stop_read_which_generation_is_in_the_fingerprint() {
+    let run = RunConfig { user_ops: 1, faults: 1, ..stop_race(2) };
+    let at = |replay: &str, steps: usize| {
+        let replay = Replay::parse(replay).expect("parses");
+        let mut c = FingerprintAt { replay, at: steps, fingerprint: None };
+        harness::run(&run, &mut c).expect("runs");
+        c.fingerprint.expect("reached the step")
+    };
+    let user_first = at(
+        "scenario.instance_create scenario.vmm_register scenario.vmm_put_state \
+         watcher.vmm_list user.instance_stop(inst1) check1.vmm_get_state check1.vmm_write \
+         restart.reincarnation watcher.vmm_list fault.vmm_vanish(inst1) check2.vmm_get_state \
+         check2.vmm_write scenario.instance_stop",
+        13,
+    );
+    let scenario_first = at(
+        "restart.reincarnation watcher.vmm_list scenario.instance_create \
+         scenario.vmm_register scenario.vmm_put_state scenario.instance_stop watcher.vmm_list \
+         fault.vmm_vanish(inst1) check1.vmm_get_state check1.vmm_write \
+         user.instance_stop(inst1)",
+        11,
+    );
+    assert_ne!(user_first, scenario_first);
+}
+
 /// Plays disk-move so that both instances have a live VMM when the watcher lists
 /// (a user restarts inst1 once inst2 exists), and records the most checks alive
 /// at once: each check is an actor of its own, bounded by the concurrency.
