@@ -161,7 +161,13 @@ fn explore_once(run: RunConfig) -> Result<ExploreResult, RunError> {
 }
 
 fn brute_force(run: RunConfig) -> Result<ExploreResult, RunError> {
-    let cfg = ExploreConfig { max_schedules: usize::MAX, prune: false, ..ExploreConfig::new(run) };
+    // Every order too: no partial-order reduction either.
+    let cfg = ExploreConfig {
+        max_schedules: usize::MAX,
+        prune: false,
+        reduce: false,
+        ..ExploreConfig::new(run)
+    };
     explore(&cfg)
 }
 
