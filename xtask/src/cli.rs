@@ -231,7 +231,7 @@ struct ExploreArgs {
     check_fingerprints: bool,
     /// Partial-order reduction: `sleep-sets` does not run again, in the other
     /// order, two independent steps already run in one (the same situations and
-    /// verdict, fewer schedules); `none` runs every order. Over HTTP, always none.
+    /// verdict, fewer schedules); `none` runs every order.
     #[arg(long, value_enum, default_value_t = Reduction::SleepSets)]
     reduction: Reduction,
     /// Write a self-contained HTML page with the sequence diagram.
