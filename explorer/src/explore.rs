@@ -104,6 +104,11 @@ impl Split {
         !self.decided
     }
 
+    /// Whether the next `mine` decides the part.
+    fn deciding(&self) -> bool {
+        self.shard.is_some() && !self.decided && self.branches >= SPLIT_AT
+    }
+
     /// At a situation: whether the path may go on in this part. Decides the part
     /// once the path has passed enough branching points.
     fn mine(&mut self, fingerprint: impl FnOnce() -> u64) -> bool {
@@ -597,6 +602,7 @@ impl Chooser for Dfs<'_> {
             return Ok(None);
         }
         let fp = ctx.world.fingerprint(ctx.observer);
+        let deciding = self.split.deciding();
         if !self.split.mine(|| fp) {
             return Ok(None);
         }
@@ -610,6 +616,12 @@ impl Chooser for Dfs<'_> {
                 .filter(|c| wake_with.contains(&reduction::sleeper(c)))
                 .copied()
                 .collect();
+        }
+        if deciding {
+            // A choice asleep here was covered by the other order of two steps,
+            // and that order may have gone to another part: from the split on,
+            // this part tries everything itself.
+            self.sleep.clear();
         }
         if !self.split.before() {
             if let Some(situations) = self.situations {

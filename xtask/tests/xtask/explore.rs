@@ -341,6 +341,68 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
     assert!(fewer, "the reduction saves schedules somewhere");
 }
 
+/// The reduction against the unreduced search, both on one thread, where
+/// enumerating every schedule costs too much: auto-restart beside a user and a
+/// fault (the update step's and reincarnation's footprints only matter there),
+/// a user beside a watcher pass, two faults, the legacy ordering, and disk-move
+/// with a user or a fault (with both and a watcher pass it takes a minute here). The same situations and broken invariants at the same lengths;
+/// where nothing broke, the same end states.
+#[test]
+fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
+    let env = |user_ops, faults, watcher_passes, restart_passes| RunConfig {
+        user_ops,
+        faults,
+        restart_passes,
+        ..stop_race(watcher_passes)
+    };
+    let legacy = RemovalOrdering::RemoveThenPublish;
+    let cases = [
+        env(1, 1, 0, 1),
+        env(1, 0, 1, 1),
+        env(0, 2, 1, 1),
+        RunConfig { restart_policy: RestartPolicy::Policy2024, ..env(1, 1, 0, 1) },
+        RunConfig { ordering: legacy, ..env(1, 0, 1, 1) },
+        RunConfig { scenario: ScenarioKind::DiskMove, ..env(1, 0, 0, 1) },
+        RunConfig { scenario: ScenarioKind::DiskMove, ..env(0, 1, 1, 1) },
+    ];
+    for run in cases {
+        let what = format!(
+            "{:?} {:?} {:?} U={} F={} W={} R={}",
+            run.scenario,
+            run.ordering,
+            run.restart_policy,
+            run.user_ops,
+            run.faults,
+            run.watcher_passes,
+            run.restart_passes
+        );
+        let run = RunConfig { describe_end: true, ..run };
+        let one = |reduce| {
+            let cfg = ExploreConfig {
+                max_schedules: usize::MAX,
+                threads: 1,
+                reduce,
+                ..ExploreConfig::new(run.clone())
+            };
+            explore(&cfg).expect("explores")
+        };
+        let (reduced, full) = (one(true), one(false));
+        assert_eq!(reduced.coverage, Coverage::Exhaustive, "{what}");
+        assert_eq!(lengths(&reduced), lengths(&full), "{what}");
+        assert_eq!(reduced.situations, full.situations, "{what}: situations");
+        if full.counterexamples.is_empty() {
+            assert_eq!(reduced.end_states, full.end_states, "{what}: end states");
+        }
+        eprintln!(
+            "{what}: {} situations, {} runs reduced, {} unreduced, broken {:?}",
+            full.situations,
+            reduced.runs,
+            full.runs,
+            lengths(&full)
+        );
+    }
+}
+
 #[test]
 fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
     // With a user and faults too: their calls' answers leave the histories once
