@@ -24,6 +24,8 @@ use sled_agent_api::{
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::Notify;
 
+#[cfg(feature = "clap")]
+pub mod cli;
 pub mod http;
 mod vmm;
 
@@ -485,10 +487,12 @@ impl<N: NexusInternalApi + 'static> SledAgentApi for SimSledAgent<N> {
     ) -> Result<VmmPutStateResponse, SledAgentError> {
         let mut table = self.table();
         let entry = table.get_mut(&propolis_id).ok_or(SledAgentError::NoSuchVmm { propolis_id })?;
+        let queued = entry.vmm.queued();
         let bumped = entry.vmm.request_transition(propolis_id, body.state, &*self.clock)?;
-        // As in omicron, only a transition that moved the generation and left work
-        // queued wakes the stepper; a queued Running from Starting does not.
-        if bumped && entry.vmm.desired().is_some() {
+        // A transition that moved the generation or queued more work wakes the
+        // stepper, so a started VMM runs by itself. omicron's sim wakes only on a
+        // moved generation: its Running from Starting waits for a test's poke.
+        if (bumped || entry.vmm.queued() > queued) && entry.vmm.desired().is_some() {
             if let Some(stepper) = &entry.stepper {
                 stepper.wake.notify_one();
             }
