@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sled_agent_api::{
     DiskUuid, Generation, InstanceUuid, PropolisUuid, SledUuid, VmmRuntimeState, VmmState,
 };
@@ -75,7 +75,7 @@ pub enum InstanceState {
 }
 
 /// What the user last asked for; decides auto-restart under the current policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IntendedState {
     Running,
@@ -83,7 +83,7 @@ pub enum IntendedState {
 }
 
 /// The instance state the external API shows (omicron's `InstanceStateComputer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExternalState {
     Starting,
@@ -136,7 +136,7 @@ pub struct DiskView {
     pub state: DiskState,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceView {
     pub id: InstanceUuid,
     pub name: String,

@@ -7,7 +7,9 @@
 //!
 //! By concern, as omicron splits them: the records and their reads here; VMM
 //! writes and the update step in `vmm`; the user operations in `instance`;
-//! auto-restart in `reincarnation`; where update steps run in `spawner`.
+//! auto-restart in `reincarnation`; where update steps run in `spawner`; the
+//! watcher and auto-restart on periods, as the Nexus process runs them, in
+//! `background`.
 //!
 //! The one rule everything rests on: a VMM write applies iff its generation is
 //! greater than the stored one and the row is not deleted. A stale write is not an
@@ -23,6 +25,9 @@ use sled_agent_api::{
 };
 use slog::{o, Logger};
 
+pub mod background;
+#[cfg(feature = "clap")]
+pub mod cli;
 mod db;
 pub mod http;
 mod instance;

@@ -64,3 +64,9 @@ pub fn openapi_json(
     let api = api.map_err(|e| ServerError::Api(e.to_string()))?;
     api.openapi(title, version).json().map_err(|e| ServerError::Api(e.to_string()))
 }
+
+/// A server process's `--log-level`, as slog names its levels. The error says
+/// what is allowed, for clap to print.
+pub fn log_level(s: &str) -> Result<slog::Level, String> {
+    s.parse().map_err(|()| "one of critical, error, warning, info, debug, trace".to_string())
+}

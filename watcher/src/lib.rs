@@ -227,10 +227,18 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             let Some(c) = checks.next().await else { break };
             counts.add(c);
         }
-        info!(self.log, "pass done";
-            "checked" => counts.checked, "failed" => counts.failed,
-            "inconclusive" => counts.inconclusive, "updated" => counts.updated,
-            "write_errors" => counts.write_errors, "update_errors" => counts.update_errors);
+        // A pass that found nothing to act on is routine: a running Nexus makes
+        // one every period.
+        if counts.failed + counts.write_errors + counts.update_errors > 0 {
+            info!(self.log, "pass done";
+                "checked" => counts.checked, "failed" => counts.failed,
+                "inconclusive" => counts.inconclusive, "updated" => counts.updated,
+                "write_errors" => counts.write_errors, "update_errors" => counts.update_errors);
+        } else {
+            debug!(self.log, "pass done";
+                "checked" => counts.checked, "inconclusive" => counts.inconclusive,
+                "updated" => counts.updated);
+        }
         Ok(counts)
     }
 

@@ -1,0 +1,88 @@
+//! Nexus's process: its command line, background tasks and serving until
+//! Ctrl-C, shared by the `nexus-stub` binary and `cargo xtask demo`'s Nexus role.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::background::{self, Periods};
+use crate::{NexusConfig, NexusStub, RestartPolicy, TokioSpawner};
+use anyhow::Context;
+use clap::Parser;
+use sled_agent_api::{SledUuid, SystemClock};
+use sledsim_http::SledAgentClient;
+use slog::{o, Drain};
+use watcher::InstanceWatcher;
+
+#[derive(Debug, Parser)]
+#[command(about = "sledsim's Nexus stub, served over HTTP")]
+pub struct Args {
+    /// Least severe log level written to stderr (critical, error, warning, info,
+    /// debug, trace).
+    #[arg(long, default_value = "info", value_parser = sledsim_http::log_level)]
+    pub log_level: slog::Level,
+    /// Address to serve on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// Base URL of the sled agent instances are placed on (http://host:port).
+    #[arg(long, value_parser = sledsim_http::base_url)]
+    pub sled: String,
+    /// The sled's id (must match the sled agent's).
+    #[arg(long, default_value = "00000005-0000-0000-0000-000000000001")]
+    pub sled_id: SledUuid,
+    /// Which Failed instances auto-restart starts again.
+    #[arg(long, value_enum, default_value = "current")]
+    pub restart_policy: RestartPolicy,
+    /// How often the instance watcher checks every VMM, in milliseconds
+    /// (omicron: instance_watcher.period_secs = 30).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watcher_period_ms: u64,
+    /// How often reincarnation restarts Failed instances, in milliseconds
+    /// (omicron: instance_reincarnation.period_secs = 60).
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reincarnation_period_ms: u64,
+    /// How many VMMs the watcher checks at once (omicron: 16).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub watcher_concurrency: u64,
+}
+
+/// Serves until Ctrl-C; prints `listening on URL` on stdout once bound.
+pub fn main(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let log = slog::Logger::root(drain.filter_level(args.log_level).fuse(), o!());
+    let config = NexusConfig { restart_policy: args.restart_policy, ..NexusConfig::default() };
+    let sled = SledAgentClient::new(&args.sled);
+    let sleds = BTreeMap::from([(args.sled_id, sled.clone())]);
+    let spawner = Arc::new(TokioSpawner::new(&log).context("update steps need a runtime")?);
+    let nexus = NexusStub::new(&log, config, sleds, Arc::new(SystemClock), spawner);
+    // The watcher reads Nexus's tables in process and asks the sled agent over
+    // HTTP, as omicron's does.
+    let watcher = InstanceWatcher::new(
+        &log,
+        Arc::clone(&nexus),
+        BTreeMap::from([(args.sled_id, sled)]),
+        Arc::new(SystemClock),
+    )
+    .with_concurrency(usize::try_from(args.watcher_concurrency).unwrap_or(16));
+    let periods = Periods {
+        watcher: Duration::from_millis(args.watcher_period_ms),
+        reincarnation: Duration::from_millis(args.reincarnation_period_ms),
+    };
+    let server =
+        crate::http::serve(Arc::clone(&nexus), args.bind, &log).context("starting the server")?;
+    let tasks = background::start(&log, nexus, watcher, periods);
+    println!("listening on http://{}", server.local_addr());
+    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    drop(tasks);
+    server.close().await.map_err(anyhow::Error::msg)
+}
