@@ -55,6 +55,50 @@ enum Command {
     Openapi,
     /// Run the scenario many times under real timing; count failures per ordering.
     Stress(StressArgs),
+    /// Start the sled agent and Nexus as processes on loopback and run
+    /// create/stop cycles through Nexus's external API; count the stops that
+    /// end Failed.
+    Demo(DemoArgs),
+    /// The simulated sled agent as a process of its own (the demo's sled agent
+    /// role; the `sim-sled-agent` binary takes the same flags).
+    #[command(hide = true)]
+    SimSledAgent(sim_sled_agent::cli::Args),
+    /// The Nexus stub as a process of its own (the demo's Nexus role; the
+    /// `nexus-stub` binary takes the same flags).
+    #[command(hide = true)]
+    NexusStub(nexus_stub::cli::Args),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// When the sim removes a destroyed VMM: after Nexus has its Destroyed (the
+    /// fix), or before reporting it (the #7282 bug).
+    #[arg(long, value_enum, default_value_t)]
+    ordering: RemovalOrdering,
+    /// Create/stop cycles to run (1 to 1000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    cycles: u64,
+    /// Period of Nexus's instance watcher, in ms (omicron: 30000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    watcher_period_ms: u64,
+    /// Period of Nexus's instance reincarnation, in ms (omicron: 60000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    reincarnation_period_ms: u64,
+    /// The sim's delay before it carries out a requested transition, in ms.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    delay_ms: u64,
+    /// How long a destroyed VMM takes to tear down before it is reported, in ms.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    teardown_ms: u64,
+    /// How long a cycle waits for Running, and then for Stopped or Failed, in ms.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    wait_ms: u64,
+    /// Which Failed instances Nexus's auto-restart starts again.
+    #[arg(long, value_enum, default_value_t)]
+    restart_policy: RestartPolicy,
+    /// Print one JSON object instead of the human report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -386,6 +430,9 @@ pub fn run(
         Command::ExploreMerge(a) => explore_merge(&a, out),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
+        Command::Demo(a) => demo(&a, out, err),
+        Command::SimSledAgent(a) => sim_sled_agent::cli::main(a).map(|()| 0).map_err(role_failed),
+        Command::NexusStub(a) => nexus_stub::cli::main(a).map(|()| 0).map_err(role_failed),
         Command::Openapi => match crate::openapi::write() {
             Ok(changed) if changed.is_empty() => {
                 let _ = writeln!(out, "openapi/ is up to date");
@@ -409,6 +456,10 @@ pub fn run(
             1
         }
     }
+}
+
+fn role_failed(e: anyhow::Error) -> Fail {
+    Fail::Broken(format!("{e:#}"))
 }
 
 /// A bad-usage error: reported on one line, exit 2.
@@ -703,6 +754,75 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
                 let _ = writeln!(out, "      {e}");
             }
         }
+    }
+    Ok(verdict.exit_code())
+}
+
+fn demo(a: &DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fail> {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let cfg = crate::demo::DemoConfig {
+        ordering: a.ordering,
+        restart_policy: a.restart_policy,
+        cycles: usize::try_from(a.cycles).unwrap_or(usize::MAX),
+        watcher_period: ms(a.watcher_period_ms),
+        reincarnation_period: ms(a.reincarnation_period_ms),
+        delay: ms(a.delay_ms),
+        teardown: ms(a.teardown_ms),
+        wait_limit: ms(a.wait_ms),
+        log_dir: std::env::temp_dir().join(format!("sledsim-demo-{}", std::process::id())),
+    };
+    let heading = format!(
+        "demo | ordering {} | {} cycles | watcher every {} ms | reincarnation every {} ms | \
+         sim delay {} ms, teardown {} ms | restart policy {}",
+        cfg.ordering.label(),
+        cfg.cycles,
+        a.watcher_period_ms,
+        a.reincarnation_period_ms,
+        a.delay_ms,
+        a.teardown_ms,
+        cfg.restart_policy.label()
+    );
+    // The human report goes out as it happens; with --json, progress goes to
+    // stderr and stdout holds only the object.
+    let progress: &mut dyn Write = if a.json { &mut *err } else { &mut *out };
+    if !a.json {
+        let _ = writeln!(progress, "{heading}");
+    }
+    let report = crate::demo::demo(&cfg, progress).map_err(Fail::Broken)?;
+    let verdict = if report.failed > 0 {
+        Verdict::Violated
+    } else if report.timed_out > 0 {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Clean
+    };
+    if a.json {
+        let json = serde_json::json!({
+            "ordering": cfg.ordering.label(),
+            "restart_policy": cfg.restart_policy.label(),
+            "cycles_asked": cfg.cycles,
+            "periods_ms": { "watcher": a.watcher_period_ms, "reincarnation": a.reincarnation_period_ms },
+            "sim_ms": { "delay": a.delay_ms, "teardown": a.teardown_ms },
+            "passed": verdict != Verdict::Violated,
+            "verdict": verdict.word(),
+            "report": report,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(
+            out,
+            "{} stops: {} Stopped, {} ended Failed{}  (logs: {})",
+            report.cycles.len(),
+            report.stopped,
+            report.failed,
+            if report.timed_out > 0 {
+                format!(", {} still moving when the wait ran out", report.timed_out)
+            } else {
+                String::new()
+            },
+            report.logs.join(", ")
+        );
     }
     Ok(verdict.exit_code())
 }

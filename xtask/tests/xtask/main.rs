@@ -4,6 +4,7 @@
 // A panic is how a test reports failure; helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used)]
 
+mod demo;
 mod explore;
 mod scenario;
 mod wire;
