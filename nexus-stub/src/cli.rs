@@ -9,19 +9,14 @@ use std::time::Duration;
 use crate::background::{self, Periods};
 use crate::{NexusConfig, NexusStub, RestartPolicy, TokioSpawner};
 use anyhow::Context;
-use clap::Parser;
 use sled_agent_api::{SledUuid, SystemClock};
 use sledsim_http::SledAgentClient;
-use slog::{o, Drain};
+use slog::Logger;
 use watcher::InstanceWatcher;
 
-#[derive(Debug, Parser)]
-#[command(about = "sledsim's Nexus stub, served over HTTP")]
+/// The flags of the binary (and of its role in `cargo xtask demo`).
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Least severe log level written to stderr (critical, error, warning, info,
-    /// debug, trace).
-    #[arg(long, default_value = "info", value_parser = sledsim_http::log_level)]
-    pub log_level: slog::Level,
     /// Address to serve on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
@@ -47,28 +42,26 @@ pub struct Args {
     pub watcher_concurrency: u64,
 }
 
-/// Serves until Ctrl-C; prints `listening on URL` on stdout once bound.
-pub fn main(args: Args) -> anyhow::Result<()> {
+/// Serves until Ctrl-C, logging to `log`; prints `listening on URL` on stdout
+/// once bound.
+pub fn main(args: Args, log: &Logger) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting a runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, log))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let log = slog::Logger::root(drain.filter_level(args.log_level).fuse(), o!());
+async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
     let config = NexusConfig { restart_policy: args.restart_policy, ..NexusConfig::default() };
     let sled = SledAgentClient::new(&args.sled);
     let sleds = BTreeMap::from([(args.sled_id, sled.clone())]);
-    let spawner = Arc::new(TokioSpawner::new(&log).context("update steps need a runtime")?);
-    let nexus = NexusStub::new(&log, config, sleds, Arc::new(SystemClock), spawner);
+    let spawner = Arc::new(TokioSpawner::new(log).context("update steps need a runtime")?);
+    let nexus = NexusStub::new(log, config, sleds, Arc::new(SystemClock), spawner);
     // The watcher reads Nexus's tables in process and asks the sled agent over
     // HTTP, as omicron's does.
     let watcher = InstanceWatcher::new(
-        &log,
+        log,
         Arc::clone(&nexus),
         BTreeMap::from([(args.sled_id, sled)]),
         Arc::new(SystemClock),
@@ -79,8 +72,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         reincarnation: Duration::from_millis(args.reincarnation_period_ms),
     };
     let server =
-        crate::http::serve(Arc::clone(&nexus), args.bind, &log).context("starting the server")?;
-    let tasks = background::start(&log, nexus, watcher, periods);
+        crate::http::serve(Arc::clone(&nexus), args.bind, log).context("starting the server")?;
+    let tasks = background::start(log, nexus, watcher, periods);
     println!("listening on http://{}", server.local_addr());
     tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
     drop(tasks);

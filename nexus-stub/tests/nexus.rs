@@ -733,3 +733,25 @@ async fn a_finished_request_leaves_no_read_generation_behind() {
     h.nexus.instance_stop(inst).await.expect("stops again");
     assert_eq!(hash_of(&h.nexus), once);
 }
+
+/// The binary refuses a malformed URL, period or log level at start-up (exit 2,
+/// saying which flag and why) rather than serving with it.
+#[test]
+fn the_binary_refuses_bad_flags_at_start_up() {
+    let sled = ["--sled", "http://127.0.0.1:1"];
+    for (args, why) in [
+        (vec!["--sled", "not-a-url"], "not a URL"),
+        (vec!["--sled", "http://"], "not a URL"),
+        ([&sled[..], &["--watcher-period-ms", "0"]].concat(), "not in 1.."),
+        ([&sled[..], &["--watcher-concurrency", "65"]].concat(), "not in 1..=64"),
+        ([&sled[..], &["--log-level", "loud"]].concat(), "one of critical"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nexus-stub"))
+            .args(&args)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: invalid value") && err.contains(why), "{args:?}: {err}");
+    }
+}

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use sled_agent_api::{SledUuid, SystemClock};
 use sledsim_http::NexusClient;
-use slog::{o, Drain};
+use slog::Logger;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -20,13 +20,9 @@ pub enum Mode {
     Auto,
 }
 
-#[derive(Debug, Parser)]
-#[command(about = "sledsim's simulated sled agent, served over HTTP")]
+/// The flags of the binary (and of its role in `cargo xtask demo`).
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Least severe log level written to stderr (critical, error, warning, info,
-    /// debug, trace).
-    #[arg(long, default_value = "info", value_parser = sledsim_http::log_level)]
-    pub log_level: slog::Level,
     /// Address to serve on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
@@ -58,19 +54,17 @@ pub struct Args {
     pub sled_id: SledUuid,
 }
 
-/// Serves until Ctrl-C; prints `listening on URL` on stdout once bound.
-pub fn main(args: Args) -> anyhow::Result<()> {
+/// Serves until Ctrl-C, logging to `log`; prints `listening on URL` on stdout
+/// once bound.
+pub fn main(args: Args, log: &Logger) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting a runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, log))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let log = slog::Logger::root(drain.filter_level(args.log_level).fuse(), o!());
+async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
     let config = SimConfig {
         ordering: args.ordering,
         mode: match args.mode {
@@ -84,9 +78,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         },
     };
     let nexus = NexusClient::new(&args.nexus);
-    let sim = SimSledAgent::new(&log, args.sled_id, config, nexus, Arc::new(SystemClock))
+    let sim = SimSledAgent::new(log, args.sled_id, config, nexus, Arc::new(SystemClock))
         .context("building the sim")?;
-    let server = crate::http::serve(sim, args.bind, &log).context("starting the server")?;
+    let server = crate::http::serve(sim, args.bind, log).context("starting the server")?;
     println!("listening on http://{}", server.local_addr());
     tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
     server.close().await.map_err(anyhow::Error::msg)

@@ -514,3 +514,23 @@ async fn auto_mode_serves_every_wake_until_the_vmm_is_gone() {
     assert_eq!(rec.reports().last().map(|r| (r.0, r.2)), Some((VmmState::Destroyed, true)));
     assert!(!s.contains_vmm(VMM));
 }
+
+/// The binary refuses a malformed URL or log level at start-up (exit 2, saying
+/// which flag and why) rather than serving with it.
+#[test]
+fn the_binary_refuses_bad_flags_at_start_up() {
+    for (args, why) in [
+        (&["--nexus", "not-a-url"][..], "not a URL"),
+        (&["--nexus", ""], "not a URL"),
+        (&["--nexus", "ftp://127.0.0.1:1"], "only http and https"),
+        (&["--nexus", "http://127.0.0.1:1", "--log-level", "loud"], "one of critical"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim-sled-agent"))
+            .args(args)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: invalid value") && err.contains(why), "{args:?}: {err}");
+    }
+}

@@ -20,6 +20,6 @@ pub use fault::{
     REFUSE_HEADER,
 };
 pub use server::{
-    log_level, openapi_json, start_server, ServerError, NEXUS_INTERNAL_API_VERSION,
+    log_level, openapi_json, start_server, stderr_logger, ServerError, NEXUS_INTERNAL_API_VERSION,
     SLED_AGENT_API_VERSION, VERSION_HEADER,
 };

@@ -70,3 +70,11 @@ pub fn openapi_json(
 pub fn log_level(s: &str) -> Result<slog::Level, String> {
     s.parse().map_err(|()| "one of critical, error, warning, info, debug, trace".to_string())
 }
+
+/// A server binary's logger: terminal lines on stderr, from `level` up.
+pub fn stderr_logger(level: slog::Level) -> slog::Logger {
+    use slog::Drain;
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    slog::Logger::root(drain.filter_level(level).fuse(), slog::o!())
+}

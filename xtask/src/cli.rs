@@ -431,8 +431,10 @@ pub fn run(
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
         Command::Demo(a) => demo(&a, out, err),
-        Command::SimSledAgent(a) => sim_sled_agent::cli::main(a).map(|()| 0).map_err(role_failed),
-        Command::NexusStub(a) => nexus_stub::cli::main(a).map(|()| 0).map_err(role_failed),
+        Command::SimSledAgent(a) => {
+            sim_sled_agent::cli::main(a, &log).map(|()| 0).map_err(role_failed)
+        }
+        Command::NexusStub(a) => nexus_stub::cli::main(a, &log).map(|()| 0).map_err(role_failed),
         Command::Openapi => match crate::openapi::write() {
             Ok(changed) if changed.is_empty() => {
                 let _ = writeln!(out, "openapi/ is up to date");

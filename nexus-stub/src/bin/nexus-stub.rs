@@ -4,6 +4,18 @@
 
 use clap::Parser;
 
+#[derive(Debug, Parser)]
+#[command(about = "sledsim's Nexus stub, served over HTTP, with its background tasks")]
+struct Cli {
+    #[command(flatten)]
+    args: nexus_stub::cli::Args,
+    /// Least severe log level written to stderr (critical, error, warning, info,
+    /// debug, trace).
+    #[arg(long, default_value = "info", value_parser = sledsim_http::log_level)]
+    log_level: slog::Level,
+}
+
 fn main() -> anyhow::Result<()> {
-    nexus_stub::cli::main(nexus_stub::cli::Args::parse())
+    let cli = Cli::parse();
+    nexus_stub::cli::main(cli.args, &sledsim_http::stderr_logger(cli.log_level))
 }

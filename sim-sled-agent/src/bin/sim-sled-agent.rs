@@ -3,6 +3,18 @@
 
 use clap::Parser;
 
+#[derive(Debug, Parser)]
+#[command(about = "sledsim's simulated sled agent, served over HTTP")]
+struct Cli {
+    #[command(flatten)]
+    args: sim_sled_agent::cli::Args,
+    /// Least severe log level written to stderr (critical, error, warning, info,
+    /// debug, trace).
+    #[arg(long, default_value = "info", value_parser = sledsim_http::log_level)]
+    log_level: slog::Level,
+}
+
 fn main() -> anyhow::Result<()> {
-    sim_sled_agent::cli::main(sim_sled_agent::cli::Args::parse())
+    let cli = Cli::parse();
+    sim_sled_agent::cli::main(cli.args, &sledsim_http::stderr_logger(cli.log_level))
 }

@@ -90,3 +90,21 @@ fn an_interrupted_demo_stops_the_processes_it_started() {
     assert!(err.contains("interrupted"), "{err}");
     assert!(pids.iter().all(|&p| gone(p)), "{pids:?}");
 }
+
+/// The roles take their binaries' flags: bad ones are usage errors, and so are
+/// the demo's own out of range.
+#[test]
+fn bad_flags_of_the_demo_and_its_roles_exit_2() {
+    for args in [
+        &["sim-sled-agent", "--nexus", "not-a-url"][..],
+        &["nexus-stub", "--sled", "http://"],
+        &["nexus-stub", "--sled", "http://127.0.0.1:1", "--reincarnation-period-ms", "0"],
+        &["demo", "--cycles", "0"],
+        &["demo", "--cycles", "1001"],
+        &["demo", "--watcher-period-ms", "0"],
+        &["demo", "--ordering", "sideways"],
+        &["demo", "--teardown-ms", "-1"],
+    ] {
+        crate::check_usage_error(args);
+    }
+}
