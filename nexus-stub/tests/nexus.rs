@@ -755,3 +755,52 @@ fn the_binary_refuses_bad_flags_at_start_up() {
         assert!(err.starts_with("error: invalid value") && err.contains(why), "{args:?}: {err}");
     }
 }
+
+/// The background tasks run at start and then once per period, each on its own
+/// period, and stop when dropped: the watcher asks the sled agent at 0 s and
+/// 30 s; reincarnation restarts an instance that failed in between at 60 s,
+/// not before.
+#[tokio::test(start_paused = true)]
+async fn background_tasks_run_on_their_periods_until_dropped() {
+    use nexus_stub::background::{self, Periods};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let config = NexusConfig { restart_cooldown: chrono::TimeDelta::zero(), ..Default::default() };
+    let h = harness_with(sim_like_sled(), config);
+    let (inst, vmm) = h.started("inst").await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut sled = MockSledAgentApi::new();
+    let counter = Arc::clone(&asked);
+    sled.expect_vmm_get_state().returning(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(state(VmmState::Starting, 2))
+    });
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let watcher = watcher::InstanceWatcher::new(
+        &log,
+        Arc::clone(&h.nexus),
+        BTreeMap::from([(SLED, sled)]),
+        Arc::new(LogicalClock::default()),
+    );
+    let tasks = background::start(&log, Arc::clone(&h.nexus), watcher, Periods::default());
+    let at =
+        |secs| tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(secs));
+    at(1).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "a pass at start");
+    at(28).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "none before the period");
+    at(2).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "one at 30 s");
+    h.report(vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    assert_eq!(h.external(inst), ExternalState::Failed);
+    at(28).await;
+    assert_eq!(h.nexus.instance(inst).unwrap().auto_restarts, 0, "not before 60 s");
+    at(2).await;
+    assert_eq!(h.nexus.instance(inst).unwrap().auto_restarts, 1, "restarted at 60 s");
+    drop(tasks);
+    let before = asked.load(Ordering::SeqCst);
+    at(600).await;
+    assert_eq!(asked.load(Ordering::SeqCst), before, "nothing runs once dropped");
+}
