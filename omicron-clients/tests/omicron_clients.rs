@@ -1,7 +1,8 @@
 //! omicron's own generated clients against sledsim's servers: the sled-agent
 //! client registers, drives, reads and unregisters a VMM on the sim and reads the
 //! 404 of a VMM that is gone as omicron's typed error; the nexus-internal client
-//! reports VMM states to the Nexus stub, a stale one included.
+//! reports VMM states to the Nexus stub, a stale one included; a registration as
+//! large as a big instance's is taken.
 
 // A panic is how a test reports failure; helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -51,8 +52,7 @@ fn stack() -> Stack {
 }
 
 /// An `InstanceEnsureBody` with every field omicron's schema requires, and a
-/// small instance spec: no NICs, disks or volumes, so far smaller than a
-/// production body (which was not measured).
+/// small instance spec: no NICs, disks or volumes (`large_ensure_body` has them).
 fn ensure_body(instance: &str, gen: u64) -> sled_agent::types::InstanceEnsureBody {
     let body = serde_json::json!({
         "instance_id": instance,
@@ -172,4 +172,167 @@ async fn omicrons_nexus_client_reports_to_the_stub() {
         Err(nexus_internal::Error::ErrorResponse(e)) => assert_eq!(e.status().as_u16(), 500),
         other => panic!("wanted a 500, got {other:?}"),
     }
+}
+
+/// A registration as large as omicron sends for a big instance: omicron's limits
+/// of 12 disks and 8 NICs, each disk an NVMe device over a Crucible backend whose
+/// volume request names three regions and a read-only image parent, 32 KiB of
+/// cloud-init user data as a blob disk, four serial ports, a boot order, and a
+/// VPC's four default firewall rules resolved against all 8 NICs. omicron's
+/// client sends it, the sim takes it, and its size is measured against the
+/// servers' body limit (omicron's, 1 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_sized_registration_is_taken() {
+    let s = stack();
+    let client = sled_agent::Client::new(&s.sim_url);
+    let body = large_ensure_body("00000000-0000-0000-0000-000000000009", 2);
+    let size = serde_json::to_vec(&body).unwrap().len();
+    eprintln!("production-sized InstanceEnsureBody: {size} bytes");
+    assert!(size > 64 * 1024, "as large as a big instance's: {size}");
+    let vmm = uuid::Uuid::from_u128(0x43);
+    let registered = client.vmm_register().propolis_id(vmm).body(body).send().await.unwrap();
+    assert_eq!(state(&registered), ("starting".into(), 2));
+    drop(s.nexus);
+}
+
+fn uuid_n(kind: u32, n: u32) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+fn nic(n: u32) -> serde_json::Value {
+    serde_json::json!({
+        "id": uuid_n(0x2, n),
+        "ip_config": { "type": "v4", "value": {
+            "ip": format!("172.30.{n}.5"), "subnet": format!("172.30.{n}.0/24"), "transit_ips": []
+        }},
+        "kind": { "type": "instance", "id": uuid_n(0x1, 0) },
+        "mac": format!("a8:40:25:f0:00:{n:02x}"),
+        "name": format!("net{n}"),
+        "primary": n == 0,
+        "slot": n,
+        "vni": 4_000_000 + n
+    })
+}
+
+/// A Crucible volume request as omicron builds one for a disk made from an image:
+/// three regions, and the image as a read-only parent of three more.
+fn volume_request(n: u32) -> String {
+    let region = |id: String, gen: u32, read_only: bool| {
+        serde_json::json!({
+            "type": "region", "block_size": 512, "blocks_per_extent": 131072, "extent_count": 160,
+            "gen": gen,
+            "opts": {
+                "id": id,
+                "target": (1..=3).map(|s| format!("[fd00:1122:3344:10{s}::{n:x}]:19000"))
+                    .collect::<Vec<_>>(),
+                "lossy": false, "flush_timeout": null, "read_only": read_only,
+                "key": "q0ZbVDzjQyDkKpHnl5lNX8eGcMHdQ8JQ9ZqJtBvRZcE=",
+                "cert_pem": null, "key_pem": null, "root_cert_pem": null, "control": null
+            }
+        })
+    };
+    serde_json::json!({
+        "type": "volume", "id": uuid_n(0x3, n), "block_size": 512,
+        "sub_volumes": [region(uuid_n(0x4, n), 1, false)],
+        "read_only_parent": {
+            "type": "volume", "id": uuid_n(0x5, n), "block_size": 512,
+            "sub_volumes": [region(uuid_n(0x6, n), 3, true)], "read_only_parent": null
+        }
+    })
+    .to_string()
+}
+
+fn components() -> serde_json::Value {
+    let mut c = serde_json::Map::new();
+    let pci = |device: u32| serde_json::json!({ "bus": 0, "device": device, "function": 0 });
+    for n in 0..12u32 {
+        let serial = vec![u32::from(b'0') + n % 10; 20];
+        c.insert(
+            format!("disk{n}"),
+            serde_json::json!({ "type": "nvme_disk", "component": {
+                "backend_id": format!("disk{n}-backend"), "has_write_cache": true,
+                "pci_path": pci(16 + n), "serial_number": serial
+            }}),
+        );
+        c.insert(
+            format!("disk{n}-backend"),
+            serde_json::json!({
+                "type": "crucible_storage_backend",
+                "component": { "readonly": false, "request_json": volume_request(n) }
+            }),
+        );
+    }
+    for n in 0..8u32 {
+        c.insert(
+            format!("net{n}"),
+            serde_json::json!({ "type": "virtio_nic", "component": {
+                "backend_id": format!("net{n}-backend"), "interface_id": uuid_n(0x2, n),
+                "pci_path": pci(8 + n)
+            }}),
+        );
+        c.insert(
+            format!("net{n}-backend"),
+            serde_json::json!({
+                "type": "virtio_network_backend", "component": { "vnic_name": format!("vopte{n}") }
+            }),
+        );
+    }
+    // 32 KiB of user data (omicron's limit), base64: 43,692 characters.
+    let user_data = "QUFB".repeat(32 * 1024 / 3 + 1);
+    c.insert(
+        "cloud-init".into(),
+        serde_json::json!({ "type": "virtio_disk", "component": {
+            "backend_id": "cloud-init-backend", "pci_path": pci(24)
+        }}),
+    );
+    c.insert(
+        "cloud-init-backend".into(),
+        serde_json::json!({
+            "type": "blob_storage_backend", "component": { "base64": user_data, "readonly": true }
+        }),
+    );
+    for (n, port) in ["com1", "com2", "com3", "com4"].iter().enumerate() {
+        c.insert(
+            format!("serial{n}"),
+            serde_json::json!({
+                "type": "serial_port", "component": { "num": port }
+            }),
+        );
+    }
+    let order: Vec<_> = (0..12).map(|n| serde_json::json!({ "id": format!("disk{n}") })).collect();
+    c.insert(
+        "boot-settings".into(),
+        serde_json::json!({
+            "type": "boot_settings", "component": { "order": order }
+        }),
+    );
+    serde_json::Value::Object(c)
+}
+
+fn large_ensure_body(instance: &str, gen: u64) -> sled_agent::types::InstanceEnsureBody {
+    let nics: Vec<_> = (0..8).map(nic).collect();
+    let rule = |direction: &str, protocols: serde_json::Value, ports: serde_json::Value| {
+        serde_json::json!({
+            "action": "allow", "direction": direction, "priority": 65534, "status": "enabled",
+            "filter_hosts": [{ "type": "vpc", "value": 4_000_000 }],
+            "filter_ports": ports, "filter_protocols": protocols, "targets": nics
+        })
+    };
+    let rules = [
+        rule("inbound", serde_json::Value::Null, serde_json::Value::Null),
+        rule("inbound", serde_json::json!([{ "type": "tcp" }]), serde_json::json!(["22"])),
+        rule(
+            "inbound",
+            serde_json::json!([{ "type": "icmp", "value": null }]),
+            serde_json::Value::Null,
+        ),
+        rule("outbound", serde_json::Value::Null, serde_json::Value::Null),
+    ];
+    let mut body = serde_json::to_value(ensure_body(instance, gen)).unwrap();
+    body["local_config"]["nics"] = serde_json::Value::Array(nics.clone());
+    body["local_config"]["firewall_rules"] = serde_json::json!(rules);
+    body["vmm_spec"]["board"]["cpus"] = serde_json::json!(64);
+    body["vmm_spec"]["board"]["memory_mb"] = serde_json::json!(256 * 1024);
+    body["vmm_spec"]["components"] = components();
+    serde_json::from_value(body).unwrap()
 }
