@@ -27,15 +27,17 @@ use sledsim_explorer::report;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
+    version,
     about = "sledsim: the VMM lifecycle race of omicron#7282, run and checked"
 )]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Term)]
     log_format: LogFormat,
-    /// Least severe log level shown.
-    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
-    log_level: LogLevel,
+    /// Least severe log level shown [default: warn for stress, which runs the
+    /// scenario hundreds of times; info otherwise].
+    #[arg(long, global = true, value_enum)]
+    log_level: Option<LogLevel>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +72,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 struct DemoArgs {
     /// When the sim removes a destroyed VMM: after Nexus has its Destroyed (the
     /// fix), or before reporting it (the #7282 bug).
@@ -102,7 +105,9 @@ struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 struct StressArgs {
+    /// The scenario each run plays.
     #[arg(long, value_enum, default_value_t)]
     scenario: ScenarioKind,
     /// Runs per ordering.
@@ -111,8 +116,10 @@ struct StressArgs {
     /// One ordering; both if left out.
     #[arg(long, value_enum)]
     ordering: Option<RemovalOrdering>,
+    /// Which Failed instances auto-restart starts again.
     #[arg(long, value_enum, default_value_t)]
     restart_policy: RestartPolicy,
+    /// How the components reach each other: in process, or over HTTP on loopback.
     #[arg(long, value_enum, default_value_t)]
     transport: Transport,
     /// Seed of the sim's random delays.
@@ -121,12 +128,14 @@ struct StressArgs {
     /// Stop starting runs after this many seconds per ordering.
     #[arg(long, default_value_t = 60, value_parser = at_least_one)]
     max_seconds: usize,
+    /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
 struct BenchArgs {
+    /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -148,12 +157,15 @@ enum LogLevel {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 struct ScenarioArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// `happy`, `seed-7282`, or a replay string printed by a run or by explore.
     #[arg(long, default_value = "seed-7282", value_parser = ScheduleSpec::parse)]
     schedule: ScheduleSpec,
+    /// How the components reach each other: in process, or over HTTP on loopback
+    /// (the same steps and JSON).
     #[arg(long, value_enum, default_value_t)]
     transport: Transport,
     /// Print one JSON object on stdout instead of the human report.
@@ -165,21 +177,26 @@ struct ScenarioArgs {
 /// so a command explore prints means the same to scenario.
 #[derive(Debug, Args)]
 struct ModelArgs {
+    /// What the scenario actor does: the omicron test's disk-move, or one
+    /// instance's stop raced by the watcher.
     #[arg(long, value_enum, default_value_t)]
     scenario: ScenarioKind,
+    /// When the sim removes a destroyed VMM: after Nexus has its Destroyed (the
+    /// fix), or before reporting it (the #7282 bug).
     #[arg(long, value_enum, default_value_t)]
     ordering: RemovalOrdering,
+    /// Which Failed instances auto-restart starts again.
     #[arg(long, value_enum, default_value_t)]
     restart_policy: RestartPolicy,
-    /// Watcher passes; each may start at any point.
-    #[arg(long, default_value_t = 2)]
+    /// Watcher passes; each may start at any point [at most 64].
+    #[arg(long, default_value_t = 2, value_parser = passes)]
     watcher_passes: usize,
     /// Checks one watcher pass runs at once, each its own actor (omicron runs up
     /// to 16) [at least 1; at most 16].
     #[arg(long, default_value_t = DEFAULT_WATCHER_CONCURRENCY, value_parser = concurrency)]
     watcher_concurrency: usize,
-    /// Auto-restart passes; each may start at any point.
-    #[arg(long, default_value_t = 1)]
+    /// Auto-restart passes; each may start at any point [at most 64].
+    #[arg(long, default_value_t = 1, value_parser = passes)]
     restart_passes: usize,
     /// Steps one run may take; a run that reaches it has its end unjudged
     /// (inconclusive, exit 3, unless something broke on the way).
@@ -217,6 +234,18 @@ fn env_choices(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The most watcher or auto-restart passes a run may be given: each is an actor
+/// that may start at any point, so the space grows fast; more would never end.
+const MAX_PASSES: usize = 64;
+
+fn passes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_PASSES => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX_PASSES}")),
+        Err(e) => Err(format!("must be a whole number from 0 to {MAX_PASSES} ({e})")),
+    }
+}
+
 /// The most checks a pass may run at once: omicron's `MAX_CONCURRENT_CHECKS` (16);
 /// more would model no real watcher.
 const MAX_WATCHER_CONCURRENCY: usize = 16;
@@ -251,6 +280,7 @@ impl ModelArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 struct ExploreArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -390,9 +420,17 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// clap's errors span several lines; the contract wants one.
+/// clap's errors span several lines; the contract wants one. A value that was
+/// refused is shown with its line breaks escaped and cut to `SHOWN_CHARS`, so a
+/// replay string of 100,000 characters or one with a newline reads on one line.
 fn one_line(e: &clap::Error) -> String {
-    let rendered = e.to_string();
+    let mut rendered = e.to_string();
+    if let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) {
+        rendered = rendered.replacen(value.as_str(), &shown(value), 1);
+    }
+    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        rendered = rendered.replacen(arg.as_str(), &shown(arg), 1);
+    }
     let first = rendered.lines().next().unwrap_or("error").trim().to_string();
     let valid: Vec<String> = match e.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(v)) => v.clone(),
@@ -403,6 +441,31 @@ fn one_line(e: &clap::Error) -> String {
         first
     } else {
         format!("{first} (expected one of: {})", valid.join(", "))
+    }
+}
+
+/// How much of a refused value an error shows.
+const SHOWN_CHARS: usize = 60;
+
+/// `value` as an error shows it: control characters escaped, and at most
+/// `SHOWN_CHARS` characters, with an ellipsis and the full length past that.
+fn shown(value: &str) -> String {
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| match c {
+            '\n' => "\\n".chars().collect::<Vec<_>>(),
+            '\r' => "\\r".chars().collect(),
+            '\t' => "\\t".chars().collect(),
+            c if c.is_control() => c.escape_unicode().collect(),
+            c => vec![c],
+        })
+        .collect();
+    let n = value.chars().count();
+    if escaped.chars().count() <= SHOWN_CHARS {
+        escaped
+    } else {
+        let head: String = escaped.chars().take(SHOWN_CHARS).collect();
+        format!("{head}\u{2026} ({n} characters)")
     }
 }
 
@@ -423,7 +486,12 @@ pub fn run(
             return 2;
         }
     };
-    let log = logger(cli.log_format, cli.log_level);
+    // Stress runs the scenario hundreds of times: at info its log is megabytes.
+    let level = cli.log_level.unwrap_or(match cli.command {
+        Command::Stress(_) => LogLevel::Warn,
+        _ => LogLevel::Info,
+    });
+    let log = logger(cli.log_format, level);
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out),
@@ -827,4 +895,106 @@ fn demo(a: &DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fa
         );
     }
     Ok(verdict.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeSet;
+
+    /// The long flags a user can give `cmd` (help, version and hidden ones aside).
+    fn flags(cmd: &clap::Command) -> BTreeSet<String> {
+        cmd.get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_global_set())
+            .filter_map(|a| a.get_long())
+            .filter(|l| !["help", "version"].contains(l))
+            .map(|l| format!("--{l}"))
+            .collect()
+    }
+
+    /// The README's synopsis of `name`: its first `cargo xtask NAME [...]` line and
+    /// the lines that continue it, up to the end of its code block, its closing
+    /// backtick, or the next command's synopsis.
+    fn synopsis(readme: &str, name: &str) -> Option<String> {
+        let head = format!("cargo xtask {name} ");
+        let mut lines = readme.lines();
+        let first = lines.find(|l| {
+            let l = l.trim_start_matches('`');
+            l.starts_with(&head) && l.contains('[')
+        })?;
+        let inline = first.starts_with('`');
+        let mut text = first.trim_start_matches('`').to_string();
+        if inline && text.contains('`') {
+            return Some(text);
+        }
+        for l in lines {
+            let t = l.trim();
+            if (!inline && (t.starts_with("```") || t.starts_with("cargo xtask "))) || t.is_empty()
+            {
+                break;
+            }
+            text.push(' ');
+            text.push_str(t);
+            if inline && t.contains('`') {
+                break;
+            }
+        }
+        Some(text)
+    }
+
+    /// Every flag of every command says what it is for.
+    #[test]
+    fn every_flag_has_help() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for cmd in cli.get_subcommands().chain([&cli]) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                    missing.push(format!("{} {id}", cmd.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    /// The README's synopsis of each command names exactly the flags its --help
+    /// lists, so the user's copy of the contract cannot drift from the code.
+    #[test]
+    fn readme_synopses_match_the_commands() {
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        let global: BTreeSet<String> =
+            cli.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+        let mut checked = Vec::new();
+        for cmd in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let want = flags(cmd);
+            if want.is_empty() {
+                continue;
+            }
+            let name = cmd.get_name();
+            let text = synopsis(readme, name)
+                .unwrap_or_else(|| panic!("README has no synopsis of `cargo xtask {name}`"));
+            // The global flags (--log-format, --log-level) may be shown or not.
+            let found: BTreeSet<String> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .filter(|w| w.starts_with("--") && w.len() > 2)
+                .filter(|w| !global.contains(*w))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(found, want, "README's synopsis of {name}: {text}");
+            checked.push(name.to_string());
+        }
+        let all = ["scenario", "explore", "explore-merge", "bench", "stress", "demo"];
+        assert_eq!(checked, all.map(String::from), "commands whose synopsis was compared");
+    }
+
+    #[test]
+    fn a_refused_value_is_shown_on_one_line_and_cut() {
+        assert_eq!(shown("a\nb\tc"), "a\\nb\\tc");
+        let long = "x".repeat(100);
+        assert_eq!(shown(&long), format!("{}\u{2026} (100 characters)", "x".repeat(SHOWN_CHARS)));
+        assert_eq!(shown(&"x".repeat(SHOWN_CHARS)), "x".repeat(SHOWN_CHARS));
+    }
 }

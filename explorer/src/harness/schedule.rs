@@ -62,6 +62,18 @@ pub trait Chooser {
     }
 }
 
+/// A refused token as an error shows it: whole if short, else its start and its
+/// length (a pasted log line can be a replay string's one token).
+fn shown_token(raw: &str) -> String {
+    const SHOWN: usize = 48;
+    let n = raw.chars().count();
+    if n <= SHOWN {
+        raw.to_string()
+    } else {
+        format!("{}\u{2026} ({n} characters)", raw.chars().take(SHOWN).collect::<String>())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
     #[error("malformed replay string at token {index} (character {offset}, {token:?}): {reason}")]
@@ -241,7 +253,7 @@ impl Replay {
             let bad = |reason: &str| ScheduleError::Malformed {
                 index: index + 1,
                 offset: here,
-                token: raw.to_string(),
+                token: shown_token(raw),
                 reason: reason.to_string(),
             };
             if raw.is_empty() {

@@ -7,6 +7,7 @@
 mod demo;
 mod explore;
 mod scenario;
+mod usage;
 mod wire;
 
 pub use nexus_stub::{ExternalState, RestartPolicy};
