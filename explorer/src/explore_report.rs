@@ -203,6 +203,14 @@ impl<'a> View<'a> {
             "shortest": self.r.coverage == Coverage::Exhaustive,
             "steps": steps_until(c),
             "violations": report::violations_out(&c.run),
+            // Where the run ends when played on past the violation (the `happy`
+            // policy): what each instance, VMM and the disk came to.
+            "end_state": {
+                "end": report::end_text(&c.run.end),
+                "instances": report::instances_out(&c.run),
+                "vmms": report::vmms_out(&c.run),
+                "disk": report::disk_out(&c.run),
+            },
         })
     }
 

@@ -27,6 +27,39 @@ pub struct StepOut {
     pub fault: Option<&'static str>,
     /// Nexus VMM writes this step caused: "destroyed/g7 applied", "failed/g7 stale".
     pub writes: Vec<String>,
+    /// The same writes, as fields.
+    pub write_records: Vec<WriteOut>,
+}
+
+/// One Nexus VMM write as the JSON carries it.
+#[derive(Debug, Serialize)]
+pub struct WriteOut {
+    pub vmm: String,
+    pub state: String,
+    pub gen: u64,
+    pub applied: bool,
+    /// The generation the row held before the write.
+    pub stored_gen: u64,
+}
+
+/// A VMM at the end of a run: Nexus's row and the sled agent's entry, if any.
+#[derive(Debug, Serialize)]
+pub struct VmmOut {
+    pub id: String,
+    pub instance: String,
+    /// Nexus's row: its state and generation, and whether the update step
+    /// deleted it.
+    pub state: String,
+    pub gen: u64,
+    pub deleted: bool,
+    /// The sled agent's entry, or `None` if its table no longer has the VMM.
+    pub sled: Option<SledVmmOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SledVmmOut {
+    pub state: String,
+    pub gen: u64,
 }
 
 impl StepOut {
@@ -138,10 +171,52 @@ fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
         target: s.call.vmm.map(|v| names.vmm(v)),
         arg: arg_text(s.call.arg, names),
         answer: answer_text(&s.answer, names),
-        gen: s.answer.gen().map(|g| g.as_u64()),
+        // A write step's generation is the one it writes; a call's, its answer's.
+        gen: s
+            .answer
+            .gen()
+            .or(match s.call.arg {
+                Arg::State(_, gen) => Some(gen),
+                _ => None,
+            })
+            .map(|g| g.as_u64()),
         fault: s.fault.map(Fault::label),
         writes: r.writes_of(i).iter().map(|w| write_text(w, names)).collect(),
+        write_records: r
+            .writes_of(i)
+            .iter()
+            .map(|w| WriteOut {
+                vmm: names.vmm(w.propolis_id),
+                state: w.state.to_string(),
+                gen: w.gen.as_u64(),
+                applied: w.applied,
+                stored_gen: w.prev_gen.as_u64(),
+            })
+            .collect(),
     }
+}
+
+/// Every VMM Nexus has a row for, by name: the row and the sled agent's entry.
+pub fn vmms_out(r: &RunResult) -> BTreeMap<String, VmmOut> {
+    r.vmms
+        .iter()
+        .map(|v| {
+            let sled = r
+                .sled
+                .iter()
+                .find(|s| s.0 == v.id)
+                .map(|&(_, state, gen)| SledVmmOut { state: state.to_string(), gen: gen.as_u64() });
+            let out = VmmOut {
+                id: v.id.to_string(),
+                instance: r.names.instance(v.instance_id),
+                state: v.state.to_string(),
+                gen: v.gen.as_u64(),
+                deleted: v.deleted,
+                sled,
+            };
+            (r.names.vmm(v.id), out)
+        })
+        .collect()
 }
 
 pub fn violations_out(r: &RunResult) -> Vec<ViolationOut> {
@@ -293,6 +368,7 @@ pub fn scenario_json(
         "invariants": invariants_json(),
         "violations": violations_out(result),
         "instances": instances_out(result),
+        "vmms": vmms_out(result),
         "disk": disk_out(result),
         "terminal_writes": terminal_writes(result),
         "watcher": result.watcher,

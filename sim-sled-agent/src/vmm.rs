@@ -105,11 +105,8 @@ impl SimVmm {
         clock: &dyn Clock,
     ) -> Result<bool, SledAgentError> {
         let resting = self.next_resting_state();
-        let invalid = || SledAgentError::InvalidTransition {
-            propolis_id,
-            current: resting,
-            requested: target,
-        };
+        let invalid =
+            || SledAgentError::InvalidTransition { propolis_id, resting, requested: target };
         let before = self.runtime.gen;
         match target {
             VmmStateRequested::Running => match resting {
@@ -249,7 +246,7 @@ mod tests {
             matches!(
                 err,
                 SledAgentError::InvalidTransition {
-                    current: VmmState::Destroyed,
+                    resting: VmmState::Destroyed,
                     requested: VmmStateRequested::Running,
                     ..
                 }

@@ -14,8 +14,10 @@ pub enum SledAgentError {
     #[error("no such VMM {propolis_id} on this sled")]
     NoSuchVmm { propolis_id: PropolisUuid },
 
-    #[error("VMM {propolis_id} cannot go to {requested} from {current}")]
-    InvalidTransition { propolis_id: PropolisUuid, current: VmmState, requested: VmmStateRequested },
+    /// `resting` is the state the VMM's queued transitions end in (its current
+    /// state if none are queued): what a request is judged against.
+    #[error("VMM {propolis_id} cannot go to {requested}: it is bound for {resting}")]
+    InvalidTransition { propolis_id: PropolisUuid, resting: VmmState, requested: VmmStateRequested },
 
     #[error("VMM {propolis_id} cannot be registered: {reason}")]
     InvalidRegistration { propolis_id: PropolisUuid, reason: String },

@@ -153,7 +153,7 @@ mod tests {
         let others = [
             SledAgentError::InvalidTransition {
                 propolis_id: id,
-                current: VmmState::Destroyed,
+                resting: VmmState::Destroyed,
                 requested: VmmStateRequested::Running,
             },
             SledAgentError::UnexpectedResponse {

@@ -212,13 +212,13 @@ impl SledAgentClient {
                 }
                 if status == StatusCode::BAD_REQUEST && code_is(&body, error_codes::INVALID_REQUEST)
                 {
-                    // A put-state refused names the state the VMM was in; a
-                    // registration refused is the other request that can be.
+                    // A put-state refused names the state the VMM was bound
+                    // for; a registration refused is the other request that can be.
                     match (vmm_state, requested) {
-                        (Some(current), Some(requested)) => {
+                        (Some(resting), Some(requested)) => {
                             return SledAgentError::InvalidTransition {
                                 propolis_id,
-                                current,
+                                resting,
                                 requested,
                             };
                         }

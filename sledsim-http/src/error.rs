@@ -12,7 +12,8 @@ use sled_agent_api::{error_codes, SledAgentError, VmmState};
 /// with its instance spec, is far over the 4 KiB this used to allow.
 pub const REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
 
-/// Sim-only: on a 400 for an invalid transition, the state the VMM was in. The
+/// Sim-only: on a 400 for an invalid transition, the state the VMM was bound for
+/// (where its queued transitions end). The
 /// body is omicron's (which says it in words only); this lets sledsim's client
 /// give back the typed error.
 pub const VMM_STATE_HEADER: &str = "x-sledsim-vmm-state";
@@ -67,9 +68,9 @@ impl From<&SledAgentError> for ApiError {
                 ApiError::not_found(error_codes::NO_SUCH_INSTANCE, e.to_string())
             }
             // omicron's sim answers these with 400 InvalidRequest too.
-            SledAgentError::InvalidTransition { current, .. } => {
+            SledAgentError::InvalidTransition { resting, .. } => {
                 let mut err = ApiError::bad_request(error_codes::INVALID_REQUEST, e.to_string());
-                err.vmm_state = Some(*current);
+                err.vmm_state = Some(*resting);
                 err
             }
             SledAgentError::InvalidRegistration { .. } => {

@@ -136,7 +136,7 @@ async fn other_errors_are_inconclusive_and_write_nothing() {
         || {
             Err(SledAgentError::InvalidTransition {
                 propolis_id: VMM,
-                current: VmmState::Destroyed,
+                resting: VmmState::Destroyed,
                 requested: sled_agent_api::VmmStateRequested::Running,
             })
         },

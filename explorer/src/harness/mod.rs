@@ -512,6 +512,11 @@ pub struct RunResult {
     pub harness_errors: Vec<HarnessError>,
     /// Nexus's VMM write log; `Step::writes_from` indexes into it.
     pub writes: Vec<nexus_stub::VmmWrite>,
+    /// Nexus's VMM rows at the end, deleted ones included.
+    pub vmms: Vec<nexus_stub::VmmRecord>,
+    /// What the sled agent's table held at the end: each VMM, its state and
+    /// generation.
+    pub sled: Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)>,
 }
 
 impl RunResult {
@@ -549,7 +554,7 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
     let disk = world.progress().disk.and_then(|d| world.nexus.disk(d).ok());
     let scenario_outcome = world.progress().outcome.clone();
     let watcher = world.watcher_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(RunResult {
+    let result = RunResult {
         end,
         steps: world.sched.steps(),
         actors: world.sched.actor_kinds(),
@@ -561,7 +566,28 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
         scenario_outcome,
         harness_errors: world.sched.errors(),
         writes: world.nexus.vmm_writes(),
-    })
+        vmms: world.nexus.vmms(),
+        sled: world
+            .sim
+            .vmm_ids()
+            .into_iter()
+            .filter_map(|id| world.sim.vmm_runtime(id).map(|(state, gen)| (id, state, gen)))
+            .collect(),
+    };
+    log_steps(&config.log, &result);
+    Ok(result)
+}
+
+/// Every gated call of a run and its answer, at debug, once the run is over (a
+/// search runs without a logger; a scenario's steps are few).
+fn log_steps(log: &Logger, result: &RunResult) {
+    let log = log.new(slog::o!("component" => "scheduler"));
+    for s in crate::report::steps_out(result) {
+        slog::debug!(log, "gated call";
+            "step" => s.n, "actor" => &s.actor, "call" => s.call_text(),
+            "from" => s.from.label(), "to" => s.to.label(), "answer" => &s.answer,
+            "writes" => s.writes.join("; "));
+    }
 }
 
 /// How a run ended and what it broke: all the explorer reads, so nothing else is

@@ -810,3 +810,27 @@ fn bad_shards_are_usage_errors() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// Each counterexample says where its run ends: the false Failed (invariant 2)
+/// leaves inst1 Failed with its VMM's row Failed, though its user stopped it.
+#[test]
+fn each_counterexample_carries_its_end_state() {
+    let j = json(&["explore", "--ordering", "remove-then-publish"], 1);
+    let c = j["counterexamples"]
+        .as_array()
+        .expect("counterexamples")
+        .iter()
+        .find(|c| c["invariant"] == 2)
+        .expect("invariant 2 breaks");
+    let end = &c["end_state"];
+    assert_eq!(end["end"], "finished", "{end}");
+    assert_eq!(
+        (
+            end["instances"]["inst1"]["state"].as_str(),
+            end["instances"]["inst1"]["intended"].as_str()
+        ),
+        (Some("failed"), Some("stopped")),
+        "{end}"
+    );
+    assert_eq!(end["vmms"]["inst1/vmm1"]["state"], "failed", "{end}");
+}

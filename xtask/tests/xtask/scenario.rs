@@ -208,3 +208,50 @@ fn environment_counts_out_of_range_exit_2() {
         check_usage_error(args);
     }
 }
+
+/// The JSON carries the end state and the writes as fields, not only in text:
+/// under the legacy ordering and seed-7282, Nexus's row of inst1's VMM ends
+/// Failed at g7 and deleted, the sled agent's table no longer has it, the
+/// watcher's Failed/g7 applied over a stored g6, and the sim's Destroyed/g7 came
+/// after it, stale.
+#[test]
+fn scenario_json_carries_the_end_state_and_every_write_as_fields() {
+    let j = json(&["scenario", "--ordering", "remove-then-publish"], 1);
+    let vmm = &j["vmms"]["inst1/vmm1"];
+    assert_eq!(
+        (vmm["state"].as_str(), vmm["gen"].as_u64(), vmm["deleted"].as_bool()),
+        (Some("failed"), Some(7), Some(true)),
+        "{vmm}"
+    );
+    assert!(vmm["sled"].is_null(), "{vmm}");
+    let inst = &j["instances"]["inst1"];
+    assert_eq!(
+        (inst["state"].as_str(), inst["intended"].as_str()),
+        (Some("failed"), Some("stopped"))
+    );
+    let writes: Vec<(String, u64, bool, u64, Option<u64>)> = j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .flat_map(|s| {
+            let step_gen = s["gen"].as_u64();
+            s["write_records"].as_array().expect("write_records").iter().map(move |w| {
+                let field = |k: &str| w[k].as_u64().expect("a number");
+                let state = w["state"].as_str().expect("a state").to_string();
+                (
+                    state,
+                    field("gen"),
+                    w["applied"].as_bool().expect("a bool"),
+                    field("stored_gen"),
+                    step_gen,
+                )
+            })
+        })
+        .filter(|w| w.0 == "failed" || w.0 == "destroyed")
+        .collect();
+    assert_eq!(
+        writes,
+        [("failed".into(), 7, true, 6, Some(7)), ("destroyed".into(), 7, false, 7, Some(7))],
+        "each terminal write, its generation, whether it applied over what, and its step's gen"
+    );
+}
