@@ -15,10 +15,12 @@ use crate::report::{self, StepOut};
 pub struct View<'a> {
     cfg: &'a ExploreConfig,
     r: &'a ExploreResult,
-    /// The shortest counterexample, if any.
+    /// The counterexample shown in full: the shortest, or `--invariant`'s.
     shortest: Option<&'a Counterexample>,
     /// Its steps, up to the violating one.
     steps: Vec<StepOut>,
+    /// `--invariant K`: show only that invariant's counterexample.
+    only: Option<u8>,
 }
 
 /// A counterexample's steps up to the violating one.
@@ -32,7 +34,16 @@ impl<'a> View<'a> {
     pub fn new(cfg: &'a ExploreConfig, r: &'a ExploreResult) -> Self {
         let shortest = r.shortest();
         let steps = shortest.map_or_else(Vec::new, steps_until);
-        View { cfg, r, shortest, steps }
+        View { cfg, r, shortest, steps, only: None }
+    }
+
+    /// Shows invariant `k`'s counterexample in full, and only it, in the human
+    /// report, the Mermaid diagram and the HTML page (the JSON keeps them all).
+    pub fn only(self, k: Option<u8>) -> Self {
+        let Some(k) = k else { return self };
+        let shortest = self.r.counterexamples.iter().find(|c| c.invariant == k);
+        let steps = shortest.map_or_else(Vec::new, steps_until);
+        View { shortest, steps, only: Some(k), ..self }
     }
 
     fn inject(&self) -> &'static str {
@@ -158,10 +169,16 @@ impl<'a> View<'a> {
         let _ = writeln!(s, "coverage: {}", self.coverage_text());
         let _ = writeln!(s, "searched: {}", self.counts_text());
         let _ = writeln!(s, "verdict:  {}", self.verdict_text());
-        let Some(c) = self.shortest else { return s };
+        let Some(c) = self.shortest else {
+            if let Some(k) = self.only {
+                let _ = writeln!(s, "\ninvariant {k} ({}) did not break", invariant_text(k));
+            }
+            return s;
+        };
         let _ = writeln!(
             s,
-            "\n{} counterexample: {} steps, breaks invariant {} ({})\n",
+            "\n{}{} counterexample: {} steps, breaks invariant {} ({})\n",
+            if self.only.is_some() { "invariant's " } else { "" },
             if r.coverage == Coverage::Exhaustive { "shortest" } else { "shortest found" },
             c.len,
             c.invariant,
@@ -175,7 +192,9 @@ impl<'a> View<'a> {
         let replay = c.run.replay();
         let _ = writeln!(s, "\nreplay: {replay}");
         let _ = writeln!(s, "run it: {}", self.command(&replay));
-        for other in r.counterexamples.iter().filter(|o| o.invariant != c.invariant) {
+        let others =
+            r.counterexamples.iter().filter(|o| self.only.is_none() && o.invariant != c.invariant);
+        for other in others {
             let _ = writeln!(
                 s,
                 "\ninvariant {} ({}): {} {} steps\n  run it: {}",
@@ -315,110 +334,266 @@ impl<'a> View<'a> {
         s
     }
 
+    /// A self-contained page: the search's summary, then one section per broken
+    /// invariant (a contents list to pick one), each its shortest counterexample
+    /// played to the end of its run, the harm marked, with what each component
+    /// held after every step and a sequence diagram.
     pub fn html(&self) -> String {
-        let mut s = String::new();
         let title = esc(&self.header());
-        let _ = write!(
-            s,
+        let mut s = format!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
-             <style>body{{font-family:sans-serif;margin:2em}}td,th{{text-align:left;padding:2px 8px}}\
-             code{{word-break:break-all}}.bad{{color:#b00}}</style></head><body>\n<h1>{title}</h1>\n"
+             <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n"
         );
-        let _ = writeln!(
-            s,
-            "<table><tr><th>bounds</th><td>{}</td></tr><tr><th>coverage</th><td>{}</td></tr>\
-             <tr><th>searched</th><td>{}</td></tr><tr><th>verdict</th><td>{}</td></tr></table>",
-            esc(&self.bounds_text()),
-            esc(&self.coverage_text()),
-            esc(&self.counts_text()),
-            esc(&self.verdict_text())
-        );
-        match self.shortest {
-            None => {}
-            Some(c) => {
-                let replay = c.run.replay();
+        s.push_str(&self.summary_table());
+        let shown = self.shown();
+        if shown.len() > 1 {
+            s.push_str("<nav><b>Broken invariants:</b> ");
+            for c in &shown {
+                let rule = esc(invariant_text(c.invariant));
                 let _ = write!(
                     s,
-                    "<h2 class=\"bad\">Shortest counterexample: {} steps, invariant {}</h2>\n<p>{}</p>\n<ul>",
-                    c.len,
-                    c.invariant,
-                    esc(invariant_text(c.invariant))
-                );
-                for v in &c.run.violations {
-                    let _ = write!(
-                        s,
-                        "<li>invariant {} at step {}: {}</li>",
-                        v.invariant,
-                        v.step,
-                        esc(&v.message)
-                    );
-                }
-                let _ = write!(
-                    s,
-                    "</ul>\n<p>Replay: <code>{}</code></p>\n{}\n",
-                    esc(&self.command(&replay)),
-                    self.svg(c.len)
+                    "<a href=\"#inv-{0}\" title=\"{rule}\">invariant {0} ({1} steps)</a> ",
+                    c.invariant, c.len
                 );
             }
+            s.push_str("</nav>\n");
+        }
+        for c in shown {
+            s.push_str(&self.section(c));
         }
         s.push_str("</body></html>\n");
         s
     }
 
-    /// The counterexample as an SVG sequence diagram, violating step highlighted.
-    fn svg(&self, violating: usize) -> String {
-        const COL: usize = 170;
-        const ROW: usize = 48;
-        const TOP: usize = 50;
-        let lanes = Component::ALL;
-        let x = |c: Component| 90 + COL * lanes.iter().position(|&l| l == c).unwrap_or(0);
-        let width = 180 + COL * (lanes.len() - 1);
-        let height = TOP + ROW * (self.steps.len() + 1);
+    /// The counterexamples a report shows: every one, or the `--invariant` asked for.
+    fn shown(&self) -> Vec<&'a Counterexample> {
+        let all = self.r.counterexamples.iter();
+        all.filter(|c| self.only.is_none_or(|k| k == c.invariant)).collect()
+    }
+
+    fn summary_table(&self) -> String {
+        format!(
+            "<table><tr><th>bounds</th><td>{}</td></tr><tr><th>coverage</th><td>{}</td></tr>\
+             <tr><th>searched</th><td>{}</td></tr><tr><th>verdict</th><td>{}</td></tr></table>\n",
+            esc(&self.bounds_text()),
+            esc(&self.coverage_text()),
+            esc(&self.counts_text()),
+            esc(&self.verdict_text())
+        )
+    }
+
+    fn section(&self, c: &Counterexample) -> String {
+        let steps = report::steps_out(&c.run);
         let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             font-family=\"sans-serif\" font-size=\"11\">\n<defs><marker id=\"a\" markerWidth=\"8\" \
-             markerHeight=\"8\" refX=\"8\" refY=\"4\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\"/>\
-             </marker></defs>\n"
+            "<section id=\"inv-{0}\"><h2 class=\"bad\">Invariant {0} broken in {1} steps</h2>\n\
+             <p>{2}</p>\n<ul>",
+            c.invariant,
+            c.len,
+            esc(invariant_text(c.invariant))
         );
-        for &c in &lanes {
-            let _ = writeln!(
+        for v in &c.run.violations {
+            let _ = write!(
                 s,
-                "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
-                 <line x1=\"{0}\" y1=\"28\" x2=\"{0}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>",
-                x(c),
-                c.label(),
-                height - 10
+                "<li>invariant {} at step {}: {}</li>",
+                v.invariant,
+                v.step,
+                esc(&v.message)
             );
         }
-        for (i, st) in self.steps.iter().enumerate() {
-            let y = TOP + ROW * i + 14;
-            let (x1, x2) = (x(st.from), x(st.to));
-            if st.n == violating {
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"4\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffd7d7\"/>",
-                    y - 16,
-                    width - 8,
-                    ROW - 2
-                );
-            }
-            let mid = (x1 + x2) / 2;
-            let (n, ry, label_y, answer_y) = (st.n, y + 18, y - 3, y + 14);
-            let call = esc(&format!("{} {}", st.actor, st.call_text()));
-            let answer = esc(&answer_text(st));
-            let _ = writeln!(
-                s,
-                "<text x=\"4\" y=\"{y}\">{n}</text>\
-                 <line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"black\" marker-end=\"url(#a)\"/>\
-                 <text x=\"{mid}\" y=\"{label_y}\" text-anchor=\"middle\">{call}</text>\
-                 <line x1=\"{x2}\" y1=\"{ry}\" x2=\"{x1}\" y2=\"{ry}\" stroke=\"#555\" \
-                 stroke-dasharray=\"3 2\" marker-end=\"url(#a)\"/>\
-                 <text x=\"{mid}\" y=\"{answer_y}\" text-anchor=\"middle\" fill=\"#333\">{answer}</text>"
-            );
-        }
-        s.push_str("</svg>");
+        let _ = write!(
+            s,
+            "</ul>\n<p>Replay: <code>{}</code></p>\n<p>The run goes on past step {} as the \
+             <code>happy</code> policy plays it, so its harm shows: {}.</p>\n",
+            esc(&self.command(&c.run.replay())),
+            c.len,
+            HARM_LEGEND
+        );
+        s.push_str(&steps_table(c, &steps));
+        s.push_str(&end_table(c));
+        s.push_str(&svg(&steps, c.len, &|i| !harm(c, &steps, i).is_empty()));
+        s.push_str("</section>\n");
         s
     }
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:110em}\
+    td,th{text-align:left;padding:2px 8px;vertical-align:top}code{word-break:break-all}\
+    .bad{color:#b00}nav a{margin-right:1em}section{margin-top:2em}\
+    table.steps{border-collapse:collapse;font-size:13px}\
+    table.steps td{border-top:1px solid #ddd}tr.violating{background:#ffd7d7}\
+    tr.after td{color:#555}.harm{color:#fff;background:#b00;border-radius:3px;padding:0 4px;\
+    margin-right:4px;white-space:nowrap}.strip{font-family:monospace;font-size:12px;color:#225}";
+
+const HARM_LEGEND: &str = "<span class=\"harm\">Failed applied</span> Nexus recorded \
+    Failed; <span class=\"harm\">Destroyed refused</span> the sled agent's Destroyed came \
+    after it and was refused as stale; \
+    <span class=\"harm\">instance Failed</span> an instance went Failed; \
+    <span class=\"harm\">auto-restart</span> Nexus started an instance again by itself";
+
+/// The harm step `i` (0-based) did, as labels.
+fn harm(c: &Counterexample, steps: &[StepOut], i: usize) -> Vec<&'static str> {
+    let mut h = Vec::new();
+    let Some(st) = steps.get(i) else { return h };
+    if st.write_records.iter().any(|w| w.state == "failed" && w.applied) {
+        h.push("Failed applied");
+    }
+    // A Failed refused as stale is the generation check doing its job; a
+    // Destroyed refused is a real terminal report lost.
+    if st.write_records.iter().any(|w| w.state == "destroyed" && !w.applied) {
+        h.push("Destroyed refused");
+    }
+    let failed = |k: usize| {
+        c.run.snapshots.get(k).map_or(0, |snap| {
+            snap.instances.iter().filter(|(_, s)| *s == nexus_stub::ExternalState::Failed).count()
+        })
+    };
+    if failed(i + 1) > failed(i) {
+        h.push("instance Failed");
+    }
+    if st.actor == "restart" && st.call == "instance_start" {
+        h.push("auto-restart");
+    }
+    h
+}
+
+/// Every step of the run: the call, its answer, Nexus's writes, the harm it did,
+/// and what the components held after it.
+fn steps_table(c: &Counterexample, steps: &[StepOut]) -> String {
+    let mut s = String::from(
+        "<table class=\"steps\"><tr><th>#</th><th>actor</th><th>call</th><th>answer</th>\
+         <th>Nexus writes</th><th>after it: sled agent | Nexus VMM rows | instances</th></tr>\n",
+    );
+    for (i, st) in steps.iter().enumerate() {
+        let class = match st.n.cmp(&c.len) {
+            std::cmp::Ordering::Equal => " class=\"violating\"",
+            std::cmp::Ordering::Greater => " class=\"after\"",
+            std::cmp::Ordering::Less => "",
+        };
+        let marks: String =
+            harm(c, steps, i).iter().map(|h| format!("<span class=\"harm\">{h}</span>")).collect();
+        let _ = writeln!(
+            s,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{marks}{}</td>\
+             <td class=\"strip\">{}</td></tr>",
+            st.n,
+            esc(&st.actor),
+            esc(&st.call_text()),
+            esc(&st.answer),
+            esc(&st.writes.join(", ")),
+            esc(&strip(c, st.n))
+        );
+    }
+    s.push_str("</table>\n");
+    s
+}
+
+/// What the components held after step `n`, on one line.
+fn strip(c: &Counterexample, n: usize) -> String {
+    let Some(snap) = c.run.snapshots.get(n) else { return String::new() };
+    let names = &c.run.names;
+    let sled: Vec<String> = snap
+        .sled
+        .iter()
+        .map(|(v, st, g)| format!("{} {st}/g{}", names.vmm(*v), g.as_u64()))
+        .collect();
+    let vmms: Vec<String> = snap
+        .vmms
+        .iter()
+        .map(|(v, st, g)| format!("{} {st}/g{}", names.vmm(*v), g.as_u64()))
+        .collect();
+    let insts: Vec<String> =
+        snap.instances.iter().map(|(i, st)| format!("{} {st}", names.instance(*i))).collect();
+    let or_none = |v: Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    format!("{} | {} | {}", or_none(sled), or_none(vmms), or_none(insts))
+}
+
+/// Where the run ended: each instance against what its user asked for.
+fn end_table(c: &Counterexample) -> String {
+    let mut s = format!(
+        "<h3>End state ({})</h3>\n<table><tr><th>instance</th><th>state</th><th>its user asked \
+         for</th><th>auto-restarts</th></tr>\n",
+        esc(&report::end_text(&c.run.end))
+    );
+    for (name, i) in report::instances_out(&c.run) {
+        // Failed, or not stopped though its user stopped it: a run may end with
+        // an instance still starting, which is not harm by itself.
+        let wrong = i.state == "failed" || (i.intended == "stopped" && i.state != "stopped");
+        let class = if wrong { " class=\"bad\"" } else { "" };
+        let _ = writeln!(
+            s,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&name),
+            esc(&i.state),
+            esc(&i.intended),
+            i.auto_restarts
+        );
+    }
+    s.push_str("</table>\n");
+    s
+}
+
+/// A run as an SVG sequence diagram, the violating step and harmful ones
+/// highlighted, the steps after the violation greyed.
+fn svg(steps: &[StepOut], violating: usize, harmful: &dyn Fn(usize) -> bool) -> String {
+    const COL: usize = 170;
+    const ROW: usize = 48;
+    const TOP: usize = 50;
+    let lanes = Component::ALL;
+    let x = |c: Component| 90 + COL * lanes.iter().position(|&l| l == c).unwrap_or(0);
+    let width = 180 + COL * (lanes.len() - 1);
+    let height = TOP + ROW * (steps.len() + 1);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<defs><marker id=\"a\" markerWidth=\"8\" \
+         markerHeight=\"8\" refX=\"8\" refY=\"4\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\"/>\
+         </marker></defs>\n"
+    );
+    for &c in &lanes {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
+             <line x1=\"{0}\" y1=\"28\" x2=\"{0}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>",
+            x(c),
+            c.label(),
+            height - 10
+        );
+    }
+    for (i, st) in steps.iter().enumerate() {
+        let y = TOP + ROW * i + 14;
+        let (x1, x2) = (x(st.from), x(st.to));
+        let fill = if st.n == violating {
+            Some("#ffd7d7")
+        } else if harmful(i) {
+            Some("#ffeaea")
+        } else {
+            None
+        };
+        if let Some(fill) = fill {
+            let _ = writeln!(
+                s,
+                "<rect x=\"4\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{fill}\"/>",
+                y - 16,
+                width - 8,
+                ROW - 2
+            );
+        }
+        let ink = if st.n > violating { "#777" } else { "black" };
+        let mid = (x1 + x2) / 2;
+        let (n, ry, label_y, answer_y) = (st.n, y + 18, y - 3, y + 14);
+        let call = esc(&format!("{} {}", st.actor, st.call_text()));
+        let answer = esc(&answer_text(st));
+        let _ = writeln!(
+            s,
+            "<g fill=\"{ink}\"><text x=\"4\" y=\"{y}\">{n}</text>\
+             <line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"{ink}\" marker-end=\"url(#a)\"/>\
+             <text x=\"{mid}\" y=\"{label_y}\" text-anchor=\"middle\">{call}</text>\
+             <line x1=\"{x2}\" y1=\"{ry}\" x2=\"{x1}\" y2=\"{ry}\" stroke=\"#555\" \
+             stroke-dasharray=\"3 2\" marker-end=\"url(#a)\"/>\
+             <text x=\"{mid}\" y=\"{answer_y}\" text-anchor=\"middle\">{answer}</text></g>"
+        );
+    }
+    s.push_str("</svg>");
+    s
 }
 
 fn mermaid_id(c: Component) -> &'static str {

@@ -308,9 +308,15 @@ struct ExploreArgs {
     /// verdict, fewer schedules); `none` runs every order.
     #[arg(long, value_enum, default_value_t = Reduction::SleepSets)]
     reduction: Reduction,
-    /// Write a self-contained HTML page with the sequence diagram.
+    /// Write a self-contained HTML page: every counterexample played to the end
+    /// of its run, the harm marked, what each component held after each step,
+    /// and a sequence diagram.
     #[arg(long, value_name = "FILE.html")]
     report: Option<std::path::PathBuf>,
+    /// Show invariant K's shortest counterexample (instead of the shortest of
+    /// all) in the report, the HTML page and the Mermaid diagram.
+    #[arg(long, value_name = "K", value_parser = invariant_number)]
+    invariant: Option<u8>,
     /// Print the counterexample as a Mermaid sequence diagram.
     #[arg(long)]
     mermaid: bool,
@@ -327,6 +333,16 @@ struct MergeArgs {
     /// Print one JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
+}
+
+/// An invariant's number, as the output numbers them.
+fn invariant_number(s: &str) -> Result<u8, String> {
+    use sledsim_explorer::harness::invariants::INVARIANTS;
+    let known = INVARIANTS.len();
+    match s.parse::<u8>() {
+        Ok(k) if (1..=known).contains(&usize::from(k)) => Ok(k),
+        _ => Err(format!("must be an invariant's number, 1 to {known}")),
+    }
 }
 
 /// The most parts a search may be split into.
@@ -600,7 +616,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
         bar.finish_and_clear();
     }
     let result = result.map_err(run_failure)?;
-    let view = sledsim_explorer::explore_report::View::new(&cfg, &result);
+    let view = sledsim_explorer::explore_report::View::new(&cfg, &result).only(a.invariant);
     if let Some(path) = &a.report {
         std::fs::write(path, view.html())
             .map_err(|e| Fail::Usage(format!("cannot write {}: {e}", path.display())))?;

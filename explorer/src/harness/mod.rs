@@ -416,6 +416,26 @@ impl World {
         format!("{instances:?} {vmms:?} {sled:?} {disk:?} {:?}", progress.outcome)
     }
 
+    /// The sled agent's table: each VMM, its state and generation.
+    fn sled_table(
+        &self,
+    ) -> Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)> {
+        let ids = self.sim.vmm_ids().into_iter();
+        ids.filter_map(|id| self.sim.vmm_runtime(id).map(|(state, gen)| (id, state, gen))).collect()
+    }
+
+    /// What the components hold now, for a report's state strip.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sled: self.sled_table(),
+            vmms: (self.nexus.vmms().into_iter())
+                .filter(|v| !v.deleted)
+                .map(|v| (v.id, v.state, v.gen))
+                .collect(),
+            instances: self.nexus.instances().into_iter().map(|i| (i.id, i.state)).collect(),
+        }
+    }
+
     pub fn progress(&self) -> MutexGuard<'_, ScenarioProgress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -517,6 +537,18 @@ pub struct RunResult {
     /// What the sled agent's table held at the end: each VMM, its state and
     /// generation.
     pub sled: Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)>,
+    /// What the components held before the first step and after each step.
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// What the components hold between two steps, as a report shows it: the sled
+/// agent's table, Nexus's VMM rows and its instances' states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub sled: Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)>,
+    /// Rows the update step has not deleted.
+    pub vmms: Vec<(PropolisUuid, nexus_stub::DbVmmState, sled_agent_api::Generation)>,
+    pub instances: Vec<(InstanceUuid, nexus_stub::ExternalState)>,
 }
 
 impl RunResult {
@@ -550,7 +582,8 @@ impl RunResult {
 
 /// Runs one schedule from scratch and reads everything a report needs.
 pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, RunError> {
-    let (world, end, observer) = drive(config, chooser)?;
+    let mut snapshots = Vec::new();
+    let (world, end, observer) = drive(config, chooser, Some(&mut snapshots))?;
     let disk = world.progress().disk.and_then(|d| world.nexus.disk(d).ok());
     let scenario_outcome = world.progress().outcome.clone();
     let watcher = world.watcher_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -567,12 +600,8 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
         harness_errors: world.sched.errors(),
         writes: world.nexus.vmm_writes(),
         vmms: world.nexus.vmms(),
-        sled: world
-            .sim
-            .vmm_ids()
-            .into_iter()
-            .filter_map(|id| world.sim.vmm_runtime(id).map(|(state, gen)| (id, state, gen)))
-            .collect(),
+        sled: world.sled_table(),
+        snapshots,
     };
     log_steps(&config.log, &result);
     Ok(result)
@@ -604,7 +633,7 @@ pub struct RunOutcome {
 
 /// Runs one schedule from scratch and reads only how it ended and what it broke.
 pub fn run_outcome(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunOutcome, RunError> {
-    let (world, end, observer) = drive(config, chooser)?;
+    let (world, end, observer) = drive(config, chooser, None)?;
     let ended = matches!(end, RunEnd::Finished | RunEnd::Deadlock(_));
     Ok(RunOutcome {
         end_state: (config.describe_end && ended).then(|| world.end_state()),
@@ -617,6 +646,7 @@ pub fn run_outcome(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunO
 fn drive(
     config: &RunConfig,
     chooser: &mut dyn Chooser,
+    mut snapshots: Option<&mut Vec<Snapshot>>,
 ) -> Result<(World, RunEnd, Observer), RunError> {
     let world = World::build(config)?;
     // However the run ends, error included, calls still parked (over HTTP, on
@@ -697,6 +727,13 @@ fn drive(
         // the order its events come in (a write before or after a vanish), and
         // feeding a replayed prefix's events in one batch gives another order.
         observer.check(&world);
+        if let Some(snapshots) = snapshots.as_deref_mut() {
+            // Taken once per step, after all its effects: the state after step
+            // `snapshots.len()` (the first is the state before any).
+            if snapshots.len() <= world.sched.steps_len() {
+                snapshots.push(world.snapshot());
+            }
+        }
         world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {
             break if world.sched.all_done() {
