@@ -341,8 +341,8 @@ impl<'a> View<'a> {
     pub fn html(&self) -> String {
         let title = esc(&self.header());
         let mut s = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
-             <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n"
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>{title}</title>\n<style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n"
         );
         s.push_str(&self.summary_table());
         let shown = self.shown();
@@ -585,7 +585,8 @@ fn svg(steps: &[StepOut], violating: usize, harmful: &dyn Fn(usize) -> bool) -> 
         let _ = writeln!(
             s,
             "<g fill=\"{ink}\"><text x=\"4\" y=\"{y}\">{n}</text>\
-             <line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"{ink}\" marker-end=\"url(#a)\"/>\
+             <line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"{ink}\" \
+             marker-end=\"url(#a)\"/>\
              <text x=\"{mid}\" y=\"{label_y}\" text-anchor=\"middle\">{call}</text>\
              <line x1=\"{x2}\" y1=\"{ry}\" x2=\"{x1}\" y2=\"{ry}\" stroke=\"#555\" \
              stroke-dasharray=\"3 2\" marker-end=\"url(#a)\"/>\

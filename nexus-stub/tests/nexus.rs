@@ -804,3 +804,78 @@ async fn background_tasks_run_on_their_periods_until_dropped() {
     at(600).await;
     assert_eq!(asked.load(Ordering::SeqCst), before, "nothing runs once dropped");
 }
+
+/// A sled agent whose get-state takes 45 s, counting how many are in flight.
+struct SlowSled {
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    started: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl SledAgentApi for SlowSled {
+    async fn vmm_register(
+        &self,
+        _: PropolisUuid,
+        body: InstanceEnsureBody,
+    ) -> Result<SledVmmState, SledAgentError> {
+        Ok(SledVmmState { vmm_state: body.vmm_runtime })
+    }
+
+    async fn vmm_unregister(
+        &self,
+        _: PropolisUuid,
+    ) -> Result<VmmUnregisterResponse, SledAgentError> {
+        Ok(VmmUnregisterResponse { updated_runtime: None })
+    }
+
+    async fn vmm_put_state(
+        &self,
+        _: PropolisUuid,
+        _: VmmPutStateBody,
+    ) -> Result<VmmPutStateResponse, SledAgentError> {
+        Ok(VmmPutStateResponse { updated_runtime: None })
+    }
+
+    async fn vmm_get_state(&self, _: PropolisUuid) -> Result<SledVmmState, SledAgentError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.started.lock().unwrap().push(tokio::time::Instant::now());
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(45)).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        Ok(state(VmmState::Starting, 2))
+    }
+}
+
+/// An activation that outlasts its period delays the next instead of
+/// overlapping it: with checks of 45 s on a 30 s period, passes start at 0, 45
+/// and 90 s, one at a time.
+#[tokio::test(start_paused = true)]
+async fn a_slow_activation_delays_the_next_and_never_overlaps_it() {
+    use nexus_stub::background::{self, Periods};
+    use std::time::Duration;
+
+    let h = harness();
+    h.started("inst").await;
+    let sled = Arc::new(SlowSled {
+        in_flight: Default::default(),
+        most: Default::default(),
+        started: Default::default(),
+    });
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let watcher = watcher::InstanceWatcher::new(
+        &log,
+        Arc::clone(&h.nexus),
+        BTreeMap::from([(SLED, Arc::clone(&sled))]),
+        Arc::new(LogicalClock::default()),
+    );
+    let t0 = tokio::time::Instant::now();
+    let tasks = background::start(&log, Arc::clone(&h.nexus), watcher, Periods::default());
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    drop(tasks);
+    let starts: Vec<u64> =
+        sled.started.lock().unwrap().iter().map(|t| (*t - t0).as_secs()).collect();
+    assert_eq!(starts, [0, 45, 90]);
+    assert_eq!(sled.most.load(std::sync::atomic::Ordering::SeqCst), 1, "never two at once");
+}

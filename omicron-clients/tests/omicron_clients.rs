@@ -178,16 +178,23 @@ async fn omicrons_nexus_client_reports_to_the_stub() {
 /// of 12 disks and 8 NICs, each disk an NVMe device over a Crucible backend whose
 /// volume request names three regions and a read-only image parent, 32 KiB of
 /// cloud-init user data as a blob disk, four serial ports, a boot order, and a
-/// VPC's four default firewall rules resolved against all 8 NICs. omicron's
-/// client sends it, the sim takes it, and its size is measured against the
-/// servers' body limit (omicron's, 1 MiB).
+/// VPC's three default firewall rules resolved against the instance's 8 NICs.
+/// omicron's client sends it, the sim takes it, and its size is measured
+/// against the servers' body limit (omicron's, 1 MiB). A rule that targets the
+/// VPC names every NIC in it, so the body grows with the VPC: the test also
+/// says at how many NICs three such rules would reach the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_production_sized_registration_is_taken() {
     let s = stack();
     let client = sled_agent::Client::new(&s.sim_url);
     let body = large_ensure_body("00000000-0000-0000-0000-000000000009", 2);
     let size = serde_json::to_vec(&body).unwrap().len();
-    eprintln!("production-sized InstanceEnsureBody: {size} bytes");
+    let per_nic = serde_json::to_vec(&nic(0)).unwrap().len() + 1;
+    let vpc_nics = (sledsim_http::REQUEST_BODY_MAX_BYTES - size) / (3 * per_nic) + 8;
+    eprintln!(
+        "production-sized InstanceEnsureBody: {size} bytes; each NIC a rule targets adds \
+         {per_nic}, so three VPC-wide rules reach 1 MiB at about {vpc_nics} NICs in the VPC"
+    );
     assert!(size > 64 * 1024, "as large as a big instance's: {size}");
     let vmm = uuid::Uuid::from_u128(0x43);
     let registered = client.vmm_register().propolis_id(vmm).body(body).send().await.unwrap();
@@ -318,6 +325,7 @@ fn large_ensure_body(instance: &str, gen: u64) -> sled_agent::types::InstanceEns
             "filter_ports": ports, "filter_protocols": protocols, "targets": nics
         })
     };
+    // omicron's default VPC rules: allow-internal-inbound, allow-ssh, allow-icmp.
     let rules = [
         rule("inbound", serde_json::Value::Null, serde_json::Value::Null),
         rule("inbound", serde_json::json!([{ "type": "tcp" }]), serde_json::json!(["22"])),
@@ -326,7 +334,6 @@ fn large_ensure_body(instance: &str, gen: u64) -> sled_agent::types::InstanceEns
             serde_json::json!([{ "type": "icmp", "value": null }]),
             serde_json::Value::Null,
         ),
-        rule("outbound", serde_json::Value::Null, serde_json::Value::Null),
     ];
     let mut body = serde_json::to_value(ensure_body(instance, gen)).unwrap();
     body["local_config"]["nics"] = serde_json::Value::Array(nics.clone());

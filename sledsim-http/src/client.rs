@@ -56,12 +56,22 @@ struct Http {
     client: reqwest::Client,
 }
 
+/// How long a request may take, connecting included (omicron's 60 s).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Http {
     fn new(base: &str, version: &semver::Version) -> Self {
         Http {
             base: base.trim_end_matches('/').to_string(),
             version: version.to_string(),
-            client: reqwest::Client::new(),
+            // omicron's clients give up after 60 s, so one wedged server cannot
+            // stall a caller (a watcher pass, a user) for good.
+            client: reqwest::Client::builder()
+                .connect_timeout(REQUEST_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                // Fails only if a TLS backend cannot start, and none is built in.
+                .unwrap_or_else(|_| reqwest::Client::new()),
         }
     }
 

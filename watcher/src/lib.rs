@@ -227,9 +227,9 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             let Some(c) = checks.next().await else { break };
             counts.add(c);
         }
-        // A pass that found nothing to act on is routine: a running Nexus makes
-        // one every period.
-        if counts.failed + counts.write_errors + counts.update_errors > 0 {
+        // A pass that found nothing to act on or to doubt is routine: a running
+        // Nexus makes one every period.
+        if counts.failed + counts.inconclusive + counts.write_errors + counts.update_errors > 0 {
             info!(self.log, "pass done";
                 "checked" => counts.checked, "failed" => counts.failed,
                 "inconclusive" => counts.inconclusive, "updated" => counts.updated,

@@ -64,11 +64,11 @@ enum Command {
     /// The simulated sled agent as a process of its own (the demo's sled agent
     /// role; the `sim-sled-agent` binary takes the same flags).
     #[command(hide = true)]
-    SimSledAgent(sim_sled_agent::cli::Args),
+    SimSledAgent(RoleArgs<sim_sled_agent::cli::Args>),
     /// The Nexus stub as a process of its own (the demo's Nexus role; the
     /// `nexus-stub` binary takes the same flags).
     #[command(hide = true)]
-    NexusStub(nexus_stub::cli::Args),
+    NexusStub(RoleArgs<nexus_stub::cli::Args>),
 }
 
 #[derive(Debug, Args)]
@@ -90,18 +90,39 @@ struct DemoArgs {
     /// The sim's delay before it carries out a requested transition, in ms.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     delay_ms: u64,
+    /// Up to this much more before each transition, at random, in ms.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    jitter_ms: u64,
+    /// Seed of the sim's random jitter.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// How long a destroyed VMM takes to tear down before it is reported, in ms.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     teardown_ms: u64,
     /// How long a cycle waits for Running, and then for Stopped or Failed, in ms.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, default_value_t = 10_000, value_parser = ms_up_to_10_min)]
     wait_ms: u64,
     /// Which Failed instances Nexus's auto-restart starts again.
     #[arg(long, value_enum, default_value_t)]
     restart_policy: RestartPolicy,
+    /// Where the two processes write their logs [default: a folder under the
+    /// system's temporary directory, removed after a clean run].
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<std::path::PathBuf>,
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     json: bool,
+}
+
+/// A demo role: its binary's flags, and whether to exit when the demo does.
+#[derive(Debug, Args)]
+struct RoleArgs<A: clap::Args> {
+    #[command(flatten)]
+    args: A,
+    /// Exit when stdin closes: the demo holds it open, so the role cannot
+    /// outlive it, however it ends.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -508,17 +529,24 @@ pub fn run(
         _ => LogLevel::Info,
     });
     let log = logger(cli.log_format, level);
+    // The demo's roles log as this process was asked to.
+    let role_flags = vec![
+        "--log-level".to_string(),
+        value_name(&level),
+        "--log-format".to_string(),
+        value_name(&cli.log_format),
+    ];
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out),
         Command::ExploreMerge(a) => explore_merge(&a, out),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
-        Command::Demo(a) => demo(&a, out, err),
+        Command::Demo(a) => demo(&a, role_flags, out, err),
         Command::SimSledAgent(a) => {
-            sim_sled_agent::cli::main(a, &log).map(|()| 0).map_err(role_failed)
+            role(a.exit_with_parent, || sim_sled_agent::cli::main(a.args, &log))
         }
-        Command::NexusStub(a) => nexus_stub::cli::main(a, &log).map(|()| 0).map_err(role_failed),
+        Command::NexusStub(a) => role(a.exit_with_parent, || nexus_stub::cli::main(a.args, &log)),
         Command::Openapi => match crate::openapi::write() {
             Ok(changed) if changed.is_empty() => {
                 let _ = writeln!(out, "openapi/ is up to date");
@@ -544,8 +572,29 @@ pub fn run(
     }
 }
 
-fn role_failed(e: anyhow::Error) -> Fail {
-    Fail::Broken(format!("{e:#}"))
+/// A wait in milliseconds, from 1 ms to 10 minutes.
+fn ms_up_to_10_min(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=600_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number of milliseconds from 1 to 600000".into()),
+    }
+}
+
+/// A value as its flag takes it.
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// Runs a demo role's process; with `exit_with_parent`, ends it when stdin
+/// closes (the demo ended, however it did).
+fn role(exit_with_parent: bool, serve: impl FnOnce() -> anyhow::Result<()>) -> Result<u8, Fail> {
+    if exit_with_parent {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
+    serve().map(|()| 0).map_err(|e| Fail::Broken(format!("{e:#}")))
 }
 
 /// A bad-usage error: reported on one line, exit 2.
@@ -844,9 +893,16 @@ fn stress(a: &StressArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> 
     Ok(verdict.exit_code())
 }
 
-fn demo(a: &DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fail> {
+fn demo(
+    a: &DemoArgs,
+    role_flags: Vec<String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, Fail> {
+    use crate::demo::DemoError;
     use std::time::Duration;
     let ms = Duration::from_millis;
+    let default_dir = std::env::temp_dir().join(format!("sledsim-demo-{}", std::process::id()));
     let cfg = crate::demo::DemoConfig {
         ordering: a.ordering,
         restart_policy: a.restart_policy,
@@ -854,63 +910,106 @@ fn demo(a: &DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Fa
         watcher_period: ms(a.watcher_period_ms),
         reincarnation_period: ms(a.reincarnation_period_ms),
         delay: ms(a.delay_ms),
+        jitter: ms(a.jitter_ms),
+        seed: a.seed,
         teardown: ms(a.teardown_ms),
         wait_limit: ms(a.wait_ms),
-        log_dir: std::env::temp_dir().join(format!("sledsim-demo-{}", std::process::id())),
+        log_dir: a.log_dir.clone().unwrap_or_else(|| default_dir.clone()),
+        role_flags,
     };
-    let heading = format!(
+    // The human report goes out as it happens; with --json, progress goes to
+    // stderr and stdout holds only the object.
+    let progress: &mut dyn Write = if a.json { &mut *err } else { &mut *out };
+    if !a.json {
+        let _ = writeln!(progress, "{}", demo_heading(a, &cfg));
+    }
+    let (report, interrupted) = match crate::demo::demo(&cfg, progress) {
+        Ok(report) => (report, None),
+        Err(DemoError::Interrupted { report, asked }) => {
+            let e = DemoError::Interrupted { report: report.clone(), asked };
+            (*report, Some(e))
+        }
+        Err(e) => return Err(Fail::Broken(error_chain(&e))),
+    };
+    let verdict = if report.failed > 0 {
+        Verdict::Violated
+    } else if report.timed_out > 0 || interrupted.is_some() {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Clean
+    };
+    demo_report(a, &cfg, &report, verdict, out);
+    if let Some(e) = interrupted {
+        let _ = writeln!(err, "error: {e}");
+        return Ok(130);
+    }
+    // The logs matter when something went wrong; a clean run's go, unless the
+    // folder was asked for.
+    if verdict == Verdict::Clean && a.log_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&default_dir);
+    }
+    Ok(verdict.exit_code())
+}
+
+fn demo_heading(a: &DemoArgs, cfg: &crate::demo::DemoConfig) -> String {
+    format!(
         "demo | ordering {} | {} cycles | watcher every {} ms | reincarnation every {} ms | \
-         sim delay {} ms, teardown {} ms | restart policy {}",
+         sim delay {} ms (+ up to {} ms), teardown {} ms | restart policy {}",
         cfg.ordering.label(),
         cfg.cycles,
         a.watcher_period_ms,
         a.reincarnation_period_ms,
         a.delay_ms,
+        a.jitter_ms,
         a.teardown_ms,
         cfg.restart_policy.label()
-    );
-    // The human report goes out as it happens; with --json, progress goes to
-    // stderr and stdout holds only the object.
-    let progress: &mut dyn Write = if a.json { &mut *err } else { &mut *out };
-    if !a.json {
-        let _ = writeln!(progress, "{heading}");
-    }
-    let report = crate::demo::demo(&cfg, progress).map_err(Fail::Broken)?;
-    let verdict = if report.failed > 0 {
-        Verdict::Violated
-    } else if report.timed_out > 0 {
-        Verdict::Inconclusive
-    } else {
-        Verdict::Clean
-    };
+    )
+}
+
+fn demo_report(
+    a: &DemoArgs,
+    cfg: &crate::demo::DemoConfig,
+    report: &crate::demo::DemoReport,
+    verdict: Verdict,
+    out: &mut dyn Write,
+) {
     if a.json {
         let json = serde_json::json!({
             "ordering": cfg.ordering.label(),
             "restart_policy": cfg.restart_policy.label(),
             "cycles_asked": cfg.cycles,
-            "periods_ms": { "watcher": a.watcher_period_ms, "reincarnation": a.reincarnation_period_ms },
-            "sim_ms": { "delay": a.delay_ms, "teardown": a.teardown_ms },
+            "periods_ms": {
+                "watcher": a.watcher_period_ms,
+                "reincarnation": a.reincarnation_period_ms,
+            },
+            "sim_ms": {
+                "delay": a.delay_ms, "jitter": a.jitter_ms, "teardown": a.teardown_ms,
+            },
+            "seed": a.seed,
             "passed": verdict != Verdict::Violated,
             "verdict": verdict.word(),
             "report": report,
         });
         let _ = writeln!(out, "{json}");
-    } else {
-        let _ = writeln!(
-            out,
-            "{} stops: {} Stopped, {} ended Failed{}  (logs: {})",
-            report.cycles.len(),
-            report.stopped,
-            report.failed,
-            if report.timed_out > 0 {
-                format!(", {} still moving when the wait ran out", report.timed_out)
-            } else {
-                String::new()
-            },
-            report.logs.join(", ")
-        );
+        return;
     }
-    Ok(verdict.exit_code())
+    let still = if report.timed_out > 0 {
+        format!(", {} still moving when the wait ran out", report.timed_out)
+    } else {
+        String::new()
+    };
+    let logs = if verdict == Verdict::Clean && a.log_dir.is_none() {
+        String::new()
+    } else {
+        format!("  (logs: {})", report.logs.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "{} stops: {} Stopped, {} ended Failed{still}{logs}",
+        report.cycles.len(),
+        report.stopped,
+        report.failed,
+    );
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //!
 //! Each role runs the code of its binary (`sim_sled_agent::cli`,
 //! `nexus_stub::cli`) in a child process of this same program (`cargo xtask
-//! sim-sled-agent ...`), so the demo needs nothing built but itself.
+//! sim-sled-agent ...`), so the demo needs nothing built but itself. A role
+//! holds a pipe from the demo on its stdin and exits when it closes, so the
+//! roles end with the demo however it ends: returning, an error, Ctrl-C, a
+//! SIGTERM, even a SIGKILL.
 //!
 //! Nothing here is gated or scheduled: the sim runs in Auto mode, Nexus runs its
 //! watcher and reincarnation on periods, and whatever races happen, happen in
@@ -31,23 +34,29 @@ pub struct DemoConfig {
     pub reincarnation_period: Duration,
     /// The sim's delay before it carries out a requested transition.
     pub delay: Duration,
+    /// Up to this much more, at random (seeded by `seed`).
+    pub jitter: Duration,
+    pub seed: u64,
     /// How long a destroyed VMM takes to tear down before it is reported.
     pub teardown: Duration,
     /// How long a cycle waits for one state before it gives up.
     pub wait_limit: Duration,
     /// Where the two processes' logs go.
     pub log_dir: PathBuf,
+    /// Flags passed to both roles ahead of their command (`--log-level`, ...).
+    pub role_flags: Vec<String>,
 }
 
 /// How one cycle's stop ended.
 #[derive(Clone, Debug, Serialize)]
 pub struct Cycle {
     pub name: String,
-    /// The state the instance rested in, or was last seen in if the wait ran out.
+    /// The state the instance rested in, or was last seen in if a wait ran out.
     pub state: ExternalState,
-    /// Whether the user's stop ended Failed (seen Failed at any point after it).
+    /// Whether the user's stop ended Failed: Failed was seen after it, or Nexus
+    /// restarted the instance by itself (which only a Failed one is).
     pub failed: bool,
-    /// Whether a wait ran out before the instance came to rest.
+    /// Whether a wait (for Running, or for the stop to end) ran out first.
     pub timed_out: bool,
     pub auto_restarts: u32,
 }
@@ -67,8 +76,53 @@ pub struct DemoReport {
     pub logs: Vec<String>,
 }
 
-/// A role's process: killed and reaped when dropped, so nothing outlives the demo
-/// (an error, a panic, or Ctrl-C all drop it).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot find this program to run the roles with")]
+    Exe(#[source] std::io::Error),
+    #[error("cannot create the log folder {path}")]
+    LogDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find a free port on loopback")]
+    Port(#[source] std::io::Error),
+    #[error("cannot start the {role}")]
+    Spawn {
+        role: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {role} did not start within {secs} s, {attempts} attempt(s) (see {log})")]
+    NotStarted { role: &'static str, secs: u64, attempts: usize, log: String },
+    #[error("cannot start a runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("{request} failed")]
+    Request {
+        request: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{request} answered {status}: {body}")]
+    Status { request: String, status: u16, body: String },
+    /// Ctrl-C: what was done so far comes with it.
+    #[error("interrupted after {} of {asked} cycles; both processes stopped", report.cycles.len())]
+    Interrupted { asked: usize, report: Box<DemoReport> },
+}
+
+/// How long a role may take to say it is serving.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// Tries at a free pair of ports: another process may take one between our
+/// look and the role's bind.
+const START_ATTEMPTS: usize = 3;
+/// How long one request to Nexus may take (omicron's clients give 60 s).
+const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+/// How often the user looks at an instance it waits for.
+const POLL: Duration = Duration::from_millis(5);
+
+/// A role's process. It holds the write end of its stdin pipe, so the role sees
+/// EOF and exits if the demo dies; dropping it kills and reaps it at once.
 struct Role {
     name: &'static str,
     child: Child,
@@ -82,19 +136,13 @@ impl Drop for Role {
     }
 }
 
-/// Starts the two roles, and runs the cycles. `progress` hears of each step as
-/// it happens.
-pub fn demo(cfg: &DemoConfig, progress: &mut dyn Write) -> Result<DemoReport, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+/// Starts the two roles and runs the cycles. `progress` hears of each step as it
+/// happens.
+pub fn demo(cfg: &DemoConfig, progress: &mut dyn Write) -> Result<DemoReport, DemoError> {
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
     std::fs::create_dir_all(&cfg.log_dir)
-        .map_err(|e| format!("creating {}: {e}", cfg.log_dir.display()))?;
-    let (sled_port, nexus_port) = (free_port()?, free_port()?);
-    let sled_url = format!("http://127.0.0.1:{sled_port}");
-    let nexus_url = format!("http://127.0.0.1:{nexus_port}");
-    let sim_args = sim_args(cfg, sled_port, &nexus_url);
-    let sled = spawn("sled agent", &exe, &sim_args, &cfg.log_dir)?;
-    let nexus_args = nexus_args(cfg, nexus_port, &sled_url);
-    let nexus = spawn("nexus", &exe, &nexus_args, &cfg.log_dir)?;
+        .map_err(|source| DemoError::LogDir { path: cfg.log_dir.display().to_string(), source })?;
+    let (sled, nexus) = start_roles(cfg, &exe)?;
     let mut report = DemoReport {
         sled_agent: sled.url.clone(),
         nexus: nexus.url.clone(),
@@ -109,16 +157,42 @@ pub fn demo(cfg: &DemoConfig, progress: &mut dyn Write) -> Result<DemoReport, St
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting a runtime: {e}"))?;
-    let user = User::new(&nexus.url);
-    runtime.block_on(async {
+        .map_err(DemoError::Runtime)?;
+    let user = User::new(&nexus.url)?;
+    let interrupted = runtime.block_on(async {
         tokio::select! {
-            r = run_cycles(cfg, &user, &mut report, progress) => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted; stopped both processes".to_string()),
+            r = run_cycles(cfg, &user, &mut report, progress) => r.map(|()| false),
+            _ = tokio::signal::ctrl_c() => Ok(true),
         }
     })?;
     drop((sled, nexus));
+    if interrupted {
+        return Err(DemoError::Interrupted { asked: cfg.cycles, report: Box::new(report) });
+    }
     Ok(report)
+}
+
+/// Both roles, on fresh ports, tried again if one fails to start.
+fn start_roles(cfg: &DemoConfig, exe: &Path) -> Result<(Role, Role), DemoError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (sled_port, nexus_port) = (free_port()?, free_port()?);
+        let sled_url = format!("http://127.0.0.1:{sled_port}");
+        let nexus_url = format!("http://127.0.0.1:{nexus_port}");
+        let started = spawn("sled agent", exe, &sim_args(cfg, sled_port, &nexus_url), cfg)
+            .and_then(|sled| {
+                let nexus = spawn("nexus", exe, &nexus_args(cfg, nexus_port, &sled_url), cfg)?;
+                Ok((sled, nexus))
+            });
+        match started {
+            Err(DemoError::NotStarted { .. }) if attempt < START_ATTEMPTS => continue,
+            Err(DemoError::NotStarted { role, secs, log, .. }) => {
+                return Err(DemoError::NotStarted { role, secs, attempts: attempt, log })
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn run_cycles(
@@ -126,7 +200,7 @@ async fn run_cycles(
     user: &User,
     report: &mut DemoReport,
     progress: &mut dyn Write,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     for n in 1..=cfg.cycles {
         let cycle = one_cycle(cfg, user, n).await?;
         let how = if cycle.failed {
@@ -149,36 +223,46 @@ async fn run_cycles(
     Ok(())
 }
 
-/// Create (started), wait for Running, stop, wait for Stopped or Failed.
-async fn one_cycle(cfg: &DemoConfig, user: &User, n: usize) -> Result<Cycle, String> {
+/// Create (started), wait for Running, stop, wait for the stop to end: Stopped,
+/// Failed, or restarted by Nexus (under the 2024 policy a Failed instance may
+/// be started again before a poll sees it Failed).
+async fn one_cycle(cfg: &DemoConfig, user: &User, n: usize) -> Result<Cycle, DemoError> {
     let name = format!("demo-{n}");
     let created = user.create(&name).await?;
-    let running = user.wait(&created, cfg.wait_limit, |s| s == ExternalState::Running).await?;
+    let running =
+        user.wait(&created, cfg.wait_limit, |v| v.state == ExternalState::Running).await?;
     if running.state != ExternalState::Running {
-        return Err(format!(
-            "{name} did not reach Running within {} ms (it is {}): see the logs",
-            cfg.wait_limit.as_millis(),
-            running.state
-        ));
+        let v = running;
+        return Ok(Cycle {
+            name,
+            failed: v.state == ExternalState::Failed,
+            timed_out: true,
+            state: v.state,
+            auto_restarts: v.auto_restarts,
+        });
     }
     // A stop that Nexus answers with an error still ends somewhere; what counts is
     // where the instance comes to rest.
     let _ = user.stop(&created).await;
     let mut saw_failed = false;
+    let restarts = running.auto_restarts;
     let rest = user
-        .wait(&created, cfg.wait_limit, |s| {
-            saw_failed |= s == ExternalState::Failed;
-            matches!(s, ExternalState::Stopped | ExternalState::Failed)
+        .wait(&created, cfg.wait_limit, |v| {
+            saw_failed |= v.state == ExternalState::Failed;
+            at_rest(v.state) || v.auto_restarts > restarts
         })
         .await?;
-    let at_rest = matches!(rest.state, ExternalState::Stopped | ExternalState::Failed);
     Ok(Cycle {
         name,
+        failed: saw_failed || rest.auto_restarts > restarts,
+        timed_out: !at_rest(rest.state) && rest.auto_restarts == restarts,
         state: rest.state,
-        failed: saw_failed,
-        timed_out: !at_rest,
         auto_restarts: rest.auto_restarts,
     })
+}
+
+fn at_rest(s: ExternalState) -> bool {
+    matches!(s, ExternalState::Stopped | ExternalState::Failed)
 }
 
 /// The user: Nexus's external API over HTTP.
@@ -188,8 +272,13 @@ struct User {
 }
 
 impl User {
-    fn new(base: &str) -> Self {
-        User { http: reqwest::Client::new(), base: base.to_string() }
+    fn new(base: &str) -> Result<Self, DemoError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(REQUEST_LIMIT)
+            .timeout(REQUEST_LIMIT)
+            .build()
+            .map_err(|source| DemoError::Request { request: "a client".into(), source })?;
+        Ok(User { http, base: base.to_string() })
     }
 
     async fn send(
@@ -197,34 +286,35 @@ impl User {
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<InstanceView, String> {
+    ) -> Result<InstanceView, DemoError> {
+        let request = format!("{method} {path}");
         let mut req = self
             .http
-            .request(method.clone(), format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("api-version", sledsim_http::NEXUS_INTERNAL_API_VERSION.to_string());
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let what = || format!("{method} {path}");
-        let resp = req.send().await.map_err(|e| format!("{}: {}", what(), error_chain(&e)))?;
+        let failed = |source| DemoError::Request { request: request.clone(), source };
+        let resp = req.send().await.map_err(failed)?;
         let status = resp.status();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(format!("{}: {status}: {text}", what()));
+            let body = resp.text().await.unwrap_or_default();
+            return Err(DemoError::Status { request, status: status.as_u16(), body });
         }
-        resp.json().await.map_err(|e| format!("{}: {}", what(), error_chain(&e)))
+        resp.json().await.map_err(failed)
     }
 
-    async fn create(&self, name: &str) -> Result<InstanceView, String> {
+    async fn create(&self, name: &str) -> Result<InstanceView, DemoError> {
         let body = serde_json::json!({ "name": name, "start": true });
         self.send(reqwest::Method::POST, "/instances", Some(body)).await
     }
 
-    async fn stop(&self, i: &InstanceView) -> Result<InstanceView, String> {
+    async fn stop(&self, i: &InstanceView) -> Result<InstanceView, DemoError> {
         self.send(reqwest::Method::POST, &format!("/instances/{}/stop", i.id), None).await
     }
 
-    async fn view(&self, i: &InstanceView) -> Result<InstanceView, String> {
+    async fn view(&self, i: &InstanceView) -> Result<InstanceView, DemoError> {
         self.send(reqwest::Method::GET, &format!("/instances/{}", i.id), None).await
     }
 
@@ -233,12 +323,12 @@ impl User {
         &self,
         i: &InstanceView,
         limit: Duration,
-        mut done: impl FnMut(ExternalState) -> bool,
-    ) -> Result<InstanceView, String> {
+        mut done: impl FnMut(&InstanceView) -> bool,
+    ) -> Result<InstanceView, DemoError> {
         let start = Instant::now();
         loop {
             let v = self.view(i).await?;
-            if done(v.state) || start.elapsed() >= limit {
+            if done(&v) || start.elapsed() >= limit {
                 return Ok(v);
             }
             tokio::time::sleep(POLL).await;
@@ -246,16 +336,11 @@ impl User {
     }
 }
 
-/// How often the user looks at an instance it waits for.
-const POLL: Duration = Duration::from_millis(5);
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    sledsim_http::error_chain(e)
-}
-
 fn sim_args(cfg: &DemoConfig, port: u16, nexus: &str) -> Vec<String> {
-    [
+    let ms = |d: Duration| d.as_millis().to_string();
+    let role = [
         "sim-sled-agent",
+        "--exit-with-parent",
         "--bind",
         &format!("127.0.0.1:{port}"),
         "--nexus",
@@ -265,17 +350,22 @@ fn sim_args(cfg: &DemoConfig, port: u16, nexus: &str) -> Vec<String> {
         "--ordering",
         cfg.ordering.label(),
         "--delay-ms",
-        &cfg.delay.as_millis().to_string(),
+        &ms(cfg.delay),
+        "--jitter-ms",
+        &ms(cfg.jitter),
+        "--seed",
+        &cfg.seed.to_string(),
         "--teardown-ms",
-        &cfg.teardown.as_millis().to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+        &ms(cfg.teardown),
+    ];
+    cfg.role_flags.iter().cloned().chain(role.map(String::from)).collect()
 }
 
 fn nexus_args(cfg: &DemoConfig, port: u16, sled: &str) -> Vec<String> {
-    [
+    let ms = |d: Duration| d.as_millis().to_string();
+    let role = [
         "nexus-stub",
+        "--exit-with-parent",
         "--bind",
         &format!("127.0.0.1:{port}"),
         "--sled",
@@ -283,47 +373,62 @@ fn nexus_args(cfg: &DemoConfig, port: u16, sled: &str) -> Vec<String> {
         "--restart-policy",
         cfg.restart_policy.label(),
         "--watcher-period-ms",
-        &cfg.watcher_period.as_millis().to_string(),
+        &ms(cfg.watcher_period),
         "--reincarnation-period-ms",
-        &cfg.reincarnation_period.as_millis().to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+        &ms(cfg.reincarnation_period),
+    ];
+    cfg.role_flags.iter().cloned().chain(role.map(String::from)).collect()
 }
 
-/// A port free now; the role binds it a moment later (loopback, so nothing else
-/// is likely to take it between).
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| format!("finding a free port: {e}"))
+/// A port free now; the role binds it a moment later (and is started again on
+/// other ports if something took it between).
+fn free_port() -> Result<u16, DemoError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(DemoError::Port)?;
+    l.local_addr().map(|a| a.port()).map_err(DemoError::Port)
 }
 
 fn log_path(dir: &Path, role: &str) -> String {
     dir.join(format!("{}.log", role.replace(' ', "-"))).display().to_string()
 }
 
-/// Starts one role and waits for its "listening on" line.
-fn spawn(name: &'static str, bin: &Path, args: &[String], logs: &Path) -> Result<Role, String> {
-    let log = log_path(logs, name);
-    let stderr = std::fs::File::create(&log).map_err(|e| format!("creating {log}: {e}"))?;
+/// Starts one role and waits (at most `START_LIMIT`) for its "listening on" line.
+fn spawn(
+    name: &'static str,
+    bin: &Path,
+    args: &[String],
+    cfg: &DemoConfig,
+) -> Result<Role, DemoError> {
+    let log = log_path(&cfg.log_dir, name);
+    let spawn_failed = |source| DemoError::Spawn { role: name, source };
+    let stderr = std::fs::File::create(&log).map_err(spawn_failed)?;
     let child = Command::new(bin)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        .map_err(spawn_failed)?;
     let mut role = Role { name, child, url: String::new() };
-    let stdout = role.child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
+    let stdout =
+        role.child.stdout.take().ok_or_else(|| {
+            spawn_failed(std::io::Error::other("the role's stdout was not piped"))
+        })?;
     // The line comes once the server is bound; a role that fails to start closes
     // its stdout instead, and says why in its log.
-    let _ = BufReader::new(stdout).read_line(&mut line);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(START_LIMIT).unwrap_or_default();
     match line.trim().strip_prefix("listening on ") {
         Some(url) => {
             role.url = url.to_string();
             Ok(role)
         }
-        None => Err(format!("the {name} did not start (see {log})")),
+        None => {
+            Err(DemoError::NotStarted { role: name, secs: START_LIMIT.as_secs(), attempts: 1, log })
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! when it ends, Ctrl-C included.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Short periods and a teardown several watcher periods long: under the legacy
 /// ordering a watcher pass lands in nearly every teardown.
@@ -16,18 +17,47 @@ fn xtask_bin() -> Command {
     cmd
 }
 
-/// Runs the demo with `--json`; returns its exit code and report.
+/// Runs the demo with `--json`; returns its exit code and report. A demo that
+/// does not end within two minutes fails the test rather than hanging it.
 fn demo(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = xtask_bin()
+    let child = xtask_bin()
         .args(["demo", "--json", "--cycles", "3"])
         .args(FAST)
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("runs");
+    let out = within(child, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().expect("exited"), json)
+}
+
+/// The child's output once it exits; killed, and the test failed, past `limit`.
+fn within(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().expect("waits").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("ends")
+}
+
+/// Whether every one of `pids` is gone within ten seconds.
+fn all_gone(pids: &[u64]) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if pids.iter().all(|&p| gone(p)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// The process is gone (ended and reaped).
@@ -59,36 +89,44 @@ fn legacy_ordering_fails_stops_in_real_time_and_the_fix_fails_none() {
     check_roles_gone(r);
 }
 
-/// Ctrl-C (SIGINT to the demo alone, so the roles do not hear it themselves)
-/// ends the demo with an error and both roles with it.
+/// The roles end with the demo however it ends. Ctrl-C (SIGINT to the demo
+/// alone, so the roles do not hear it themselves) ends it with exit 130, the
+/// cycles so far reported, and both roles killed; a SIGTERM or a SIGKILL, which
+/// the demo cannot act on, closes the roles' stdin, and they exit by themselves.
 #[test]
-fn an_interrupted_demo_stops_the_processes_it_started() {
-    let mut child = xtask_bin()
-        .args(["demo", "--cycles", "1000"])
-        .args(FAST)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let mut pids = Vec::new();
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("a line");
-        if let Some(pid) = line.split("pid ").nth(1) {
-            pids.push(pid.trim().parse::<u64>().expect("a pid"));
+fn the_roles_end_with_the_demo_however_it_ends() {
+    for signal in ["-INT", "-TERM", "-KILL"] {
+        let mut child = xtask_bin()
+            .args(["demo", "--cycles", "1000"])
+            .args(FAST)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let mut pids = Vec::new();
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("a line");
+            if let Some(pid) = line.split("pid ").nth(1) {
+                pids.push(pid.trim().parse::<u64>().expect("a pid"));
+            }
+            if line.starts_with("cycle") {
+                break;
+            }
         }
-        if line.starts_with("cycle") {
-            break;
+        assert_eq!(pids.len(), 2, "both roles printed their pid");
+        let kill = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        assert!(kill.expect("kill runs").success());
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let out = within(child, Duration::from_secs(60));
+        if signal == "-INT" {
+            assert_eq!(out.status.code(), Some(130));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("interrupted after"), "{err}");
+            assert!(rest.iter().any(|l| l.contains(" stops: ")), "the cycles so far: {rest:?}");
         }
+        assert!(all_gone(&pids), "{signal}: roles {pids:?} outlived the demo");
     }
-    assert_eq!(pids.len(), 2, "both roles printed their pid");
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    assert!(kill.expect("kill runs").success());
-    let out = child.wait_with_output().expect("ends");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("interrupted"), "{err}");
-    assert!(pids.iter().all(|&p| gone(p)), "{pids:?}");
 }
 
 /// The roles take their binaries' flags: bad ones are usage errors, and so are
