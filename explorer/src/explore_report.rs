@@ -11,6 +11,7 @@ use crate::harness::invariants::invariant_text;
 use crate::harness::script::FINDINGS;
 use crate::harness::step::Component;
 use crate::report::{self, StepOut};
+use sled_agent_api::PropolisUuid;
 
 pub struct View<'a> {
     cfg: &'a ExploreConfig,
@@ -408,18 +409,25 @@ impl<'a> View<'a> {
             c.len,
             HARM_LEGEND
         );
+        s.push_str("<div class=\"wide\">");
         s.push_str(&steps_table(c, &steps));
+        s.push_str("</div>\n");
         s.push_str(&end_table(c));
+        // Wider than a window: it scrolls on its own, not the page.
+        s.push_str("<div class=\"wide\">");
         s.push_str(&svg(&steps, c.len, &|i| !harm(c, &steps, i).is_empty()));
+        s.push_str("</div>\n");
         s.push_str("</section>\n");
         s
     }
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:110em}\
+const STYLE: &str = "body{font-family:sans-serif;margin:1em 2em;max-width:110em}\
+    h1{font-size:1.4em}h2{font-size:1.25em}.wide{overflow-x:auto}\
     td,th{text-align:left;padding:2px 8px;vertical-align:top}code{word-break:break-all}\
     .bad{color:#b00}nav a{margin-right:1em}section{margin-top:2em}\
-    table.steps{border-collapse:collapse;font-size:13px}\
+    table.steps{border-collapse:collapse;font-size:13px;width:100%}\
+    table.steps td{overflow-wrap:break-word}table.steps td:nth-child(-n+2){white-space:nowrap}\
     table.steps td{border-top:1px solid #ddd}tr.violating{background:#ffd7d7}\
     tr.after td{color:#555}.harm{color:#fff;background:#b00;border-radius:3px;padding:0 4px;\
     margin-right:4px;white-space:nowrap}.strip{font-family:monospace;font-size:12px;color:#225}";
@@ -461,7 +469,8 @@ fn harm(c: &Counterexample, steps: &[StepOut], i: usize) -> Vec<&'static str> {
 fn steps_table(c: &Counterexample, steps: &[StepOut]) -> String {
     let mut s = String::from(
         "<table class=\"steps\"><tr><th>#</th><th>actor</th><th>call</th><th>answer</th>\
-         <th>Nexus writes</th><th>after it: sled agent | Nexus VMM rows | instances</th></tr>\n",
+         <th>Nexus writes</th><th>after it: sled agent</th><th>Nexus VMM rows</th>\
+         <th>instances</th></tr>\n",
     );
     for (i, st) in steps.iter().enumerate() {
         let class = match st.n.cmp(&c.len) {
@@ -473,38 +482,37 @@ fn steps_table(c: &Counterexample, steps: &[StepOut]) -> String {
             harm(c, steps, i).iter().map(|h| format!("<span class=\"harm\">{h}</span>")).collect();
         let _ = writeln!(
             s,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{marks}{}</td>\
-             <td class=\"strip\">{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{marks}{}</td>{}</tr>",
             st.n,
             esc(&st.actor),
             esc(&st.call_text()),
             esc(&st.answer),
             esc(&st.writes.join(", ")),
-            esc(&strip(c, st.n))
+            strip(c, st.n)
+                .iter()
+                .map(|part| format!("<td class=\"strip\">{}</td>", esc(part)))
+                .collect::<String>()
         );
     }
     s.push_str("</table>\n");
     s
 }
 
-/// What the components held after step `n`, on one line.
-fn strip(c: &Counterexample, n: usize) -> String {
-    let Some(snap) = c.run.snapshots.get(n) else { return String::new() };
+/// What the components held after step `n`: the sled agent's table, Nexus's VMM
+/// rows and the instances' states.
+fn strip(c: &Counterexample, n: usize) -> [String; 3] {
+    let Some(snap) = c.run.snapshots.get(n) else { return Default::default() };
     let names = &c.run.names;
-    let sled: Vec<String> = snap
-        .sled
-        .iter()
-        .map(|(v, st, g)| format!("{} {st}/g{}", names.vmm(*v), g.as_u64()))
-        .collect();
-    let vmms: Vec<String> = snap
-        .vmms
-        .iter()
-        .map(|(v, st, g)| format!("{} {st}/g{}", names.vmm(*v), g.as_u64()))
-        .collect();
-    let insts: Vec<String> =
-        snap.instances.iter().map(|(i, st)| format!("{} {st}", names.instance(*i))).collect();
     let or_none = |v: Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(", ") };
-    format!("{} | {} | {}", or_none(sled), or_none(vmms), or_none(insts))
+    let vmm =
+        |v: PropolisUuid, st: &dyn std::fmt::Display, g: u64| format!("{} {st}/g{g}", names.vmm(v));
+    [
+        or_none(snap.sled.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())).collect()),
+        or_none(snap.vmms.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())).collect()),
+        or_none(
+            snap.instances.iter().map(|(i, st)| format!("{} {st}", names.instance(*i))).collect(),
+        ),
+    ]
 }
 
 /// Where the run ended: each instance against what its user asked for.
