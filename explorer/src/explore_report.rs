@@ -359,6 +359,9 @@ impl<'a> View<'a> {
             }
             s.push_str("</nav>\n");
         }
+        if let (Some(k), true) = (self.only, shown.is_empty()) {
+            let _ = writeln!(s, "<p>Invariant {k} ({}) did not break.</p>", esc(invariant_text(k)));
+        }
         for c in shown {
             s.push_str(&self.section(c));
         }
@@ -401,21 +404,22 @@ impl<'a> View<'a> {
                 esc(&v.message)
             );
         }
+        let story = Story::new(c, &steps);
         let _ = write!(
             s,
             "</ul>\n<p>Replay: <code>{}</code></p>\n<p>The run goes on past step {} as the \
              <code>happy</code> policy plays it, so its harm shows: {}.</p>\n",
             esc(&self.command(&c.run.replay())),
             c.len,
-            HARM_LEGEND
+            legend(&story.marks())
         );
+        // Wider than a window: each scrolls on its own, not the page.
         s.push_str("<div class=\"wide\">");
-        s.push_str(&steps_table(c, &steps));
+        s.push_str(&steps_table(&story));
         s.push_str("</div>\n");
-        s.push_str(&end_table(c));
-        // Wider than a window: it scrolls on its own, not the page.
+        s.push_str(&end_table(&story));
         s.push_str("<div class=\"wide\">");
-        s.push_str(&svg(&steps, c.len, &|i| !harm(c, &steps, i).is_empty()));
+        s.push_str(&svg(&steps, c.len, &|i| !story.harm(i).is_empty()));
         s.push_str("</div>\n");
         s.push_str("</section>\n");
         s
@@ -432,41 +436,147 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1em 2em;max-width:110em}
     tr.after td{color:#555}.harm{color:#fff;background:#b00;border-radius:3px;padding:0 4px;\
     margin-right:4px;white-space:nowrap}.strip{font-family:monospace;font-size:12px;color:#225}";
 
-const HARM_LEGEND: &str = "<span class=\"harm\">Failed applied</span> Nexus recorded \
-    Failed; <span class=\"harm\">Destroyed refused</span> the sled agent's Destroyed came \
-    after it and was refused as stale; \
-    <span class=\"harm\">instance Failed</span> an instance went Failed; \
-    <span class=\"harm\">auto-restart</span> Nexus started an instance again by itself";
+/// What each harm mark means.
+const HARM_MEANS: [(&str, &str); 4] = [
+    ("Failed applied", "Nexus recorded Failed for a VMM that did not vanish"),
+    ("Destroyed refused", "the sled agent's Destroyed came after that Failed, refused as stale"),
+    ("instance Failed", "an instance went Failed"),
+    ("auto-restart", "Nexus started such an instance again by itself"),
+];
 
-/// The harm step `i` (0-based) did, as labels.
-fn harm(c: &Counterexample, steps: &[StepOut], i: usize) -> Vec<&'static str> {
-    let mut h = Vec::new();
-    let Some(st) = steps.get(i) else { return h };
-    if st.write_records.iter().any(|w| w.state == "failed" && w.applied) {
-        h.push("Failed applied");
+/// The legend of the marks a run has.
+fn legend(marks: &[&str]) -> String {
+    if marks.is_empty() {
+        return "nothing marked: no false Failed, no lost Destroyed, no restart".to_string();
     }
-    // A Failed refused as stale is the generation check doing its job; a
-    // Destroyed refused is a real terminal report lost.
-    if st.write_records.iter().any(|w| w.state == "destroyed" && !w.applied) {
-        h.push("Destroyed refused");
+    let parts: Vec<String> = HARM_MEANS
+        .iter()
+        .filter(|(m, _)| marks.contains(m))
+        .map(|(m, means)| format!("<span class=\"harm\">{m}</span> {means}"))
+        .collect();
+    parts.join("; ")
+}
+
+/// What a run did to its users, read from its steps and snapshots: which VMMs
+/// truly vanished (fault d), and what each instance's user last asked for.
+struct Story<'a> {
+    c: &'a Counterexample,
+    steps: &'a [StepOut],
+    /// VMMs that vanished: Failed for them is the watcher's job.
+    vanished: Vec<String>,
+}
+
+impl<'a> Story<'a> {
+    fn new(c: &'a Counterexample, steps: &'a [StepOut]) -> Self {
+        let vanished = steps
+            .iter()
+            .filter(|s| s.call == "vmm_vanish")
+            .filter_map(|s| s.answer.strip_suffix(" vanished").map(str::to_string))
+            .collect();
+        Story { c, steps, vanished }
     }
-    let failed = |k: usize| {
-        c.run.snapshots.get(k).map_or(0, |snap| {
-            snap.instances.iter().filter(|(_, s)| *s == nexus_stub::ExternalState::Failed).count()
-        })
-    };
-    if failed(i + 1) > failed(i) {
-        h.push("instance Failed");
+
+    fn vanished(&self, vmm: &str) -> bool {
+        self.vanished.iter().any(|v| v == vmm)
     }
-    if st.actor == "restart" && st.call == "instance_start" {
-        h.push("auto-restart");
+
+    /// Whether `instance` is Failed after `k` steps for a VMM that did not vanish:
+    /// one of its Failed rows is of a VMM its sled agent still had or reported.
+    fn falsely_failed(&self, instance: &str, k: usize) -> bool {
+        let Some(snap) = self.c.run.snapshots.get(k) else { return false };
+        let names = &self.c.run.names;
+        let failed = nexus_stub::DbVmmState::Reported(sled_agent_api::VmmState::Failed);
+        let is_failed = snap.instances.iter().any(|(id, st)| {
+            names.instance(*id) == instance && *st == nexus_stub::ExternalState::Failed
+        });
+        let prefix = format!("{instance}/");
+        is_failed
+            && snap.vmms.iter().any(|&(v, st, _, _)| {
+                let vmm = names.vmm(v);
+                st == failed && vmm.starts_with(&prefix) && !self.vanished(&vmm)
+            })
     }
-    h
+
+    /// The harm step `i` (0-based) did, as labels: a false Failed recorded, the
+    /// sled agent's Destroyed refused because that Failed came first, an
+    /// instance going Failed, an auto-restart of such an instance. None of it
+    /// counts for a VMM that truly vanished.
+    fn harm(&self, i: usize) -> Vec<&'static str> {
+        let mut h = Vec::new();
+        let Some(st) = self.steps.get(i) else { return h };
+        let live = |vmm: &str| !self.vanished(vmm);
+        if st.write_records.iter().any(|w| w.state == "failed" && w.applied && live(&w.vmm)) {
+            h.push("Failed applied");
+        }
+        // A Destroyed refused over a Failed row is the real terminal report lost;
+        // one refused over a Destroyed (a report sent again) changes nothing.
+        let row_failed_before = |vmm: &str| {
+            self.c.run.snapshots.get(i).is_some_and(|snap| {
+                snap.vmms.iter().any(|(v, st, _, _)| {
+                    self.c.run.names.vmm(*v) == vmm
+                        && *st == nexus_stub::DbVmmState::Reported(sled_agent_api::VmmState::Failed)
+                })
+            })
+        };
+        if st
+            .write_records
+            .iter()
+            .any(|w| w.state == "destroyed" && !w.applied && row_failed_before(&w.vmm))
+        {
+            h.push("Destroyed refused");
+        }
+        if !self.newly_failed(i).is_empty() {
+            h.push("instance Failed");
+        }
+        // Restarting an instance that failed only because its VMM vanished is
+        // auto-restart doing its job.
+        let falsely = st.arg.as_deref().is_some_and(|inst| self.falsely_failed(inst, i));
+        if st.actor == "restart" && st.call == "instance_start" && falsely {
+            h.push("auto-restart");
+        }
+        h
+    }
+
+    /// Instances that went Failed at step `i` (0-based) for a VMM that did not
+    /// vanish.
+    fn newly_failed(&self, i: usize) -> Vec<String> {
+        let names = &self.c.run.names;
+        let Some(snap) = self.c.run.snapshots.get(i + 1) else { return Vec::new() };
+        snap.instances
+            .iter()
+            .map(|(id, _)| names.instance(*id))
+            .filter(|n| self.falsely_failed(n, i + 1) && !self.falsely_failed(n, i))
+            .collect()
+    }
+
+    /// What the user last asked of each instance: a create or start asks for
+    /// Running, a stop for Stopped (auto-restart asks nothing of its own).
+    fn asked(&self, instance: &str) -> Option<&'static str> {
+        self.steps
+            .iter()
+            .filter(|s| s.actor != "restart" && s.arg.as_deref() == Some(instance))
+            .filter_map(|s| match s.call {
+                "instance_create" | "instance_start" | "instance_reboot" => Some("running"),
+                "instance_stop" => Some("stopped"),
+                _ => None,
+            })
+            .next_back()
+    }
+
+    /// The harm marks this run has, for the legend.
+    fn marks(&self) -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = (0..self.steps.len()).flat_map(|i| self.harm(i)).collect();
+        let order = ["Failed applied", "Destroyed refused", "instance Failed", "auto-restart"];
+        all.sort_by_key(|m| order.iter().position(|o| o == m));
+        all.dedup();
+        all
+    }
 }
 
 /// Every step of the run: the call, its answer, Nexus's writes, the harm it did,
 /// and what the components held after it.
-fn steps_table(c: &Counterexample, steps: &[StepOut]) -> String {
+fn steps_table(story: &Story<'_>) -> String {
+    let (c, steps) = (story.c, story.steps);
     let mut s = String::from(
         "<table class=\"steps\"><tr><th>#</th><th>actor</th><th>call</th><th>answer</th>\
          <th>Nexus writes</th><th>after it: sled agent</th><th>Nexus VMM rows</th>\
@@ -479,7 +589,7 @@ fn steps_table(c: &Counterexample, steps: &[StepOut]) -> String {
             std::cmp::Ordering::Less => "",
         };
         let marks: String =
-            harm(c, steps, i).iter().map(|h| format!("<span class=\"harm\">{h}</span>")).collect();
+            story.harm(i).iter().map(|h| format!("<span class=\"harm\">{h}</span>")).collect();
         let _ = writeln!(
             s,
             "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{marks}{}</td>{}</tr>",
@@ -508,31 +618,46 @@ fn strip(c: &Counterexample, n: usize) -> [String; 3] {
         |v: PropolisUuid, st: &dyn std::fmt::Display, g: u64| format!("{} {st}/g{g}", names.vmm(v));
     [
         or_none(snap.sled.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())).collect()),
-        or_none(snap.vmms.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())).collect()),
+        or_none(
+            (snap.vmms.iter())
+                .map(|&(v, st, g, deleted)| {
+                    let row = vmm(v, &st, g.as_u64());
+                    if deleted {
+                        format!("{row} (deleted)")
+                    } else {
+                        row
+                    }
+                })
+                .collect(),
+        ),
         or_none(
             snap.instances.iter().map(|(i, st)| format!("{} {st}", names.instance(*i))).collect(),
         ),
     ]
 }
 
-/// Where the run ended: each instance against what its user asked for.
-fn end_table(c: &Counterexample) -> String {
+/// Where the run ended: each instance against what its user last asked for.
+fn end_table(story: &Story<'_>) -> String {
+    let c = story.c;
     let mut s = format!(
-        "<h3>End state ({})</h3>\n<table><tr><th>instance</th><th>state</th><th>its user asked \
-         for</th><th>auto-restarts</th></tr>\n",
+        "<h3>End state ({})</h3>\n<table><tr><th>instance</th><th>state</th><th>its user last \
+         asked for</th><th>auto-restarts</th></tr>\n",
         esc(&report::end_text(&c.run.end))
     );
     for (name, i) in report::instances_out(&c.run) {
-        // Failed, or not stopped though its user stopped it: a run may end with
-        // an instance still starting, which is not harm by itself.
-        let wrong = i.state == "failed" || (i.intended == "stopped" && i.state != "stopped");
+        let asked = story.asked(&name);
+        // Failed though its VMM did not vanish, or not stopped though its user
+        // stopped it (a run may end with an instance still starting: not harm).
+        let end = c.run.snapshots.len().saturating_sub(1);
+        let wrong =
+            story.falsely_failed(&name, end) || (asked == Some("stopped") && i.state != "stopped");
         let class = if wrong { " class=\"bad\"" } else { "" };
         let _ = writeln!(
             s,
             "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&name),
             esc(&i.state),
-            esc(&i.intended),
+            asked.unwrap_or("-"),
             i.auto_restarts
         );
     }
@@ -546,9 +671,13 @@ fn svg(steps: &[StepOut], violating: usize, harmful: &dyn Fn(usize) -> bool) -> 
     const COL: usize = 170;
     const ROW: usize = 48;
     const TOP: usize = 50;
-    let lanes = Component::ALL;
+    // Only the lanes the run uses: a run with no user or fault has no lane for one.
+    let lanes: Vec<Component> = Component::ALL
+        .into_iter()
+        .filter(|&l| steps.iter().any(|st| st.from == l || st.to == l))
+        .collect();
     let x = |c: Component| 90 + COL * lanes.iter().position(|&l| l == c).unwrap_or(0);
-    let width = 180 + COL * (lanes.len() - 1);
+    let width = 180 + COL * lanes.len().saturating_sub(1);
     let height = TOP + ROW * (steps.len() + 1);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \

@@ -105,8 +105,12 @@ impl SimVmm {
         clock: &dyn Clock,
     ) -> Result<bool, SledAgentError> {
         let resting = self.next_resting_state();
-        let invalid =
-            || SledAgentError::InvalidTransition { propolis_id, resting, requested: target };
+        let invalid = || SledAgentError::InvalidTransition {
+            propolis_id,
+            current: self.runtime.state,
+            resting,
+            requested: target,
+        };
         let before = self.runtime.gen;
         match target {
             VmmStateRequested::Running => match resting {
@@ -246,6 +250,7 @@ mod tests {
             matches!(
                 err,
                 SledAgentError::InvalidTransition {
+                    current: VmmState::Stopping,
                     resting: VmmState::Destroyed,
                     requested: VmmStateRequested::Running,
                     ..
@@ -253,6 +258,9 @@ mod tests {
             ),
             "{err:?}"
         );
+        // The message names both: where it is, and where it is bound.
+        let text = err.to_string();
+        assert!(text.contains("is stopping, bound for destroyed"), "{text}");
     }
 
     fn hash(vmm: &SimVmm) -> u64 {

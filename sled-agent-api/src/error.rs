@@ -14,10 +14,16 @@ pub enum SledAgentError {
     #[error("no such VMM {propolis_id} on this sled")]
     NoSuchVmm { propolis_id: PropolisUuid },
 
-    /// `resting` is the state the VMM's queued transitions end in (its current
-    /// state if none are queued): what a request is judged against.
-    #[error("VMM {propolis_id} cannot go to {requested}: it is bound for {resting}")]
-    InvalidTransition { propolis_id: PropolisUuid, resting: VmmState, requested: VmmStateRequested },
+    /// `current` is the VMM's state now; `resting`, the state its queued
+    /// transitions end in (the same if none are queued): what a request is
+    /// judged against.
+    #[error("VMM {propolis_id} is {current}, bound for {resting}: it cannot go to {requested}")]
+    InvalidTransition {
+        propolis_id: PropolisUuid,
+        current: VmmState,
+        resting: VmmState,
+        requested: VmmStateRequested,
+    },
 
     #[error("VMM {propolis_id} cannot be registered: {reason}")]
     InvalidRegistration { propolis_id: PropolisUuid, reason: String },

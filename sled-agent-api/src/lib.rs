@@ -153,6 +153,7 @@ mod tests {
         let others = [
             SledAgentError::InvalidTransition {
                 propolis_id: id,
+                current: VmmState::Stopping,
                 resting: VmmState::Destroyed,
                 requested: VmmStateRequested::Running,
             },

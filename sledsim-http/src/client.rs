@@ -225,9 +225,13 @@ impl SledAgentClient {
                     // A put-state refused names the state the VMM was bound
                     // for; a registration refused is the other request that can be.
                     match (vmm_state, requested) {
+                        // The header carries where the VMM is bound, which the
+                        // request was judged against; its state now is not on
+                        // the wire, so it reads the same.
                         (Some(resting), Some(requested)) => {
                             return SledAgentError::InvalidTransition {
                                 propolis_id,
+                                current: resting,
                                 resting,
                                 requested,
                             };

@@ -107,7 +107,7 @@ async fn every_sled_agent_method_and_error_over_http() {
     let e = client.vmm_put_state(vmm, put(VmmStateRequested::Running)).await.unwrap_err();
     assert!(
         matches!(e, SledAgentError::InvalidTransition {
-            propolis_id, resting: VmmState::Destroyed, requested: VmmStateRequested::Running
+            propolis_id, resting: VmmState::Destroyed, requested: VmmStateRequested::Running, ..
         } if propolis_id == vmm),
         "{e:?}"
     );

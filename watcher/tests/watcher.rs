@@ -136,6 +136,7 @@ async fn other_errors_are_inconclusive_and_write_nothing() {
         || {
             Err(SledAgentError::InvalidTransition {
                 propolis_id: VMM,
+                current: VmmState::Stopping,
                 resting: VmmState::Destroyed,
                 requested: sled_agent_api::VmmStateRequested::Running,
             })

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use nexus_stub::RestartPolicy;
 use sim_sled_agent::RemovalOrdering;
 use sledsim_http::error_chain;
@@ -27,6 +27,7 @@ use sledsim_explorer::report;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     version,
     about = "sledsim: the VMM lifecycle race of omicron#7282, run and checked"
 )]
@@ -309,7 +310,8 @@ struct ExploreArgs {
     /// something broke).
     #[arg(long, default_value_t = DEFAULT_MAX_SCHEDULES, value_parser = at_least_one)]
     max_schedules: usize,
-    /// Seconds to search at most; a search cut short is truncated.
+    /// Seconds to search at most; a search cut short is truncated [default: no
+    /// limit but --max-schedules].
     #[arg(long, value_parser = at_least_one)]
     max_seconds: Option<usize>,
     /// Threads that run schedules [default: every core]. The verdict and each
@@ -468,7 +470,34 @@ fn one_line(e: &clap::Error) -> String {
     if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
         rendered = rendered.replacen(arg.as_str(), &shown(arg), 1);
     }
-    let first = rendered.lines().next().unwrap_or("error").trim().to_string();
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| c.get_name().to_string())
+            .collect();
+        return format!("error: name a command: {} (see cargo xtask --help)", names.join(", "));
+    }
+    let mut first = rendered.lines().next().unwrap_or("error").trim().to_string();
+    let strings = |kind| match e.get(kind) {
+        Some(ContextValue::Strings(v)) => v.clone(),
+        Some(ContextValue::String(v)) => vec![v.clone()],
+        _ => Vec::new(),
+    };
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        first = format!(
+            "{} {}",
+            first.trim_end_matches(':'),
+            strings(ContextKind::InvalidArg).join(", ")
+        );
+    }
+    let suggested = strings(ContextKind::SuggestedArg);
+    if !suggested.is_empty() {
+        first = format!("{first} (did you mean {}?)", suggested.join(" or "));
+    }
     let valid: Vec<String> = match e.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(v)) => v.clone(),
         Some(ContextValue::String(v)) => vec![v.clone()],
@@ -1015,7 +1044,6 @@ fn demo_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use std::collections::BTreeSet;
 
     /// The long flags a user can give `cmd` (help, version and hidden ones aside).

@@ -55,8 +55,11 @@ pub const SLED: SledUuid = SledUuid::from_u128(0x5_0000_0000_0000_0000_0000_0001
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Inject {
+    /// Nexus applies every VMM write, whatever its generation.
     NoGenerationCheck,
+    /// The watcher also lists and checks VMMs Nexus recorded Destroyed.
     WatcherListsTerminal,
+    /// The watcher writes Failed at the listed generation + 2, not + 1.
     WatcherSkipsGeneration,
     /// The landed model's user path: Failed at the stored generation + 1.
     MarkFailedAtStoredGen,
@@ -428,9 +431,11 @@ impl World {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             sled: self.sled_table(),
-            vmms: (self.nexus.vmms().into_iter())
-                .filter(|v| !v.deleted)
-                .map(|v| (v.id, v.state, v.gen))
+            vmms: self
+                .nexus
+                .vmms()
+                .into_iter()
+                .map(|v| (v.id, v.state, v.gen, v.deleted))
                 .collect(),
             instances: self.nexus.instances().into_iter().map(|i| (i.id, i.state)).collect(),
         }
@@ -546,8 +551,8 @@ pub struct RunResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub sled: Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)>,
-    /// Rows the update step has not deleted.
-    pub vmms: Vec<(PropolisUuid, nexus_stub::DbVmmState, sled_agent_api::Generation)>,
+    /// Every row, and whether the update step deleted it.
+    pub vmms: Vec<(PropolisUuid, nexus_stub::DbVmmState, sled_agent_api::Generation, bool)>,
     pub instances: Vec<(InstanceUuid, nexus_stub::ExternalState)>,
 }
 

@@ -861,24 +861,43 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
         html[from..to].to_string()
     };
     // Invariant 2's run: the watcher's Failed/g7 applied, the sim's Destroyed/g7
-    // refused after it, inst1 Failed though stopped; the rows after the violation
-    // are there too.
+    // refused after it, inst1 Failed though stopped, then auto-restarted; each
+    // marked on its own row; the rows after the violation are there too.
     let s2 = section(2);
-    let marks = ["Failed applied", "Destroyed refused", "instance Failed", "auto-restart"];
-    for mark in marks.map(|m| format!("{m}</span>")) {
-        assert!(s2.contains(&mark), "invariant 2's run marks {mark}");
-    }
+    let marked = |needle: &str, mark: &str| {
+        let row = row_with(&s2, needle);
+        assert!(row.contains(&format!("\"harm\">{mark}</span>")), "{needle} marks {mark}: {row}");
+    };
+    marked("vmm_write inst1/vmm1 failed/g7", "Failed applied");
+    marked("cpapi_instances_put inst1/vmm1 destroyed/g7", "Destroyed refused");
+    marked("instance_update inst1", "instance Failed");
+    marked("<td>restart</td><td>instance_start inst1", "auto-restart");
+    assert!(!row_with(&s2, "vmm_register inst1/vmm1").contains("\"harm\""), "no harm there");
     assert!(s2.contains("class=\"after\""), "the run goes on past the violation");
     let strip = "<td class=\"strip\">-</td><td class=\"strip\">inst1/vmm1 failed/g7</td>\
                  <td class=\"strip\">inst1 stopping</td>";
     assert!(s2.contains(strip), "a state strip: sled, Nexus, instances: {s2}");
-    assert!(s2.contains("<td>inst1</td><td>starting</td><td>running</td><td>1</td>"), "{s2}");
+    assert!(s2.contains("inst1/vmm1 failed/g7 (deleted)"), "a deleted row stays in view");
+    // Its user stopped it; auto-restart started it again.
+    assert!(
+        s2.contains("<tr class=\"bad\"><td>inst1</td><td>starting</td><td>stopped</td><td>1</td>")
+    );
     // Under today's policy nothing restarts it: it ends Failed, though stopped.
     let today = ["explore", "--ordering", "remove-then-publish", "--invariant", "2"];
     let (code, _, _) = xtask(&[&today[..], &["--report", path]].concat());
     assert_eq!(code, 1);
     let html = std::fs::read_to_string(&file).unwrap();
     assert!(html.contains("<tr class=\"bad\"><td>inst1</td><td>failed</td><td>stopped</td>"));
+    // A VMM that truly vanished: the watcher's Failed and the restart are its job,
+    // unmarked; the stop that then fails the new VMM is marked.
+    let vanish = ["explore", "--scenario", "stop-race", "--faults", "1", "--findings"];
+    let (code, _, _) = xtask(&[&vanish[..], &["--invariant", "2", "--report", path]].concat());
+    assert_eq!(code, 1);
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("vmm_vanish inst1"), "the run has a vanish");
+    assert!(!row_with(&html, "vmm_write inst1/vmm1 failed").contains("\"harm\""));
+    assert!(!row_with(&html, "<td>restart</td><td>instance_start inst1").contains("\"harm\""));
+    assert!(row_with(&html, "vmm_put_state inst1/vmm2 stopped").contains("Failed applied"));
 
     let (code, _, _) = xtask(&[&args[..], &["--invariant", "9", "--report", path]].concat());
     assert_eq!(code, 1);
@@ -889,4 +908,12 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     assert!(human.contains("invariant 3 (") && human.contains(") did not break"), "{human}");
     check_usage_error(&["explore", "--invariant", "10"]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The table row of `html` that contains `needle`.
+fn row_with<'a>(html: &'a str, needle: &str) -> &'a str {
+    let at = html.find(needle).unwrap_or_else(|| panic!("no row with {needle}"));
+    let from = html[..at].rfind("<tr").expect("in a row");
+    let to = at + html[at..].find("</tr>").expect("a row ends");
+    &html[from..to]
 }

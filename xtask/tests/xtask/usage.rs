@@ -38,6 +38,9 @@ fn every_bad_input_exits_2_with_one_line_saying_why() {
         (&["demo", "--cycles", "-1"], &["'-1'", "--cycles"]),
         (&["sim-sled-agent", "--nexus", "not-a-url"], &["--nexus", "not a URL"]),
         (&["nexus-stub", "--sled", ""], &["--sled", "not a URL"]),
+        (&[], &["name a command: scenario, explore"]),
+        (&["explore-merge"], &["not provided", "<FILE>"]),
+        (&["scenario", "--sched", "happy"], &["'--sched'", "did you mean --schedule?"]),
     ];
     for (args, says) in cases {
         check(args, says);
@@ -49,5 +52,14 @@ fn the_version_is_printed() {
     for flag in ["-V", "--version"] {
         let (code, out, _) = crate::xtask(&[flag]);
         assert_eq!((code, out.trim()), (0, concat!("cargo xtask ", env!("CARGO_PKG_VERSION"))));
+    }
+}
+
+#[test]
+fn help_names_the_command_as_a_user_types_it() {
+    for args in [&["--help"][..], &["explore", "--help"], &["demo", "--help"]] {
+        let (code, out, _) = crate::xtask(args);
+        assert_eq!(code, 0);
+        assert!(out.contains("Usage: cargo xtask"), "{args:?}: {out}");
     }
 }
