@@ -734,7 +734,7 @@ async fn a_finished_request_leaves_no_read_generation_behind() {
     assert_eq!(hash_of(&h.nexus), once);
 }
 
-/// The binary refuses a malformed URL, period or log level at start-up (exit 2,
+/// The binary refuses, in one line, a malformed URL, period or log level at start-up (exit 2,
 /// saying which flag and why) rather than serving with it.
 #[test]
 fn the_binary_refuses_bad_flags_at_start_up() {
@@ -753,6 +753,7 @@ fn the_binary_refuses_bad_flags_at_start_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: invalid value") && err.contains(why), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
 }
 

@@ -515,7 +515,7 @@ async fn auto_mode_serves_every_wake_until_the_vmm_is_gone() {
     assert!(!s.contains_vmm(VMM));
 }
 
-/// The binary refuses a malformed URL or log level at start-up (exit 2, saying
+/// The binary refuses, in one line, a malformed URL or log level at start-up (exit 2, saying
 /// which flag and why) rather than serving with it.
 #[test]
 fn the_binary_refuses_bad_flags_at_start_up() {
@@ -532,5 +532,6 @@ fn the_binary_refuses_bad_flags_at_start_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: invalid value") && err.contains(why), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
 }

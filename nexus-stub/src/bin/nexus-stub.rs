@@ -2,6 +2,7 @@
 //! HTTP, running update steps as tokio tasks, and the instance watcher and
 //! reincarnation on periods.
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -16,6 +17,13 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Bad flags: one line saying which and why, exit 2, as `cargo xtask` does.
+    let cli = Cli::try_parse().unwrap_or_else(|e| match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        _ => {
+            eprintln!("{}", e.to_string().lines().next().unwrap_or("error: bad flags"));
+            std::process::exit(2)
+        }
+    });
     nexus_stub::cli::main(cli.args, &sledsim_http::stderr_logger(cli.log_level))
 }

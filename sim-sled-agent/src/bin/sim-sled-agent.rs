@@ -1,6 +1,7 @@
 //! `sim-sled-agent`: the simulated sled agent as its own process, reporting to a
 //! Nexus over HTTP.
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -15,6 +16,13 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Bad flags: one line saying which and why, exit 2, as `cargo xtask` does.
+    let cli = Cli::try_parse().unwrap_or_else(|e| match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        _ => {
+            eprintln!("{}", e.to_string().lines().next().unwrap_or("error: bad flags"));
+            std::process::exit(2)
+        }
+    });
     sim_sled_agent::cli::main(cli.args, &sledsim_http::stderr_logger(cli.log_level))
 }
