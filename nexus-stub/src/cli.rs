@@ -45,11 +45,7 @@ pub struct Args {
 /// Serves until Ctrl-C, logging to `log`; prints `listening on URL` on stdout
 /// once bound.
 pub fn main(args: Args, log: &Logger) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")?;
-    runtime.block_on(serve(args, log))
+    sledsim_http::process::block_on(serve(args, log))
 }
 
 async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
@@ -74,8 +70,7 @@ async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
     let server =
         crate::http::serve(Arc::clone(&nexus), args.bind, log).context("starting the server")?;
     let tasks = background::start(log, nexus, watcher, periods);
-    println!("listening on http://{}", server.local_addr());
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    let served = sledsim_http::process::serve_until_ctrl_c(server).await;
     drop(tasks);
-    server.close().await.map_err(anyhow::Error::msg)
+    served
 }

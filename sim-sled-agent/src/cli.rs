@@ -57,11 +57,7 @@ pub struct Args {
 /// Serves until Ctrl-C, logging to `log`; prints `listening on URL` on stdout
 /// once bound.
 pub fn main(args: Args, log: &Logger) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")?;
-    runtime.block_on(serve(args, log))
+    sledsim_http::process::block_on(serve(args, log))
 }
 
 async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
@@ -81,7 +77,5 @@ async fn serve(args: Args, log: &Logger) -> anyhow::Result<()> {
     let sim = SimSledAgent::new(log, args.sled_id, config, nexus, Arc::new(SystemClock))
         .context("building the sim")?;
     let server = crate::http::serve(sim, args.bind, log).context("starting the server")?;
-    println!("listening on http://{}", server.local_addr());
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
-    server.close().await.map_err(anyhow::Error::msg)
+    sledsim_http::process::serve_until_ctrl_c(server).await
 }

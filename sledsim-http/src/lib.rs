@@ -11,6 +11,8 @@
 mod client;
 mod error;
 mod fault;
+#[cfg(feature = "process")]
+pub mod process;
 mod server;
 
 pub use client::{base_url, LateNexus, NexusClient, PokeResponse, SledAgentClient};
