@@ -608,15 +608,40 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
         sled: world.sled_table(),
         snapshots,
     };
-    log_steps(&config.log, &result);
     Ok(result)
 }
 
-/// Every gated call of a run and its answer, at debug, once the run is over (a
-/// search runs without a logger; a scenario's steps are few).
-fn log_steps(log: &Logger, result: &RunResult) {
-    let log = log.new(slog::o!("component" => "scheduler"));
-    for s in crate::report::steps_out(result) {
+/// Logs, at debug, each gated call of a run once it has its answer: the calls
+/// answered since the last look (`logged` marks those already logged), so a run
+/// that stops on an error has logged everything up to it.
+fn log_answered(log: &Logger, world: &World, logged: &mut Vec<bool>) {
+    let steps = world.sched.steps();
+    logged.resize(steps.len(), false);
+    if logged.iter().all(|&l| l) {
+        return;
+    }
+    // The report's view of the run so far, for the names and the writes.
+    let so_far = RunResult {
+        end: RunEnd::Stopped,
+        steps,
+        actors: world.sched.actor_kinds(),
+        violations: Vec::new(),
+        instances: Vec::new(),
+        disk: None,
+        watcher: Vec::new(),
+        names: world.names(),
+        scenario_outcome: None,
+        harness_errors: Vec::new(),
+        writes: world.nexus.vmm_writes(),
+        vmms: Vec::new(),
+        sled: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    for (i, s) in crate::report::steps_out(&so_far).into_iter().enumerate() {
+        if logged[i] || so_far.steps[i].answer == step::Answer::Pending {
+            continue;
+        }
+        logged[i] = true;
         slog::debug!(log, "gated call";
             "step" => s.n, "actor" => &s.actor, "call" => s.call_text(),
             "from" => s.from.label(), "to" => s.to.label(), "answer" => &s.answer,
@@ -719,6 +744,8 @@ fn drive(
     }
 
     let _runtime = world.links.enter();
+    let sched_log = config.log.new(slog::o!("component" => "scheduler"));
+    let mut logged = Vec::new();
     let mut observer = Observer::default();
     let mut enabled = Vec::new();
     let end = loop {
@@ -738,6 +765,7 @@ fn drive(
             if snapshots.len() <= world.sched.steps_len() {
                 snapshots.push(world.snapshot());
             }
+            log_answered(&sched_log, &world, &mut logged);
         }
         world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {

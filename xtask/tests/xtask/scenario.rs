@@ -255,3 +255,34 @@ fn scenario_json_carries_the_end_state_and_every_write_as_fields() {
         "each terminal write, its generation, whether it applied over what, and its step's gen"
     );
 }
+
+/// At debug, every gated call is logged with its answer as soon as it has one:
+/// a whole run logs one line a step, and a replay that stops on an error has
+/// logged the calls answered before it.
+#[test]
+fn every_gated_call_is_logged_at_debug_as_it_is_answered() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["--log-level", "debug"])
+            .args(args)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), err)
+    };
+    let (code, out, err) = run(&["scenario", "--json"]);
+    assert_eq!(code, Some(0));
+    let steps = serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["steps"]
+        .as_array()
+        .expect("steps")
+        .len();
+    assert_eq!(err.matches("gated call").count(), steps, "{err}");
+    assert!(err.contains("answer: 404 NO_SUCH_INSTANCE") || err.contains("answer: destroyed"));
+    let short =
+        "scenario.disk_create scenario.instance_create scenario.vmm_register watcher.vmm_list";
+    let (code, _, err) = run(&["scenario", "--schedule", short]);
+    assert_eq!(code, Some(2));
+    for call in ["call: disk_create disk", "call: vmm_register inst1/vmm1", "call: vmm_list"] {
+        assert!(err.contains(call), "{call} logged before the error: {err}");
+    }
+}
