@@ -615,6 +615,10 @@ pub fn run(config: &RunConfig, chooser: &mut dyn Chooser) -> Result<RunResult, R
 /// answered since the last look (`logged` marks those already logged), so a run
 /// that stops on an error has logged everything up to it.
 fn log_answered(log: &Logger, world: &World, logged: &mut Vec<bool>) {
+    // Building the lines costs more than a step: only when they are kept.
+    if !slog::Drain::is_enabled(log, slog::Level::Debug) {
+        return;
+    }
     let steps = world.sched.steps();
     logged.resize(steps.len(), false);
     if logged.iter().all(|&l| l) {
