@@ -748,7 +748,9 @@ fn drive(
     }
 
     let _runtime = world.links.enter();
-    let sched_log = config.log.new(slog::o!("component" => "scheduler"));
+    // A reported run's log of gated calls; a search's runs make none.
+    let sched_log =
+        snapshots.is_some().then(|| config.log.new(slog::o!("component" => "scheduler")));
     let mut logged = Vec::new();
     let mut observer = Observer::default();
     let mut enabled = Vec::new();
@@ -769,7 +771,9 @@ fn drive(
             if snapshots.len() <= world.sched.steps_len() {
                 snapshots.push(world.snapshot());
             }
-            log_answered(&sched_log, &world, &mut logged);
+            if let Some(log) = &sched_log {
+                log_answered(log, &world, &mut logged);
+            }
         }
         world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {
