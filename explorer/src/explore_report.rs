@@ -464,7 +464,13 @@ struct Story<'a> {
     steps: &'a [StepOut],
     /// VMMs that vanished: Failed for them is the watcher's job.
     vanished: Vec<String>,
+    /// The harm each step did, as `harm_of` reads it.
+    harms: Vec<Vec<&'static str>>,
 }
+
+/// Nexus's row of a VMM recorded Failed.
+const FAILED_ROW: nexus_stub::DbVmmState =
+    nexus_stub::DbVmmState::Reported(sled_agent_api::VmmState::Failed);
 
 impl<'a> Story<'a> {
     fn new(c: &'a Counterexample, steps: &'a [StepOut]) -> Self {
@@ -473,7 +479,9 @@ impl<'a> Story<'a> {
             .filter(|s| s.call == "vmm_vanish")
             .filter_map(|s| s.answer.strip_suffix(" vanished").map(str::to_string))
             .collect();
-        Story { c, steps, vanished }
+        let mut story = Story { c, steps, vanished, harms: Vec::new() };
+        story.harms = (0..steps.len()).map(|i| story.harm_of(i)).collect();
+        story
     }
 
     fn vanished(&self, vmm: &str) -> bool {
@@ -485,7 +493,6 @@ impl<'a> Story<'a> {
     fn falsely_failed(&self, instance: &str, k: usize) -> bool {
         let Some(snap) = self.c.run.snapshots.get(k) else { return false };
         let names = &self.c.run.names;
-        let failed = nexus_stub::DbVmmState::Reported(sled_agent_api::VmmState::Failed);
         let is_failed = snap.instances.iter().any(|(id, st)| {
             names.instance(*id) == instance && *st == nexus_stub::ExternalState::Failed
         });
@@ -493,15 +500,20 @@ impl<'a> Story<'a> {
         is_failed
             && snap.vmms.iter().any(|&(v, st, _, _)| {
                 let vmm = names.vmm(v);
-                st == failed && vmm.starts_with(&prefix) && !self.vanished(&vmm)
+                st == FAILED_ROW && vmm.starts_with(&prefix) && !self.vanished(&vmm)
             })
+    }
+
+    /// The harm step `i` (0-based) did.
+    fn harm(&self, i: usize) -> &[&'static str] {
+        self.harms.get(i).map_or(&[], Vec::as_slice)
     }
 
     /// The harm step `i` (0-based) did, as labels: a false Failed recorded, the
     /// sled agent's Destroyed refused because that Failed came first, an
     /// instance going Failed, an auto-restart of such an instance. None of it
     /// counts for a VMM that truly vanished.
-    fn harm(&self, i: usize) -> Vec<&'static str> {
+    fn harm_of(&self, i: usize) -> Vec<&'static str> {
         let mut h = Vec::new();
         let Some(st) = self.steps.get(i) else { return h };
         let live = |vmm: &str| !self.vanished(vmm);
@@ -512,10 +524,9 @@ impl<'a> Story<'a> {
         // one refused over a Destroyed (a report sent again) changes nothing.
         let row_failed_before = |vmm: &str| {
             self.c.run.snapshots.get(i).is_some_and(|snap| {
-                snap.vmms.iter().any(|(v, st, _, _)| {
-                    self.c.run.names.vmm(*v) == vmm
-                        && *st == nexus_stub::DbVmmState::Reported(sled_agent_api::VmmState::Failed)
-                })
+                snap.vmms
+                    .iter()
+                    .any(|(v, st, _, _)| self.c.run.names.vmm(*v) == vmm && *st == FAILED_ROW)
             })
         };
         if st
@@ -563,13 +574,9 @@ impl<'a> Story<'a> {
             .next_back()
     }
 
-    /// The harm marks this run has, for the legend.
+    /// The harm marks this run has, for the legend (which puts them in order).
     fn marks(&self) -> Vec<&'static str> {
-        let mut all: Vec<&'static str> = (0..self.steps.len()).flat_map(|i| self.harm(i)).collect();
-        let order = ["Failed applied", "Destroyed refused", "instance Failed", "auto-restart"];
-        all.sort_by_key(|m| order.iter().position(|o| o == m));
-        all.dedup();
-        all
+        self.harms.iter().flatten().copied().collect()
     }
 }
 

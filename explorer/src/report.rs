@@ -160,8 +160,10 @@ pub fn steps_out(r: &RunResult) -> Vec<StepOut> {
     r.steps.iter().enumerate().map(|(i, s)| step_out(i, s, r)).collect()
 }
 
-fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
+/// Step `i` of run `r` (`s`) as a report shows it.
+pub(crate) fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
     let names = &r.names;
+    let writes = r.writes_of(i);
     StepOut {
         n: i + 1,
         actor: r.actors.get(s.actor).map(ToString::to_string).unwrap_or_default(),
@@ -181,9 +183,8 @@ fn step_out(i: usize, s: &Step, r: &RunResult) -> StepOut {
             })
             .map(|g| g.as_u64()),
         fault: s.fault.map(Fault::label),
-        writes: r.writes_of(i).iter().map(|w| write_text(w, names)).collect(),
-        write_records: r
-            .writes_of(i)
+        writes: writes.iter().map(|w| write_text(w, names)).collect(),
+        write_records: writes
             .iter()
             .map(|w| WriteOut {
                 vmm: names.vmm(w.propolis_id),

@@ -211,14 +211,14 @@ struct ModelArgs {
     #[arg(long, value_enum, default_value_t)]
     restart_policy: RestartPolicy,
     /// Watcher passes; each may start at any point [at most 64].
-    #[arg(long, default_value_t = 2, value_parser = passes)]
+    #[arg(long, default_value_t = 2, value_parser = at_most(MAX_PASSES))]
     watcher_passes: usize,
     /// Checks one watcher pass runs at once, each its own actor (omicron runs up
     /// to 16) [at least 1; at most 16].
     #[arg(long, default_value_t = DEFAULT_WATCHER_CONCURRENCY, value_parser = concurrency)]
     watcher_concurrency: usize,
     /// Auto-restart passes; each may start at any point [at most 64].
-    #[arg(long, default_value_t = 1, value_parser = passes)]
+    #[arg(long, default_value_t = 1, value_parser = at_most(MAX_PASSES))]
     restart_passes: usize,
     /// Steps one run may take; a run that reaches it has its end unjudged
     /// (inconclusive, exit 3, unless something broke on the way).
@@ -227,12 +227,12 @@ struct ModelArgs {
     /// Operations (stop, start, reboot of any instance the scenario created) a
     /// user may add to a run, each at any point and on any instance [default: 0;
     /// at most 4].
-    #[arg(long, value_parser = env_choices)]
+    #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     user_ops: Option<usize>,
     /// Faults a run may meet, each at any point: a report to Nexus refused (503)
     /// or its answer lost, a Nexus call to the sled agent refused or its answer
     /// lost, a VMM vanishing [default: 0; at most 4].
-    #[arg(long, value_parser = env_choices)]
+    #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     faults: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
     /// has too), which runs leave out by default: a stop or reboot may then
@@ -248,25 +248,18 @@ struct ModelArgs {
 /// space, and the sim's report retries (`REPORT_ATTEMPTS`) must outlast them.
 const MAX_ENV_CHOICES: usize = 4;
 
-fn env_choices(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n <= MAX_ENV_CHOICES => Ok(n),
-        Ok(_) => Err(format!("must be at most {MAX_ENV_CHOICES}")),
-        Err(e) => Err(format!("must be a whole number from 0 to {MAX_ENV_CHOICES} ({e})")),
+/// A count from 0 to `max`, for clap: said so when it is not.
+fn at_most(max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |s| match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(format!("must be at most {max}")),
+        Err(e) => Err(format!("must be a whole number from 0 to {max} ({e})")),
     }
 }
 
 /// The most watcher or auto-restart passes a run may be given: each is an actor
 /// that may start at any point, so the space grows fast; more would never end.
 const MAX_PASSES: usize = 64;
-
-fn passes(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n <= MAX_PASSES => Ok(n),
-        Ok(_) => Err(format!("must be at most {MAX_PASSES}")),
-        Err(e) => Err(format!("must be a whole number from 0 to {MAX_PASSES} ({e})")),
-    }
-}
 
 /// The most checks a pass may run at once: omicron's `MAX_CONCURRENT_CHECKS` (16);
 /// more would model no real watcher.
@@ -558,20 +551,18 @@ pub fn run(
         _ => LogLevel::Info,
     });
     let log = logger(cli.log_format, level);
-    // The demo's roles log as this process was asked to.
-    let role_flags = vec![
-        "--log-level".to_string(),
-        value_name(&level),
-        "--log-format".to_string(),
-        value_name(&cli.log_format),
-    ];
     let result = match cli.command {
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out),
         Command::ExploreMerge(a) => explore_merge(&a, out),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
-        Command::Demo(a) => demo(&a, role_flags, out, err),
+        // The demo's roles log as this process was asked to.
+        Command::Demo(a) => {
+            let role_flags =
+                ["--log-level", &value_name(&level), "--log-format", &value_name(&cli.log_format)];
+            demo(&a, role_flags.map(String::from).to_vec(), out, err)
+        }
         Command::SimSledAgent(a) => {
             role(a.exit_with_parent, || sim_sled_agent::cli::main(a.args, &log))
         }
@@ -952,11 +943,12 @@ fn demo(
     if !a.json {
         let _ = writeln!(progress, "{}", demo_heading(a, &cfg));
     }
+    // Interrupted, the demo still reports the cycles it ran.
     let (report, interrupted) = match crate::demo::demo(&cfg, progress) {
         Ok(report) => (report, None),
         Err(DemoError::Interrupted { report, asked }) => {
-            let e = DemoError::Interrupted { report: report.clone(), asked };
-            (*report, Some(e))
+            let line = crate::demo::interrupted_line(report.cycles.len(), asked);
+            (*report, Some(line))
         }
         Err(e) => return Err(Fail::Broken(error_chain(&e))),
     };
@@ -968,8 +960,8 @@ fn demo(
         Verdict::Clean
     };
     demo_report(a, &cfg, &report, verdict, out);
-    if let Some(e) = interrupted {
-        let _ = writeln!(err, "error: {e}");
+    if let Some(line) = interrupted {
+        let _ = writeln!(err, "error: {line}");
         return Ok(130);
     }
     // The logs matter when something went wrong; a clean run's go, unless the

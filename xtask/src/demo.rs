@@ -107,8 +107,13 @@ pub enum DemoError {
     #[error("{request} answered {status}: {body}")]
     Status { request: String, status: u16, body: String },
     /// Ctrl-C: what was done so far comes with it.
-    #[error("interrupted after {} of {asked} cycles; both processes stopped", report.cycles.len())]
+    #[error("{}", interrupted_line(report.cycles.len(), *asked))]
     Interrupted { asked: usize, report: Box<DemoReport> },
+}
+
+/// What an interrupted demo says: how far it got.
+pub fn interrupted_line(done: usize, asked: usize) -> String {
+    format!("interrupted after {done} of {asked} cycles; both processes stopped")
 }
 
 /// How long a role may take to say it is serving.

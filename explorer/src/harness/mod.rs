@@ -412,8 +412,7 @@ impl World {
             .collect();
         let vmms: Vec<_> =
             self.nexus.vmms().into_iter().map(|v| (v.id, v.state, v.gen, v.deleted)).collect();
-        let sled: Vec<_> =
-            self.sim.vmm_ids().into_iter().map(|id| (id, self.sim.vmm_runtime(id))).collect();
+        let sled = self.sled_table();
         let progress = self.progress();
         let disk = progress.disk.and_then(|d| self.nexus.disk(d).ok()).map(|d| d.state);
         format!("{instances:?} {vmms:?} {sled:?} {disk:?} {:?}", progress.outcome)
@@ -641,11 +640,12 @@ fn log_answered(log: &Logger, world: &World, logged: &mut Vec<bool>) {
         sled: Vec::new(),
         snapshots: Vec::new(),
     };
-    for (i, s) in crate::report::steps_out(&so_far).into_iter().enumerate() {
-        if logged[i] || so_far.steps[i].answer == step::Answer::Pending {
+    for (i, st) in so_far.steps.iter().enumerate() {
+        if logged[i] || st.answer == Answer::Pending {
             continue;
         }
         logged[i] = true;
+        let s = crate::report::step_out(i, st, &so_far);
         slog::debug!(log, "gated call";
             "step" => s.n, "actor" => &s.actor, "call" => s.call_text(),
             "from" => s.from.label(), "to" => s.to.label(), "answer" => &s.answer,
