@@ -78,12 +78,37 @@ async fn check(
     sleds: BTreeMap<SledUuid, MockSledAgentApi>,
     bugs: WatcherBugs,
 ) -> PassCounts {
-    let log = slog::Logger::root(slog::Discard, slog::o!());
-    InstanceWatcher::new(&log, ds, sleds, Arc::new(LogicalClock::default()))
+    check_logged(ds, sleds, bugs).await.0
+}
+
+/// Keeps each record's level and message.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<(slog::Level, String)>>>);
+
+impl slog::Drain for Capture {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, r: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        self.0.lock().unwrap().push((r.level(), r.msg().to_string()));
+        Ok(())
+    }
+}
+
+/// `check`, and the level the pass's "pass done" line was logged at.
+async fn check_logged(
+    ds: MockWatcherDatastore,
+    sleds: BTreeMap<SledUuid, MockSledAgentApi>,
+    bugs: WatcherBugs,
+) -> (PassCounts, Option<slog::Level>) {
+    let capture = Capture::default();
+    let log = slog::Logger::root(capture.clone(), slog::o!());
+    let counts = InstanceWatcher::new(&log, ds, sleds, Arc::new(LogicalClock::default()))
         .with_bugs(bugs)
         .activate()
         .await
-        .expect("listing succeeds")
+        .expect("listing succeeds");
+    let records = capture.0.lock().unwrap();
+    (counts, records.iter().find(|r| r.1 == "pass done").map(|r| r.0))
 }
 
 fn one_sled(
@@ -154,8 +179,8 @@ async fn unknown_sled_is_inconclusive() {
     assert_eq!(counts, PassCounts { checked: 1, inconclusive: 1, ..PassCounts::default() });
 }
 
-#[tokio::test]
-async fn write_errors_are_counted_not_dropped() {
+/// A datastore that lists one Running VMM and refuses every write.
+fn refusing_datastore() -> MockWatcherDatastore {
     let mut ds = MockWatcherDatastore::new();
     ds.expect_vmm_list_for_watcher().returning(|| {
         Ok(vec![WatchedVmm {
@@ -167,8 +192,13 @@ async fn write_errors_are_counted_not_dropped() {
     });
     ds.expect_vmm_update_runtime()
         .returning(|id, _| Err(DatastoreError::NoSuchVmm { propolis_id: id }));
+    ds
+}
+
+#[tokio::test]
+async fn write_errors_are_counted_not_dropped() {
     let sleds = one_sled(|| Err(SledAgentError::NoSuchVmm { propolis_id: VMM }));
-    let counts = check(ds, sleds, WatcherBugs::default()).await;
+    let counts = check(refusing_datastore(), sleds, WatcherBugs::default()).await;
     assert_eq!(
         counts,
         PassCounts { checked: 1, failed: 1, write_errors: 1, ..PassCounts::default() }
@@ -196,6 +226,17 @@ async fn a_failed_listing_is_an_error() {
 
 #[tokio::test]
 async fn a_failed_update_step_is_counted() {
+    let sleds = one_sled(|| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
+    let counts = check(failing_update_datastore(), sleds, WatcherBugs::default()).await;
+    assert_eq!(
+        counts,
+        PassCounts { checked: 1, updated: 1, update_errors: 1, ..PassCounts::default() }
+    );
+}
+
+/// A datastore that lists a Stopping VMM, applies the write, and fails the
+/// update step it needs.
+fn failing_update_datastore() -> MockWatcherDatastore {
     let mut ds = MockWatcherDatastore::new();
     ds.expect_vmm_list_for_watcher().returning(|| {
         Ok(vec![WatchedVmm {
@@ -210,12 +251,7 @@ async fn a_failed_update_step_is_counted() {
     ds.expect_run_instance_update().times(1).returning(|_| {
         Err(DatastoreError::Unavailable { operation: "instance_update", source: "down".into() })
     });
-    let sleds = one_sled(|| Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) }));
-    let counts = check(ds, sleds, WatcherBugs::default()).await;
-    assert_eq!(
-        counts,
-        PassCounts { checked: 1, updated: 1, update_errors: 1, ..PassCounts::default() }
-    );
+    ds
 }
 
 /// Lists `n` VMMs, applies every write as terminal, and counts the update steps
@@ -288,4 +324,25 @@ async fn checks_run_concurrently_up_to_the_bound_each_through_its_update() {
     assert_eq!(most_at_once(4, Some(2)).await, 2);
     assert_eq!(most_at_once(4, Some(0)).await, 1, "at least one at a time");
     assert_eq!(most_at_once(20, None).await, watcher::DEFAULT_CONCURRENCY);
+}
+
+/// A pass that found nothing to act on or doubt logs its summary at debug (a
+/// running Nexus makes one every period); one that failed a VMM, could not tell,
+/// could not write, or whose update step failed, at info.
+#[tokio::test]
+async fn a_pass_logs_its_summary_at_info_only_when_it_found_something() {
+    use slog::Level::{Debug, Info};
+    let gone = || Err(SledAgentError::NoSuchVmm { propolis_id: VMM });
+    let destroyed = || Ok(SledVmmState { vmm_state: runtime(VmmState::Destroyed, 7) });
+    let cases = [
+        ("all well", datastore(Some((VmmState::Destroyed, 7)), true), one_sled(destroyed), Debug),
+        ("failed", datastore(Some((VmmState::Failed, 7)), false), one_sled(gone), Info),
+        ("inconclusive", datastore(None, false), BTreeMap::new(), Info),
+        ("write refused", refusing_datastore(), one_sled(gone), Info),
+        ("update step failed", failing_update_datastore(), one_sled(destroyed), Info),
+    ];
+    for (what, ds, sleds, want) in cases {
+        let (_, level) = check_logged(ds, sleds, WatcherBugs::default()).await;
+        assert_eq!(level, Some(want), "{what}");
+    }
 }
