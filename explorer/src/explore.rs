@@ -12,6 +12,15 @@
 //! its path or already has a counterexample no longer than what it could still
 //! find. Both prunings are what "exhaustive" allows: neither can change which
 //! invariants break within the bounds, nor the shortest length of each.
+//!
+//! With partial-order reduction (`reduction`) a search has two phases
+//! (`Phase`). The proof takes free steps, which leave out situations but no end
+//! and no broken invariant, and stops at its first violation; when it finds
+//! none, its verdict stands. When it finds one, an exact search (sleep sets
+//! only, which leave out no situation) finds every broken invariant at its
+//! shortest length. A clean proof is thus as cheap as the reduction makes it,
+//! and a violated search costs the exact search plus the proof's way to its
+//! first violation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
@@ -45,8 +54,10 @@ pub struct ExploreConfig {
     pub check_fingerprints: bool,
     /// Threads that run schedules, sharing the frontier and the visited set. The
     /// verdict, the invariants broken and each counterexample are the same for
-    /// every count; so is the number of situations, for a search that breaks
-    /// nothing (pruning on length makes it depend on timing otherwise).
+    /// every count; so is the number of situations, for an unreduced search that
+    /// breaks nothing (pruning on length makes it depend on timing otherwise, and
+    /// so may the sleep sets a free step meets: they keep every end, not every
+    /// situation).
     pub threads: usize,
     /// Explore only this part of the schedule space (`--shard K/N`).
     pub shard: Option<Shard>,
@@ -55,7 +66,8 @@ pub struct ExploreConfig {
     /// (threads change the order too, but only as the OS schedules them).
     pub shuffle: Option<u64>,
     /// Partial-order reduction (`reduction`): do not try again, in the other
-    /// order, two independent steps already tried in one. Off, every order runs.
+    /// order, two independent steps already tried in one, and take a free step
+    /// before any other. Off, every order runs.
     pub reduce: bool,
 }
 
@@ -214,6 +226,10 @@ pub enum Truncation {
     /// collision) or in what could go next (something the fingerprint leaves
     /// out): one may have been pruned unseen. Found only with `--check-fingerprints`.
     FingerprintCollision(usize),
+    /// A free step and another step gave different situations in the two
+    /// orders (`--check-fingerprints` tries both): the proof may have left out
+    /// an end. Found only with `--check-fingerprints`.
+    NotFree(usize),
     /// Merged from shards, these of which (from 1) were truncated.
     Shards(Vec<usize>),
 }
@@ -225,6 +241,9 @@ impl Truncation {
             Truncation::TimeCap(t) => format!("time cap ({} s) reached", t.as_secs_f64()),
             Truncation::StepBound { max_steps, runs } => {
                 format!("{runs} run(s) reached the step bound ({max_steps} steps)")
+            }
+            Truncation::NotFree(n) => {
+                format!("{n} free step(s) that did not commute with another step")
             }
             Truncation::FingerprintCollision(n) => {
                 format!("{n} fingerprint mismatch(es): one fingerprint, different situations")
@@ -541,7 +560,10 @@ struct Dfs<'a> {
     awake: Vec<usize>,
     /// Whether Nexus checks generations (not with `--inject no-generation-check`).
     generations_checked: bool,
+    /// Sleep sets.
     reduce: bool,
+    /// Free steps (`Phase::Proof`).
+    free: bool,
     /// Preemptions the prefix makes.
     preemptions: u32,
     /// The actor that took the last step.
@@ -553,6 +575,9 @@ struct Dfs<'a> {
     /// Under `--check-fingerprints`: (first path, this path) to a situation this
     /// run was pruned at, to replay both on and compare.
     merge: Option<(Vec<u32>, Vec<u32>)>,
+    /// Under `--check-fingerprints`: free steps taken, each with another step
+    /// to take it in both orders with.
+    free_taken: Vec<Swap>,
     pushed: Vec<(u32, Work)>,
     best: &'a BestLens,
     prune: bool,
@@ -623,12 +648,27 @@ impl Chooser for Dfs<'_> {
             // this part tries everything itself.
             self.sleep.clear();
         }
+        let at = Here { world: ctx.world, generations_checked: self.generations_checked };
+        let ranks = if self.reduce { reduction::ranks(ctx.enabled) } else { None };
+        // A step no other step can tell from its absence is a persistent set on
+        // its own: the others are tried after it, not instead of after it.
+        // Only once the shard's part is decided: before, a free step could
+        // carry a path into another part than the schedules it stands for.
+        let only = match (self.free && !self.split.before(), ranks.as_deref()) {
+            (true, Some(r)) => reduction::free(ctx.enabled, r, &at),
+            _ => None,
+        };
+        let candidates = only.map_or(0..ctx.enabled.len(), |f| f..f + 1);
         if !self.split.before() {
             if let Some(situations) = self.situations {
                 self.check_situation(situations, ctx, fp);
             }
-            let ranks = if self.reduce { reduction::ranks(ctx.enabled) } else { None };
-            let masks = reduction::masks(ctx.enabled, ranks.as_deref(), &self.sleep);
+            let masks = match (only, ranks.as_deref()) {
+                (Some(f), Some(r)) => {
+                    reduction::masks(&ctx.enabled[f..=f], Some(&r[f..=f]), &self.sleep)
+                }
+                _ => reduction::masks(ctx.enabled, ranks.as_deref(), &self.sleep),
+            };
             let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
             // Choices tried here before, by an expansion with as long a future.
             let mut tried_before = None;
@@ -636,20 +676,20 @@ impl Chooser for Dfs<'_> {
                 Expand::Nothing => return Ok(None),
                 Expand::All => {}
                 Expand::Only(untried) => {
-                    tried_before = ranks.map(|r| move |i: usize| untried & (1 << r[i]) == 0);
+                    tried_before =
+                        ranks.as_deref().map(|r| move |i: usize| untried & (1 << r[i]) == 0);
                 }
             }
             // Not asleep: what they were tried with does not carry to the choices
             // tried now, so they join no sleep set.
-            let awake = (0..ctx.enabled.len()).filter(|&i| {
+            let awake = candidates.filter(|&i| {
                 !reduction::asleep(&self.sleep, &ctx.enabled[i])
                     && !tried_before.as_ref().is_some_and(|t| t(i))
             });
             self.awake.clear();
             self.awake.extend(awake);
         } else {
-            let awake = (0..ctx.enabled.len())
-                .filter(|&i| !reduction::asleep(&self.sleep, &ctx.enabled[i]));
+            let awake = candidates.filter(|&i| !reduction::asleep(&self.sleep, &ctx.enabled[i]));
             self.awake.clear();
             self.awake.extend(awake);
         }
@@ -665,7 +705,6 @@ impl Chooser for Dfs<'_> {
         let take = go_on.filter(|g| awake.contains(g)).unwrap_or(first);
         // Switching away from an actor that could go on is a preemption.
         let cost = self.preemptions + u32::from(go_on.is_some());
-        let at = Here { world: ctx.world, generations_checked: self.generations_checked };
         let order: Vec<usize> = std::iter::once(take)
             .chain(awake.iter().rev().copied().filter(|&a| a != take))
             .collect();
@@ -686,6 +725,12 @@ impl Chooser for Dfs<'_> {
             let taken = ctx.enabled[take];
             self.sleep = reduction::after(&taken, &self.sleep, &at).copied().collect();
         }
+        if let (Some(f), Some(_)) = (only, self.situations) {
+            // The free step, taken in both orders with each other actor's choice.
+            let others = ctx.enabled.iter().filter(|c| c.actor != ctx.enabled[f].actor);
+            let swaps = others.map(|c| Swap { path: self.path.clone(), free: f, other: c.ticket });
+            self.free_taken.extend(swaps);
+        }
         self.awake = awake;
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
@@ -702,6 +747,74 @@ struct Here<'a> {
 impl reduction::Situation for Here<'_> {
     fn stale(&self, c: &Choice) -> bool {
         self.world.stale_write(c, self.generations_checked)
+    }
+}
+
+/// A free step (choice `free` after `path`) and another choice, known by its
+/// ticket, to take in both orders: a free step commutes with every step, so both
+/// orders must reach one situation.
+#[derive(Clone, Debug)]
+struct Swap {
+    path: Vec<u32>,
+    free: usize,
+    other: u64,
+}
+
+/// Where taking a swap's two steps in one order led: whether both could be
+/// taken, then the situation's fingerprint (if the run went on to another
+/// choice), what the components held (if it ended there) and what broke.
+type AfterBoth = (bool, Option<u64>, Option<String>, Vec<u8>);
+
+impl Swap {
+    fn commutes(&self, run: &RunConfig) -> Result<bool, RunError> {
+        let run = RunConfig { describe_end: true, ..run.clone() };
+        let free_first = self.after_both(&run, true)?;
+        Ok(free_first.0 && free_first == self.after_both(&run, false)?)
+    }
+
+    fn after_both(&self, run: &RunConfig, free_first: bool) -> Result<AfterBoth, RunError> {
+        let mut both = Both { swap: self, free_first, free_ticket: None, took: false, end: None };
+        let r = harness::run_outcome(run, &mut both)?;
+        let broke = r.violations.iter().map(|v| v.invariant).collect();
+        Ok((both.took, both.end, r.end_state, broke))
+    }
+}
+
+/// Follows a swap's path, takes its two steps in one order, and stops.
+struct Both<'a> {
+    swap: &'a Swap,
+    free_first: bool,
+    free_ticket: Option<u64>,
+    /// Both steps were taken.
+    took: bool,
+    end: Option<u64>,
+}
+
+impl Chooser for Both<'_> {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        let n = self.swap.path.len();
+        let by_ticket = |t: Option<u64>| ctx.enabled.iter().position(|c| Some(c.ticket) == t);
+        let other = Some(self.swap.other);
+        Ok(match ctx.step.checked_sub(n) {
+            None => self.swap.path.get(ctx.step).map(|&i| i as usize),
+            Some(0) => {
+                self.free_ticket = ctx.enabled.get(self.swap.free).map(|c| c.ticket);
+                if self.free_first {
+                    Some(self.swap.free)
+                } else {
+                    by_ticket(other)
+                }
+            }
+            Some(1) => {
+                let second = by_ticket(if self.free_first { other } else { self.free_ticket });
+                self.took = second.is_some();
+                second
+            }
+            Some(_) => {
+                self.end = Some(ctx.world.fingerprint(ctx.observer));
+                None
+            }
+        })
     }
 }
 
@@ -771,12 +884,58 @@ pub fn explore(cfg: &ExploreConfig) -> Result<ExploreResult, RunError> {
     explore_with_progress(cfg, &mut |_| {})
 }
 
+/// What a search is for. A proof takes free steps (`reduction::free`) and ends
+/// at the first violation: it can say "clean" soundly, but a free step may come
+/// before the step that breaks an invariant, so its lengths are not the
+/// shortest. Once it has found one, an exact search, which takes none, finds
+/// each broken invariant's shortest length. Without reduction there is only
+/// the exact one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Proof,
+    Exact,
+}
+
 /// `explore`, calling `progress` about four times a second on long searches.
 pub fn explore_with_progress(
     cfg: &ExploreConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExploreResult, RunError> {
-    let search = Search::new(cfg);
+    let start = Instant::now();
+    if !cfg.reduces() {
+        let exact = search(cfg, Phase::Exact, (0, Duration::ZERO), progress)?;
+        return finish(cfg, exact, None, start);
+    }
+    let proof = search(cfg, Phase::Proof, (0, Duration::ZERO), progress)?;
+    if proof.best.is_empty() {
+        return finish(cfg, proof, None, start);
+    }
+    let before = (proof.tally.runs, start.elapsed());
+    let mut go_on = |p: Progress| {
+        progress(Progress { runs: p.runs + before.0, elapsed: p.elapsed + before.1, ..p });
+    };
+    let exact = search(cfg, Phase::Exact, before, &mut go_on)?;
+    finish(cfg, exact, Some(proof), start)
+}
+
+/// What one search phase left.
+struct Searched {
+    situations: usize,
+    visited_bytes: usize,
+    tally: Tally,
+    truncated: Vec<Truncation>,
+    best: Best,
+}
+
+/// Runs one phase on every thread; `before` is the runs and time earlier phases
+/// spent, which count against the caps.
+fn search(
+    cfg: &ExploreConfig,
+    phase: Phase,
+    before: (usize, Duration),
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Searched, RunError> {
+    let search = Search::new(cfg, phase, before);
     std::thread::scope(|scope| {
         let mut spawned = 0;
         for _ in 0..cfg.threads.max(1) {
@@ -794,7 +953,7 @@ pub fn explore_with_progress(
             search.report_until_done(progress);
         }
     });
-    let Search { start, visited, best, queue, tally, .. } = search;
+    let Search { visited, best, queue, tally, .. } = search;
     let queue = queue.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(e) = tally.error.take() {
@@ -816,28 +975,65 @@ pub fn explore_with_progress(
     if collisions > 0 {
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
-    let best = best.into_inner().unwrap_or_else(|p| p.into_inner());
-    let best = canonical::counterexamples(cfg, best, truncated.is_empty())?;
+    let mut not_free = 0;
+    for swap in &tally.swaps {
+        if !swap.commutes(&cfg.run)? {
+            not_free += 1;
+        }
+    }
+    if not_free > 0 {
+        truncated.push(Truncation::NotFree(not_free));
+    }
+    Ok(Searched {
+        situations: visited.len(),
+        visited_bytes: visited.bytes(),
+        best: best.into_inner().unwrap_or_else(|p| p.into_inner()),
+        tally,
+        truncated,
+    })
+}
+
+/// The result of the last phase, `s`, with what the proof before it (if any)
+/// spent and found.
+fn finish(
+    cfg: &ExploreConfig,
+    mut s: Searched,
+    proof: Option<Searched>,
+    start: Instant,
+) -> Result<ExploreResult, RunError> {
+    let (mut runs, mut violating_runs, mut first_violation) =
+        (s.tally.runs, s.tally.violating_runs, s.tally.first_violation);
+    let mut visited_bytes = s.visited_bytes;
+    if let Some(proof) = proof {
+        // Only a cap can stop the exact search short of what the proof found:
+        // the proof's schedule then stands, as a truncated search's do.
+        for (k, prefix) in proof.best {
+            s.best.entry(k).or_insert(prefix);
+        }
+        runs += proof.tally.runs;
+        violating_runs += proof.tally.violating_runs;
+        first_violation = proof.tally.first_violation.or(first_violation);
+        visited_bytes = visited_bytes.max(proof.visited_bytes);
+    }
+    let best = canonical::counterexamples(cfg, s.best, s.truncated.is_empty())?;
     let counterexamples = best
         .into_iter()
         .map(|(k, prefix)| counterexample(&cfg.run, k, prefix))
         .collect::<Result<_, _>>()?;
-    let (runs, violating_runs, first_violation) =
-        (tally.runs, tally.violating_runs, tally.first_violation);
     Ok(ExploreResult {
         runs,
-        situations: visited.len(),
-        visited_bytes: visited.bytes(),
+        situations: s.situations,
+        visited_bytes,
         violating_runs,
-        coverage: if truncated.is_empty() {
+        coverage: if s.truncated.is_empty() {
             Coverage::Exhaustive
         } else {
-            Coverage::Truncated(truncated)
+            Coverage::Truncated(s.truncated)
         },
         counterexamples,
         first_violation,
         elapsed: start.elapsed(),
-        end_states: std::mem::take(&mut tally.end_states),
+        end_states: std::mem::take(&mut s.tally.end_states),
     })
 }
 
@@ -917,13 +1113,13 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
             }
         }
     }
+    let truncated: Vec<usize> =
+        shards.iter().filter(|s| !s.exhaustive).map(|s| s.shard.index + 1).collect();
     let counterexamples = best
         .into_iter()
         .map(|(k, prefix)| counterexample(&cfg.run, k, prefix))
         .collect::<Result<_, _>>()
         .map_err(MergeError::Run)?;
-    let truncated: Vec<usize> =
-        shards.iter().filter(|s| !s.exhaustive).map(|s| s.shard.index + 1).collect();
     Ok(ExploreResult {
         runs: shards.iter().map(|s| s.runs).sum(),
         situations: shards.iter().map(|s| s.situations).sum(),
@@ -946,6 +1142,9 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
 /// lengths, and the tallies.
 struct Search<'a> {
     cfg: &'a ExploreConfig,
+    phase: Phase,
+    /// Runs and time earlier phases spent: they count against the caps.
+    before: (usize, Duration),
     /// The search needs verdicts only; the counterexamples' runs keep the trace.
     run: RunConfig,
     start: Instant,
@@ -982,17 +1181,20 @@ struct Tally {
     collisions: usize,
     first_violation: Option<(usize, Duration)>,
     merges: Vec<(Vec<u32>, Vec<u32>)>,
+    swaps: Vec<Swap>,
     error: Option<RunError>,
     end_states: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Search<'a> {
-    fn new(cfg: &'a ExploreConfig) -> Self {
+    fn new(cfg: &'a ExploreConfig, phase: Phase, before: (usize, Duration)) -> Self {
         // A xorshift state must not be 0.
         let mut frontier = Frontier { shuffle: cfg.shuffle.map(|s| s | 1), ..Frontier::default() };
         frontier.push(0, Work::default());
         Search {
             cfg,
+            phase,
+            before,
             run: RunConfig {
                 trace_writes: false,
                 check_chooser: cfg.check_fingerprints,
@@ -1032,6 +1234,7 @@ impl<'a> Search<'a> {
                 generations_checked: self.cfg.run.inject
                     != Some(harness::Inject::NoGenerationCheck),
                 reduce: self.cfg.reduces(),
+                free: self.phase == Phase::Proof,
                 preemptions,
                 last: None,
                 path: Vec::new(),
@@ -1039,6 +1242,7 @@ impl<'a> Search<'a> {
                 situations: self.situations.as_ref(),
                 collisions: 0,
                 merge: None,
+                free_taken: Vec::new(),
                 pushed: Vec::new(),
                 best: &self.best_lens,
                 prune: self.cfg.prune,
@@ -1062,10 +1266,12 @@ impl<'a> Search<'a> {
             if q.stopped {
                 return None;
             }
-            let cap = if q.started >= self.cfg.max_schedules {
+            let (runs, time) = self.before;
+            let cap = if q.started + runs >= self.cfg.max_schedules {
                 Some(Truncation::ScheduleCap(self.cfg.max_schedules))
             } else {
-                self.cfg.max_time.filter(|&t| self.start.elapsed() >= t).map(Truncation::TimeCap)
+                let elapsed = self.start.elapsed() + time;
+                self.cfg.max_time.filter(|&t| elapsed >= t).map(Truncation::TimeCap)
             };
             match (q.frontier.pop(), cap) {
                 (Some(_), Some(t)) => {
@@ -1106,6 +1312,8 @@ impl<'a> Search<'a> {
         if let (Some(m), true) = (dfs.merge.take(), t.merges.len() < MERGES_CHECKED) {
             t.merges.push(m);
         }
+        let room = MERGES_CHECKED.saturating_sub(t.swaps.len());
+        t.swaps.extend(dfs.free_taken.drain(..).take(room));
         if matches!(r.end, RunEnd::StepBound(_)) {
             t.step_bound_runs += 1;
         }
@@ -1120,6 +1328,10 @@ impl<'a> Search<'a> {
         drop(t);
         if r.violations.is_empty() {
             return;
+        }
+        if self.phase == Phase::Proof {
+            // Not clean: the exact search takes it from here.
+            self.stop::<()>(lock(&self.queue));
         }
         let mut best = lock(&self.best);
         for v in &r.violations {

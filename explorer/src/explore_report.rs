@@ -266,7 +266,7 @@ impl<'a> View<'a> {
             "situations": r.situations,
             "violating_runs": r.violating_runs,
             "threads": self.cfg.threads,
-            "reduction": if self.cfg.reduces() { "sleep-sets" } else { "none" },
+            "reduction": if self.cfg.reduces() { "partial-order" } else { "none" },
             "visited_bytes": r.visited_bytes,
             // The contract's names for the same three counts.
             "schedules": r.runs,

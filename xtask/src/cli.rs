@@ -316,13 +316,16 @@ struct ExploreArgs {
     #[arg(long, value_name = "K/N", value_parser = shard)]
     shard: Option<Shard>,
     /// Check the fingerprints: replay both sides of every merge and compare their
-    /// futures, and check that no chooser changes the world (slow; a debugging aid).
+    /// futures, take each free step in both orders with the other choices, and
+    /// check that no chooser changes the world (slow; a debugging aid).
     #[arg(long)]
     check_fingerprints: bool,
-    /// Partial-order reduction: `sleep-sets` does not run again, in the other
-    /// order, two independent steps already run in one (the same situations and
-    /// verdict, fewer schedules); `none` runs every order.
-    #[arg(long, value_enum, default_value_t = Reduction::SleepSets)]
+    /// Partial-order reduction: `partial-order` does not run again, in the
+    /// other order, two independent steps already run in one, and runs a step
+    /// nothing else can tell from its absence (a stale watcher write) before any
+    /// other (the same verdict and counterexamples, fewer schedules and
+    /// situations); `none` runs every order.
+    #[arg(long, value_enum, default_value_t = Reduction::PartialOrder)]
     reduction: Reduction,
     /// Write a self-contained HTML page: every counterexample played to the end
     /// of its run, the harm marked, what each component held after each step,
@@ -378,7 +381,10 @@ fn shard(s: &str) -> Result<Shard, String> {
 /// `explore --reduction`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Reduction {
-    SleepSets,
+    /// Sleep sets and free steps (`sleep-sets`, its name until free steps came,
+    /// is still taken).
+    #[value(alias = "sleep-sets")]
+    PartialOrder,
     None,
 }
 
@@ -395,7 +401,7 @@ impl ExploreArgs {
             check_fingerprints: self.check_fingerprints,
             threads: self.threads.unwrap_or_else(sledsim_explorer::explore::all_cores),
             shard: self.shard,
-            reduce: self.reduction == Reduction::SleepSets,
+            reduce: self.reduction == Reduction::PartialOrder,
             ..ExploreConfig::new(run)
         }
     }

@@ -141,3 +141,31 @@ impl Chooser for InOrder<'_> {
         Ok(Some(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim_sled_agent::RemovalOrdering;
+    use slog::{o, Discard, Logger};
+
+    /// The search's lengths are exact, so a schedule shorter than one of them
+    /// is the search's bug, and the pass says so rather than print it.
+    #[test]
+    fn a_schedule_shorter_than_the_search_found_is_a_harness_error() {
+        let run = RunConfig {
+            scenario: harness::ScenarioKind::StopRace,
+            ordering: RemovalOrdering::RemoveThenPublish,
+            watcher_passes: 1,
+            ..RunConfig::new(Logger::root(Discard, o!()))
+        };
+        let cfg = ExploreConfig { threads: 1, ..ExploreConfig::new(run) };
+        let exact = super::super::explore(&cfg).expect("explores");
+        let want: Best =
+            exact.counterexamples.iter().map(|c| (c.invariant, c.prefix.clone())).collect();
+        assert!(!want.is_empty(), "the legacy ordering breaks something");
+        assert_eq!(counterexamples(&cfg, want.clone(), true).expect("finds"), want);
+        let loose: Best = want.iter().map(|(&k, p)| (k, vec![0; p.len() + 6])).collect();
+        let err = counterexamples(&cfg, loose, true);
+        assert!(matches!(err, Err(RunError::Harness(HarnessError::ShorterMissed { .. }))));
+    }
+}
