@@ -309,9 +309,11 @@ impl Verdict {
 
 #[derive(Debug)]
 pub struct ExploreResult {
-    /// Schedules run, each from scratch (pruned ones included).
+    /// Schedules run, each from scratch (pruned ones included), in both phases
+    /// (`Phase`) when there were two.
     pub runs: usize,
-    /// Distinct situations expanded.
+    /// Distinct situations expanded by the last phase: the proof's when it was
+    /// clean, the exact search's when the proof met a violation.
     pub situations: usize,
     /// Memory the visited set held at the end, in bytes.
     pub visited_bytes: usize,
@@ -1010,6 +1012,11 @@ fn finish(
         for (k, prefix) in proof.best {
             s.best.entry(k).or_insert(prefix);
         }
+        // What the checks found wrong in the proof's pruning stays found.
+        let audit = |t: &Truncation| {
+            matches!(t, Truncation::NotFree(_) | Truncation::FingerprintCollision(_))
+        };
+        s.truncated.extend(proof.truncated.into_iter().filter(audit));
         runs += proof.tally.runs;
         violating_runs += proof.tally.violating_runs;
         first_violation = proof.tally.first_violation.or(first_violation);

@@ -323,8 +323,9 @@ struct ExploreArgs {
     /// Partial-order reduction: `partial-order` does not run again, in the
     /// other order, two independent steps already run in one, and runs a step
     /// nothing else can tell from its absence (a stale watcher write) before any
-    /// other (the same verdict and counterexamples, fewer schedules and
-    /// situations); `none` runs every order.
+    /// other (the same violations and counterexamples, fewer schedules and
+    /// situations; near the step bound it may prove clean what `none` leaves
+    /// inconclusive); `none` runs every order.
     #[arg(long, value_enum, default_value_t = Reduction::PartialOrder)]
     reduction: Reduction,
     /// Write a self-contained HTML page: every counterexample played to the end

@@ -272,10 +272,17 @@ impl Sched {
         // A finished actor has no future, so it is left out; and an actor is named
         // by what it is, not when it started (`update3` and `update2` doing the
         // same are one): no component reads actor ids or numbers, they only
-        // label the steps.
+        // label the steps. As a multiset, like the parked calls: which of two
+        // live actors started first is the path's, not the situation's (a free
+        // step that starts a check and a report that starts an update step meet
+        // here in either order).
+        let mut live = (0usize, 0u64);
         for a in g.actors.iter().filter(|a| !a.done) {
-            (a.kind.unnumbered(), a.history).hash(h);
+            live.0 += 1;
+            live.1 =
+                live.1.wrapping_add(super::hash::stable_hash(&(a.kind.unnumbered(), a.history)));
         }
+        live.hash(h);
         // As a set: which was parked first is ticket numbering, not state. Each
         // call is hashed alone and the hashes summed, so no order and no buffer.
         let mut sum = 0u64;

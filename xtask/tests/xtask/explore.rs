@@ -416,15 +416,29 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
     let user =
         ["--user-ops", "1", "--faults", "1", "--watcher-passes", "0", "--restart-passes", "0"];
     let faults = ["--faults", "1", "--restart-passes", "0"];
-    let cases: [(&str, &[&str]); 4] = [
-        ("publish-then-remove", &[]),
-        ("remove-then-publish", &[]),
-        ("publish-then-remove", &user),
-        ("publish-then-remove", &faults),
+    // A free step that starts the pass's next check, beside a report that
+    // starts an update step: the two orders start the two actors in the other
+    // order, which must not tell the situations apart.
+    let starts = [
+        "--user-ops",
+        "1",
+        "--watcher-passes",
+        "1",
+        "--watcher-concurrency",
+        "1",
+        "--restart-passes",
+        "0",
     ];
-    for (ordering, extra) in cases {
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("stop-race", "publish-then-remove", &[]),
+        ("stop-race", "remove-then-publish", &[]),
+        ("stop-race", "publish-then-remove", &user),
+        ("stop-race", "publish-then-remove", &faults),
+        ("disk-move", "publish-then-remove", &starts),
+    ];
+    for (scenario, ordering, extra) in cases {
         // One thread, so the schedule count is the same run to run too.
-        let base = ["explore", "--threads", "1", "--scenario", "stop-race", "--ordering", ordering];
+        let base = ["explore", "--threads", "1", "--scenario", scenario, "--ordering", ordering];
         let args = [&base[..], extra].concat();
         let code = if ordering == "remove-then-publish" { 1 } else { 0 };
         let (plain, checked) =
