@@ -651,17 +651,20 @@ impl Chooser for Dfs<'_> {
             self.sleep.clear();
         }
         let at = Here { world: ctx.world, generations_checked: self.generations_checked };
-        let ranks = if self.reduce { reduction::ranks(ctx.enabled) } else { None };
+        // Ranks compare a visit's sleep set with the recorded one's, and pick
+        // the free step; neither happens before the part is decided.
+        let decided = !self.split.before();
+        let ranks = if self.reduce && decided { reduction::ranks(ctx.enabled) } else { None };
         // A step no other step can tell from its absence is a persistent set on
         // its own: the others are tried after it, not instead of after it.
         // Only once the shard's part is decided: before, a free step could
         // carry a path into another part than the schedules it stands for.
-        let only = match (self.free && !self.split.before(), ranks.as_deref()) {
+        let only = match (self.free && decided, ranks.as_deref()) {
             (true, Some(r)) => reduction::free(ctx.enabled, r, &at),
             _ => None,
         };
         let candidates = only.map_or(0..ctx.enabled.len(), |f| f..f + 1);
-        if !self.split.before() {
+        if decided {
             if let Some(situations) = self.situations {
                 self.check_situation(situations, ctx, fp);
             }
@@ -775,7 +778,14 @@ impl Swap {
     }
 
     fn after_both(&self, run: &RunConfig, free_first: bool) -> Result<AfterBoth, RunError> {
-        let mut both = Both { swap: self, free_first, free_ticket: None, took: false, end: None };
+        let mut both = Both {
+            swap: self,
+            free_first,
+            path: Vec::new(),
+            free_ticket: None,
+            took: false,
+            end: None,
+        };
         let r = harness::run_outcome(run, &mut both)?;
         let broke = r.violations.iter().map(|v| v.invariant).collect();
         Ok((both.took, both.end, r.end_state, broke))
@@ -786,6 +796,8 @@ impl Swap {
 struct Both<'a> {
     swap: &'a Swap,
     free_first: bool,
+    /// The swap's path as followed (`follow` checks each index fits).
+    path: Vec<u32>,
     free_ticket: Option<u64>,
     /// Both steps were taken.
     took: bool,
@@ -794,12 +806,13 @@ struct Both<'a> {
 
 impl Chooser for Both<'_> {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
-        let n = self.swap.path.len();
+        if let Some(&i) = self.swap.path.get(ctx.step) {
+            return follow(&mut self.path, i, ctx.enabled, ctx.step);
+        }
         let by_ticket = |t: Option<u64>| ctx.enabled.iter().position(|c| Some(c.ticket) == t);
         let other = Some(self.swap.other);
-        Ok(match ctx.step.checked_sub(n) {
-            None => self.swap.path.get(ctx.step).map(|&i| i as usize),
-            Some(0) => {
+        Ok(match ctx.step - self.swap.path.len() {
+            0 => {
                 self.free_ticket = ctx.enabled.get(self.swap.free).map(|c| c.ticket);
                 if self.free_first {
                     Some(self.swap.free)
@@ -807,12 +820,12 @@ impl Chooser for Both<'_> {
                     by_ticket(other)
                 }
             }
-            Some(1) => {
+            1 => {
                 let second = by_ticket(if self.free_first { other } else { self.free_ticket });
                 self.took = second.is_some();
                 second
             }
-            Some(_) => {
+            _ => {
                 self.end = Some(ctx.world.fingerprint(ctx.observer));
                 None
             }

@@ -179,6 +179,12 @@ impl fmt::Debug for Sched {
     }
 }
 
+/// A multiset's hash: how many, and the sum of each one's hash alone, so the
+/// order they come in changes nothing, and nothing is buffered to sort.
+fn multiset<T: Hash>(items: impl Iterator<Item = T>) -> (usize, u64) {
+    items.fold((0, 0), |(n, sum), t| (n + 1, sum.wrapping_add(super::hash::stable_hash(&t))))
+}
+
 impl Sched {
     pub fn new() -> Arc<Sched> {
         Arc::new(Sched::default())
@@ -276,22 +282,14 @@ impl Sched {
         // live actors started first is the path's, not the situation's (a free
         // step that starts a check and a report that starts an update step meet
         // here in either order).
-        let mut live = (0usize, 0u64);
-        for a in g.actors.iter().filter(|a| !a.done) {
-            live.0 += 1;
-            live.1 =
-                live.1.wrapping_add(super::hash::stable_hash(&(a.kind.unnumbered(), a.history)));
-        }
-        live.hash(h);
-        // As a set: which was parked first is ticket numbering, not state. Each
-        // call is hashed alone and the hashes summed, so no order and no buffer.
-        let mut sum = 0u64;
-        for p in &g.parked {
+        let live = g.actors.iter().filter(|a| !a.done);
+        multiset(live.map(|a| (a.kind.unnumbered(), a.history))).hash(h);
+        // As a set too: which was parked first is ticket numbering, not state.
+        let parked = g.parked.iter().map(|p| {
             let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.history));
-            let entry = (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call, p.basis);
-            sum = sum.wrapping_add(super::hash::stable_hash(&entry));
-        }
-        (g.parked.len(), sum).hash(h);
+            (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call, p.basis)
+        });
+        multiset(parked).hash(h);
         g.faults_left.hash(h);
     }
 
