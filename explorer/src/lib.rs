@@ -32,6 +32,7 @@
 //! # Ok::<(), sledsim_explorer::RunError>(())
 //! ```
 
+pub mod catalogue;
 pub mod explore;
 pub mod explore_report;
 pub mod harness;

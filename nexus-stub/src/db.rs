@@ -175,6 +175,9 @@ pub enum InstanceChange {
     StartRequested { auto_restart: bool },
     /// A user asked for the instance to reboot.
     RebootRequested,
+    /// A user's start found the instance already going: nothing was started,
+    /// but the intended state is Running again.
+    StartWhileGoing,
     /// A user's stop, start or reboot that logged its request above returned,
     /// with an error or not.
     RequestEnded { ok: bool },

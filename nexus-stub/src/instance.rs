@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use sled_agent_api::{
-    DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid,
-    VmmPutStateBody, VmmRuntimeState, VmmState, VmmStateRequested,
+    DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, PropolisUuid, SledAgentApi,
+    SledAgentError, SledUuid, VmmPutStateBody, VmmRuntimeState, VmmState, VmmStateRequested,
 };
 use slog::{info, warn};
 
@@ -113,13 +113,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                     if !going {
                         return Err(NexusError::InstanceNotStartable { instance_id, state });
                     }
-                    // Nothing is started, so nothing is logged: a stop still under
-                    // way (its Running seen before its Stopping) ends the instance
-                    // stopped, as in omicron.
+                    // Nothing is started, so no request is logged (a stop still
+                    // under way, its Running seen before its Stopping, ends the
+                    // instance stopped, as in omicron), only the intent.
                     if reason == StartReason::User {
                         if let Some(inst) = db.instances.get_mut(&instance_id) {
                             inst.intended = IntendedState::Running;
                         }
+                        db.log(instance_id, InstanceChange::StartWhileGoing);
                     }
                     return Ok(view);
                 }
@@ -247,7 +248,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 Ok(())
             }
             Err(source) => {
-                if source.vmm_gone() {
+                if source.vmm_gone() || (self.bugs().unhealthy_marks_failed && unhealthy(&source)) {
                     // Its own failure is logged; the user hears of the sled agent's.
                     if let Err(e) = self.mark_vmm_failed(propolis_id, read_gen) {
                         warn!(self.log, "marking VMM failed failed";
@@ -445,5 +446,17 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             Change::To(new) => *state = new,
         }
         Ok(DiskView { id: disk_id, name: name.clone(), state: *state })
+    }
+}
+
+/// What omicron before #6455 took for an unhealthy sled agent: no answer at all,
+/// or any answer but a client error.
+fn unhealthy(e: &SledAgentError) -> bool {
+    match e {
+        SledAgentError::Communication { .. } => true,
+        SledAgentError::UnexpectedResponse { status, .. } => !(400..500).contains(status),
+        SledAgentError::NoSuchVmm { .. }
+        | SledAgentError::InvalidTransition { .. }
+        | SledAgentError::InvalidRegistration { .. } => false,
     }
 }

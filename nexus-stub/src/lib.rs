@@ -73,6 +73,14 @@ pub struct NexusBugs {
     pub skip_generation_check: bool,
     /// Let the watcher's listing include Destroyed VMMs.
     pub list_terminal_for_watcher: bool,
+    /// Let the watcher's listing include VMMs still Creating (not yet registered
+    /// with their sled agent), as Starting at their row's generation: omicron
+    /// before #6455 inserted a starting VMM as Starting.
+    pub list_creating_for_watcher: bool,
+    /// A stop or reboot whose sled agent could not be reached, timed out, or
+    /// answered with a server error marks the VMM Failed, as omicron's
+    /// `instance_unhealthy` did before #6455.
+    pub unhealthy_marks_failed: bool,
     /// A user operation whose sled agent says the VMM is gone marks it Failed at
     /// the generation stored *then* + 1, not the one the operation read + 1, so
     /// the Failed write lands on top of a terminal state recorded meanwhile.

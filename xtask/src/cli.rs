@@ -52,6 +52,9 @@ enum Command {
     Explore(ExploreArgs),
     /// Combine the JSON of `explore --shard K/N` for K = 1..N into one result.
     ExploreMerge(MergeArgs),
+    /// Find each race of the catalogue before its fix and prove the fix; print
+    /// the README's table.
+    Catalogue(CatalogueArgs),
     /// Measure the performance targets (rebuilds and runs itself in release).
     Bench(BenchArgs),
     /// Regenerate the OpenAPI documents under openapi/ from the code.
@@ -346,6 +349,13 @@ struct ExploreArgs {
 }
 
 #[derive(Debug, Args)]
+struct CatalogueArgs {
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct MergeArgs {
     /// The JSON each shard's `explore --shard K/N --json` printed, one file a shard.
     #[arg(required = true, value_name = "FILE")]
@@ -562,6 +572,7 @@ pub fn run(
         Command::Scenario(a) => scenario(a, log, out),
         Command::Explore(a) => explore(a, out),
         Command::ExploreMerge(a) => explore_merge(&a, out),
+        Command::Catalogue(a) => Ok(catalogue(&a, out)),
         Command::Bench(a) => bench(&a, out),
         Command::Stress(a) => stress(&a, log, out),
         // The demo's roles log as this process was asked to.
@@ -805,6 +816,17 @@ fn parse_search_args(path: &std::path::Path, args: &[String]) -> Result<ExploreA
         Ok(Cli { command: Command::Explore(a), .. }) => Ok(a),
         _ => Err(Fail::Usage(format!("{}: its search arguments do not parse", path.display()))),
     }
+}
+
+/// Exit 0 if every race holds, 1 if one does not.
+fn catalogue(a: &CatalogueArgs, out: &mut dyn Write) -> u8 {
+    let checked = crate::catalogue::check_all();
+    if a.json {
+        let _ = writeln!(out, "{}", crate::catalogue::json(&checked));
+    } else {
+        crate::catalogue::human(&checked, out);
+    }
+    u8::from(!checked.ok())
 }
 
 fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<u8, Fail> {
@@ -1128,7 +1150,7 @@ mod tests {
             assert_eq!(found, want, "README's synopsis of {name}: {text}");
             checked.push(name.to_string());
         }
-        let all = ["scenario", "explore", "explore-merge", "bench", "stress", "demo"];
+        let all = ["scenario", "explore", "explore-merge", "catalogue", "bench", "stress", "demo"];
         assert_eq!(checked, all.map(String::from), "commands whose synopsis was compared");
     }
 

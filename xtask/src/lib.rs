@@ -3,6 +3,7 @@
 //! the OpenAPI documents.
 
 pub mod bench;
+pub mod catalogue;
 pub mod cli;
 pub mod demo;
 pub mod openapi;

@@ -52,6 +52,9 @@ const VANISHED: u16 = 1 << 5;
 const BUDGET: u16 = 1 << 6;
 /// The watcher pass a check belongs to: a check that ends lets it start the next.
 const PASS: u16 = 1 << 7;
+/// The instances an auto-restart pass listed and has not yet started, which a
+/// stop waits out (the `restart-after-stop` finding's window).
+const RESTARTING: u16 = 1 << 8;
 const ALL: u16 = u16::MAX;
 
 /// What releasing a choice may read and write.
@@ -146,12 +149,18 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
     let base = if base.writes & NEXUS != 0 { base.and_reads(VANISHED) } else { base };
     let base = match c.kind {
         // Its code between calls keeps the ids it was given in its progress.
+        // A stop waits out the instances an auto-restart pass is about to start.
+        ActorKind::Scenario if c.call.kind == InstanceStop => {
+            base.and_writes(PROGRESS).and_reads(RESTARTING)
+        }
         ActorKind::Scenario => base.and_writes(PROGRESS),
         // Between operations it reads which instances exist and what Nexus
         // holds of them (its alternatives wait on both).
-        ActorKind::User => base.and_reads(PROGRESS | NEXUS),
+        ActorKind::User => base.and_reads(PROGRESS | NEXUS | RESTARTING),
         ActorKind::Watcher | ActorKind::Check(_) => base.and_writes(PASS),
-        ActorKind::Restart | ActorKind::Update(_) | ActorKind::Fault => base,
+        // A pass notes what it found, and each start crosses one off.
+        ActorKind::Restart => base.and_writes(RESTARTING),
+        ActorKind::Update(_) | ActorKind::Fault => base,
     };
     let base = match c.offer {
         // A vanish waits for its VMM to exist and not be reporting.
@@ -330,7 +339,11 @@ mod tests {
             choice(9, ActorKind::Update(1), CallKind::InstanceUpdate, Component::UpdateStep);
         // A report writes the VMM table; auto-restart reads instances, which only
         // the update step changes.
-        check(&report, &restart, true);
+        let scenario_report = Choice { actor: 0, kind: ActorKind::Scenario, ..report };
+        check(&scenario_report, &restart, true);
+        // But a user's stop waits out what a pass found, and its code goes on to
+        // its next operation with each step.
+        check(&report, &restart, false);
         check(&update, &restart, false);
         check(&update, &report, false);
         // The sim's step and a read or write of Nexus touch nothing in common.

@@ -23,7 +23,7 @@ pub const INVARIANTS: [(u8, &str, &str); 9] = [
     (4, "generations-increase", "stored generations never decrease; every applied write has a greater generation"),
     (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged)"),
     (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it and is told it is gone, Nexus ends holding it Failed"),
-    (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), and one its user stopped is never failed or auto-restarted, unless its VMM vanished"),
+    (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one whose last request was a stop (whatever became of it) is never auto-restarted"),
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
 ];
@@ -112,10 +112,15 @@ struct Requests {
     /// Whether the last request to end alone and well was a stop: a later one
     /// that fails or overlaps another does not lift it.
     stopped: bool,
+    /// What the last request begun asked for, whatever became of it: omicron
+    /// records it as the intended state before it calls the sled agent, and
+    /// auto-restart must honour it.
+    intent: Option<Asked>,
 }
 
 impl Requests {
     fn begin(&mut self, target: Asked) {
+        self.intent = Some(target);
         self.asked = None;
         self.pending = (self.in_flight == 0).then_some(target);
         self.in_flight = self.in_flight.saturating_add(1);
@@ -294,8 +299,10 @@ impl Invariants {
             InstanceChange::StartRequested { auto_restart: false }
             | InstanceChange::RebootRequested => r.begin(Asked::Running),
             InstanceChange::RequestEnded { ok } => r.end(ok),
+            // Even a VMM that vanished does not excuse this one: a Failed
+            // instance its user last asked to stop stays at rest.
             InstanceChange::StartRequested { auto_restart: true } => {
-                if stopped {
+                if r.intent == Some(Asked::Stopped) {
                     self.broke(7, step, || {
                         format!("{}, stopped by the user, was auto-restarted", names().instance(id))
                     });
@@ -308,6 +315,7 @@ impl Invariants {
                     });
                 }
             }
+            InstanceChange::StartWhileGoing => r.intent = Some(Asked::Running),
             InstanceChange::Stopped => {}
         }
     }

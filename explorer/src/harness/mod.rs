@@ -63,14 +63,22 @@ pub enum Inject {
     WatcherSkipsGeneration,
     /// The landed model's user path: Failed at the stored generation + 1.
     MarkFailedAtStoredGen,
+    /// The watcher also checks VMMs still Creating, not yet registered with
+    /// their sled agent (omicron before #6455).
+    WatcherChecksCreating,
+    /// A stop or reboot whose answer is lost or refused marks the VMM Failed
+    /// (omicron before #6455).
+    UnhealthyMarksFailed,
 }
 
 impl Inject {
-    pub const ALL: [Inject; 4] = [
+    pub const ALL: [Inject; 6] = [
         Inject::NoGenerationCheck,
         Inject::WatcherListsTerminal,
         Inject::WatcherSkipsGeneration,
         Inject::MarkFailedAtStoredGen,
+        Inject::WatcherChecksCreating,
+        Inject::UnhealthyMarksFailed,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -79,6 +87,8 @@ impl Inject {
             Inject::WatcherListsTerminal => "watcher-lists-terminal",
             Inject::WatcherSkipsGeneration => "watcher-skips-generation",
             Inject::MarkFailedAtStoredGen => "mark-failed-at-stored-gen",
+            Inject::WatcherChecksCreating => "watcher-checks-creating",
+            Inject::UnhealthyMarksFailed => "unhealthy-marks-failed",
         }
     }
 }
@@ -315,6 +325,8 @@ impl World {
                 skip_generation_check: config.inject == Some(Inject::NoGenerationCheck),
                 list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
                 mark_failed_at_stored_gen: config.inject == Some(Inject::MarkFailedAtStoredGen),
+                list_creating_for_watcher: config.inject == Some(Inject::WatcherChecksCreating),
+                unhealthy_marks_failed: config.inject == Some(Inject::UnhealthyMarksFailed),
             },
             ..NexusConfig::default()
         };
@@ -717,8 +729,12 @@ fn drive(
     );
     spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
     let restart_id = world.sched.add_actor(ActorKind::Restart);
-    let fut =
-        script::restart(Arc::clone(&world.nexus), Arc::clone(&world.sched), config.restart_passes);
+    let fut = script::restart(
+        Arc::clone(&world.nexus),
+        Arc::clone(&world.sched),
+        Arc::clone(&world.progress),
+        config.restart_passes,
+    );
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
     world.sched.set_fault_budget(config.faults);
     if config.user_ops > 0 {

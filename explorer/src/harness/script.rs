@@ -1,6 +1,7 @@
 //! The actors' scripts: the scenario (the omicron test's steps), the watcher, and
 //! auto-restart. Each runs real component code; only the gates are the harness's.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 
 use std::future::Future;
@@ -59,6 +60,9 @@ pub struct ScenarioProgress {
     pub disk: Option<DiskUuid>,
     /// `None` while running (or stuck); the failure message if a step failed.
     pub outcome: Option<Result<(), String>>,
+    /// Instances an auto-restart pass has listed and not yet tried to start: the
+    /// window of the `restart-after-stop` finding.
+    pub restarting: BTreeSet<InstanceUuid>,
 }
 
 impl ScenarioProgress {
@@ -155,7 +159,7 @@ struct Ctx<'a, D> {
 
 impl<D: Driver> Ctx<'_, D> {
     fn progress(&self) -> std::sync::MutexGuard<'_, ScenarioProgress> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+        lock(self.progress)
     }
 
     /// Create, start, stop, finish the sim's transitions, wait for the instance to
@@ -195,13 +199,14 @@ struct GatedDriver {
     sched: Arc<Sched>,
     /// Whether stops may land in the windows of the known findings.
     findings: bool,
+    progress: Arc<Mutex<ScenarioProgress>>,
 }
 
 /// Races the explorer found that omicron's own design has too. Explore and
 /// scenario leave them out (a stop or reboot waits until the instance is out of
 /// the window), so a proof is scoped around them and says so; `--findings`
 /// explores them.
-pub const FINDINGS: [(&str, &str); 2] = [
+pub const FINDINGS: [(&str, &str); 3] = [
     (
         "stop-after-destroyed",
         "no stop or reboot is sent while the instance's VMM is recorded Destroyed but not yet unlinked by the update step (omicron sends it to the sled agent, which has forgotten the VMM and answers 404, and Nexus marks the VMM Failed)",
@@ -210,21 +215,41 @@ pub const FINDINGS: [(&str, &str); 2] = [
         "stop-while-creating",
         "no stop or reboot is sent while the instance's VMM record is Creating, between a start inserting it and registering it with the sled agent (the sled agent answers 404, and Nexus marks the VMM Failed)",
     ),
+    (
+        "restart-after-stop",
+        "no stop is sent while an auto-restart pass has found the instance Failed and not yet started it (omicron's reincarnation starts what its query found without reading the intended state again, so the instance runs though its user stopped it)",
+    ),
 ];
 
-/// Whether an instance is in the window of a known finding: its active VMM is
-/// recorded Destroyed (not yet unlinked), or still Creating.
-fn in_finding_window(nexus: &Nexus, id: InstanceUuid) -> bool {
-    matches!(
+/// Whether a stop (`stop`) or reboot of an instance would land in the window of
+/// a known finding: its active VMM is recorded Destroyed (not yet unlinked), or
+/// still Creating; or, for a stop, an auto-restart pass is about to start it.
+fn in_finding_window(
+    nexus: &Nexus,
+    progress: &Mutex<ScenarioProgress>,
+    id: InstanceUuid,
+    stop: bool,
+) -> bool {
+    let vmm = matches!(
         nexus.active_vmm_state(id),
         Some(DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
-    )
+    );
+    vmm || (stop && lock(progress).restarting.contains(&id))
 }
 
 /// A stop's or reboot's wait: until the instance is out of every finding's window.
-fn outside_findings(nexus: &Arc<Nexus>, id: InstanceUuid) -> sched::WaitPred {
-    let weak = Arc::downgrade(nexus);
-    Box::new(move || weak.upgrade().is_none_or(|n| !in_finding_window(&n, id)))
+fn outside_findings(
+    nexus: &Arc<Nexus>,
+    progress: &Arc<Mutex<ScenarioProgress>>,
+    id: InstanceUuid,
+    stop: bool,
+) -> sched::WaitPred {
+    let (weak, progress) = (Arc::downgrade(nexus), Arc::clone(progress));
+    Box::new(move || weak.upgrade().is_none_or(|n| !in_finding_window(&n, &progress, id, stop)))
+}
+
+fn lock(progress: &Mutex<ScenarioProgress>) -> std::sync::MutexGuard<'_, ScenarioProgress> {
+    progress.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How a Nexus error reads in the step log.
@@ -297,7 +322,8 @@ impl Driver for GatedDriver {
             vmm: None,
             arg: Arg::Instance(id),
         };
-        let wait = (!self.findings).then(|| outside_findings(&self.nexus, id));
+        let wait =
+            (!self.findings).then(|| outside_findings(&self.nexus, &self.progress, id, true));
         self.sched.gate(call, wait, None, || n.instance_stop(id), instance_answer).await
     }
 
@@ -447,7 +473,8 @@ pub(super) async fn scenario(
     sched: Arc<Sched>,
     progress: Arc<Mutex<ScenarioProgress>>,
 ) {
-    let driver = GatedDriver { nexus, sim, sim_state, sched, findings };
+    let progress_ = Arc::clone(&progress);
+    let driver = GatedDriver { nexus, sim, sim_state, sched, findings, progress: progress_ };
     run(kind, &driver, &progress).await;
 }
 
@@ -482,7 +509,12 @@ pub(super) async fn watcher(
     }
 }
 
-pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize) {
+pub(super) async fn restart(
+    nexus: Arc<Nexus>,
+    sched: Arc<Sched>,
+    progress: Arc<Mutex<ScenarioProgress>>,
+    passes: usize,
+) {
     for _ in 0..passes {
         // Two kinds of step, so what the pass found is in the actor's history (the
         // answer of a call with no calls inside) before it starts any of them.
@@ -503,6 +535,7 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
                 |c| Answer::Candidates(c.clone()),
             )
             .await;
+        lock(&progress).restarting.extend(candidates.iter().copied());
         for id in candidates {
             let call = Call {
                 kind: CallKind::InstanceStart,
@@ -512,7 +545,11 @@ pub(super) async fn restart(nexus: Arc<Nexus>, sched: Arc<Sched>, passes: usize)
                 arg: Arg::Instance(id),
             };
             // An error is the step's answer; the pass goes on, as omicron's does.
-            let _ = sched.gate(call, None, None, || n.reincarnate(id), instance_answer).await;
+            let start = || async {
+                lock(&progress).restarting.remove(&id);
+                n.reincarnate(id).await
+            };
+            let _ = sched.gate(call, None, None, start, instance_answer).await;
         }
     }
 }
@@ -523,7 +560,7 @@ const USER_OPS: [CallKind; 3] =
 
 /// The id of the instance the scenario created under `name`, if it has yet.
 fn created(progress: &Mutex<ScenarioProgress>, name: &str) -> Option<InstanceUuid> {
-    let p = progress.lock().unwrap_or_else(|p| p.into_inner());
+    let p = lock(progress);
     p.instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
 }
 
@@ -578,9 +615,10 @@ pub(super) async fn user(
                 let (p, n) = (Arc::clone(&progress), Arc::downgrade(&nexus));
                 // Only a stop or reboot can land in a finding's window.
                 let scoped = !findings && op != CallKind::InstanceStart;
+                let stop = op == CallKind::InstanceStop;
                 let ready = move || {
                     created(&p, name).is_some_and(|id| {
-                        !scoped || n.upgrade().is_none_or(|n| !in_finding_window(&n, id))
+                        !scoped || n.upgrade().is_none_or(|n| !in_finding_window(&n, &p, id, stop))
                     })
                 };
                 sched::Alt {

@@ -1,0 +1,293 @@
+//! The race catalogue: omicron's VMM-lifecycle races that the model expresses,
+//! each with the switch that brings back its pre-fix behaviour, the bounds that
+//! show it, and the invariant its harm breaks.
+//!
+//! A row is checked, not asserted: [`check`] explores the pre-fix model until it
+//! finds the race's invariant broken, then proves the fixed model clean at the
+//! same bounds. `cargo xtask catalogue` prints the table the README carries, and
+//! a test per race compares its row with the README's, so the two cannot drift.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::explore::{explore, ExploreConfig, Verdict};
+use crate::harness::invariants::invariant_name;
+use crate::harness::{Inject, RunConfig, RunError, ScenarioKind};
+use crate::{RemovalOrdering, RestartPolicy};
+
+/// What brings a race's pre-fix behaviour back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreFix {
+    /// The sled agent removes a destroyed VMM before it reports it.
+    Ordering(RemovalOrdering),
+    /// Auto-restart as it was.
+    Policy(RestartPolicy),
+    /// A seeded bug.
+    Inject(Inject),
+}
+
+impl PreFix {
+    /// The flag that sets it, as `explore` takes it.
+    pub fn flag(self) -> String {
+        match self {
+            PreFix::Ordering(o) => format!("--ordering {}", o.label()),
+            PreFix::Policy(p) => format!("--restart-policy {}", p.label()),
+            PreFix::Inject(i) => format!("--inject {}", i.label()),
+        }
+    }
+
+    fn apply(self, run: &mut RunConfig) {
+        match self {
+            PreFix::Ordering(o) => run.ordering = o,
+            PreFix::Policy(p) => run.restart_policy = p,
+            PreFix::Inject(i) => run.inject = Some(i),
+        }
+    }
+}
+
+/// One race of the catalogue.
+#[derive(Clone, Copy, Debug)]
+pub struct Race {
+    /// Its number in the catalogue (`R7`).
+    pub id: &'static str,
+    /// omicron's issues and pull requests.
+    pub refs: &'static str,
+    /// The interleaving, in one line.
+    pub interleaving: &'static str,
+    pub pre_fix: PreFix,
+    pub scenario: ScenarioKind,
+    /// The environment the race needs: user operations and faults.
+    pub user_ops: usize,
+    pub faults: usize,
+    /// The invariant the race's harm breaks.
+    pub breaks: u8,
+}
+
+/// The races the model expresses, in catalogue order.
+pub const RACES: [Race; 5] = [
+    Race {
+        id: "R1",
+        refs: "#7927, #7928",
+        interleaving: "the sled agent removes a stopped VMM, then reports Destroyed; a watcher check in between gets 404 and writes Failed",
+        pre_fix: PreFix::Ordering(RemovalOrdering::RemoveThenPublish),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 0,
+        faults: 0,
+        breaks: 2,
+    },
+    Race {
+        id: "R2",
+        refs: "#7282",
+        interleaving: "the same window in the simulated sled agent's poke, met by omicron's disk-move test: the stop ends Failed",
+        pre_fix: PreFix::Ordering(RemovalOrdering::RemoveThenPublish),
+        scenario: ScenarioKind::DiskMove,
+        user_ops: 0,
+        faults: 0,
+        breaks: 2,
+    },
+    Race {
+        id: "R3",
+        refs: "#6809, #8053",
+        interleaving: "a stop finds the VMM gone and marks it Failed; auto-restart, blind to the user's intent, starts it again",
+        pre_fix: PreFix::Policy(RestartPolicy::Policy2024),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 0,
+        faults: 1,
+        breaks: 7,
+    },
+    Race {
+        id: "R4",
+        refs: "#5235, #6455",
+        interleaving: "a stop's answer is lost (timeout) or refused (503); Nexus takes the sled agent as unhealthy and marks the VMM Failed",
+        pre_fix: PreFix::Inject(Inject::UnhealthyMarksFailed),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 0,
+        faults: 1,
+        breaks: 2,
+    },
+    Race {
+        id: "R7",
+        refs: "#6455",
+        interleaving: "the watcher lists a starting VMM before it is registered, gets 404 and writes Failed",
+        pre_fix: PreFix::Inject(Inject::WatcherChecksCreating),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 0,
+        faults: 0,
+        breaks: 2,
+    },
+];
+
+/// The races of omicron's catalogue the model leaves out, and why.
+pub const NOT_MODELLED: [(&str, &str); 8] = [
+    ("R5", "the sim answers a request to a VMM it is tearing down at once, from its table, which keeps the VMM until Nexus has its Destroyed; the real sled agent's runner queue, drained with 410 Gone, is not modelled, so there is no queued request to drop as a 500"),
+    ("R6", "it needs an instance deleted while its sled agent still reports, and no scenario step or user operation deletes one; the sim sends a refused report again, but Nexus never answers it with a 4xx"),
+    ("R8", "it needs the create saga's unwind; a create never fails in the model"),
+    ("R9", "a start checks the instance and inserts its VMM under one lock, so two starts never both reserve; omicron's start saga, whose loser unwinds at the instance's generation check, is one step here"),
+    ("R10", "it needs a start that unwinds after linking its VMM and the cleanup that unlinks it; omicron #9174 is open and which path unlinks the VMM is unconfirmed"),
+    ("R11", "the update step runs to its end as one step: there is no saga lock and no Nexus crash"),
+    ("R12-R14", "migration: the model has one sled and no migration records"),
+    ("R15", "a vanish takes the VM and the sled agent's table entry together; a sled agent restart that loses its table while the VM keeps running is not a fault of the model"),
+];
+
+impl Race {
+    /// The fixed model at the race's bounds.
+    pub fn fixed(&self) -> RunConfig {
+        RunConfig {
+            scenario: self.scenario,
+            user_ops: self.user_ops,
+            faults: self.faults,
+            ..RunConfig::default()
+        }
+    }
+
+    /// The model with the race's pre-fix behaviour.
+    pub fn pre_fix(&self) -> RunConfig {
+        let mut run = self.fixed();
+        self.pre_fix.apply(&mut run);
+        run
+    }
+
+    /// The bounds, as flags (`--scenario stop-race --faults 1`).
+    pub fn bounds(&self) -> String {
+        let mut flags = vec![format!("--scenario {}", self.scenario.label())];
+        if self.user_ops > 0 {
+            flags.push(format!("--user-ops {}", self.user_ops));
+        }
+        if self.faults > 0 {
+            flags.push(format!("--faults {}", self.faults));
+        }
+        flags.join(" ")
+    }
+
+    /// The command that shows the race.
+    pub fn command(&self) -> String {
+        format!("cargo xtask explore {} {}", self.bounds(), self.pre_fix.flag())
+    }
+}
+
+/// A race checked: what the pre-fix search found, and the fixed model's proof.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub race: Race,
+    /// Steps in the shortest schedule that breaks the race's invariant.
+    pub shortest: usize,
+    /// Its replay string.
+    pub replay: String,
+    /// The fixed model's proof: schedules run, distinct situations, time.
+    pub proof_runs: usize,
+    pub proof_situations: usize,
+    pub proof_time: Duration,
+    /// Both searches' time.
+    pub elapsed: Duration,
+}
+
+/// Why a race's row does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("{race}: the pre-fix model's search did not break invariant {invariant} ({name}); it was {verdict}")]
+    NotFound { race: &'static str, invariant: u8, name: &'static str, verdict: &'static str },
+    #[error("{race}: the fixed model was not proved at the same bounds; it was {verdict}")]
+    FixNotProved { race: &'static str, verdict: &'static str },
+    #[error("{race}: a run failed")]
+    Run {
+        race: &'static str,
+        #[source]
+        source: RunError,
+    },
+    #[error("no race {id} in the catalogue")]
+    UnknownRace { id: String },
+}
+
+/// The searches run on one thread, so their schedule and situation counts are
+/// the same on every machine.
+fn search(run: RunConfig) -> ExploreConfig {
+    ExploreConfig { threads: 1, ..ExploreConfig::new(run) }
+}
+
+/// Finds the race in the pre-fix model, then proves the fixed one.
+pub fn check(race: &Race) -> Result<Row, CatalogueError> {
+    let run = |source| CatalogueError::Run { race: race.id, source };
+    let found = explore(&search(race.pre_fix())).map_err(run)?;
+    let Some(cx) = found.counterexamples.iter().find(|c| c.invariant == race.breaks) else {
+        return Err(CatalogueError::NotFound {
+            race: race.id,
+            invariant: race.breaks,
+            name: invariant_name(race.breaks),
+            verdict: found.verdict().word(),
+        });
+    };
+    let proof = explore(&search(race.fixed())).map_err(run)?;
+    if proof.verdict() != Verdict::Clean {
+        return Err(CatalogueError::FixNotProved {
+            race: race.id,
+            verdict: proof.verdict().word(),
+        });
+    }
+    Ok(Row {
+        race: *race,
+        shortest: cx.len,
+        replay: cx.replay(),
+        proof_runs: proof.runs,
+        proof_situations: proof.situations,
+        proof_time: proof.elapsed,
+        elapsed: found.elapsed + proof.elapsed,
+    })
+}
+
+/// The race of that id (`R7`).
+pub fn race(id: &str) -> Result<&'static Race, CatalogueError> {
+    RACES.iter().find(|r| r.id == id).ok_or_else(|| CatalogueError::UnknownRace { id: id.into() })
+}
+
+/// The table's heading, as the README carries it.
+pub const HEADER: [&str; 7] = [
+    "race",
+    "omicron",
+    "interleaving",
+    "see it",
+    "breaks",
+    "shortest",
+    "fix proved (schedules, situations, time)",
+];
+
+impl Row {
+    /// The row's cells, in `HEADER`'s order. Only the last one's time depends
+    /// on the machine.
+    pub fn cells(&self) -> [String; 7] {
+        let r = &self.race;
+        [
+            r.id.to_string(),
+            r.refs.to_string(),
+            r.interleaving.to_string(),
+            format!("`{}`", r.command()),
+            format!("{} {}", r.breaks, invariant_name(r.breaks)),
+            format!("{} steps", self.shortest),
+            format!(
+                "{} schedules, {} situations, {} ms",
+                self.proof_runs,
+                self.proof_situations,
+                self.proof_time.as_millis()
+            ),
+        ]
+    }
+}
+
+/// One Markdown table row.
+pub fn markdown_row(cells: &[String]) -> String {
+    format!("| {} |", cells.join(" | "))
+}
+
+/// The whole table, as the README carries it.
+pub struct Table<'a>(pub &'a [Row]);
+
+impl fmt::Display for Table<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header: Vec<String> = HEADER.iter().map(ToString::to_string).collect();
+        writeln!(f, "{}", markdown_row(&header))?;
+        writeln!(f, "|{}", "---|".repeat(HEADER.len()))?;
+        for row in self.0 {
+            writeln!(f, "{}", markdown_row(&row.cells()))?;
+        }
+        Ok(())
+    }
+}
