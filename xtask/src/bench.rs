@@ -20,6 +20,8 @@ pub const ENVIRONMENT_PROOF_TARGET: Duration = Duration::from_secs(5);
 /// Schedules without partial-order reduction over schedules with it, on
 /// stop-race with 3 watcher passes.
 pub const REDUCTION_TARGET: f64 = 3.0;
+/// The whole race catalogue, found and proved.
+pub const CATALOGUE_TARGET: Duration = Duration::from_secs(30);
 /// How long the bench lets each of those searches run.
 const ENVIRONMENT_CAP: Duration = Duration::from_secs(60);
 
@@ -118,7 +120,19 @@ pub struct Bench {
     /// stop-race with 1 user operation and 1 fault: time on 1 thread over time
     /// on 2.
     pub two_thread_speedup: f64,
+    /// The race catalogue: every race found before its fix and proved after it.
+    pub catalogue: Catalogue,
     pub targets: Targets,
+}
+
+/// `cargo xtask catalogue`, timed.
+#[derive(Debug, Serialize)]
+pub struct Catalogue {
+    pub races: usize,
+    /// Races found before their fix and proved after it.
+    pub held: usize,
+    /// Both searches of every race, one thread each.
+    pub ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +148,8 @@ pub struct Targets {
     /// stop-race, W=3: at least 3 times fewer schedules with reduction than
     /// without, with the same verdict and no more situations.
     pub reduction_at_least_3x: bool,
+    /// Every race of the catalogue held, in under 30 s in all.
+    pub catalogue_under_30s: bool,
 }
 
 impl Targets {
@@ -144,6 +160,7 @@ impl Targets {
             && self.environment_proof_under_5s
             && self.two_threads_at_least_1_7x
             && self.reduction_at_least_3x
+            && self.catalogue_under_30s
     }
 }
 
@@ -289,6 +306,14 @@ pub fn measure() -> Result<Bench, BenchError> {
             0.0
         }
     });
+    let checked = crate::catalogue::check_all();
+    let catalogue = Catalogue {
+        races: checked.rows.len(),
+        held: checked.rows.iter().filter(|r| r.is_ok()).count(),
+        ms: checked.elapsed.as_secs_f64() * 1e3,
+    };
+    let catalogue_under_30s =
+        checked.ok() && catalogue.ms < CATALOGUE_TARGET.as_secs_f64() * 1e3;
     let proof_ms = median(proofs);
     let stop_race_schedules_per_s = median(sps);
     Ok(Bench {
@@ -307,7 +332,9 @@ pub fn measure() -> Result<Bench, BenchError> {
         scaled,
         with_environment,
         two_thread_speedup,
+        catalogue,
         targets: Targets {
+            catalogue_under_30s,
             environment_proof_under_5s,
             two_threads_at_least_1_7x: two_thread_speedup >= 1.7,
             reduction_at_least_3x: reduction >= REDUCTION_TARGET,
@@ -391,11 +418,16 @@ pub fn human(b: &Bench) -> String {
     s.push_str(&format!(
         "environment target: disk-move proved in under 5 s: {}\n\
          two threads vs one (stop-race): {:.2}x   target >= 1.7x: {}\n\
-         reduction (stop-race, W=3): target >= 3x fewer runs, same verdict: {}\n",
+         reduction (stop-race, W=3): target >= 3x fewer runs, same verdict: {}\n\n\
+         race catalogue: {} of {} races found and their fixes proved, {:.0} ms   target < 30 s: {}\n",
         yes(b.targets.environment_proof_under_5s),
         b.two_thread_speedup,
         yes(b.targets.two_threads_at_least_1_7x),
-        yes(b.targets.reduction_at_least_3x)
+        yes(b.targets.reduction_at_least_3x),
+        b.catalogue.held,
+        b.catalogue.races,
+        b.catalogue.ms,
+        yes(b.targets.catalogue_under_30s),
     ));
     s
 }
