@@ -27,15 +27,6 @@ pub enum PreFix {
 }
 
 impl PreFix {
-    /// The flag that sets it, as `explore` takes it.
-    pub fn flag(self) -> String {
-        match self {
-            PreFix::Ordering(o) => format!("--ordering {}", o.label()),
-            PreFix::Policy(p) => format!("--restart-policy {}", p.label()),
-            PreFix::Inject(i) => format!("--inject {}", i.label()),
-        }
-    }
-
     fn apply(self, run: &mut RunConfig) {
         match self {
             PreFix::Ordering(o) => run.ordering = o,
@@ -64,7 +55,7 @@ pub struct Race {
 }
 
 /// The races the model expresses, in catalogue order.
-pub const RACES: [Race; 5] = [
+pub const RACES: [Race; 6] = [
     Race {
         id: "R1",
         refs: "#7927, #7928",
@@ -106,6 +97,16 @@ pub const RACES: [Race; 5] = [
         breaks: 2,
     },
     Race {
+        id: "R5",
+        refs: "#6165, #6166",
+        interleaving: "a second stop reaches a VMM that is terminating (Destroyed, its report on the way); it is dropped with a 500, which Nexus takes for an unhealthy sled agent, and the VMM is marked Failed",
+        pre_fix: PreFix::Inject(Inject::TerminatingDropsRequests),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 1,
+        faults: 0,
+        breaks: 2,
+    },
+    Race {
         id: "R7",
         refs: "#6455",
         interleaving: "the watcher lists a starting VMM before it is registered, gets 404 and writes Failed",
@@ -118,15 +119,14 @@ pub const RACES: [Race; 5] = [
 ];
 
 /// The races of omicron's catalogue the model leaves out, and why.
-pub const NOT_MODELLED: [(&str, &str); 8] = [
-    ("R5", "the sim answers a request to a VMM it is tearing down at once, from its table, which keeps the VMM until Nexus has its Destroyed; the real sled agent's runner queue, drained with 410 Gone, is not modelled, so there is no queued request to drop as a 500"),
+pub const NOT_MODELLED: [(&str, &str); 7] = [
     ("R6", "it needs an instance deleted while its sled agent still reports, and no scenario step or user operation deletes one; the sim sends a refused report again, but Nexus never answers it with a 4xx"),
     ("R8", "it needs the create saga's unwind; a create never fails in the model"),
     ("R9", "a start checks the instance and inserts its VMM under one lock, so two starts never both reserve; omicron's start saga, whose loser unwinds at the instance's generation check, is one step here"),
     ("R10", "it needs a start that unwinds after linking its VMM and the cleanup that unlinks it; omicron #9174 is open and which path unlinks the VMM is unconfirmed"),
     ("R11", "the update step runs to its end as one step: there is no saga lock and no Nexus crash"),
     ("R12-R14", "migration: the model has one sled and no migration records"),
-    ("R15", "a vanish takes the VM and the sled agent's table entry together; a sled agent restart that loses its table while the VM keeps running is not a fault of the model"),
+    ("R15", "omicron's sled agent deletes every zone, Propolis's included, before it serves again (`cleanup_all_old_global_state`, since #686), so its restart is a vanish of every VMM on the sled, which the vanish fault covers; the second VM #6763 feared needs a VM that outlives the restart, which that code never allows"),
 ];
 
 impl Race {
@@ -147,21 +147,21 @@ impl Race {
         run
     }
 
-    /// The bounds, as flags (`--scenario stop-race --faults 1`).
-    pub fn bounds(&self) -> String {
-        let mut flags = vec![format!("--scenario {}", self.scenario.label())];
-        if self.user_ops > 0 {
-            flags.push(format!("--user-ops {}", self.user_ops));
-        }
-        if self.faults > 0 {
-            flags.push(format!("--faults {}", self.faults));
-        }
-        flags.join(" ")
-    }
-
-    /// The command that shows the race.
+    /// The command that shows the race: explore's flags for the pre-fix model
+    /// that differ from explore's defaults, the scenario always named.
     pub fn command(&self) -> String {
-        format!("cargo xtask explore {} {}", self.bounds(), self.pre_fix.flag())
+        let defaults = RunConfig::default().flags();
+        let words: Vec<String> = self
+            .pre_fix()
+            .flags()
+            .into_iter()
+            .filter(|f| f.name == "--scenario" || !defaults.contains(f))
+            .map(|f| match f.value {
+                Some(v) => format!("{} {v}", f.name),
+                None => f.name.to_string(),
+            })
+            .collect();
+        format!("cargo xtask explore {}", words.join(" "))
     }
 }
 
@@ -177,17 +177,22 @@ pub struct Row {
     pub proof_runs: usize,
     pub proof_situations: usize,
     pub proof_time: Duration,
-    /// Both searches' time.
+    /// The fixed model again, with the known findings' windows open
+    /// (`--findings`): the shortest schedule that still breaks the race's
+    /// invariant, if one does. The proof above is scoped around them, as every
+    /// explore is by default.
+    pub with_findings: Option<usize>,
+    /// The three searches' time.
     pub elapsed: Duration,
 }
 
 /// Why a race's row does not hold.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
-    #[error("{race}: the pre-fix model's search did not break invariant {invariant} ({name}); it was {verdict}")]
-    NotFound { race: &'static str, invariant: u8, name: &'static str, verdict: &'static str },
-    #[error("{race}: the fixed model was not proved at the same bounds; it was {verdict}")]
-    FixNotProved { race: &'static str, verdict: &'static str },
+    #[error("{race}: the pre-fix model's search did not break invariant {invariant} ({name}); it was {}", verdict.word())]
+    NotFound { race: &'static str, invariant: u8, name: &'static str, verdict: Verdict },
+    #[error("{race}: the fixed model was not proved at the same bounds; it was {}", verdict.word())]
+    FixNotProved { race: &'static str, verdict: Verdict },
     #[error("{race}: a run failed")]
     Run {
         race: &'static str,
@@ -213,16 +218,16 @@ pub fn check(race: &Race) -> Result<Row, CatalogueError> {
             race: race.id,
             invariant: race.breaks,
             name: invariant_name(race.breaks),
-            verdict: found.verdict().word(),
+            verdict: found.verdict(),
         });
     };
     let proof = explore(&search(race.fixed())).map_err(run)?;
     if proof.verdict() != Verdict::Clean {
-        return Err(CatalogueError::FixNotProved {
-            race: race.id,
-            verdict: proof.verdict().word(),
-        });
+        return Err(CatalogueError::FixNotProved { race: race.id, verdict: proof.verdict() });
     }
+    let open = explore(&search(RunConfig { findings: true, ..race.fixed() })).map_err(run)?;
+    let with_findings =
+        open.counterexamples.iter().find(|c| c.invariant == race.breaks).map(|c| c.len);
     Ok(Row {
         race: *race,
         shortest: cx.len,
@@ -230,7 +235,8 @@ pub fn check(race: &Race) -> Result<Row, CatalogueError> {
         proof_runs: proof.runs,
         proof_situations: proof.situations,
         proof_time: proof.elapsed,
-        elapsed: found.elapsed + proof.elapsed,
+        with_findings,
+        elapsed: found.elapsed + proof.elapsed + open.elapsed,
     })
 }
 
@@ -240,20 +246,21 @@ pub fn race(id: &str) -> Result<&'static Race, CatalogueError> {
 }
 
 /// The table's heading, as the README carries it.
-pub const HEADER: [&str; 7] = [
+pub const HEADER: [&str; 8] = [
     "race",
     "omicron",
     "interleaving",
     "see it",
     "breaks",
     "shortest",
+    "with the findings (`--findings`)",
     "fix proved (schedules, situations, time)",
 ];
 
 impl Row {
     /// The row's cells, in `HEADER`'s order. Only the last one's time depends
     /// on the machine.
-    pub fn cells(&self) -> [String; 7] {
+    pub fn cells(&self) -> [String; 8] {
         let r = &self.race;
         [
             r.id.to_string(),
@@ -262,6 +269,10 @@ impl Row {
             format!("`{}`", r.command()),
             format!("{} {}", r.breaks, invariant_name(r.breaks)),
             format!("{} steps", self.shortest),
+            match self.with_findings {
+                Some(n) => format!("still broken, {n} steps"),
+                None => "clean".into(),
+            },
             format!(
                 "{} schedules, {} situations, {} ms",
                 self.proof_runs,

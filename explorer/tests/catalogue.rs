@@ -58,6 +58,11 @@ fn r4_a_lost_answer_is_taken_for_an_unhealthy_sled_agent() {
 }
 
 #[test]
+fn r5_a_request_to_a_terminating_vmm_is_dropped_as_a_500() {
+    check("R5");
+}
+
+#[test]
 fn r7_the_watcher_checks_a_vmm_not_yet_registered() {
     check("R7");
 }

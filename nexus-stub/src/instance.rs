@@ -147,8 +147,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             inst.state = InstanceState::Vmm;
             inst.propolis_id = Some(propolis_id);
             inst.gen = inst.gen.next();
-            inst.intended = IntendedState::Running;
             let auto_restart = reason == StartReason::AutoRestart;
+            // omicron's reincarnation runs the start saga itself and leaves the
+            // intended state as the user last set it.
+            if !auto_restart {
+                inst.intended = IntendedState::Running;
+            }
             if auto_restart {
                 inst.auto_restarts += 1;
                 inst.time_last_auto_restarted = Some(now);
@@ -456,7 +460,48 @@ fn unhealthy(e: &SledAgentError) -> bool {
         SledAgentError::Communication { .. } => true,
         SledAgentError::UnexpectedResponse { status, .. } => !(400..500).contains(status),
         SledAgentError::NoSuchVmm { .. }
+        | SledAgentError::Terminating { .. }
         | SledAgentError::InvalidTransition { .. }
         | SledAgentError::InvalidRegistration { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only what omicron before #6455 took for an unhealthy sled agent: no answer,
+    /// or an answer that is not a client error.
+    #[test]
+    fn unhealthy_is_no_answer_or_a_server_error() {
+        let vmm = PropolisUuid::from_u128(1);
+        let status = |status| SledAgentError::UnexpectedResponse {
+            operation: "vmm_put_state",
+            status,
+            message: String::new(),
+        };
+        let refused =
+            SledAgentError::Communication { operation: "vmm_put_state", source: "x".into() };
+        let transition = SledAgentError::InvalidTransition {
+            propolis_id: vmm,
+            current: VmmState::Stopping,
+            resting: VmmState::Destroyed,
+            requested: VmmStateRequested::Running,
+        };
+        let registration =
+            SledAgentError::InvalidRegistration { propolis_id: vmm, reason: "x".into() };
+        for (e, want) in [
+            (refused, true),
+            (status(500), true),
+            (status(503), true),
+            (status(409), false),
+            (status(404), false),
+            (SledAgentError::NoSuchVmm { propolis_id: vmm }, false),
+            (SledAgentError::Terminating { propolis_id: vmm }, false),
+            (transition, false),
+            (registration, false),
+        ] {
+            assert_eq!(unhealthy(&e), want, "{e:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, NexusApiError, NexusInternalApi, PropolisUuid,
     SledAgentApi, SledAgentError, SledUuid, SledVmmState, VmmPutStateBody, VmmPutStateResponse,
-    VmmRuntimeState, VmmState, VmmUnregisterResponse,
+    VmmRuntimeState, VmmState, VmmStateRequested, VmmUnregisterResponse,
 };
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::Notify;
@@ -81,6 +81,16 @@ pub enum PokeMode {
     Drain,
     /// Execute and report one.
     SingleStep,
+}
+
+/// Seeded bugs, for checking that the explorer catches them; set only with the
+/// `seeded-bugs` feature (`SimSledAgent::seed_bugs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimBugs {
+    /// A stop or reboot sent to a VMM that is terminating is dropped and
+    /// answered 500, as omicron's sled agent did before #6166 (the fix answers
+    /// 410 Gone).
+    pub terminating_drops_requests: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +156,7 @@ pub struct SimSledAgent<N> {
     in_flight: Mutex<BTreeMap<PropolisUuid, InFlight>>,
     runtime: Option<tokio::runtime::Handle>,
     this: Weak<Self>,
+    bugs: Mutex<SimBugs>,
 }
 
 #[derive(Debug)]
@@ -191,11 +202,22 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             in_flight: Mutex::new(BTreeMap::new()),
             runtime,
             this: this.clone(),
+            bugs: Mutex::new(SimBugs::default()),
         }))
     }
 
     pub fn sled_id(&self) -> SledUuid {
         self.sled_id
+    }
+
+    #[cfg(feature = "seeded-bugs")]
+    pub fn seed_bugs(&self, bugs: SimBugs) {
+        *self.bugs.lock().unwrap_or_else(|p| p.into_inner()) = bugs;
+    }
+
+    /// The seeded bugs in force: none, unless built with `seeded-bugs` and asked.
+    fn bugs(&self) -> SimBugs {
+        *self.bugs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn config(&self) -> SimConfig {
@@ -487,6 +509,21 @@ impl<N: NexusInternalApi + 'static> SledAgentApi for SimSledAgent<N> {
     ) -> Result<VmmPutStateResponse, SledAgentError> {
         let mut table = self.table();
         let entry = table.get_mut(&propolis_id).ok_or(SledAgentError::NoSuchVmm { propolis_id })?;
+        // Destroyed and still here: its runner is terminating (reporting, then
+        // leaving the table). omicron's answers the stops and reboots it is sent
+        // then with 410 Gone, not 404: Nexus must not take the VMM for lost.
+        let waits = matches!(body.state, VmmStateRequested::Stopped | VmmStateRequested::Reboot);
+        if waits && entry.vmm.ready_to_destroy() {
+            return Err(if self.bugs().terminating_drops_requests {
+                SledAgentError::UnexpectedResponse {
+                    operation: "vmm_put_state",
+                    status: 500,
+                    message: "the VMM's runner dropped the request".into(),
+                }
+            } else {
+                SledAgentError::Terminating { propolis_id }
+            });
+        }
         let queued = entry.vmm.queued();
         let bumped = entry.vmm.request_transition(propolis_id, body.state, &*self.clock)?;
         // A transition that moved the generation or queued more work wakes the

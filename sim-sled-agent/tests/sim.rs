@@ -241,6 +241,25 @@ async fn single_step_reports_one_transition_per_poke() {
     assert_eq!(rec.reports().len(), 2);
 }
 
+/// A VMM whose Destroyed Nexus has not taken yet is terminating: a stop or a
+/// reboot is answered 410 (it is not gone, so not 404), a get-state its last
+/// state, and a start is still refused as a transition.
+#[tokio::test]
+async fn a_terminating_vmm_answers_stops_and_reboots_with_gone() {
+    let refused = Some((VmmState::Destroyed, 400, u32::MAX));
+    let (sim, _rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, refused).await;
+    sim.poke(VMM, PokeMode::Drain).await.expect_err("Nexus refuses the Destroyed");
+    for state in [VmmStateRequested::Stopped, VmmStateRequested::Reboot] {
+        let e = put(&sim, state).await.expect_err("terminating");
+        assert!(matches!(e, SledAgentError::Terminating { propolis_id } if propolis_id == VMM));
+        assert!(!e.vmm_gone(), "{e:?}");
+    }
+    let e = put(&sim, VmmStateRequested::Running).await.expect_err("no start");
+    assert!(matches!(e, SledAgentError::InvalidTransition { .. }), "{e:?}");
+    let now = sim.vmm_get_state(VMM).await.expect("still in the table");
+    assert_eq!(now.vmm_state.state, VmmState::Destroyed);
+}
+
 #[tokio::test]
 async fn bad_requests_get_typed_errors() {
     let (sim, _rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, None).await;

@@ -25,6 +25,12 @@ pub enum SledAgentError {
         requested: VmmStateRequested,
     },
 
+    /// The VMM reached Destroyed and is being torn down: omicron's runner
+    /// answers the stops and reboots queued to it then with 410 Gone (#6166).
+    /// Not "gone": Nexus leaves the VMM alone, its Destroyed is on its way.
+    #[error("VMM {propolis_id} is terminating")]
+    Terminating { propolis_id: PropolisUuid },
+
     #[error("VMM {propolis_id} cannot be registered: {reason}")]
     InvalidRegistration { propolis_id: PropolisUuid, reason: String },
 

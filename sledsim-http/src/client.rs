@@ -220,6 +220,9 @@ impl SledAgentClient {
                 {
                     return SledAgentError::NoSuchVmm { propolis_id };
                 }
+                if status == StatusCode::GONE && code_is(&body, error_codes::NO_SUCH_INSTANCE) {
+                    return SledAgentError::Terminating { propolis_id };
+                }
                 if status == StatusCode::BAD_REQUEST && code_is(&body, error_codes::INVALID_REQUEST)
                 {
                     // A put-state refused names the state the VMM was bound

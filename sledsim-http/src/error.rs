@@ -67,6 +67,13 @@ impl From<&SledAgentError> for ApiError {
             SledAgentError::NoSuchVmm { .. } => {
                 ApiError::not_found(error_codes::NO_SUCH_INSTANCE, e.to_string())
             }
+            // omicron's runner, terminating, answers with this code too (#6166);
+            // only a 404 with it means gone.
+            SledAgentError::Terminating { .. } => ApiError::new(
+                ErrorStatusCode::GONE,
+                Some(error_codes::NO_SUCH_INSTANCE),
+                e.to_string(),
+            ),
             // omicron's sim answers these with 400 InvalidRequest too.
             SledAgentError::InvalidTransition { resting, .. } => {
                 let mut err = ApiError::bad_request(error_codes::INVALID_REQUEST, e.to_string());

@@ -312,8 +312,7 @@ pub fn measure() -> Result<Bench, BenchError> {
         held: checked.rows.iter().filter(|r| r.is_ok()).count(),
         ms: checked.elapsed.as_secs_f64() * 1e3,
     };
-    let catalogue_under_30s =
-        checked.ok() && catalogue.ms < CATALOGUE_TARGET.as_secs_f64() * 1e3;
+    let catalogue_under_30s = checked.ok() && catalogue.ms < CATALOGUE_TARGET.as_secs_f64() * 1e3;
     let proof_ms = median(proofs);
     let stop_race_schedules_per_s = median(sps);
     Ok(Bench {

@@ -62,6 +62,7 @@ pub fn json(c: &Checked) -> serde_json::Value {
                 "invariant": row.race.breaks,
                 "invariant_name": invariant_name(row.race.breaks),
                 "shortest": row.shortest,
+                "with_findings": row.with_findings,
                 "replay": row.replay,
                 "proof": {
                     "runs": row.proof_runs,

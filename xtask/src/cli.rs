@@ -1107,6 +1107,19 @@ mod tests {
         Some(text)
     }
 
+    /// Each race's command in the catalogue (and the README) is one explore
+    /// takes, and it explores the race's pre-fix model.
+    #[test]
+    fn the_catalogues_commands_parse_to_their_races() {
+        for race in sledsim_explorer::catalogue::RACES {
+            let command = race.command();
+            let words = command.split_whitespace().skip(1);
+            let cli = Cli::try_parse_from(words).unwrap_or_else(|e| panic!("{command}: {e}"));
+            let Command::Explore(a) = cli.command else { panic!("{command}: not explore") };
+            assert_eq!(a.config().run.flags(), race.pre_fix().flags(), "{command}");
+        }
+    }
+
     /// Every flag of every command says what it is for.
     #[test]
     fn every_flag_has_help() {

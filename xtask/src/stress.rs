@@ -176,7 +176,7 @@ impl Driver for Polling {
         self.nexus.disk_detach(disk, id)
     }
 
-    async fn simulate(&self, _vmm: PropolisUuid) -> Result<(), BoxError> {
+    async fn simulate(&self, _id: InstanceUuid) -> Result<(), BoxError> {
         Ok(())
     }
 

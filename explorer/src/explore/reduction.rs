@@ -107,6 +107,10 @@ impl Situation for Unknown {
 /// The parts of the world a choice's release may touch in situation `at`.
 pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
     use CallKind::*;
+    // Offered only when nothing else can go on, as a Done is.
+    if c.offer == Offer::TimedOut {
+        return Footprint::rw(ALL);
+    }
     let base = match c.call.kind {
         Done => return Footprint::rw(ALL),
         // A stale write changes nothing in Nexus and is answered "not updated"
@@ -156,7 +160,7 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         ActorKind::Scenario => base.and_writes(PROGRESS),
         // Between operations it reads which instances exist and what Nexus
         // holds of them (its alternatives wait on both).
-        ActorKind::User => base.and_reads(PROGRESS | NEXUS | RESTARTING),
+        ActorKind::User => base.and_reads(PROGRESS | NEXUS),
         ActorKind::Watcher | ActorKind::Check(_) => base.and_writes(PASS),
         // A pass notes what it found, and each start crosses one off.
         ActorKind::Restart => base.and_writes(RESTARTING),
@@ -165,8 +169,9 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
     let base = match c.offer {
         // A vanish waits for its VMM to exist and not be reporting.
         Offer::Alternative if c.kind == ActorKind::Fault => base.and_reads(PROGRESS | SLED),
-        Offer::Alternative => base.and_reads(PROGRESS | NEXUS),
-        Offer::Call | Offer::Done => base,
+        // A user's stop also waits out the instances auto-restart is about to start.
+        Offer::Alternative => base.and_reads(PROGRESS | NEXUS | RESTARTING),
+        Offer::Call | Offer::Done | Offer::TimedOut => base,
     };
     if c.fault.is_some() {
         base.and_writes(BUDGET)
@@ -339,11 +344,14 @@ mod tests {
             choice(9, ActorKind::Update(1), CallKind::InstanceUpdate, Component::UpdateStep);
         // A report writes the VMM table; auto-restart reads instances, which only
         // the update step changes.
-        let scenario_report = Choice { actor: 0, kind: ActorKind::Scenario, ..report };
-        check(&scenario_report, &restart, true);
-        // But a user's stop waits out what a pass found, and its code goes on to
-        // its next operation with each step.
-        check(&report, &restart, false);
+        check(&report, &restart, true);
+        // But a user's stop waits out what a pass found: its choice does not
+        // commute with the pass's listing.
+        let user_stop = Choice {
+            offer: Offer::Alternative,
+            ..choice(6, ActorKind::User, CallKind::InstanceStop, Component::User)
+        };
+        check(&user_stop, &restart, false);
         check(&update, &restart, false);
         check(&update, &report, false);
         // The sim's step and a read or write of Nexus touch nothing in common.

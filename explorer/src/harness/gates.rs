@@ -147,6 +147,7 @@ fn sled_error_answer(sched: &Sched, e: &SledAgentError) -> Answer {
         SledAgentError::NoSuchVmm { propolis_id } => {
             Answer::Gone { nexus_had: sched.probe(*propolis_id) }
         }
+        SledAgentError::Terminating { .. } => Answer::Error(ErrorKind::Terminating),
         SledAgentError::InvalidTransition { .. } => Answer::Error(ErrorKind::InvalidTransition),
         SledAgentError::InvalidRegistration { .. } => Answer::Error(ErrorKind::InvalidRegistration),
         SledAgentError::Communication { .. } => Answer::Error(ErrorKind::Communication),

@@ -21,9 +21,9 @@ pub const INVARIANTS: [(u8, &str, &str); 9] = [
     (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
     (4, "generations-increase", "stored generations never decrease; every applied write has a greater generation"),
-    (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged)"),
+    (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged), unless Nexus unwound the VMM's start"),
     (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it and is told it is gone, Nexus ends holding it Failed"),
-    (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one whose last request was a stop (whatever became of it) is never auto-restarted"),
+    (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one its user last wanted stopped (the last stop, start or reboot begun, or a start that found it going) is never auto-restarted"),
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
 ];
@@ -368,8 +368,11 @@ impl Invariants {
     fn end_of_vmms(&mut self, step: usize, end: &End, names: &dyn Fn() -> Names) {
         for &(vmm, state, gen) in &end.vmms {
             let vanished = self.vanished.get(&vmm).copied();
+            // A VMM whose start Nexus unwound is abandoned, not lost: Nexus
+            // refuses what its sled agent says of it afterwards.
+            let unwound = state == DbVmmState::SagaUnwound;
             if let Some(&sent) = self.unacked.get(&vmm) {
-                if vanished.is_none() && gen < sent {
+                if vanished.is_none() && !unwound && gen < sent {
                     self.broke(5, step, || {
                         format!(
                             "{} ended at g{gen} in Nexus, but its sled agent sent g{sent}",

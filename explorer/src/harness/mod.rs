@@ -16,7 +16,7 @@ use nexus_stub::{
     DeferredSpawner, DiskView, InstanceView, NexusBugs, NexusConfig, NexusStub, RestartPolicy,
     UpdateOutcome,
 };
-use sim_sled_agent::{RemovalOrdering, SimConfig, SimMode, SimSledAgent};
+use sim_sled_agent::{RemovalOrdering, SimBugs, SimConfig, SimMode, SimSledAgent};
 use sled_agent_api::{
     Clock, InstanceUuid, LogicalClock, NexusInternalApi, PropolisUuid, SledAgentApi, SledUuid,
 };
@@ -69,16 +69,20 @@ pub enum Inject {
     /// A stop or reboot whose answer is lost or refused marks the VMM Failed
     /// (omicron before #6455).
     UnhealthyMarksFailed,
+    /// A stop or reboot sent to a VMM that is terminating is answered 500, not
+    /// 410, and Nexus marks the VMM Failed (omicron before #6166).
+    TerminatingDropsRequests,
 }
 
 impl Inject {
-    pub const ALL: [Inject; 6] = [
+    pub const ALL: [Inject; 7] = [
         Inject::NoGenerationCheck,
         Inject::WatcherListsTerminal,
         Inject::WatcherSkipsGeneration,
         Inject::MarkFailedAtStoredGen,
         Inject::WatcherChecksCreating,
         Inject::UnhealthyMarksFailed,
+        Inject::TerminatingDropsRequests,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Inject {
             Inject::MarkFailedAtStoredGen => "mark-failed-at-stored-gen",
             Inject::WatcherChecksCreating => "watcher-checks-creating",
             Inject::UnhealthyMarksFailed => "unhealthy-marks-failed",
+            Inject::TerminatingDropsRequests => "terminating-drops-requests",
         }
     }
 }
@@ -318,6 +323,8 @@ impl World {
         }
         let sim = SimSledAgent::new(log, SLED, sim_config, to_nexus, Arc::clone(&clock))
             .map_err(RunError::Setup)?;
+        let drops = config.inject == Some(Inject::TerminatingDropsRequests);
+        sim.seed_bugs(SimBugs { terminating_drops_requests: drops });
         let spawner = Arc::new(DeferredSpawner::default());
         let nexus_config = NexusConfig {
             restart_policy: config.restart_policy,
@@ -326,7 +333,12 @@ impl World {
                 list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
                 mark_failed_at_stored_gen: config.inject == Some(Inject::MarkFailedAtStoredGen),
                 list_creating_for_watcher: config.inject == Some(Inject::WatcherChecksCreating),
-                unhealthy_marks_failed: config.inject == Some(Inject::UnhealthyMarksFailed),
+                // omicron before #6166 was also before #6455: its Nexus took the
+                // dropped request's 500 for an unhealthy sled agent.
+                unhealthy_marks_failed: matches!(
+                    config.inject,
+                    Some(Inject::UnhealthyMarksFailed | Inject::TerminatingDropsRequests)
+                ),
             },
             ..NexusConfig::default()
         };

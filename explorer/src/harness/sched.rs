@@ -391,11 +391,15 @@ impl Sched {
         out.clear();
         let g = self.lock();
         let can_fault = g.faults_left > 0;
+        let mut waiting = Vec::new();
         for p in &g.parked {
-            if p.released.is_some()
-                || (p.costs_fault && !can_fault)
-                || !p.wait.as_ref().is_none_or(|w| w())
-            {
+            if p.released.is_some() || (p.costs_fault && !can_fault) {
+                continue;
+            }
+            if !p.wait.as_ref().is_none_or(|w| w()) {
+                if p.call.kind == CallKind::WaitForState {
+                    waiting.push(p);
+                }
                 continue;
             }
             let kind = g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind);
@@ -412,10 +416,22 @@ impl Sched {
                 out.extend(p.faults.iter().map(|&f| Choice { fault: Some(f), ..choice }));
             }
         }
+        let calls = out.iter().any(|c| c.offer == Offer::Call);
+        if !calls {
+            // No call can go on: a test's wait for a state times out.
+            out.extend(waiting.into_iter().map(|p| Choice {
+                ticket: p.ticket,
+                actor: p.actor,
+                kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
+                call: p.call,
+                offer: Offer::TimedOut,
+                fault: None,
+            }));
+        }
         drop(g);
         // Keys are unique (a ticket is one call, offered once per fault at most).
         out.sort_unstable_by_key(|c| (c.actor, c.ticket, c.fault));
-        if out.iter().any(|c| c.offer == Offer::Call) {
+        if calls {
             out.retain(|c| c.offer != Offer::Done);
         } else {
             let mut kept = false;

@@ -144,8 +144,9 @@ pub trait Driver {
         id: InstanceUuid,
     ) -> impl Future<Output = Result<DiskView, NexusError>>;
 
-    /// The test's `instance_simulate`.
-    fn simulate(&self, vmm: PropolisUuid) -> impl Future<Output = Result<(), BoxError>>;
+    /// The test's `instance_simulate`: finish the transitions of whichever VMM
+    /// is the instance's active one now.
+    fn simulate(&self, id: InstanceUuid) -> impl Future<Output = Result<(), BoxError>>;
 
     /// Waits for the instance to come to rest after a stop; returns the state it
     /// rests in (Stopped, unless something went wrong).
@@ -172,12 +173,10 @@ impl<D: Driver> Ctx<'_, D> {
         let view = self.driver.instance_create(name).await.map_err(nexus_err("create"))?;
         self.progress().instances.push((name.to_string(), view.id));
         self.driver.instance_stop(view.id).await.map_err(nexus_err("stop"))?;
-        if let Some(vmm) = view.propolis_id {
-            self.driver
-                .simulate(vmm)
-                .await
-                .map_err(|source| StepFailed::Sim { step: format!("simulate {name}"), source })?;
-        }
+        self.driver
+            .simulate(view.id)
+            .await
+            .map_err(|source| StepFailed::Sim { step: format!("simulate {name}"), source })?;
         let state = self.driver.settle(view.id).await.map_err(nexus_err("wait for"))?;
         if state != ExternalState::Stopped {
             return Err(StepFailed::Unexpected {
@@ -345,7 +344,12 @@ impl Driver for GatedDriver {
         self.call(CallKind::DiskDetach, Arg::Instance(id), run, disk_answer).await
     }
 
-    async fn simulate(&self, vmm: PropolisUuid) -> Result<(), BoxError> {
+    async fn simulate(&self, id: InstanceUuid) -> Result<(), BoxError> {
+        // As the test's helper, which looks the VMM up when it is called (and
+        // panics if there is none).
+        let Some(vmm) = self.nexus.instance_record(id).and_then(|i| i.propolis_id) else {
+            return Err("instance must be on a sled to simulate a state change".into());
+        };
         let call = Call {
             kind: CallKind::VmmPoke,
             from: Component::Scenario,
@@ -473,8 +477,8 @@ pub(super) async fn scenario(
     sched: Arc<Sched>,
     progress: Arc<Mutex<ScenarioProgress>>,
 ) {
-    let progress_ = Arc::clone(&progress);
-    let driver = GatedDriver { nexus, sim, sim_state, sched, findings, progress: progress_ };
+    let driver =
+        GatedDriver { nexus, sim, sim_state, sched, findings, progress: Arc::clone(&progress) };
     run(kind, &driver, &progress).await;
 }
 

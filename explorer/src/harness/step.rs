@@ -256,6 +256,8 @@ pub struct Call {
 /// Which error a call answered: its kind, which is all a caller branches on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
+    /// 410 Gone: the VMM is terminating.
+    Terminating,
     InvalidTransition,
     InvalidRegistration,
     Communication,
@@ -280,6 +282,7 @@ impl ErrorKind {
     /// The word reports show.
     pub const fn label(self) -> &'static str {
         match self {
+            ErrorKind::Terminating => "410 terminating",
             ErrorKind::InvalidTransition => "invalid_transition",
             ErrorKind::InvalidRegistration => "invalid_registration",
             ErrorKind::Communication => "communication",
@@ -403,6 +406,10 @@ pub enum Offer {
     /// An environment actor's "nothing more": enabled only when nothing but
     /// alternatives is, so stopping early and stopping last are one schedule.
     Done,
+    /// A test's wait for a state, given up: offered, with its condition unmet,
+    /// only when no call can go on, as the real test's wait times out (320 s)
+    /// when nothing happens any more.
+    TimedOut,
 }
 
 /// A parked call the scheduler may release now, and how.
