@@ -17,7 +17,7 @@ use super::Names;
 
 /// The invariants: number, name, and what each says.
 pub const INVARIANTS: [(u8, &str, &str); 9] = [
-    (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished"),
+    (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished (or before it was registered)"),
     (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
     (4, "generations-increase", "stored generations never decrease; every applied write has a greater generation"),
@@ -208,9 +208,12 @@ impl Invariants {
     pub fn on(&mut self, step: usize, event: &Event, names: &dyn Fn() -> Names) {
         match *event {
             Event::Gone { vmm, nexus_had } => {
-                // Nexus ended it (terminal, or a start it unwound), or it vanished.
-                let terminal =
-                    nexus_had.is_some_and(|(s, _)| s.is_terminal() || s == DbVmmState::SagaUnwound);
+                // Nexus ended it (terminal, or a start it unwound), has not had it
+                // registered yet (Creating: the sled agent rightly knows nothing of
+                // it; asking is the caller's mistake), or it vanished.
+                let terminal = nexus_had.is_some_and(|(s, _)| {
+                    s.is_terminal() || matches!(s, DbVmmState::SagaUnwound | DbVmmState::Creating)
+                });
                 if !terminal && !self.vanished.contains_key(&vmm) {
                     let held = nexus_had.map_or("no record".into(), |(s, g)| format!("{s}/g{g}"));
                     self.broke(1, step, || {
@@ -506,6 +509,9 @@ mod tests {
         );
         let unwound = Some((DbVmmState::SagaUnwound, g(2)));
         assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: unwound }], None), Vec::<u8>::new());
+        // Nor before it was registered: asking then is the caller's mistake.
+        let creating = Some((DbVmmState::Creating, g(1)));
+        assert_eq!(check(&[Event::Gone { vmm: VMM, nexus_had: creating }], None), Vec::<u8>::new());
     }
 
     #[test]
