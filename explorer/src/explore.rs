@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
-use crate::harness::step::{ActorId, ActorKind, Call, Choice};
+use crate::harness::step::{ActorId, ActorKind, Call, Choice, Offer};
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
 mod canonical;
@@ -455,7 +455,7 @@ type Situations = HashMap<u64, Seen, BuildHasherDefault<StableHasher>>;
 
 struct Seen {
     full: Vec<u8>,
-    next: Vec<(ActorKind, Call)>,
+    next: Vec<(ActorKind, Call, Offer)>,
     path: Vec<u32>,
 }
 
@@ -603,8 +603,8 @@ impl Dfs<'_> {
     fn check_situation(&mut self, situations: &Mutex<Situations>, ctx: &ChoiceCtx<'_>, fp: u64) {
         let full = ctx.world.situation(ctx.observer);
         // As a sorted list: the same actors may hold other ids on another path.
-        let mut next: Vec<(ActorKind, Call)> =
-            ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call)).collect();
+        let mut next: Vec<(ActorKind, Call, Offer)> =
+            ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call, c.offer)).collect();
         next.sort_by_cached_key(|c| format!("{c:?}"));
         let mut situations = lock(situations);
         match situations.get(&fp) {

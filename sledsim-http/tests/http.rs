@@ -127,6 +127,15 @@ async fn every_sled_agent_method_and_error_over_http() {
     assert!(s.sim.contains_vmm(vmm));
     let e = client.poke(unknown, false).await.unwrap_err();
     assert!(e.vmm_gone(), "{e:?}");
+    // Three more steps, each report refused too, leave it Destroyed in the
+    // table: terminating. A stop then is answered 410, which reads back as
+    // Terminating, not gone.
+    for _ in 0..3 {
+        client.poke(vmm, true).await.unwrap_err();
+    }
+    let e = client.vmm_put_state(vmm, put(VmmStateRequested::Stopped)).await.unwrap_err();
+    assert!(matches!(e, SledAgentError::Terminating { propolis_id } if propolis_id == vmm));
+    assert!(!e.vmm_gone(), "{e:?}");
 
     assert_eq!(client.vmm_unregister(unknown).await.unwrap().updated_runtime, None);
     let r = client.vmm_unregister(vmm).await.unwrap().updated_runtime.unwrap();

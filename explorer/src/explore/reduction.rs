@@ -211,12 +211,13 @@ pub fn free(enabled: &[Choice], ranks: &[u32], at: &dyn Situation) -> Option<usi
     (0..enabled.len()).filter(|&i| is_free(i)).min_by_key(|&i| ranks[i])
 }
 
-/// A choice asleep: the same parked call, with the same fault, is known by its
-/// ticket along one path.
-pub type Sleeper = (u64, Option<crate::harness::step::Fault>);
+/// A choice asleep: the same parked call, with the same fault and offered the
+/// same way (a wait that timed out is not the wait met), is known by its ticket
+/// along one path.
+pub type Sleeper = (u64, Option<crate::harness::step::Fault>, Offer);
 
 pub fn sleeper(c: &Choice) -> Sleeper {
-    (c.ticket, c.fault)
+    (c.ticket, c.fault, c.offer)
 }
 
 /// Whether `c` is one of `sleep`.

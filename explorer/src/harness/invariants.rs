@@ -24,7 +24,7 @@ pub const INVARIANTS: [(u8, &str, &str); 9] = [
     (5, "nothing-lost", "every state a sled agent sent is, by the end, recorded by Nexus or superseded by a newer generation (a failed report is sent again until acknowledged), unless Nexus unwound the VMM's start"),
     (6, "vanished-ends-failed", "a VMM that vanished is not left live: once a watcher pass begun after the vanish lists it as Nexus ends up holding it and is told it is gone, Nexus ends holding it Failed"),
     (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one its user last wanted stopped (the last stop, start or reboot begun, or a start that found it going) is never auto-restarted"),
-    (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed"),
+    (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed, nor the scenario's wait for a state timed out (unless what would move it on lies past the bounds: a watcher pass after a vanish, a report to send again)"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
 ];
 
@@ -55,6 +55,9 @@ pub enum Event {
     WatcherSawGone { vmm: PropolisUuid },
     /// The environment acted: a user's extra operation, or a fault.
     Environment,
+    /// The scenario's wait for `instance` to come to rest timed out: nothing
+    /// else could go on.
+    WaitTimedOut { instance: InstanceUuid },
 }
 
 /// How a run stopped.
@@ -162,6 +165,8 @@ pub struct Invariants {
     requests: BTreeMap<InstanceUuid, Requests>,
     /// Whether a user's extra operation or a fault touched the run.
     environment: bool,
+    /// Instances the scenario's wait for timed out.
+    timed_out: BTreeSet<InstanceUuid>,
     /// Why the end could not be judged, if a bound cut the run short.
     inconclusive: Option<String>,
 }
@@ -190,6 +195,7 @@ impl Invariants {
         self.lost.hash(h);
         self.requests.hash(h);
         self.environment.hash(h);
+        self.timed_out.hash(h);
         // As a set: which broke first is the path's, not the situation's, and two
         // orders of independent steps that break two invariants meet here.
         let broken = self.violations.iter().fold(0u64, |m, v| m | 1u64 << (v.invariant % 64));
@@ -252,6 +258,9 @@ impl Invariants {
                 }
             }
             Event::Environment => self.environment = true,
+            Event::WaitTimedOut { instance } => {
+                self.timed_out.insert(instance);
+            }
         }
     }
 
@@ -336,6 +345,18 @@ impl Invariants {
             Ending::Deadlock(waiting) => self.broke(8, step, || {
                 format!("no call can proceed; still waiting: {}", waiting.join(", "))
             }),
+        }
+        // A wait timed out is the scenario stuck, unless what would move it on
+        // is past the bounds: a watcher pass to fail a VMM that vanished, or a
+        // report the sled agent would send again.
+        let stuck = self.timed_out.iter().find(|i| !self.lost.contains(i));
+        if let (Some(&id), true) = (stuck, self.unacked.is_empty()) {
+            self.broke(8, step, || {
+                format!(
+                    "the scenario's wait for {} timed out: nothing moves it on",
+                    names().instance(id)
+                )
+            });
         }
         self.end_of_vmms(step, end, names);
         for &(id, state) in &end.instances {
@@ -560,6 +581,12 @@ mod tests {
         // A run cut short is not judged.
         let cut = End { ending: Ending::Bound("b".into()), ..ending_with(VmmState::Stopping, 6) };
         assert_eq!(check(&[sent(VmmState::Destroyed, 7)], Some(cut)), Vec::<u8>::new());
+        // Nor a VMM whose start Nexus unwound: it was abandoned, not lost.
+        let unwound = End {
+            vmms: vec![(VMM, DbVmmState::SagaUnwound, g(3))],
+            ..finished(ExternalState::Stopped)
+        };
+        assert_eq!(check(&[sent(VmmState::Running, 4)], Some(unwound)), Vec::<u8>::new());
     }
 
     #[test]
@@ -628,6 +655,15 @@ mod tests {
             ..finished(ExternalState::Stopped)
         };
         assert_eq!(check(&[], Some(deadlock)), [8]);
+        // The scenario's wait timed out: stuck, unless a vanished VMM's watcher
+        // pass or a report to send again lies past the bounds.
+        let timed_out = Event::WaitTimedOut { instance: INST };
+        let end = || Some(finished(ExternalState::Stopped));
+        assert_eq!(check(std::slice::from_ref(&timed_out), end()), [8]);
+        assert_eq!(check(&[vanished(), timed_out.clone()], end()), Vec::<u8>::new());
+        let pending = sent(VmmState::Destroyed, 7);
+        let stopping = Some(ending_with(VmmState::Stopping, 6));
+        assert_eq!(check(&[pending, timed_out], stopping), [5]);
         let failed =
             End { outcome: Some(Err("attach".into())), ..finished(ExternalState::Stopped) };
         assert_eq!(check(&[], Some(failed.clone())), [9]);
@@ -693,6 +729,7 @@ mod tests {
             ),
             ("request", vec![inst(InstanceChange::StopRequested)]),
             ("environment", vec![Event::Environment]),
+            ("wait timed out", vec![Event::WaitTimedOut { instance: INST }]),
             ("broken", vec![gone]),
         ] {
             assert_ne!(hash_after(&events), base, "{what} is not in the hash");

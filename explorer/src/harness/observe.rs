@@ -65,6 +65,11 @@ impl Observer {
             // its way to the sled agent: the scenario may rightly fail then. A
             // fault on a report (sent again) or a watcher's check (it writes
             // nothing) leaves the scenario's steps as the test expects them.
+            if step.timed_out && i >= released_seen {
+                if let Arg::Instance(instance) = step.call.arg {
+                    events.push((i + 1, Event::WaitTimedOut { instance }));
+                }
+            }
             let environment = (step.fault.is_some() && step.call.kind == CallKind::VmmPutState)
                 || (matches!(step.call.from, Component::User | Component::Fault)
                     && step.call.kind != CallKind::Done);

@@ -391,15 +391,9 @@ impl Sched {
         out.clear();
         let g = self.lock();
         let can_fault = g.faults_left > 0;
-        let mut waiting = Vec::new();
+        let ready = |p: &Parked| p.wait.as_ref().is_none_or(|w| w());
         for p in &g.parked {
-            if p.released.is_some() || (p.costs_fault && !can_fault) {
-                continue;
-            }
-            if !p.wait.as_ref().is_none_or(|w| w()) {
-                if p.call.kind == CallKind::WaitForState {
-                    waiting.push(p);
-                }
+            if p.released.is_some() || (p.costs_fault && !can_fault) || !ready(p) {
                 continue;
             }
             let kind = g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind);
@@ -419,7 +413,10 @@ impl Sched {
         let calls = out.iter().any(|c| c.offer == Offer::Call);
         if !calls {
             // No call can go on: a test's wait for a state times out.
-            out.extend(waiting.into_iter().map(|p| Choice {
+            let waiting = g.parked.iter().filter(|p| {
+                p.released.is_none() && p.call.kind == CallKind::WaitForState && !ready(p)
+            });
+            out.extend(waiting.map(|p| Choice {
                 ticket: p.ticket,
                 actor: p.actor,
                 kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
@@ -458,8 +455,9 @@ impl Sched {
             });
             return;
         }
-        let step =
-            Step { actor: p.actor, call: p.call, answer: Answer::Pending, fault, writes_from };
+        let timed_out = !p.wait.as_ref().is_none_or(|w| w());
+        let (actor, call) = (p.actor, p.call);
+        let step = Step { actor, call, answer: Answer::Pending, fault, timed_out, writes_from };
         g.steps.push(step);
         let index = g.steps.len() - 1;
         p.released = Some(index);

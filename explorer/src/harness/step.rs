@@ -390,6 +390,9 @@ pub struct Step {
     pub answer: Answer,
     /// The fault it was released with, if any.
     pub fault: Option<Fault>,
+    /// Released with its wait unmet: a test's wait for a state that timed out
+    /// (`Offer::TimedOut`).
+    pub timed_out: bool,
     /// Length of Nexus's write log when the step was released. A step runs
     /// atomically, so the writes it caused are those up to the next step's mark.
     pub writes_from: usize,
