@@ -148,14 +148,13 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             inst.propolis_id = Some(propolis_id);
             inst.gen = inst.gen.next();
             let auto_restart = reason == StartReason::AutoRestart;
-            // omicron's reincarnation runs the start saga itself and leaves the
-            // intended state as the user last set it.
-            if !auto_restart {
-                inst.intended = IntendedState::Running;
-            }
             if auto_restart {
                 inst.auto_restarts += 1;
                 inst.time_last_auto_restarted = Some(now);
+            } else {
+                // omicron's reincarnation runs the start saga itself and leaves
+                // the intended state as the user last set it.
+                inst.intended = IntendedState::Running;
             }
             db.log(instance_id, InstanceChange::StartRequested { auto_restart });
             *began = true;

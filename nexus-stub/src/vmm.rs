@@ -157,29 +157,29 @@ impl<S: SledAgentApi + 'static> NexusInternalApi for NexusStub<S> {
 impl<S: SledAgentApi + 'static> WatcherDatastore for NexusStub<S> {
     async fn vmm_list_for_watcher(&self) -> Result<Vec<WatchedVmm>, DatastoreError> {
         let bugs = self.bugs();
-        let list_destroyed = bugs.list_terminal_for_watcher;
         let db = self.db();
-        let mut rows: Vec<WatchedVmm> = db
-            .vmms
-            .values()
-            .filter(|v| !v.deleted)
-            .filter_map(|v| {
-                let runtime = match v.state {
-                    DbVmmState::Creating if bugs.list_creating_for_watcher => VmmRuntimeState {
-                        state: VmmState::Starting,
-                        gen: v.gen,
-                        time_updated: v.time_state_updated,
-                    },
-                    _ => v.runtime()?,
-                };
-                (runtime.state != VmmState::Destroyed || list_destroyed).then_some(WatchedVmm {
-                    instance_id: v.instance_id,
-                    propolis_id: v.id,
-                    sled_id: v.sled_id,
-                    runtime,
+        let mut rows: Vec<WatchedVmm> =
+            db.vmms
+                .values()
+                .filter(|v| !v.deleted)
+                .filter_map(|v| {
+                    let runtime = match v.state {
+                        DbVmmState::Creating if bugs.list_creating_for_watcher => VmmRuntimeState {
+                            state: VmmState::Starting,
+                            gen: v.gen,
+                            time_updated: v.time_state_updated,
+                        },
+                        _ => v.runtime()?,
+                    };
+                    (runtime.state != VmmState::Destroyed || bugs.list_terminal_for_watcher)
+                        .then_some(WatchedVmm {
+                            instance_id: v.instance_id,
+                            propolis_id: v.id,
+                            sled_id: v.sled_id,
+                            runtime,
+                        })
                 })
-            })
-            .collect();
+                .collect();
         rows.sort_by_key(|w| (w.sled_id, w.propolis_id));
         Ok(rows)
     }

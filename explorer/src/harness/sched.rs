@@ -123,6 +123,19 @@ struct Parked {
     basis: Option<Generation>,
 }
 
+impl Parked {
+    /// Whether what it waits for holds (or it waits for nothing).
+    fn ready(&self) -> bool {
+        self.wait.as_ref().is_none_or(|w| w())
+    }
+
+    /// A test's wait for a state, still unmet: offered only once no call can go
+    /// on, as the wait times out (`Offer::TimedOut`).
+    fn waiting_for_state(&self) -> bool {
+        self.call.kind == CallKind::WaitForState && !self.ready()
+    }
+}
+
 #[derive(Debug)]
 struct ActorInfo {
     kind: ActorKind,
@@ -391,20 +404,19 @@ impl Sched {
         out.clear();
         let g = self.lock();
         let can_fault = g.faults_left > 0;
-        let ready = |p: &Parked| p.wait.as_ref().is_none_or(|w| w());
+        let choice = |p: &Parked, offer| Choice {
+            ticket: p.ticket,
+            actor: p.actor,
+            kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
+            call: p.call,
+            offer,
+            fault: None,
+        };
         for p in &g.parked {
-            if p.released.is_some() || (p.costs_fault && !can_fault) || !ready(p) {
+            if p.released.is_some() || (p.costs_fault && !can_fault) || !p.ready() {
                 continue;
             }
-            let kind = g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind);
-            let choice = Choice {
-                ticket: p.ticket,
-                actor: p.actor,
-                kind,
-                call: p.call,
-                offer: p.offer,
-                fault: None,
-            };
+            let choice = choice(p, p.offer);
             out.push(choice);
             if can_fault {
                 out.extend(p.faults.iter().map(|&f| Choice { fault: Some(f), ..choice }));
@@ -413,17 +425,8 @@ impl Sched {
         let calls = out.iter().any(|c| c.offer == Offer::Call);
         if !calls {
             // No call can go on: a test's wait for a state times out.
-            let waiting = g.parked.iter().filter(|p| {
-                p.released.is_none() && p.call.kind == CallKind::WaitForState && !ready(p)
-            });
-            out.extend(waiting.map(|p| Choice {
-                ticket: p.ticket,
-                actor: p.actor,
-                kind: g.actors.get(p.actor).map_or(ActorKind::Scenario, |a| a.kind),
-                call: p.call,
-                offer: Offer::TimedOut,
-                fault: None,
-            }));
+            let waiting = g.parked.iter().filter(|p| p.released.is_none() && p.waiting_for_state());
+            out.extend(waiting.map(|p| choice(p, Offer::TimedOut)));
         }
         drop(g);
         // Keys are unique (a ticket is one call, offered once per fault at most).
@@ -455,7 +458,7 @@ impl Sched {
             });
             return;
         }
-        let timed_out = !p.wait.as_ref().is_none_or(|w| w());
+        let timed_out = p.waiting_for_state();
         let (actor, call) = (p.actor, p.call);
         let step = Step { actor, call, answer: Answer::Pending, fault, timed_out, writes_from };
         g.steps.push(step);

@@ -236,15 +236,14 @@ fn in_finding_window(
     vmm || (stop && lock(progress).restarting.contains(&id))
 }
 
-/// A stop's or reboot's wait: until the instance is out of every finding's window.
+/// The scenario's stop's wait: until the instance is out of every finding's window.
 fn outside_findings(
     nexus: &Arc<Nexus>,
     progress: &Arc<Mutex<ScenarioProgress>>,
     id: InstanceUuid,
-    stop: bool,
 ) -> sched::WaitPred {
     let (weak, progress) = (Arc::downgrade(nexus), Arc::clone(progress));
-    Box::new(move || weak.upgrade().is_none_or(|n| !in_finding_window(&n, &progress, id, stop)))
+    Box::new(move || weak.upgrade().is_none_or(|n| !in_finding_window(&n, &progress, id, true)))
 }
 
 fn lock(progress: &Mutex<ScenarioProgress>) -> std::sync::MutexGuard<'_, ScenarioProgress> {
@@ -321,8 +320,7 @@ impl Driver for GatedDriver {
             vmm: None,
             arg: Arg::Instance(id),
         };
-        let wait =
-            (!self.findings).then(|| outside_findings(&self.nexus, &self.progress, id, true));
+        let wait = (!self.findings).then(|| outside_findings(&self.nexus, &self.progress, id));
         self.sched.gate(call, wait, None, || n.instance_stop(id), instance_answer).await
     }
 
