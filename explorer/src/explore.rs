@@ -7,7 +7,8 @@
 //! invariants remember (see `World::fingerprint`). A run stops as soon as it
 //! reaches a situation already expanded at the same or a smaller depth; one reached
 //! again at a smaller depth is expanded again, so no shortest counterexample hides
-//! behind a longer path to the same place. A run goes on past a violation, to find
+//! behind a longer path to the same place (the proof, which needs no lengths,
+//! expands each situation once: `Dfs::claim_depth`). A run goes on past a violation, to find
 //! the invariants not yet broken; it stops once every invariant is either broken on
 //! its path or already has a counterexample no longer than what it could still
 //! find. Both prunings are what "exhaustive" allows: neither can change which
@@ -260,9 +261,9 @@ impl Truncation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Coverage {
     /// Every schedule within the bounds, up to pruning that cannot change the
-    /// verdict: situations already expanded at no greater depth, and, once an
-    /// invariant has a counterexample of length L, paths that could only break it
-    /// again at L or later.
+    /// verdict: situations already expanded (at no greater depth, where lengths
+    /// count), and, once an invariant has a counterexample of length L, paths
+    /// that could only break it again at L or later.
     Exhaustive,
     Truncated(Vec<Truncation>),
 }
@@ -564,8 +565,9 @@ struct Dfs<'a> {
     generations_checked: bool,
     /// Sleep sets.
     reduce: bool,
-    /// Free steps (`Phase::Proof`).
-    free: bool,
+    /// The proof (`Phase::Proof`): free steps, and a situation expanded once
+    /// is not expanded again from a smaller depth (see `claim_depth`).
+    proof: bool,
     /// Preemptions the prefix makes.
     preemptions: u32,
     /// The actor that took the last step.
@@ -595,6 +597,22 @@ impl Dfs<'_> {
         INVARIANTS.iter().any(|&(k, _, _)| {
             !ctx.observer.invariants().is_broken(k) && depth + 1 < self.best.get(k)
         })
+    }
+
+    /// The depth a visit claims its situation at. The exact search needs the
+    /// true one: a situation first met on a longer path must be expanded again
+    /// when met on a shorter one, or a shortest counterexample through it would
+    /// be missed. The proof looks for any violation, not the shortest, and
+    /// lengths are already bounds there; a situation's future does not depend on
+    /// how it was reached, so one expansion covers every visit, unless the step
+    /// bound cut that expansion short, and then a run reached the bound and the
+    /// proof is inconclusive anyway. So the proof claims every visit at one depth.
+    fn claim_depth(&self, depth: usize) -> u32 {
+        if self.proof {
+            0
+        } else {
+            u32::try_from(depth).unwrap_or(u32::MAX)
+        }
     }
 
     /// Under `--check-fingerprints`: two situations that share a fingerprint must
@@ -659,7 +677,7 @@ impl Chooser for Dfs<'_> {
         // its own: the others are tried after it, not instead of after it.
         // Only once the shard's part is decided: before, a free step could
         // carry a path into another part than the schedules it stands for.
-        let only = match (self.free && decided, ranks.as_deref()) {
+        let only = match (self.proof && decided, ranks.as_deref()) {
             (true, Some(r)) => reduction::free(ctx.enabled, r, &at),
             _ => None,
         };
@@ -674,7 +692,7 @@ impl Chooser for Dfs<'_> {
                 }
                 _ => reduction::masks(ctx.enabled, ranks.as_deref(), &self.sleep),
             };
-            let depth32 = u32::try_from(depth).unwrap_or(u32::MAX);
+            let depth32 = self.claim_depth(depth);
             // Choices tried here before, by an expansion with as long a future.
             let mut tried_before = None;
             match self.visited.claim(fp, depth32, self.prune, masks) {
@@ -1254,7 +1272,7 @@ impl<'a> Search<'a> {
                 generations_checked: self.cfg.run.inject
                     != Some(harness::Inject::NoGenerationCheck),
                 reduce: self.cfg.reduces(),
-                free: self.phase == Phase::Proof,
+                proof: self.phase == Phase::Proof,
                 preemptions,
                 last: None,
                 path: Vec::new(),
