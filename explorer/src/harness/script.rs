@@ -451,10 +451,12 @@ async fn disk_move<D: Driver>(cx: &Ctx<'_, D>) -> Result<(), StepFailed> {
     Ok(())
 }
 
-/// What of a listed row a check's future depends on (not the row's timestamp:
-/// the watcher writes its own clock's time).
-fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, SledUuid, VmmState, u64) {
-    (w.instance_id, w.propolis_id, w.sled_id, w.runtime.state, w.runtime.gen.as_u64())
+/// What of a listed row a check's future depends on: whom to ask, and the
+/// generation a Failed write builds on. Not the row's state, which a check only
+/// logs (it writes what the sled agent answers), nor its timestamp (the watcher
+/// writes its own clock's time).
+fn row(w: &watcher::WatchedVmm) -> (InstanceUuid, PropolisUuid, SledUuid, u64) {
+    (w.instance_id, w.propolis_id, w.sled_id, w.runtime.gen.as_u64())
 }
 
 /// Runs a scenario to its end or its first failed step; the outcome goes into
