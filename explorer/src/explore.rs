@@ -16,12 +16,13 @@
 //!
 //! With partial-order reduction (`reduction`) a search has two phases
 //! (`Phase`). The proof takes free steps, which leave out situations but no end
-//! and no broken invariant, and stops at its first violation; when it finds
-//! none, its verdict stands. When it finds one, an exact search (sleep sets
-//! only, which leave out no situation) finds every broken invariant at its
-//! shortest length. A clean proof is thus as cheap as the reduction makes it,
-//! and a violated search costs the exact search plus the proof's way to its
-//! first violation.
+//! and no broken invariant, and runs to its end; when it finds no violation,
+//! its verdict stands. When it finds some, it knows which invariants break, and
+//! an exact search (sleep sets only, which leave out no situation) finds each
+//! of those at its shortest length, going no deeper than the proof's schedule
+//! for it, and leaves the others alone. A clean proof is thus as cheap as the
+//! reduction makes it, and a violated search costs the reduced space plus the
+//! exact one up to the longest counterexample.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
@@ -497,6 +498,22 @@ impl BestLens {
         self.0.get(usize::from(k)).map_or(usize::MAX, |a| a.load(Ordering::Relaxed))
     }
 
+    /// Lengths for an exact search after a proof that ran to its end and
+    /// found `found`. An invariant it found broken has a counterexample as long
+    /// as the proof's (that schedule is one), so only paths that could break it
+    /// sooner matter; if none does, the proof's schedule stands (`finish`), and
+    /// the canonical pass picks the first of that length either way. One it
+    /// never found broken breaks nowhere, so no path matters for it.
+    fn bounded(found: &Best) -> Self {
+        let lens = BestLens(std::array::from_fn(|_| AtomicUsize::new(0)));
+        for (&k, prefix) in found {
+            if let Some(a) = lens.0.get(usize::from(k)) {
+                a.store(prefix.len(), Ordering::Relaxed);
+            }
+        }
+        lens
+    }
+
     fn offer(&self, k: u8, len: usize) {
         if let Some(a) = self.0.get(usize::from(k)) {
             a.fetch_min(len, Ordering::Relaxed);
@@ -917,12 +934,14 @@ pub fn explore(cfg: &ExploreConfig) -> Result<ExploreResult, RunError> {
     explore_with_progress(cfg, &mut |_| {})
 }
 
-/// What a search is for. A proof takes free steps (`reduction::free`) and ends
-/// at the first violation: it can say "clean" soundly, but a free step may come
-/// before the step that breaks an invariant, so its lengths are not the
-/// shortest. Once it has found one, an exact search, which takes none, finds
-/// each broken invariant's shortest length. Without reduction there is only
-/// the exact one.
+/// What a search is for. A proof takes free steps (`reduction::free`) and
+/// runs to its end: it can say "clean" soundly, and when it is not clean it
+/// knows which invariants break, since its reduction keeps every broken
+/// invariant; but a free step may come before the step that breaks one, so its
+/// lengths are only bounds. An exact search, which takes none, then finds each
+/// broken invariant's shortest length, chasing only those, and none further
+/// than the proof's length (`BestLens::bounded`). Without reduction there is
+/// only the exact search, which chases every invariant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Proof,
@@ -936,10 +955,10 @@ pub fn explore_with_progress(
 ) -> Result<ExploreResult, RunError> {
     let start = Instant::now();
     if !cfg.reduces() {
-        let exact = search(cfg, Phase::Exact, (0, Duration::ZERO), progress)?;
+        let exact = search(cfg, Phase::Exact, ((0, Duration::ZERO), BestLens::new()), progress)?;
         return finish(cfg, exact, None, start);
     }
-    let proof = search(cfg, Phase::Proof, (0, Duration::ZERO), progress)?;
+    let proof = search(cfg, Phase::Proof, ((0, Duration::ZERO), BestLens::new()), progress)?;
     if proof.best.is_empty() {
         return finish(cfg, proof, None, start);
     }
@@ -947,7 +966,12 @@ pub fn explore_with_progress(
     let mut go_on = |p: Progress| {
         progress(Progress { runs: p.runs + before.0, elapsed: p.elapsed + before.1, ..p });
     };
-    let exact = search(cfg, Phase::Exact, before, &mut go_on)?;
+    // A proof cut short (by a cap or the step bound) or in doubt (its audit
+    // found fault) says nothing of what it did not reach: then the exact search
+    // chases every invariant, with no bound.
+    let lens =
+        if proof.truncated.is_empty() { BestLens::bounded(&proof.best) } else { BestLens::new() };
+    let exact = search(cfg, Phase::Exact, (before, lens), &mut go_on)?;
     finish(cfg, exact, Some(proof), start)
 }
 
@@ -961,14 +985,14 @@ struct Searched {
 }
 
 /// Runs one phase on every thread; `before` is the runs and time earlier phases
-/// spent, which count against the caps.
+/// spent, which count against the caps, and `lens` the lengths it starts from.
 fn search(
     cfg: &ExploreConfig,
     phase: Phase,
-    before: (usize, Duration),
+    (before, lens): ((usize, Duration), BestLens),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Searched, RunError> {
-    let search = Search::new(cfg, phase, before);
+    let search = Search::new(cfg, phase, before, lens);
     std::thread::scope(|scope| {
         let mut spawned = 0;
         for _ in 0..cfg.threads.max(1) {
@@ -1038,8 +1062,9 @@ fn finish(
         (s.tally.runs, s.tally.violating_runs, s.tally.first_violation);
     let mut visited_bytes = s.visited_bytes;
     if let Some(proof) = proof {
-        // Only a cap can stop the exact search short of what the proof found:
-        // the proof's schedule then stands, as a truncated search's do.
+        // The exact search looks only for schedules shorter than the proof's
+        // (`BestLens::bounded`), and a cap may stop it short: where it found
+        // none, the proof's schedule stands.
         for (k, prefix) in proof.best {
             s.best.entry(k).or_insert(prefix);
         }
@@ -1225,7 +1250,12 @@ struct Tally {
 }
 
 impl<'a> Search<'a> {
-    fn new(cfg: &'a ExploreConfig, phase: Phase, before: (usize, Duration)) -> Self {
+    fn new(
+        cfg: &'a ExploreConfig,
+        phase: Phase,
+        before: (usize, Duration),
+        best_lens: BestLens,
+    ) -> Self {
         // A xorshift state must not be 0.
         let mut frontier = Frontier { shuffle: cfg.shuffle.map(|s| s | 1), ..Frontier::default() };
         frontier.push(0, Work::default());
@@ -1241,7 +1271,7 @@ impl<'a> Search<'a> {
             start: Instant::now(),
             visited: Visited::new(),
             situations: cfg.check_fingerprints.then(|| Mutex::new(Situations::default())),
-            best_lens: BestLens::new(),
+            best_lens,
             best: Mutex::new(BTreeMap::new()),
             queue: Mutex::new(Queue { frontier, ..Queue::default() }),
             wake: Condvar::new(),
@@ -1366,10 +1396,6 @@ impl<'a> Search<'a> {
         drop(t);
         if r.violations.is_empty() {
             return;
-        }
-        if self.phase == Phase::Proof {
-            // Not clean: the exact search takes it from here.
-            self.stop::<()>(lock(&self.queue));
         }
         let mut best = lock(&self.best);
         for v in &r.violations {

@@ -28,8 +28,8 @@
 //! the rules remember is part of the situation, and a broken rule stays
 //! broken), but a free step may come before the step that breaks one, so a
 //! search with free steps gives lengths that are only bounds: it is a proof
-//! that stops at its first violation, after which an exact search with sleep
-//! sets alone finds the shortest (`explore::Phase`). The tests compare the
+//! that tells which invariants break, after which an exact search with sleep
+//! sets alone finds the shortest of each (`explore::Phase`). The tests compare the
 //! violations, their lengths and the end states with the unreduced search.
 //!
 //! Of the choice points a disk-move search with one user operation visits,
