@@ -120,7 +120,7 @@ pub const RACES: [Race; 6] = [
 
 /// The races of omicron's catalogue the model leaves out, and why.
 pub const NOT_MODELLED: [(&str, &str); 7] = [
-    ("R6", "it needs an instance deleted while its sled agent still reports, and no scenario step or user operation deletes one; the sim sends a refused report again, but Nexus never answers it with a 4xx"),
+    ("R6", "its 404 answered reports keyed by a deleted instance (2023); reports are keyed by VMM since, a soft-deleted VMM row still counts as existing (the write is stale), and a 404 needs a write that applies for an instance already deleted, which needs Nexus to hold the VMM terminal before its sled agent is done: rule 2 broken first; the model has no instance delete, and its sim gives a 4xx report up and deregisters the VMM, as omicron's sled agent does since #3256"),
     ("R8", "it needs the create saga's unwind; a create never fails in the model"),
     ("R9", "a start checks the instance and inserts its VMM under one lock, so two starts never both reserve; omicron's start saga, whose loser unwinds at the instance's generation check, is one step here"),
     ("R10", "it needs a start that unwinds after linking its VMM and the cleanup that unlinks it; omicron #9174 is open and which path unlinks the VMM is unconfirmed"),

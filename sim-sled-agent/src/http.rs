@@ -107,7 +107,11 @@ async fn poke<N: NexusInternalApi + 'static>(
     mode: PokeMode,
 ) -> Result<HttpResponseOk<PokeResponse>, HttpError> {
     match sim.poke(propolis_id, mode).await {
-        Ok(o) => Ok(HttpResponseOk(PokeResponse { published: o.published, removed: o.removed })),
+        Ok(o) => Ok(HttpResponseOk(PokeResponse {
+            published: o.published,
+            refused: o.refused,
+            removed: o.removed,
+        })),
         Err(SimError::NoSuchVmm { propolis_id }) => {
             Err(sled(SledAgentError::NoSuchVmm { propolis_id }))
         }

@@ -98,7 +98,9 @@ pub enum SimError {
     #[error("no such VMM {propolis_id} on this sled")]
     NoSuchVmm { propolis_id: PropolisUuid },
 
-    /// The VMM is kept in the table at `state`, so the next poke reports it again.
+    /// Nexus could not be reached, or answered with a server error, on every
+    /// send (`REPORT_ATTEMPTS`). The VMM is kept in the table at `state`, so
+    /// the next poke reports it again.
     #[error("reporting VMM {propolis_id} at {state} to Nexus failed; kept in the table")]
     ReportFailed {
         propolis_id: PropolisUuid,
@@ -116,6 +118,10 @@ pub enum SimError {
 pub struct PokeOutcome {
     /// Every state reported to Nexus, in order; each was acknowledged.
     pub published: Vec<SledVmmState>,
+    /// States Nexus refused with a client error (4xx), given up on: sending one
+    /// again would get the same answer (omicron's `publish_state_to_nexus`
+    /// takes a 4xx as permanent since #3256).
+    pub refused: Vec<SledVmmState>,
     /// Whether the VMM left the table.
     pub removed: bool,
 }
@@ -297,7 +303,8 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         propolis_id: PropolisUuid,
         mode: PokeMode,
     ) -> Result<PokeOutcome, SimError> {
-        let mut outcome = PokeOutcome { published: Vec::new(), removed: false };
+        let mut outcome =
+            PokeOutcome { published: Vec::new(), refused: Vec::new(), removed: false };
         loop {
             // One step under the lock; the lock is released before Nexus is called.
             let (state, finished, more, taken) = {
@@ -328,17 +335,30 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             debug!(self.log, "reporting VMM state";
                 "propolis_id" => %propolis_id, "state" => %state.vmm_state.state,
                 "gen" => state.vmm_state.gen.as_u64());
-            let reported = self.report(propolis_id, state, more, taken.as_ref()).await;
-            if let Err(source) = reported {
-                warn!(self.log, "report to Nexus failed; keeping VMM";
-                    "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
-                    "error" => %source);
-                if let Some(entry) = taken {
-                    self.table().entry(propolis_id).or_insert(entry);
+            match self.report(propolis_id, state, more, taken.as_ref()).await {
+                Ok(()) => outcome.published.push(state),
+                // omicron's sled agent gives a refused report up and goes on: a
+                // VMM that has finished is deregistered all the same.
+                Err(source) if !source.retryable() => {
+                    warn!(self.log, "Nexus refused the report; giving it up";
+                        "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
+                        "error" => %source);
+                    outcome.refused.push(state);
                 }
-                return Err(SimError::ReportFailed { propolis_id, state: state.vmm_state, source });
+                Err(source) => {
+                    warn!(self.log, "report to Nexus failed; keeping VMM";
+                        "propolis_id" => %propolis_id, "gen" => state.vmm_state.gen.as_u64(),
+                        "error" => %source);
+                    if let Some(entry) = taken {
+                        self.table().entry(propolis_id).or_insert(entry);
+                    }
+                    return Err(SimError::ReportFailed {
+                        propolis_id,
+                        state: state.vmm_state,
+                        source,
+                    });
+                }
             }
-            outcome.published.push(state);
             if finished {
                 outcome.removed = match self.config.ordering {
                     RemovalOrdering::RemoveThenPublish => true,

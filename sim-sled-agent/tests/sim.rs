@@ -200,12 +200,31 @@ async fn a_report_refused_with_a_5xx_is_sent_again_by_the_same_poke() {
     }
 }
 
-/// A report refused with a 4xx is not sent again (there is no point), nor one
-/// refused `REPORT_ATTEMPTS` times: the poke fails and the VMM stays for the next.
+/// A report Nexus refuses with a 4xx is given up, not sent again (it would get
+/// the same answer), and the sim goes on as omicron's sled agent does: a
+/// finished VMM is deregistered all the same (R6, #3256).
+#[tokio::test]
+async fn a_terminal_report_refused_with_a_4xx_is_given_up_and_the_vmm_removed() {
+    for ordering in [RemovalOrdering::PublishThenRemove, RemovalOrdering::RemoveThenPublish] {
+        let (sim, rec) = started_then_stopped(ordering, Some((VmmState::Destroyed, 404, 1))).await;
+        let outcome = sim.poke(VMM, PokeMode::Drain).await.expect("a refusal ends the report");
+        let sent: Vec<_> = rec.reports().iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(sent.last(), Some(&(VmmState::Destroyed, 7)), "{ordering:?}");
+        let destroyed = sent.iter().filter(|r| r.0 == VmmState::Destroyed).count();
+        assert_eq!(destroyed, 1, "{ordering:?}: sent once");
+        let refused: Vec<_> = outcome.refused.iter().map(|s| s.vmm_state.gen.as_u64()).collect();
+        assert_eq!(refused, [7], "{ordering:?}");
+        assert!(outcome.published.iter().all(|s| s.vmm_state.gen.as_u64() < 7), "{ordering:?}");
+        assert!(outcome.removed && !sim.contains_vmm(VMM), "{ordering:?}: deregistered anyway");
+    }
+}
+
+/// A report that cannot get through (5xx) `REPORT_ATTEMPTS` times: the poke
+/// fails and the VMM stays for the next, which reports it again.
 #[tokio::test]
 async fn a_failed_terminal_report_keeps_the_vmm_and_is_retried() {
     for (ordering, fail) in [
-        (RemovalOrdering::PublishThenRemove, (VmmState::Destroyed, 404, 1)),
+        (RemovalOrdering::PublishThenRemove, (VmmState::Destroyed, 503, REPORT_ATTEMPTS)),
         (RemovalOrdering::RemoveThenPublish, (VmmState::Destroyed, 500, REPORT_ATTEMPTS)),
     ] {
         let (sim, rec) = started_then_stopped(ordering, Some(fail)).await;
@@ -246,9 +265,9 @@ async fn single_step_reports_one_transition_per_poke() {
 /// state, and a start is still refused as a transition.
 #[tokio::test]
 async fn a_terminating_vmm_answers_stops_and_reboots_with_gone() {
-    let refused = Some((VmmState::Destroyed, 400, u32::MAX));
+    let refused = Some((VmmState::Destroyed, 503, u32::MAX));
     let (sim, _rec) = started_then_stopped(RemovalOrdering::PublishThenRemove, refused).await;
-    sim.poke(VMM, PokeMode::Drain).await.expect_err("Nexus refuses the Destroyed");
+    sim.poke(VMM, PokeMode::Drain).await.expect_err("Nexus cannot take the Destroyed");
     for state in [VmmStateRequested::Stopped, VmmStateRequested::Reboot] {
         let e = put(&sim, state).await.expect_err("terminating");
         assert!(matches!(e, SledAgentError::Terminating { propolis_id } if propolis_id == VMM));

@@ -12,11 +12,13 @@ use sled_agent_api::{
 };
 use watcher::{DatastoreError, VmmWriteOutcome, WatchedVmm, WatcherDatastore};
 
-/// What a sim-only poke did: every state reported to Nexus, and whether the VMM
-/// left the table.
+/// What a sim-only poke did: every state reported to Nexus, those Nexus refused
+/// with a 4xx (given up on), and whether the VMM left the table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PokeResponse {
     pub published: Vec<SledVmmState>,
+    #[serde(default)]
+    pub refused: Vec<SledVmmState>,
     pub removed: bool,
 }
 
