@@ -8,11 +8,14 @@
 //! reaches a situation already expanded at the same or a smaller depth; one reached
 //! again at a smaller depth is expanded again, so no shortest counterexample hides
 //! behind a longer path to the same place (the proof, which needs no lengths,
-//! expands each situation once: `Dfs::claim_depth`). A run goes on past a violation, to find
-//! the invariants not yet broken; it stops once every invariant is either broken on
-//! its path or already has a counterexample no longer than what it could still
-//! find. Both prunings are what "exhaustive" allows: neither can change which
-//! invariants break within the bounds, nor the shortest length of each.
+//! expands each situation once: `Dfs::claim_depth`). A run goes on past a
+//! violation, to find the invariants not yet broken; it stops once every
+//! invariant is either broken on its path or already has a counterexample no
+//! longer than what it could still find (in the exact search after a proof, an
+//! invariant the proof found broken already has the proof's length, and one it
+//! cleared needs nothing). These prunings are what "exhaustive" allows: none can
+//! change which invariants break within the bounds, nor the shortest length of
+//! each.
 //!
 //! With partial-order reduction (`reduction`) a search has two phases
 //! (`Phase`). The proof takes free steps, which leave out situations but no end
@@ -263,8 +266,10 @@ impl Truncation {
 pub enum Coverage {
     /// Every schedule within the bounds, up to pruning that cannot change the
     /// verdict: situations already expanded (at no greater depth, where lengths
-    /// count), and, once an invariant has a counterexample of length L, paths
-    /// that could only break it again at L or later.
+    /// count), and, once an invariant has a counterexample of length L (from
+    /// this search, or the proof before it), paths that could only break it
+    /// again at L or later, and, after a proof run to its end, paths that could
+    /// only break invariants the proof found unbroken.
     Exhaustive,
     Truncated(Vec<Truncation>),
 }
@@ -314,8 +319,9 @@ pub struct ExploreResult {
     /// Schedules run, each from scratch (pruned ones included), in both phases
     /// (`Phase`) when there were two.
     pub runs: usize,
-    /// Distinct situations expanded by the last phase: the proof's when it was
-    /// clean, the exact search's when the proof met a violation.
+    /// Distinct situations expanded by the phase that covered the space: the
+    /// proof's when it ran to its end (clean or not: the exact search after it
+    /// goes only as deep as its counterexamples), else the exact search's.
     pub situations: usize,
     /// Memory the visited set held at the end, in bytes.
     pub visited_bytes: usize,
@@ -512,6 +518,11 @@ impl BestLens {
             }
         }
         lens
+    }
+
+    /// Whether some invariant has a length (in a proof: has broken).
+    fn any(&self) -> bool {
+        self.0.iter().any(|a| a.load(Ordering::Relaxed) != usize::MAX)
     }
 
     fn offer(&self, k: u8, len: usize) {
@@ -1061,7 +1072,13 @@ fn finish(
     let (mut runs, mut violating_runs, mut first_violation) =
         (s.tally.runs, s.tally.violating_runs, s.tally.first_violation);
     let mut visited_bytes = s.visited_bytes;
+    let mut situations = s.situations;
     if let Some(proof) = proof {
+        // A proof that ran to its end covered the space; the exact search after
+        // it went only as deep as the proof's counterexamples.
+        if proof.truncated.is_empty() {
+            situations = proof.situations;
+        }
         // The exact search looks only for schedules shorter than the proof's
         // (`BestLens::bounded`), and a cap may stop it short: where it found
         // none, the proof's schedule stands.
@@ -1085,7 +1102,7 @@ fn finish(
         .collect::<Result<_, _>>()?;
     Ok(ExploreResult {
         runs,
-        situations: s.situations,
+        situations,
         visited_bytes,
         violating_runs,
         coverage: if s.truncated.is_empty() {
@@ -1335,11 +1352,16 @@ impl<'a> Search<'a> {
                 return None;
             }
             let (runs, time) = self.before;
-            let cap = if q.started + runs >= self.cfg.max_schedules {
+            // A proof that has met a violation leaves half the caps to the exact
+            // search, which alone gives shortest lengths: stopped there, it is cut
+            // short, and the exact search chases every invariant with the rest.
+            let share = |n: usize| if self.violated() { n / 2 } else { n };
+            let cap = if q.started + runs >= share(self.cfg.max_schedules) {
                 Some(Truncation::ScheduleCap(self.cfg.max_schedules))
             } else {
                 let elapsed = self.start.elapsed() + time;
-                self.cfg.max_time.filter(|&t| elapsed >= t).map(Truncation::TimeCap)
+                let over = |t: Duration| elapsed >= if self.violated() { t / 2 } else { t };
+                self.cfg.max_time.filter(|&t| over(t)).map(Truncation::TimeCap)
             };
             match (q.frontier.pop(), cap) {
                 (Some(_), Some(t)) => {
@@ -1406,6 +1428,11 @@ impl<'a> Search<'a> {
                 best.insert(v.invariant, prefix.to_vec());
             }
         }
+    }
+
+    /// Whether this is a proof that has met a violation (`next`'s caps).
+    fn violated(&self) -> bool {
+        self.phase == Phase::Proof && self.best_lens.any()
     }
 
     /// A run that failed ends the search: keep the first error.

@@ -153,6 +153,11 @@ fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
     let args =
         ["--scenario", "stop-race", "--ordering", "remove-then-publish", "--max-steps", "12"];
     check_broken(&args, &[(1, 11), (2, 12)]);
+    // A proof cut short by the bound knows nothing of what lies past it: here
+    // it never sees 8 and 9 break, so the exact search must chase every
+    // invariant, not only those the proof found.
+    let args = ["--scenario", "stop-race", "--inject", "no-generation-check", "--max-steps", "17"];
+    check_broken(&args, &[(1, 15), (2, 13), (3, 13), (4, 3), (7, 14), (8, 17), (9, 17)]);
     let j = json(&["scenario", "--scenario", "stop-race", "--max-steps", "12"], 3);
     assert_eq!((j["verdict"].as_str(), j["passed"].as_bool()), (Some("inconclusive"), Some(true)));
     let (code, out, _) = xtask(&["scenario", "--scenario", "stop-race", "--max-steps", "12"]);
