@@ -1092,7 +1092,9 @@ fn finish(
         let audit = |t: &Truncation| {
             matches!(t, Truncation::NotFree(_) | Truncation::FingerprintCollision(_))
         };
-        s.truncated.extend(proof.truncated.into_iter().filter(audit));
+        for t in proof.truncated.into_iter().filter(audit) {
+            add_finding(&mut s.truncated, t);
+        }
         runs += proof.tally.runs;
         violating_runs += proof.tally.violating_runs;
         first_violation = proof.tally.first_violation.or(first_violation);
@@ -1118,6 +1120,22 @@ fn finish(
         elapsed: start.elapsed(),
         end_states: std::mem::take(&mut s.tally.end_states),
     })
+}
+
+/// Adds an audit's finding to `found`: both phases may report mismatches, and
+/// one entry of a kind says how many in all.
+fn add_finding(found: &mut Vec<Truncation>, t: Truncation) {
+    for u in found.iter_mut() {
+        match (u, &t) {
+            (Truncation::FingerprintCollision(m), Truncation::FingerprintCollision(n))
+            | (Truncation::NotFree(m), Truncation::NotFree(n)) => {
+                *m += n;
+                return;
+            }
+            _ => {}
+        }
+    }
+    found.push(t);
 }
 
 /// The counterexample whose violating steps are `prefix`: run again, then on to
@@ -1481,5 +1499,32 @@ impl<'a> Search<'a> {
                 q = lock(&self.queue);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(before: Vec<Truncation>, add: Truncation, want: &[Truncation]) {
+        let mut found = before;
+        add_finding(&mut found, add);
+        assert_eq!(found, want);
+    }
+
+    #[test]
+    fn both_phases_mismatches_make_one_entry_of_each_kind() {
+        let bound = Truncation::StepBound { max_steps: 9, runs: 1 };
+        check(
+            vec![bound.clone(), Truncation::FingerprintCollision(3)],
+            Truncation::FingerprintCollision(2),
+            &[bound.clone(), Truncation::FingerprintCollision(5)],
+        );
+        check(
+            vec![Truncation::FingerprintCollision(3)],
+            Truncation::NotFree(4),
+            &[Truncation::FingerprintCollision(3), Truncation::NotFree(4)],
+        );
+        check(vec![], Truncation::NotFree(1), &[Truncation::NotFree(1)]);
     }
 }
