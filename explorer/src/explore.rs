@@ -191,6 +191,12 @@ impl ExploreConfig {
 
 pub const DEFAULT_MAX_SCHEDULES: usize = 5_000_000;
 
+/// A digest of the model's source (this engine, the components, their API and
+/// transport; see `build.rs`). Shards are parts of one schedule space only if
+/// one model made them, and a merge rebuilds their counterexamples with its
+/// own, so a shard records it and a merge refuses a shard of another.
+pub const MODEL_DIGEST: &str = env!("SLEDSIM_MODEL_DIGEST");
+
 /// The shortest schedule found that broke one invariant.
 #[derive(Debug)]
 pub struct Counterexample {

@@ -15,7 +15,7 @@ use sledsim_http::error_chain;
 use slog::{o, Drain, Logger};
 
 use sledsim_explorer::explore::{
-    ExploreConfig, Shard, ShardResult, Verdict, DEFAULT_MAX_SCHEDULES,
+    ExploreConfig, Shard, ShardResult, Verdict, DEFAULT_MAX_SCHEDULES, MODEL_DIGEST,
 };
 use sledsim_explorer::harness::schedule::ScheduleSpec;
 use sledsim_explorer::harness::{
@@ -715,6 +715,7 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
                 "index": s.index + 1,
                 "count": s.count,
                 "args": search_args(&cfg),
+                "model": MODEL_DIGEST,
             });
         }
         let _ = writeln!(out, "{json}");
@@ -773,6 +774,16 @@ fn read_shard(path: &std::path::Path) -> Result<(Vec<String>, ShardResult), Fail
         (num(&s["index"]).ok_or_else(not_shard)?, num(&s["count"]).ok_or_else(not_shard)?);
     if index == 0 || index > count {
         return Err(not_shard());
+    }
+    match s["model"].as_str() {
+        Some(MODEL_DIGEST) => {}
+        Some(other) => {
+            return Err(bad(&format!(
+                "written by another model (digest {other}; this build's is {MODEL_DIGEST}): \
+                 explore every shard and merge them with one build"
+            )))
+        }
+        None => return Err(not_shard()),
     }
     let args: Vec<String> = s["args"]
         .as_array()

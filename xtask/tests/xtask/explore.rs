@@ -826,10 +826,18 @@ fn bad_shards_are_usage_errors() {
     let strs = |v: &[&std::path::PathBuf]| {
         v.iter().map(|f| f.to_str().unwrap().to_string()).collect::<Vec<_>>()
     };
+    // Shard 2 as another model's build would write it: its digest differs.
+    let other = std::env::temp_dir().join(format!("sledsim-other-{}.json", std::process::id()));
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&a[1]).unwrap()).unwrap();
+    assert_eq!(j["shard"]["model"], sledsim_explorer::explore::MODEL_DIGEST);
+    j["shard"]["model"] = "0123456789abcdef".into();
+    std::fs::write(&other, j.to_string()).unwrap();
     let cases = [
-        strs(&[&a[0]]),        // shard 2 of 2 missing
-        strs(&[&a[0], &a[0]]), // shard 1 twice
-        strs(&[&a[0], &b[1]]), // two searches
+        strs(&[&a[0]]),         // shard 2 of 2 missing
+        strs(&[&a[0], &a[0]]),  // shard 1 twice
+        strs(&[&a[0], &b[1]]),  // two searches
+        strs(&[&a[0], &other]), // two models
         vec![std::env::temp_dir().join("sledsim-no-such-shard.json").to_str().unwrap().to_string()],
     ];
     for files in cases {
@@ -840,7 +848,7 @@ fn bad_shards_are_usage_errors() {
     let plain = std::env::temp_dir().join(format!("sledsim-plain-{}.json", std::process::id()));
     std::fs::write(&plain, json(&["explore", "--scenario", "stop-race"], 0).to_string()).unwrap();
     check_usage_error(&["explore-merge", plain.to_str().unwrap()]);
-    for f in a.iter().chain(&b).chain([&plain]) {
+    for f in a.iter().chain(&b).chain([&plain, &other]) {
         let _ = std::fs::remove_file(f);
     }
 }
