@@ -808,6 +808,10 @@ impl reduction::Situation for Here<'_> {
     fn stale(&self, c: &Choice) -> bool {
         self.world.stale_write(c, self.generations_checked)
     }
+
+    fn dead(&self, c: &Choice) -> bool {
+        self.world.dead_read(c, self.generations_checked)
+    }
 }
 
 /// A free step (choice `free` after `path`) and another choice, known by its

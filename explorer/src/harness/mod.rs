@@ -423,6 +423,20 @@ impl World {
             && self.nexus.vmm(vmm).is_some_and(|r| r.deleted || r.gen >= gen)
     }
 
+    /// Whether the get-state `c` parks asks about a VMM gone for good: the sled
+    /// agent no longer has it (an id is never registered again) and Nexus's row
+    /// is deleted (with generations checked, no write applies to it). Its answer
+    /// is then a 404 whenever it is released, Nexus's record it is judged
+    /// against cannot change, and a row no longer listed cannot change what
+    /// rule 6 notes of it.
+    pub fn dead_read(&self, c: &step::Choice, generations_checked: bool) -> bool {
+        let Some(vmm) = c.call.vmm else { return false };
+        generations_checked
+            && c.call.kind == CallKind::VmmGetState
+            && !self.sim.contains_vmm(vmm)
+            && self.nexus.vmm(vmm).is_some_and(|r| r.deleted)
+    }
+
     /// What the components hold, as a user could read it from their APIs: each
     /// instance's state, Nexus's VMM rows, the sled agent's table, the disk, and
     /// the scenario's outcome. No fingerprint, no history: two searches compared
