@@ -424,17 +424,22 @@ impl World {
     }
 
     /// Whether the get-state `c` parks asks about a VMM gone for good: the sled
-    /// agent no longer has it (an id is never registered again) and Nexus's row
-    /// is deleted (with generations checked, no write applies to it). Its answer
-    /// is then a 404 whenever it is released, Nexus's record it is judged
-    /// against cannot change, and a row no longer listed cannot change what
-    /// rule 6 notes of it.
+    /// agent no longer has it, nothing waiting at a gate could put it back (a
+    /// start's registration, parked while its row, inserted as Creating, was
+    /// failed and deleted; a report the sim would keep the VMM for if it
+    /// failed; every start mints a fresh id), and Nexus's row is deleted. Its
+    /// answer is then a 404 whenever it is released. No write applies to a
+    /// deleted row; a start unwinding may still relabel it SagaUnwound, but rule
+    /// 1 takes that as it takes the terminal state it replaces, and the check
+    /// learns only that the VMM is gone. A row no longer listed cannot change
+    /// what rule 6 notes of it.
     pub fn dead_read(&self, c: &step::Choice, generations_checked: bool) -> bool {
         let Some(vmm) = c.call.vmm else { return false };
         generations_checked
             && c.call.kind == CallKind::VmmGetState
             && !self.sim.contains_vmm(vmm)
             && self.nexus.vmm(vmm).is_some_and(|r| r.deleted)
+            && !self.sched.may_restore(vmm)
     }
 
     /// What the components hold, as a user could read it from their APIs: each

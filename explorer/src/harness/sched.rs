@@ -365,6 +365,18 @@ impl Sched {
         g.steps.len()
     }
 
+    /// Whether a call that could put `vmm` back in the sled agent's table waits
+    /// at a gate: its registration, or a report of it (the sim puts back a
+    /// VMM it took out to report, if the report fails).
+    pub fn may_restore(&self, vmm: PropolisUuid) -> bool {
+        let g = self.lock();
+        g.parked.iter().any(|p| {
+            p.released.is_none()
+                && p.call.vmm == Some(vmm)
+                && matches!(p.call.kind, CallKind::VmmRegister | CallKind::CpapiInstancesPut)
+        })
+    }
+
     /// The actor whose poke of `vmm` is under way (released, not yet answered).
     pub fn poking(&self, vmm: PropolisUuid) -> Option<ActorId> {
         let g = self.lock();
