@@ -328,17 +328,26 @@ mod tests {
         assert_eq!(independent(b, a, at), want, "symmetric");
     }
 
-    /// Every write stale, every read dead.
-    struct AllStale;
-    impl Situation for AllStale {
+    /// A situation where every write is stale or none is, and every check's
+    /// read is dead or none is.
+    struct Knows {
+        stale: bool,
+        dead: bool,
+    }
+
+    impl Situation for Knows {
         fn stale(&self, _: &Choice) -> bool {
-            true
+            self.stale
         }
 
         fn dead(&self, _: &Choice) -> bool {
-            true
+            self.dead
         }
     }
+
+    const ALL_STALE: Knows = Knows { stale: true, dead: true };
+    const STALE_ONLY: Knows = Knows { stale: true, dead: false };
+    const DEAD_ONLY: Knows = Knows { stale: false, dead: true };
 
     #[test]
     fn a_stale_write_commutes_with_what_touches_nexus() {
@@ -348,19 +357,19 @@ mod tests {
             choice(1, ActorKind::Update(1), CallKind::InstanceUpdate, Component::UpdateStep);
         let wait = choice(0, ActorKind::Scenario, CallKind::WaitForState, Component::Scenario);
         assert!(!independent(&report, &write, &Unknown));
-        assert!(independent(&report, &write, &AllStale));
+        assert!(independent(&report, &write, &ALL_STALE));
         assert!(!independent(&write, &update, &Unknown));
-        assert!(independent(&write, &update, &AllStale));
+        assert!(independent(&write, &update, &ALL_STALE));
         // The scenario's stale report against the update step's write of both tables.
         let scenario_report = Choice { actor: 0, kind: ActorKind::Scenario, ..report };
         assert!(!independent(&scenario_report, &update, &Unknown));
-        assert!(independent(&scenario_report, &update, &AllStale));
+        assert!(independent(&scenario_report, &update, &ALL_STALE));
         // A user's code reads Nexus between its calls, stale report or not.
-        assert!(!independent(&wait, &update, &AllStale));
-        assert!(!independent(&report, &update, &AllStale));
+        assert!(!independent(&wait, &update, &ALL_STALE));
+        assert!(!independent(&report, &update, &ALL_STALE));
         // The sim still goes on after a stale report: it meets the sim's steps.
         let poke = choice(5, ActorKind::Scenario, CallKind::VmmPoke, Component::Scenario);
-        assert!(!independent(&report, &poke, &AllStale));
+        assert!(!independent(&report, &poke, &ALL_STALE));
     }
 
     #[test]
@@ -426,30 +435,6 @@ mod tests {
         check(&vanish, &list, false);
     }
 
-    /// Every write stale, no read dead.
-    struct StaleOnly;
-    impl Situation for StaleOnly {
-        fn stale(&self, _: &Choice) -> bool {
-            true
-        }
-
-        fn dead(&self, _: &Choice) -> bool {
-            false
-        }
-    }
-
-    /// Every read dead, no write stale.
-    struct DeadOnly;
-    impl Situation for DeadOnly {
-        fn stale(&self, _: &Choice) -> bool {
-            false
-        }
-
-        fn dead(&self, _: &Choice) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn only_a_checks_wasted_step_with_no_fault_and_no_rival_choice_is_free() {
         let write = choice(2, ActorKind::Check(1), CallKind::VmmWrite, Component::Watcher);
@@ -459,35 +444,35 @@ mod tests {
             let ranks = ranks(enabled).expect("few choices");
             free(enabled, &ranks, at)
         };
-        assert_eq!(free_in(&[get, report, write], &StaleOnly), Some(2));
+        assert_eq!(free_in(&[get, report, write], &STALE_ONLY), Some(2));
         // A check's read of a VMM gone for good is free too, a live one's is not,
         // and a report is never a check's read.
-        assert_eq!(free_in(&[get, report], &DeadOnly), Some(0));
-        assert_eq!(free_in(&[get, report], &StaleOnly), None);
-        assert_eq!(free_in(&[report], &AllStale), None);
+        assert_eq!(free_in(&[get, report], &DEAD_ONLY), Some(0));
+        assert_eq!(free_in(&[get, report], &STALE_ONLY), None);
+        assert_eq!(free_in(&[report], &ALL_STALE), None);
         let user_get = Choice { kind: ActorKind::User, actor: 11, ticket: 110, ..get };
-        assert_eq!(free_in(&[user_get, report], &AllStale), None);
+        assert_eq!(free_in(&[user_get, report], &ALL_STALE), None);
         // Not stale: it may still apply.
         assert_eq!(free_in(&[get, report, write], &Unknown), None);
         // A stale report is not free: the sim goes on once it is answered.
-        assert_eq!(free_in(&[get, report], &StaleOnly), None);
+        assert_eq!(free_in(&[get, report], &STALE_ONLY), None);
         // With a fault it spends the budget; beside another choice of its actor,
         // taking it alone would drop that one.
         let faulty = Choice { fault: Some(Fault::Unavailable), ..write };
-        assert_eq!(free_in(&[get, faulty], &StaleOnly), None);
-        assert_eq!(free_in(&[get, write, faulty], &StaleOnly), None);
+        assert_eq!(free_in(&[get, faulty], &STALE_ONLY), None);
+        assert_eq!(free_in(&[get, write, faulty], &STALE_ONLY), None);
         // Of two, the same one whichever order they are offered in.
         let vmm = Some(sled_agent_api::PropolisUuid::from_u128(5));
         let other = Choice { ticket: 77, actor: 9, call: Call { vmm, ..write.call }, ..write };
-        let a = free_in(&[write, other], &StaleOnly).map(|i| [write, other][i]);
-        let b = free_in(&[other, write], &StaleOnly).map(|i| [other, write][i]);
+        let a = free_in(&[write, other], &STALE_ONLY).map(|i| [write, other][i]);
+        let b = free_in(&[other, write], &STALE_ONLY).map(|i| [other, write][i]);
         assert!(a.is_some());
         assert_eq!(a.map(|c| c.ticket), b.map(|c| c.ticket));
         // Twins (two checks writing the same): which is first depends on the
         // path, so neither is taken alone.
         let twin = Choice { ticket: 78, actor: 10, ..write };
-        assert_eq!(free_in(&[write, twin], &StaleOnly), None);
-        assert_eq!(free_in(&[write, twin, other], &StaleOnly), Some(2));
+        assert_eq!(free_in(&[write, twin], &STALE_ONLY), None);
+        assert_eq!(free_in(&[write, twin, other], &STALE_ONLY), Some(2));
     }
 
     #[test]
