@@ -1392,12 +1392,12 @@ impl<'a> Search<'a> {
             // A proof that has met a violation leaves half the caps to the exact
             // search, which alone gives shortest lengths: stopped there, it is cut
             // short, and the exact search chases every invariant with the rest.
-            let share = |n: usize| if self.violated() { n / 2 } else { n };
-            let cap = if q.started + runs >= share(self.cfg.max_schedules) {
+            let share: u32 = if self.violated() { 2 } else { 1 };
+            let cap = if q.started + runs >= self.cfg.max_schedules / share as usize {
                 Some(Truncation::ScheduleCap(self.cfg.max_schedules))
             } else {
                 let elapsed = self.start.elapsed() + time;
-                let over = |t: Duration| elapsed >= if self.violated() { t / 2 } else { t };
+                let over = |t: Duration| elapsed >= t / share;
                 self.cfg.max_time.filter(|&t| over(t)).map(Truncation::TimeCap)
             };
             match (q.frontier.pop(), cap) {

@@ -101,8 +101,9 @@ pub trait Situation {
 
     /// True only if `c` is a get-state whose answer and whatever the rules note
     /// of it are the same now and after any other steps: the sled agent no
-    /// longer has the VMM (a VMM's id is never registered again) and Nexus's
-    /// row is deleted (no write applies to it, with generations checked).
+    /// longer has the VMM, nothing waiting at a gate could put it back, and
+    /// Nexus's row is deleted (no write applies to it, with generations
+    /// checked).
     fn dead(&self, c: &Choice) -> bool;
 }
 
@@ -208,9 +209,9 @@ pub fn independent(a: &Choice, b: &Choice, at: &dyn Situation) -> bool {
 /// The enabled choice, if any, whose release no other step can tell from its
 /// absence, now or after any other steps: a watcher check's write that is stale
 /// (so it changes nothing in Nexus, and the rules see it only as not applied),
-/// or its get-state of a VMM that is dead (gone from the sled agent, its row
-/// deleted: the answer is 404 whenever it is asked, and what the rules note of
-/// it cannot change), released with no fault, by a check with nothing else to
+/// or its get-state of a VMM that is dead (gone from the sled agent for good,
+/// its row deleted: the answer is 404 whenever it is asked, and what the rules
+/// note of it cannot change; `World::dead_read`), released with no fault, by a check with nothing else to
 /// choose. All that happens is that the check learns what it would learn at
 /// any time, or ends, which lets its pass start the next check: steps that
 /// cannot be taken before it anyway. Exploring it alone is then a

@@ -308,8 +308,8 @@ impl Sched {
 
     /// Called by an actor at a point where its future no longer depends on what it
     /// has seen so far, only on `tag` (the watcher between passes: a pass keeps
-    /// nothing for the next; a check as it writes). Its history is replaced by `tag`, so situations that
-    /// differ only in what an earlier pass saw are recognised as one.
+    /// nothing for the next; a check as it writes). Its history is replaced by
+    /// `tag`, so situations that differ only in what it saw are recognised as one.
     pub fn forget_history(&self, tag: u64) {
         let Some(id) = CURRENT.with(Cell::get) else {
             self.record_error(HarnessError::OutsideActor { what: "forget_history called".into() });
