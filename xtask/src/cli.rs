@@ -220,7 +220,8 @@ struct ModelArgs {
     /// to 16) [at least 1; at most 16].
     #[arg(long, default_value_t = DEFAULT_WATCHER_CONCURRENCY, value_parser = concurrency)]
     watcher_concurrency: usize,
-    /// Auto-restart passes; each may start at any point [at most 64].
+    /// Auto-restart passes; each may start at any point where it has an instance
+    /// to restart, and a run may end with some unused [at most 64].
     #[arg(long, default_value_t = 1, value_parser = at_most(MAX_PASSES))]
     restart_passes: usize,
     /// Steps one run may take; a run that reaches it has its end unjudged

@@ -513,6 +513,12 @@ pub(super) async fn watcher(
     }
 }
 
+/// Auto-restart: up to `passes` passes, each offered only where Nexus has an
+/// instance to restart. A pass that would find nothing changes nothing: taken, it
+/// would only spend the bound (a run with one pass could then never restart what
+/// fails later) and double the situations, every one met with the pass still to
+/// come and with it spent. So the pass waits for a candidate, and a run may end
+/// with it unused (`restart.done`, once nothing else can go on).
 pub(super) async fn restart(
     nexus: Arc<Nexus>,
     sched: Arc<Sched>,
@@ -530,15 +536,21 @@ pub(super) async fn restart(
             arg: Arg::None,
         };
         let n = &nexus;
-        let candidates = sched
-            .gate(
-                call,
-                None,
-                None,
-                || async { n.restart_candidates() },
-                |c| Answer::Candidates(c.clone()),
-            )
-            .await;
+        // A weak handle: the scheduler keeps the wait, and the wait must not keep
+        // Nexus alive past the run.
+        let w = Arc::downgrade(&nexus);
+        let alt = sched::Alt {
+            call,
+            wait: Some(Box::new(move || {
+                w.upgrade().is_some_and(|n| !n.restart_candidates().is_empty())
+            })),
+            costs_fault: false,
+        };
+        let Some((_, step)) = sched.offer(vec![alt], done_call(Component::Nexus)).await else {
+            return;
+        };
+        let candidates = n.restart_candidates();
+        sched.complete(step, Answer::Candidates(candidates.clone()));
         lock(&progress).restarting.extend(candidates.iter().copied());
         for id in candidates {
             let call = Call {
@@ -655,6 +667,10 @@ pub(super) async fn user(
                 vmm: Some(vmm),
                 arg: Arg::None,
             };
+            // From here the user pokes `vmm` and goes on to its next operation,
+            // whatever it did and was answered: two users that reach the same
+            // poke after different operations are one situation.
+            sched.forget_history(super::hash::stable_hash(&("poke", done)));
             let wait = Some(one_poke_at_a_time(&sim_state, vmm));
             let _ = sched.gate(call, wait, None, || sim.poke(vmm), poke_answer).await;
         }

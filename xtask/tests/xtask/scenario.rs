@@ -141,14 +141,14 @@ pub const REPORTS_FAULTED: &str = "scenario.instance_create scenario.vmm_registe
     scenario.vmm_put_state scenario.instance_stop scenario.vmm_put_state scenario.vmm_poke \
     scenario.cpapi_instances_put!timeout scenario.cpapi_instances_put*2 \
     scenario.cpapi_instances_put!503 scenario.cpapi_instances_put*2 update1.instance_update \
-    scenario.wait_for_state restart.reincarnation watcher.vmm_list*2 user.done fault.done";
+    scenario.wait_for_state watcher.vmm_list*2 restart.done user.done fault.done";
 
 /// Two stops of one instance, the user's drained first; the scenario's put-state
 /// meets the 404 once Destroyed/7 is recorded.
 pub const DOUBLE_STOP: &str = "scenario.instance_create scenario.vmm_register \
     scenario.vmm_put_state scenario.instance_stop user.instance_stop(inst1) user.vmm_put_state \
     user.vmm_poke user.cpapi_instances_put*4 scenario.vmm_put_state update1.instance_update \
-    restart.reincarnation watcher.vmm_list";
+    watcher.vmm_list restart.done";
 
 #[test]
 fn faulted_reports_are_sent_again_and_the_run_stays_clean() {
