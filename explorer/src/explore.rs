@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
-use crate::harness::step::{ActorId, ActorKind, Call, Choice, Offer};
+use crate::harness::step::{
+    ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Offer, Step,
+};
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
 mod canonical;
@@ -657,9 +659,14 @@ impl Dfs<'_> {
     /// the other may skip what only it could do.
     fn check_situation(&mut self, situations: &Mutex<Situations>, ctx: &ChoiceCtx<'_>, fp: u64) {
         let full = ctx.world.situation(ctx.observer);
-        // As a sorted list: the same actors may hold other ids on another path.
-        let mut next: Vec<(ActorKind, Call, Offer)> =
-            ctx.enabled.iter().map(|c| (c.kind.unnumbered(), c.call, c.offer)).collect();
+        // As a sorted list: the same actors may hold other ids on another path;
+        // and as the fingerprint takes them: a check's stale write, whatever it
+        // carries.
+        let mut next: Vec<(ActorKind, Call, Offer)> = ctx
+            .enabled
+            .iter()
+            .map(|c| (c.kind.unnumbered(), ctx.world.call_as_fingerprinted(c.call), c.offer))
+            .collect();
         next.sort_by_cached_key(|c| format!("{c:?}"));
         let mut situations = lock(situations);
         match situations.get(&fp) {
@@ -925,7 +932,9 @@ pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunErro
             .steps
             .iter()
             .skip(from)
-            .map(|s| (r.actors.get(s.actor).map(|k| k.unnumbered()), s.call, s.answer.clone()))
+            .map(|s| {
+                (r.actors.get(s.actor).map(|k| k.unnumbered()), unapplied(s), s.answer.clone())
+            })
             .collect();
         let broke: Vec<_> = r
             .violations
@@ -936,6 +945,20 @@ pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunErro
         (steps, broke, r.end.clone())
     };
     Ok(after(&ra, a.len()) == after(&rb, b.len()))
+}
+
+/// A step's call as two futures are compared: a check's write that did not
+/// apply without what it carried, as the fingerprint leaves it out of a check's
+/// stale write (`sched::stale_write_call`): its check learns only "not applied".
+fn unapplied(s: &Step) -> Call {
+    let dropped = s.call.kind == CallKind::VmmWrite
+        && s.call.from == Component::Watcher
+        && matches!(s.answer, Answer::Write { applied: false });
+    if dropped {
+        Call { arg: Arg::None, ..s.call }
+    } else {
+        s.call
+    }
 }
 
 /// The violating prefix, then the `happy` policy to the end.

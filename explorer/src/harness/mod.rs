@@ -265,6 +265,9 @@ pub struct World {
     watcher_counts: Arc<Mutex<Vec<PassCounts>>>,
     /// The components' clock: not part of a situation, but a chooser must not move it.
     clock: Arc<LogicalClock>,
+    /// Whether Nexus checks generations (not with `--inject no-generation-check`):
+    /// only then can a write be known stale before it is made.
+    generations_checked: bool,
 }
 
 impl fmt::Debug for World {
@@ -370,6 +373,7 @@ impl World {
             spawner,
             watcher_counts: Arc::default(),
             clock: logical,
+            generations_checked: config.inject != Some(Inject::NoGenerationCheck),
         })
     }
 
@@ -399,9 +403,21 @@ impl World {
     pub fn fingerprint_into<H: Hasher>(&self, observer: &Observer, h: &mut H) {
         self.nexus.hash_state(h, chrono::TimeDelta::milliseconds(CLOCK_HORIZON_MS as i64));
         self.sim.hash_state(h);
-        self.sched.hash_actors(h);
+        self.sched.hash_actors(h, &|vmm| self.row_probe(vmm));
         self.progress().hash_state(h);
         observer.hash_state(h);
+    }
+
+    /// A VMM's row as the fingerprint weighs it (`sched::RowProbe`).
+    fn row_probe(&self, vmm: PropolisUuid) -> Option<(u64, bool)> {
+        let r = self.nexus.vmm(vmm).filter(|_| self.generations_checked)?;
+        Some((r.gen.as_u64(), r.deleted))
+    }
+
+    /// `call` as the fingerprint takes it when parked (a check's stale write
+    /// without what it carries; `sched::stale_write_call`).
+    pub fn call_as_fingerprinted(&self, call: step::Call) -> step::Call {
+        sched::stale_write_call(call, &|vmm| self.row_probe(vmm))
     }
 
     /// The situation in full, as the bytes its fingerprint is made of.

@@ -20,7 +20,7 @@ use nexus_stub::DbVmmState;
 use sled_agent_api::{Generation, PropolisUuid};
 
 use super::step::{
-    ActorId, ActorKind, Answer, Call, CallKind, Choice, Component, Fault, Offer, Step,
+    ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Fault, Offer, Step,
 };
 
 /// A fault of the harness itself (not of the model): it fails the run, since a
@@ -156,6 +156,38 @@ struct ActorInfo {
     /// on its children); cleared when a child finishes, since it is then about
     /// to run. It counts as quiescent only while some child of it is alive.
     waiting: bool,
+    /// A check's row, while its history is still that row (before its read is
+    /// answered): the VMM and the generation its Failed write would build on.
+    basis: Option<(PropolisUuid, u64)>,
+}
+
+/// What Nexus holds of a VMM for the fingerprint's purposes: its row's
+/// generation and whether it is deleted; `None` if generations are not checked
+/// (then nothing is ever stale) or there is no row.
+pub type RowProbe<'a> = &'a dyn Fn(PropolisUuid) -> Option<(u64, bool)>;
+
+/// The history a check's future has while its Failed write could no longer
+/// apply (`ActorInfo::basis`), whatever generation it would be written at.
+const BASIS_STALE: u64 = 0x57a1_eba5_e000_0001;
+
+impl ActorInfo {
+    /// The history as the fingerprint takes it. A check that has not yet read
+    /// the sled agent depends on its row's generation only through the Failed
+    /// write a 404 makes, at that generation + 1 (+ 2 with the seeded
+    /// `watcher-skips-generation`). Once Nexus's row is deleted or two
+    /// generations past it, that write is stale whenever it comes (rows never
+    /// lose generations) and the check learns only "not applied": checks of one
+    /// VMM listed at different generations are then one future.
+    fn hashed_history(&self, rows: RowProbe<'_>) -> u64 {
+        match self.basis {
+            Some((vmm, gen))
+                if rows(vmm).is_some_and(|(now, deleted)| deleted || now >= gen + 2) =>
+            {
+                super::hash::stable_hash(&(BASIS_STALE, vmm))
+            }
+            _ => self.history,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -194,6 +226,22 @@ impl fmt::Debug for Sched {
 
 /// A multiset's hash: how many, and the sum of each one's hash alone, so the
 /// order they come in changes nothing, and nothing is buffered to sort.
+/// A check's write as the fingerprint takes it: one that can no longer apply
+/// (its row deleted, or at its generation or past it) is answered "not applied"
+/// whatever it carries, and its check then ends, so what it carries is left out.
+pub fn stale_write_call(call: Call, rows: RowProbe<'_>) -> Call {
+    match (call.kind, call.from, call.vmm, call.arg) {
+        (CallKind::VmmWrite, Component::Watcher, Some(vmm), Arg::State(..))
+            if rows(vmm).is_some_and(|(now, deleted)| {
+                deleted || matches!(call.arg, Arg::State(_, gen) if now >= gen.as_u64())
+            }) =>
+        {
+            Call { arg: Arg::None, ..call }
+        }
+        _ => call,
+    }
+}
+
 fn multiset<T: Hash>(items: impl Iterator<Item = T>) -> (usize, u64) {
     items.fold((0, 0), |(n, sum), t| (n + 1, sum.wrapping_add(super::hash::stable_hash(&t))))
 }
@@ -242,7 +290,15 @@ impl Sched {
 
     fn add(&self, kind: ActorKind, parent: Option<ActorId>, history: u64) -> ActorId {
         let mut g = self.lock();
-        let info = ActorInfo { kind, done: false, history, outer: None, parent, waiting: false };
+        let info = ActorInfo {
+            kind,
+            done: false,
+            history,
+            outer: None,
+            parent,
+            waiting: false,
+            basis: None,
+        };
         g.actors.push(info);
         g.actors.len() - 1
     }
@@ -274,6 +330,16 @@ impl Sched {
         self.add(kind, parent, seed)
     }
 
+    /// `add_child` for a watcher's check of `vmm`, listed at generation `gen`
+    /// (see `ActorInfo::hashed_history`).
+    pub fn add_check(&self, seed: u64, (vmm, gen): (PropolisUuid, u64)) -> ActorId {
+        let id = self.add_child(self.next_check(), seed);
+        if let Some(a) = self.lock().actors.get_mut(id) {
+            a.basis = Some((vmm, gen));
+        }
+        id
+    }
+
     /// `f`, run by an actor that blocks in it only on its children: while it
     /// does, the run counts as quiescent once they are.
     pub fn waiting_for_children<F: Future>(self: &Arc<Self>, f: F) -> WaitingForChildren<F> {
@@ -286,7 +352,7 @@ impl Sched {
 
     /// Feeds every live actor's kind and history, and every parked call,
     /// into `h`: with the components' own state, this identifies a situation.
-    pub fn hash_actors<H: Hasher>(&self, h: &mut H) {
+    pub fn hash_actors<H: Hasher>(&self, h: &mut H, rows: RowProbe<'_>) {
         let g = self.lock();
         // A finished actor has no future, so it is left out; and an actor is named
         // by what it is, not when it started (`update3` and `update2` doing the
@@ -296,11 +362,19 @@ impl Sched {
         // step that starts a check and a report that starts an update step meet
         // here in either order).
         let live = g.actors.iter().filter(|a| !a.done);
-        multiset(live.map(|a| (a.kind.unnumbered(), a.history))).hash(h);
+        multiset(live.map(|a| (a.kind.unnumbered(), a.hashed_history(rows)))).hash(h);
         // As a set too: which was parked first is ticket numbering, not state.
         let parked = g.parked.iter().map(|p| {
-            let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.history));
-            (who, p.alt, p.released.is_some(), p.offer, p.fault, p.call, p.basis)
+            let who = g.actors.get(p.actor).map(|a| (a.kind.unnumbered(), a.hashed_history(rows)));
+            (
+                who,
+                p.alt,
+                p.released.is_some(),
+                p.offer,
+                p.fault,
+                stale_write_call(p.call, rows),
+                p.basis,
+            )
         });
         multiset(parked).hash(h);
         g.faults_left.hash(h);
@@ -317,6 +391,7 @@ impl Sched {
         };
         if let Some(a) = self.lock().actors.get_mut(id) {
             a.history = tag;
+            a.basis = None;
         }
     }
 
@@ -549,6 +624,7 @@ impl Sched {
                     (before, s.call).hash(&mut h);
                     answer.hash_learned(&mut h);
                     a.history = h.finish();
+                    a.basis = None;
                 }
                 // A call made inside the outer one: its answer is consumed by the
                 // code that made it before that code parks again or returns, and
@@ -805,10 +881,16 @@ impl Future for Tagged {
 mod tests {
     use super::*;
     use crate::harness::step::{Arg, Component};
+    use sled_agent_api::VmmState;
 
     fn hash(s: &Sched) -> u64 {
+        hash_with_row(s, None)
+    }
+
+    /// The hash when Nexus holds VMM 7's row at `row` (generation, deleted).
+    fn hash_with_row(s: &Sched, row: Option<(u64, bool)>) -> u64 {
         let mut h = crate::harness::hash::StableHasher::default();
-        s.hash_actors(&mut h);
+        s.hash_actors(&mut h, &|_| row);
         h.finish()
     }
 
@@ -876,6 +958,60 @@ mod tests {
         ba.park(a, [ToPark::call(call(CallKind::VmmList), None, &[])]);
         assert_eq!(hash(&ab), hash(&ba));
         assert_ne!(hash(&ab), hash(&two(CallKind::VmmGetState, CallKind::VmmList)));
+    }
+
+    /// A check that has not read yet, listed at generation `listed`, parked at its
+    /// get-state; or, with `write`, one parked at its write of Failed at that
+    /// generation.
+    fn check_at(listed: u64, write: Option<u64>) -> Sched {
+        let s = Sched::default();
+        s.add_actor(ActorKind::Watcher);
+        let vmm = PropolisUuid::from_u128(7);
+        let as_actor = |id, f: &dyn Fn() -> ActorId| {
+            CURRENT.with(|cur| cur.set(Some(id)));
+            let r = f();
+            CURRENT.with(|cur| cur.set(None));
+            r
+        };
+        let c = as_actor(0, &|| s.add_check(listed, (vmm, listed)));
+        let parked = match write {
+            None => call(CallKind::VmmGetState),
+            Some(gen) => Call {
+                kind: CallKind::VmmWrite,
+                arg: Arg::State(VmmState::Failed, Generation::try_from(gen).expect("a generation")),
+                ..call(CallKind::VmmWrite)
+            },
+        };
+        if write.is_some() {
+            as_actor(c, &|| {
+                s.forget_history(1);
+                c
+            });
+        }
+        s.park(c, vec![ToPark::call(parked, None, &[])]);
+        s
+    }
+
+    /// A check's listed generation is in its future only while the Failed write
+    /// a 404 makes could still apply: once Nexus's row is deleted or two
+    /// generations past it, checks listed at different generations are one; and
+    /// a check's write that is stale carries nothing that counts.
+    #[test]
+    fn a_checks_listed_generation_counts_until_its_failed_write_is_stale() {
+        let (at3, at4) = (check_at(3, None), check_at(4, None));
+        let row = |gen, deleted| Some((gen, deleted));
+        assert_ne!(hash_with_row(&at3, row(4, false)), hash_with_row(&at4, row(4, false)));
+        // Gen 5 is stale for the check listed at 3 (its write: 4, or 5 with the
+        // seeded skip), not yet for the one listed at 4.
+        assert_ne!(hash_with_row(&at3, row(5, false)), hash_with_row(&at4, row(5, false)));
+        assert_eq!(hash_with_row(&at3, row(6, false)), hash_with_row(&at4, row(6, false)));
+        assert_eq!(hash_with_row(&at3, row(4, true)), hash_with_row(&at4, row(4, true)));
+        // Generations not checked (no row probe): nothing is ever stale.
+        assert_ne!(hash_with_row(&at3, None), hash_with_row(&at4, None));
+        let (w5, w6) = (check_at(3, Some(5)), check_at(3, Some(6)));
+        assert_ne!(hash_with_row(&w5, row(5, false)), hash_with_row(&w6, row(5, false)));
+        assert_eq!(hash_with_row(&w5, row(6, false)), hash_with_row(&w6, row(6, false)));
+        assert_eq!(hash_with_row(&w5, row(1, true)), hash_with_row(&w6, row(1, true)));
     }
 
     /// A finished actor has no future, and a number only orders actors of a kind

@@ -496,7 +496,8 @@ pub(super) async fn watcher(
             // The check's future starts from its row (the generation a Failed
             // write builds on); the pass's, from here on, from the rows still
             // waiting alone: the listing it answered is spent.
-            let id = sched.add_child(sched.next_check(), super::hash::stable_hash(&row(&vmm)));
+            let seed = super::hash::stable_hash(&row(&vmm));
+            let id = sched.add_check(seed, (vmm.propolis_id, vmm.runtime.gen.as_u64()));
             let waiting: Vec<_> = waiting.iter().map(row).collect();
             sched.forget_history(super::hash::stable_hash(&(pass, waiting)));
             let w = Arc::clone(&watcher);
