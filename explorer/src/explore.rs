@@ -716,7 +716,11 @@ impl Chooser for Dfs<'_> {
         // Ranks compare a visit's sleep set with the recorded one's, and pick
         // the free step; neither happens before the part is decided.
         let decided = !self.split.before();
-        let ranks = if self.reduce && decided { reduction::ranks(ctx.enabled) } else { None };
+        let ranks = if self.reduce && decided {
+            reduction::ranks(ctx.enabled, &|c| ctx.world.call_as_fingerprinted(c))
+        } else {
+            None
+        };
         // A step no other step can tell from its absence is a persistent set on
         // its own: the others are tried after it, not instead of after it.
         // Only once the shard's part is decided: before, a free step could

@@ -41,7 +41,7 @@
 //! ended, which can only learn a 404 and write nothing. That read is free too
 //! (174,191 situations became 61,491 there).
 
-use crate::harness::step::{ActorKind, CallKind, Choice, Component, Offer};
+use crate::harness::step::{ActorKind, Call, CallKind, Choice, Component, Offer};
 
 /// Parts of the world, as bits.
 const VMMS: u16 = 1;
@@ -266,10 +266,14 @@ pub fn after<'a>(
 /// Each enabled choice's rank among what identifies a choice whatever path led
 /// to the situation (its actor's kind, its call, how it is offered, its fault),
 /// so a later visit by another path can compare sleep sets as masks of ranks.
-/// `None` over 64 ranks: nothing is then compared.
-pub fn ranks(enabled: &[Choice]) -> Option<Vec<u32>> {
+/// `None` over 64 ranks: nothing is then compared. Each call is taken as
+/// `as_fingerprinted` gives it, as the fingerprint takes it (a check's stale
+/// write without what it carries): two visits to one situation must rank its
+/// choices alike.
+pub fn ranks(enabled: &[Choice], as_fingerprinted: &dyn Fn(Call) -> Call) -> Option<Vec<u32>> {
     let key = |c: &Choice| {
-        crate::harness::hash::stable_hash(&(c.kind.unnumbered(), c.call, c.offer, c.fault))
+        let call = as_fingerprinted(c.call);
+        crate::harness::hash::stable_hash(&(c.kind.unnumbered(), call, c.offer, c.fault))
     };
     let keys: Vec<u64> = enabled.iter().map(key).collect();
     let mut sorted = keys.clone();
@@ -442,7 +446,7 @@ mod tests {
         let get = choice(3, ActorKind::Check(2), CallKind::VmmGetState, Component::Watcher);
         let report = choice(4, ActorKind::User, CallKind::CpapiInstancesPut, Component::SledAgent);
         let free_in = |enabled: &[Choice], at: &dyn Situation| {
-            let ranks = ranks(enabled).expect("few choices");
+            let ranks = ranks(enabled, &|c| c).expect("few choices");
             free(enabled, &ranks, at)
         };
         assert_eq!(free_in(&[get, report, write], &STALE_ONLY), Some(2));
@@ -481,8 +485,9 @@ mod tests {
         let a = choice(0, ActorKind::Scenario, CallKind::VmmPoke, Component::Scenario);
         let b = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
         let (a2, b2) = (Choice { ticket: 99, ..a }, Choice { ticket: 98, ..b });
-        let m =
-            |enabled: &[Choice], sleep: &[Choice]| masks(enabled, ranks(enabled).as_deref(), sleep);
+        let m = |enabled: &[Choice], sleep: &[Choice]| {
+            masks(enabled, ranks(enabled, &|c| c).as_deref(), sleep)
+        };
         // The same situation reached another way: other tickets, other order.
         assert_eq!(m(&[a, b], &[a]), m(&[b2, a2], &[a2]));
         assert_ne!(m(&[a, b], &[a]), m(&[a, b], &[b]));

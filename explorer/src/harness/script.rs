@@ -622,10 +622,10 @@ pub(super) async fn user(
         .iter()
         .flat_map(|&name| USER_OPS.into_iter().map(move |op| (op, name)))
         .collect();
-    for done in 0..ops {
+    for made in 0..ops {
         // Each operation is looked up afresh, so what is left to do depends on
         // how many were made alone.
-        sched.forget_history(done as u64 + 1);
+        sched.forget_history(made as u64 + 1);
         let alts = choices
             .iter()
             .map(|&(op, name)| {
@@ -671,7 +671,7 @@ pub(super) async fn user(
             // From here the user pokes `vmm` and goes on to its next operation,
             // whatever it did and was answered: two users that reach the same
             // poke after different operations are one situation.
-            sched.forget_history(super::hash::stable_hash(&("poke", done)));
+            sched.forget_history(super::hash::stable_hash(&("poke", made)));
             let wait = Some(one_poke_at_a_time(&sim_state, vmm));
             let _ = sched.gate(call, wait, None, || sim.poke(vmm), poke_answer).await;
         }

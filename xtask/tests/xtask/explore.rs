@@ -466,8 +466,13 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
         "--watcher-concurrency",
         "1",
     ];
-    let cases: [(&str, &str, &[&str], u8); 6] = [
+    // Two user operations: a user forgets what it did once it pokes, but not how
+    // many operations it has made (a tag that left that out merged a user with
+    // one operation left and one with none).
+    let two_ops = ["--user-ops", "2", "--watcher-passes", "1", "--restart-passes", "0"];
+    let cases: [(&str, &str, &[&str], u8); 7] = [
         ("stop-race", "publish-then-remove", &[], 0),
+        ("stop-race", "publish-then-remove", &two_ops, 0),
         ("stop-race", "remove-then-publish", &[], 1),
         ("stop-race", "publish-then-remove", &user, 0),
         ("stop-race", "publish-then-remove", &faults, 0),
