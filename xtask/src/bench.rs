@@ -16,7 +16,7 @@ pub const PROOF_TARGET: Duration = Duration::from_secs(1);
 pub const FIRST_COUNTEREXAMPLE_TARGET: usize = 50;
 pub const THROUGHPUT_TARGET: f64 = 100_000.0;
 /// disk-move with one user operation and one fault, proved exhaustively.
-pub const ENVIRONMENT_PROOF_TARGET: Duration = Duration::from_secs(5);
+pub const ENVIRONMENT_PROOF_TARGET: Duration = Duration::from_secs(2);
 /// Schedules without partial-order reduction over schedules with it, on
 /// stop-race with 3 watcher passes.
 pub const REDUCTION_TARGET: f64 = 3.0;
@@ -141,8 +141,8 @@ pub struct Targets {
     pub first_counterexample_within_50_schedules: bool,
     pub at_least_100k_schedules_per_s: bool,
     /// disk-move with 1 user operation and 1 fault proved clean, exhaustively,
-    /// in under 5 s.
-    pub environment_proof_under_5s: bool,
+    /// in under 2 s.
+    pub environment_proof_under_2s: bool,
     /// Two threads at least 1.7 times as fast as one (stop-race, 1 user op, 1 fault).
     pub two_threads_at_least_1_7x: bool,
     /// stop-race, W=3: at least 3 times fewer schedules with reduction than
@@ -157,7 +157,7 @@ impl Targets {
         self.proof_under_1s
             && self.first_counterexample_within_50_schedules
             && self.at_least_100k_schedules_per_s
-            && self.environment_proof_under_5s
+            && self.environment_proof_under_2s
             && self.two_threads_at_least_1_7x
             && self.reduction_at_least_3x
             && self.catalogue_under_30s
@@ -292,7 +292,7 @@ pub fn measure() -> Result<Bench, BenchError> {
             .map_or(0.0, |w| w.ms)
     };
     let two_thread_speedup = stop_race_ms(1) / stop_race_ms(2).max(f64::MIN_POSITIVE);
-    let environment_proof_under_5s = with_environment.iter().any(|w| {
+    let environment_proof_under_2s = with_environment.iter().any(|w| {
         w.scenario == ScenarioKind::DiskMove.label()
             && w.verdict == Verdict::Clean.word()
             && w.ms < ENVIRONMENT_PROOF_TARGET.as_secs_f64() * 1e3
@@ -334,7 +334,7 @@ pub fn measure() -> Result<Bench, BenchError> {
         catalogue,
         targets: Targets {
             catalogue_under_30s,
-            environment_proof_under_5s,
+            environment_proof_under_2s,
             two_threads_at_least_1_7x: two_thread_speedup >= 1.7,
             reduction_at_least_3x: reduction >= REDUCTION_TARGET,
             proof_under_1s: proof_ms < PROOF_TARGET.as_secs_f64() * 1e3,
@@ -415,11 +415,11 @@ pub fn human(b: &Bench) -> String {
         ));
     }
     s.push_str(&format!(
-        "environment target: disk-move proved in under 5 s: {}\n\
+        "environment target: disk-move proved in under 2 s: {}\n\
          two threads vs one (stop-race): {:.2}x   target >= 1.7x: {}\n\
          reduction (stop-race, W=3): target >= 3x fewer runs, same verdict: {}\n\n\
          race catalogue: {} of {} races found and their fixes proved, {:.0} ms   target < 30 s: {}\n",
-        yes(b.targets.environment_proof_under_5s),
+        yes(b.targets.environment_proof_under_2s),
         b.two_thread_speedup,
         yes(b.targets.two_threads_at_least_1_7x),
         yes(b.targets.reduction_at_least_3x),
