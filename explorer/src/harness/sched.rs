@@ -224,8 +224,6 @@ impl fmt::Debug for Sched {
     }
 }
 
-/// A multiset's hash: how many, and the sum of each one's hash alone, so the
-/// order they come in changes nothing, and nothing is buffered to sort.
 /// A check's write as the fingerprint takes it: one that can no longer apply
 /// (its row deleted, or at its generation or past it) is answered "not applied"
 /// whatever it carries, and its check then ends, so what it carries is left out.
@@ -242,6 +240,8 @@ pub fn stale_write_call(call: Call, rows: RowProbe<'_>) -> Call {
     }
 }
 
+/// A multiset's hash: how many, and the sum of each one's hash alone, so the
+/// order they come in changes nothing, and nothing is buffered to sort.
 fn multiset<T: Hash>(items: impl Iterator<Item = T>) -> (usize, u64) {
     items.fold((0, 0), |(n, sum), t| (n + 1, sum.wrapping_add(super::hash::stable_hash(&t))))
 }

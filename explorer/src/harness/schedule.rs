@@ -112,11 +112,13 @@ fn priority(c: &Choice) -> u8 {
 /// The named policies' pick: by priority, never a fault and never an
 /// environment actor's alternative (a user's extra operation, a vanish), so they
 /// play the scenario as scripted and end each environment actor when they can.
+/// Auto-restart is Nexus's, not the environment's: its pass, offered once it has
+/// something to restart, is taken like a call.
 pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usize> {
     enabled
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.fault.is_none() && !c.optional())
+        .filter(|(_, c)| c.fault.is_none() && (!c.optional() || c.kind == ActorKind::Restart))
         .filter(|(_, c)| !(skip_watcher && c.kind.is_watcher()))
         .min_by_key(|(_, c)| (priority(c), c.actor))
         .map(|(i, _)| i)

@@ -547,7 +547,8 @@ pub(super) async fn restart(
             })),
             costs_fault: false,
         };
-        let Some((_, step)) = sched.offer(vec![alt], done_call(Component::Nexus)).await else {
+        // The offer's `done` (alternative 1) ends auto-restart: no more passes.
+        let Some((0, step)) = sched.offer(vec![alt], done_call(Component::Nexus)).await else {
             return;
         };
         let candidates = n.restart_candidates();

@@ -303,9 +303,10 @@ fn pruned_search_and_full_enumeration_agree() {
         assert_eq!(lengths(&pruned), all.broken, "{what}");
         let want = if all.broken.is_empty() { Verdict::Clean } else { Verdict::Violated };
         assert_eq!((pruned.verdict(), &pruned.coverage), (want, &Coverage::Exhaustive), "{what}");
-        // Some spaces are a handful of runs, too few to prune; over all the
-        // cases, pruning must more than halve the runs.
+        // Some spaces are a handful of runs, too few to prune; any larger must
+        // prune, and over all the cases pruning must more than halve the runs.
         assert!(all.runs >= pruned.runs, "{what}: pruning adds nothing");
+        assert!(all.runs < 100 || all.runs > pruned.runs, "{what}: pruning prunes");
         totals = (totals.0 + all.runs, totals.1 + pruned.runs);
         check_reduction(&run, &all, &what);
     }
@@ -349,6 +350,7 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
         assert_eq!(lengths(&pruned), all.broken, "{what}");
         assert_eq!(pruned.coverage, Coverage::Exhaustive, "{what}");
         assert!(all.runs >= pruned.runs, "{what}: pruning adds ({} vs {})", all.runs, pruned.runs);
+        assert!(all.runs < 100 || all.runs > pruned.runs, "{what}: pruning prunes");
         pruned_some |= all.runs > pruned.runs;
         let (reduced, full) = check_reduction(&run, &all, &what);
         fewer |= reduced < full;
@@ -470,9 +472,17 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
     // many operations it has made (a tag that left that out merged a user with
     // one operation left and one with none).
     let two_ops = ["--user-ops", "2", "--watcher-passes", "1", "--restart-passes", "0"];
-    let cases: [(&str, &str, &[&str], u8); 7] = [
+    // Auto-restart with something to restart (the 2024 policy restarts what a
+    // vanish left Failed), twice: its offer, and its `done`, are audited too.
+    let restarts = ["--faults", "1", "--restart-policy", "2024", "--restart-passes", "2"];
+    // A check's Failed write at its listed generation + 2: the listed
+    // generation stops counting only two generations on.
+    let skips = ["--faults", "1", "--inject", "watcher-skips-generation", "--restart-passes", "0"];
+    let cases: [(&str, &str, &[&str], u8); 9] = [
         ("stop-race", "publish-then-remove", &[], 0),
         ("stop-race", "publish-then-remove", &two_ops, 0),
+        ("stop-race", "publish-then-remove", &restarts, 1),
+        ("stop-race", "publish-then-remove", &skips, 1),
         ("stop-race", "remove-then-publish", &[], 1),
         ("stop-race", "publish-then-remove", &user, 0),
         ("stop-race", "publish-then-remove", &faults, 0),

@@ -286,3 +286,30 @@ fn every_gated_call_is_logged_at_debug_as_it_is_answered() {
         assert!(err.contains(call), "{call} logged before the error: {err}");
     }
 }
+
+/// The stop race with its VMM vanished and marked Failed by the watcher, up to
+/// where auto-restart (2024 policy) may run its pass or end.
+const FAILED_BY_WATCHER: &str = "scenario.instance_create scenario.vmm_register \
+    scenario.vmm_put_state fault.vmm_vanish(inst1) watcher.vmm_list scenario.instance_stop \
+    scenario.vmm_put_state check1.vmm_get_state check1.vmm_write watcher.vmm_list";
+
+/// Auto-restart's `done` ends it, even with an instance to restart: a run may
+/// end with its pass unused. Its pass instead starts the instance the user
+/// stopped, which the 2024 policy allows and rule 7 catches.
+#[test]
+fn auto_restart_may_end_with_its_pass_unused() {
+    let args = ["scenario", "--scenario", "stop-race", "--restart-policy", "2024", "--faults", "1"];
+    let schedule = |rest: &str| format!("{FAILED_BY_WATCHER} {rest}");
+    let unused = schedule("restart.done fault.done");
+    let j = json(&[&args[..], &["--schedule", &unused]].concat(), 0);
+    assert_eq!(j["replay"], unused.as_str());
+    assert_eq!(j["instances"]["inst1"]["state"], "failed");
+    assert_eq!(j["instances"]["inst1"]["auto_restarts"], 0);
+    let pass = schedule(
+        "restart.reincarnation restart.instance_start restart.vmm_register \
+         restart.vmm_put_state fault.done",
+    );
+    let j = json(&[&args[..], &["--schedule", &pass]].concat(), 1);
+    assert_eq!(j["instances"]["inst1"]["auto_restarts"], 1);
+    assert_eq!(j["violations"][0]["invariant"], 7);
+}
