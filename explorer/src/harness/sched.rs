@@ -157,7 +157,8 @@ struct ActorInfo {
     /// to run. It counts as quiescent only while some child of it is alive.
     waiting: bool,
     /// A check's row, while its history is still that row (before its read is
-    /// answered): the VMM and the generation its Failed write would build on.
+    /// answered): the VMM and the generation of the Failed write a 404 would
+    /// make (its listed generation + 1, or + 2 with `watcher-skips-generation`).
     basis: Option<(PropolisUuid, u64)>,
 }
 
@@ -173,15 +174,14 @@ const BASIS_STALE: u64 = 0x57a1_eba5_e000_0001;
 impl ActorInfo {
     /// The history as the fingerprint takes it. A check that has not yet read
     /// the sled agent depends on its row's generation only through the Failed
-    /// write a 404 makes, at that generation + 1 (+ 2 with the seeded
-    /// `watcher-skips-generation`). Once Nexus's row is deleted or two
-    /// generations past it, that write is stale whenever it comes (rows never
+    /// write a 404 makes (`basis`). Once Nexus's row is deleted or at that
+    /// write's generation, the write is stale whenever it comes (rows never
     /// lose generations) and the check learns only "not applied": checks of one
     /// VMM listed at different generations are then one future.
     fn hashed_history(&self, rows: RowProbe<'_>) -> u64 {
         match self.basis {
-            Some((vmm, gen))
-                if rows(vmm).is_some_and(|(now, deleted)| deleted || now >= gen + 2) =>
+            Some((vmm, failed))
+                if rows(vmm).is_some_and(|(now, deleted)| deleted || now >= failed) =>
             {
                 super::hash::stable_hash(&(BASIS_STALE, vmm))
             }
@@ -330,12 +330,12 @@ impl Sched {
         self.add(kind, parent, seed)
     }
 
-    /// `add_child` for a watcher's check of `vmm`, listed at generation `gen`
-    /// (see `ActorInfo::hashed_history`).
-    pub fn add_check(&self, seed: u64, (vmm, gen): (PropolisUuid, u64)) -> ActorId {
+    /// `add_child` for a watcher's check of `vmm` whose 404 would make a Failed
+    /// write at generation `failed` (see `ActorInfo::hashed_history`).
+    pub fn add_check(&self, seed: u64, (vmm, failed): (PropolisUuid, u64)) -> ActorId {
         let id = self.add_child(self.next_check(), seed);
         if let Some(a) = self.lock().actors.get_mut(id) {
-            a.basis = Some((vmm, gen));
+            a.basis = Some((vmm, failed));
         }
         id
     }
@@ -964,6 +964,12 @@ mod tests {
     /// get-state; or, with `write`, one parked at its write of Failed at that
     /// generation.
     fn check_at(listed: u64, write: Option<u64>) -> Sched {
+        check_skipping(listed, 1, write)
+    }
+
+    /// `check_at`, for a watcher whose Failed write goes `skip` past the
+    /// listed generation.
+    fn check_skipping(listed: u64, skip: u64, write: Option<u64>) -> Sched {
         let s = Sched::default();
         s.add_actor(ActorKind::Watcher);
         let vmm = PropolisUuid::from_u128(7);
@@ -973,7 +979,7 @@ mod tests {
             CURRENT.with(|cur| cur.set(None));
             r
         };
-        let c = as_actor(0, &|| s.add_check(listed, (vmm, listed)));
+        let c = as_actor(0, &|| s.add_check(listed, (vmm, listed + skip)));
         let parked = match write {
             None => call(CallKind::VmmGetState),
             Some(gen) => Call {
@@ -993,19 +999,38 @@ mod tests {
     }
 
     /// A check's listed generation is in its future only while the Failed write
-    /// a 404 makes could still apply: once Nexus's row is deleted or two
-    /// generations past it, checks listed at different generations are one; and
+    /// a 404 makes could still apply: once Nexus's row is deleted or at that
+    /// write's generation, checks listed at different generations are one; and
     /// a check's write that is stale carries nothing that counts.
     #[test]
     fn a_checks_listed_generation_counts_until_its_failed_write_is_stale() {
         let (at3, at4) = (check_at(3, None), check_at(4, None));
         let row = |gen, deleted| Some((gen, deleted));
-        assert_ne!(hash_with_row(&at3, row(4, false)), hash_with_row(&at4, row(4, false)));
-        // Gen 5 is stale for the check listed at 3 (its write: 4, or 5 with the
-        // seeded skip), not yet for the one listed at 4.
-        assert_ne!(hash_with_row(&at3, row(5, false)), hash_with_row(&at4, row(5, false)));
-        assert_eq!(hash_with_row(&at3, row(6, false)), hash_with_row(&at4, row(6, false)));
-        assert_eq!(hash_with_row(&at3, row(4, true)), hash_with_row(&at4, row(4, true)));
+        let same = |a: &Sched, b: &Sched, r| hash_with_row(a, r) == hash_with_row(b, r);
+        // Gen 4 is stale for the check listed at 3 (its write: 4), not yet for
+        // the one listed at 4 (its write: 5).
+        assert!(!same(&at3, &at4, row(4, false)));
+        assert!(same(&at3, &at4, row(5, false)));
+        assert!(same(&at3, &at4, row(4, true)));
+        // With the seeded skip the writes are 5 and 6: gen 5 is not enough.
+        let (skip3, skip4) = (check_skipping(3, 2, None), check_skipping(4, 2, None));
+        assert!(!same(&skip3, &skip4, row(5, false)));
+        assert!(same(&skip3, &skip4, row(6, false)));
+        // Checks of two VMMs stay apart, stale or not.
+        let other = check_at(3, None);
+        if let Some(a) = other.lock().actors.get_mut(1) {
+            a.basis = Some((PropolisUuid::from_u128(8), 4));
+        }
+        assert!(!same(&at3, &other, row(9, false)));
+        // Once the check has read, its history is its own again.
+        let read = |listed| {
+            let s = check_at(listed, None);
+            let ticket = s.lock().parked[0].ticket;
+            s.release(ticket, None);
+            s.complete(0, Answer::Ack);
+            s
+        };
+        assert!(!same(&read(3), &read(4), row(9, false)));
         // Generations not checked (no row probe): nothing is ever stale.
         assert_ne!(hash_with_row(&at3, None), hash_with_row(&at4, None));
         let (w5, w6) = (check_at(3, Some(5)), check_at(3, Some(6)));

@@ -482,8 +482,11 @@ pub(super) async fn scenario(
     run(kind, &driver, &progress).await;
 }
 
+/// The watcher: `passes` passes, each of which starts a check per listed VMM.
+/// `failed_past_listed` is how far past a VMM's listed generation its check's
+/// Failed write goes (1; 2 with the seeded `watcher-skips-generation`).
 pub(super) async fn watcher(
-    watcher: Arc<Watcher>,
+    (watcher, failed_past_listed): (Arc<Watcher>, u64),
     passes: usize,
     counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
     sched: Arc<Sched>,
@@ -497,7 +500,8 @@ pub(super) async fn watcher(
             // write builds on); the pass's, from here on, from the rows still
             // waiting alone: the listing it answered is spent.
             let seed = super::hash::stable_hash(&row(&vmm));
-            let id = sched.add_check(seed, (vmm.propolis_id, vmm.runtime.gen.as_u64()));
+            let failed = vmm.runtime.gen.as_u64() + failed_past_listed;
+            let id = sched.add_check(seed, (vmm.propolis_id, failed));
             let waiting: Vec<_> = waiting.iter().map(row).collect();
             sched.forget_history(super::hash::stable_hash(&(pass, waiting)));
             let w = Arc::clone(&watcher);
