@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use sled_agent_api::{
-    BoxError, Clock, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, SledVmmState,
+    BoxError, Clock, Generation, InstanceUuid, PropolisUuid, SledAgentApi, SledUuid, SledVmmState,
     VmmRuntimeState, VmmState,
 };
 use slog::{debug, info, o, warn, Logger};
@@ -191,6 +191,18 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
         self
     }
 
+    /// The generation a check writes Failed at when the sled agent says the VMM
+    /// listed at `listed` is gone: the next one (two on with the seeded
+    /// `skip_generation`). Public so a model checker can tell when that write
+    /// can no longer apply.
+    pub fn failed_generation(&self, listed: Generation) -> Generation {
+        if self.bugs().skip_generation {
+            listed.next().next()
+        } else {
+            listed.next()
+        }
+    }
+
     /// The seeded bugs in force: none, unless built with `seeded-bugs` and asked.
     fn bugs(&self) -> WatcherBugs {
         #[cfg(feature = "seeded-bugs")]
@@ -276,11 +288,7 @@ impl<D: WatcherDatastore, S: SledAgentApi> InstanceWatcher<D, S> {
             Ok(state) => state,
             Err(e) if e.vmm_gone() => {
                 counts.failed += 1;
-                let gen = if self.bugs().skip_generation {
-                    vmm.runtime.gen.next().next()
-                } else {
-                    vmm.runtime.gen.next()
-                };
+                let gen = self.failed_generation(vmm.runtime.gen);
                 info!(log, "sled agent says VMM is gone; marking it failed"; "gen" => gen.as_u64(),
                     "propolis_id" => %id, "instance_id" => %inst, "listed_gen" => listed);
                 SledVmmState {

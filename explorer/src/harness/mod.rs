@@ -767,9 +767,8 @@ fn drive(
     );
     spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
     let watcher_id = world.sched.add_actor(ActorKind::Watcher);
-    let skips = config.inject == Some(Inject::WatcherSkipsGeneration);
     let fut = script::watcher(
-        (Arc::new(world.watcher(config, clock)), if skips { 2 } else { 1 }),
+        Arc::new(world.watcher(config, clock)),
         config.watcher_passes,
         Arc::clone(&world.watcher_counts),
         Arc::clone(&world.sched),

@@ -8,7 +8,7 @@ use nexus_stub::DbVmmState;
 use sled_agent_api::VmmState;
 
 use super::observe::Observer;
-use super::step::{ActorKind, Arg, Call, CallKind, Choice, Fault, Step};
+use super::step::{ActorKind, Arg, Call, CallKind, Choice, Fault, Offer, Step};
 use super::World;
 
 /// What a chooser sees when it picks.
@@ -113,12 +113,15 @@ fn priority(c: &Choice) -> u8 {
 /// environment actor's alternative (a user's extra operation, a vanish), so they
 /// play the scenario as scripted and end each environment actor when they can.
 /// Auto-restart is Nexus's, not the environment's: its pass, offered once it has
-/// something to restart, is taken like a call.
+/// something to restart, is taken once no call can go on (as its `done` would
+/// be), so it never goes before the watcher.
 pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usize> {
+    let calls = enabled.iter().any(|c| c.offer == Offer::Call);
+    let taken = |c: &Choice| !c.optional() || (c.kind == ActorKind::Restart && !calls);
     enabled
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.fault.is_none() && (!c.optional() || c.kind == ActorKind::Restart))
+        .filter(|(_, c)| c.fault.is_none() && taken(c))
         .filter(|(_, c)| !(skip_watcher && c.kind.is_watcher()))
         .min_by_key(|(_, c)| (priority(c), c.actor))
         .map(|(i, _)| i)

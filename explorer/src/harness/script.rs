@@ -483,10 +483,8 @@ pub(super) async fn scenario(
 }
 
 /// The watcher: `passes` passes, each of which starts a check per listed VMM.
-/// `failed_past_listed` is how far past a VMM's listed generation its check's
-/// Failed write goes (1; 2 with the seeded `watcher-skips-generation`).
 pub(super) async fn watcher(
-    (watcher, failed_past_listed): (Arc<Watcher>, u64),
+    watcher: Arc<Watcher>,
     passes: usize,
     counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
     sched: Arc<Sched>,
@@ -500,7 +498,7 @@ pub(super) async fn watcher(
             // write builds on); the pass's, from here on, from the rows still
             // waiting alone: the listing it answered is spent.
             let seed = super::hash::stable_hash(&row(&vmm));
-            let failed = vmm.runtime.gen.as_u64() + failed_past_listed;
+            let failed = watcher.failed_generation(vmm.runtime.gen).as_u64();
             let id = sched.add_check(seed, (vmm.propolis_id, failed));
             let waiting: Vec<_> = waiting.iter().map(row).collect();
             sched.forget_history(super::hash::stable_hash(&(pass, waiting)));
