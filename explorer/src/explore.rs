@@ -600,8 +600,6 @@ struct Dfs<'a> {
     sleep: Vec<Choice>,
     /// The choices to try in the situation at hand (a buffer kept across steps).
     awake: Vec<usize>,
-    /// Whether Nexus checks generations (not with `--inject no-generation-check`).
-    generations_checked: bool,
     /// Sleep sets.
     reduce: bool,
     /// The proof (`Phase::Proof`): free steps, and a situation expanded once
@@ -712,7 +710,7 @@ impl Chooser for Dfs<'_> {
             // this part tries everything itself.
             self.sleep.clear();
         }
-        let at = Here { world: ctx.world, generations_checked: self.generations_checked };
+        let at = Here { world: ctx.world };
         // Ranks compare a visit's sleep set with the recorded one's, and pick
         // the free step; neither happens before the part is decided.
         let decided = !self.split.before();
@@ -812,16 +810,15 @@ impl Chooser for Dfs<'_> {
 /// The situation a choice is made in, as the reduction reads it.
 struct Here<'a> {
     world: &'a harness::World,
-    generations_checked: bool,
 }
 
 impl reduction::Situation for Here<'_> {
     fn stale(&self, c: &Choice) -> bool {
-        self.world.stale_write(c, self.generations_checked)
+        self.world.stale_write(c)
     }
 
     fn dead(&self, c: &Choice) -> bool {
-        self.world.dead_read(c, self.generations_checked)
+        self.world.dead_read(c)
     }
 }
 
@@ -1377,8 +1374,6 @@ impl<'a> Search<'a> {
                 wake_with: sleep,
                 sleep: Vec::new(),
                 awake: Vec::new(),
-                generations_checked: self.cfg.run.inject
-                    != Some(harness::Inject::NoGenerationCheck),
                 reduce: self.cfg.reduces(),
                 proof: self.phase == Phase::Proof,
                 preemptions,

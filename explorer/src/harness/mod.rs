@@ -431,12 +431,10 @@ impl World {
     /// longer apply: its row is deleted, or already at its generation or a newer
     /// one. Rows are never removed and their generations never go down, so it
     /// stays so; with the generation check seeded out, nothing is stale.
-    pub fn stale_write(&self, c: &step::Choice, generations_checked: bool) -> bool {
+    pub fn stale_write(&self, c: &step::Choice) -> bool {
         let (Some(vmm), Arg::State(_, gen)) = (c.call.vmm, c.call.arg) else { return false };
         let writes = matches!(c.call.kind, CallKind::CpapiInstancesPut | CallKind::VmmWrite);
-        generations_checked
-            && writes
-            && self.nexus.vmm(vmm).is_some_and(|r| r.deleted || r.gen >= gen)
+        writes && sched::stale_at(&|v| self.row_probe(v), vmm, gen.as_u64())
     }
 
     /// Whether the get-state `c` parks asks about a VMM gone for good: the sled
@@ -449,12 +447,11 @@ impl World {
     /// 1 takes that as it takes the terminal state it replaces, and the check
     /// learns only that the VMM is gone. A row no longer listed cannot change
     /// what rule 6 notes of it.
-    pub fn dead_read(&self, c: &step::Choice, generations_checked: bool) -> bool {
+    pub fn dead_read(&self, c: &step::Choice) -> bool {
         let Some(vmm) = c.call.vmm else { return false };
-        generations_checked
-            && c.call.kind == CallKind::VmmGetState
+        c.call.kind == CallKind::VmmGetState
             && !self.sim.contains_vmm(vmm)
-            && self.nexus.vmm(vmm).is_some_and(|r| r.deleted)
+            && self.row_probe(vmm).is_some_and(|(_, deleted)| deleted)
             && !self.sched.may_restore(vmm)
     }
 

@@ -180,9 +180,7 @@ impl ActorInfo {
     /// VMM listed at different generations are then one future.
     fn hashed_history(&self, rows: RowProbe<'_>) -> u64 {
         match self.basis {
-            Some((vmm, failed))
-                if rows(vmm).is_some_and(|(now, deleted)| deleted || now >= failed) =>
-            {
+            Some((vmm, failed)) if stale_at(rows, vmm, failed) => {
                 super::hash::stable_hash(&(BASIS_STALE, vmm))
             }
             _ => self.history,
@@ -224,15 +222,20 @@ impl fmt::Debug for Sched {
     }
 }
 
+/// Whether a VMM write at generation `gen` can no longer apply: its row is
+/// deleted or already at `gen` or past it (and generations are checked, or
+/// `rows` knows no row). Rows never lose generations, so it stays so.
+pub fn stale_at(rows: RowProbe<'_>, vmm: PropolisUuid, gen: u64) -> bool {
+    rows(vmm).is_some_and(|(now, deleted)| deleted || now >= gen)
+}
+
 /// A check's write as the fingerprint takes it: one that can no longer apply
 /// (its row deleted, or at its generation or past it) is answered "not applied"
 /// whatever it carries, and its check then ends, so what it carries is left out.
 pub fn stale_write_call(call: Call, rows: RowProbe<'_>) -> Call {
     match (call.kind, call.from, call.vmm, call.arg) {
-        (CallKind::VmmWrite, Component::Watcher, Some(vmm), Arg::State(..))
-            if rows(vmm).is_some_and(|(now, deleted)| {
-                deleted || matches!(call.arg, Arg::State(_, gen) if now >= gen.as_u64())
-            }) =>
+        (CallKind::VmmWrite, Component::Watcher, Some(vmm), Arg::State(_, gen))
+            if stale_at(rows, vmm, gen.as_u64()) =>
         {
             Call { arg: Arg::None, ..call }
         }
