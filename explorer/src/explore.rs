@@ -820,6 +820,10 @@ impl reduction::Situation for Here<'_> {
     fn dead(&self, c: &Choice) -> bool {
         self.world.dead_read(c)
     }
+
+    fn instance(&self, c: &Choice) -> Option<sled_agent_api::InstanceUuid> {
+        self.world.instance_of(c)
+    }
 }
 
 /// A free step (choice `free` after `path`) and another choice, known by its

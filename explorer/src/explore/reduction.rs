@@ -4,8 +4,13 @@
 //! Two choices are independent when they are different actors' and neither
 //! writes a part of the world the other reads or writes. The parts are coarse on
 //! purpose: Nexus's VMM table (with the update steps a write queues), its
-//! instance table (with the instance log and the requests in flight), its disks;
-//! the sled agent's table; the scenario's progress. A step is charged with
+//! instance table (with the instance log and the requests in flight), its disks
+//! and its id counter; the sled agent's table; the scenario's progress. The
+//! VMM and instance tables, the sled agent's table and the record of vanished
+//! VMMs are split by instance (`slots`): a call about one instance's VMM (a
+//! report, a check's read, a Nexus handler's call to the sled agent, a start,
+//! stop or reboot, an update step) touches that instance's share alone, and a
+//! call whose instance is not known touches every share. A step is charged with
 //! everything its release may run: the callee, and the caller's own code up to
 //! its next gate (a Nexus handler after the sled agent answers, the sim after
 //! Nexus acknowledges a report, the scenario when an outer call returns), and
@@ -41,48 +46,80 @@
 //! ended, which can only learn a 404 and write nothing. That read is free too
 //! (174,191 situations became 61,491 there).
 
+use sled_agent_api::InstanceUuid;
+
 use crate::harness::step::{ActorKind, Call, CallKind, Choice, Component, Offer};
 
-/// Parts of the world, as bits.
-const VMMS: u16 = 1;
-const INSTANCES: u16 = 1 << 1;
-const DISKS: u16 = 1 << 2;
-const NEXUS: u16 = VMMS | INSTANCES | DISKS;
-const SLED: u16 = 1 << 3;
-const PROGRESS: u16 = 1 << 4;
-/// The invariants' record of vanished VMMs and the instances they were of.
-const VANISHED: u16 = 1 << 5;
+/// Parts of the world, as bits. The first six are one part each; the four
+/// after them are one part per instance (`SLOTS` bits each, see `slots`), so
+/// that steps on two instances' rows, VMMs and records commute.
+const DISKS: u64 = 1;
+/// The scenario's progress: the ids it keeps between calls.
+const PROGRESS: u64 = 1 << 1;
 /// The run's fault budget.
-const BUDGET: u16 = 1 << 6;
+const BUDGET: u64 = 1 << 2;
 /// The watcher pass a check belongs to: a check that ends lets it start the next.
-const PASS: u16 = 1 << 7;
+const PASS: u64 = 1 << 3;
 /// The instances an auto-restart pass listed and has not yet started, which a
 /// stop waits out (the `restart-after-stop` finding's window).
-const RESTARTING: u16 = 1 << 8;
-const ALL: u16 = u16::MAX;
+const RESTARTING: u64 = 1 << 4;
+/// Nexus's id counter: two steps that mint ids, in the other order, give the
+/// ids to the other instance, VMM or disk.
+const IDS: u64 = 1 << 5;
+/// How many instances have parts of their own: instances past that share them.
+const SLOTS: u32 = 8;
+const ONE_SLOT: u64 = (1 << SLOTS) - 1;
+/// Nexus's VMM rows (with the update steps a write queues, and the requests in
+/// flight to each VMM).
+const VMMS: u64 = ONE_SLOT << 8;
+/// Nexus's instance rows (with the instance log).
+const INSTANCES: u64 = ONE_SLOT << 16;
+/// The sled agent's table and what it has in flight.
+const SLED: u64 = ONE_SLOT << 24;
+/// The invariants' record of vanished VMMs and the instances they were of.
+const VANISHED: u64 = ONE_SLOT << 32;
+const NEXUS: u64 = VMMS | INSTANCES | DISKS;
+/// The parts that are one per instance.
+const LOCAL: u64 = VMMS | INSTANCES | SLED | VANISHED;
+const ALL: u64 = u64::MAX;
+
+/// The bits of every per-instance part that belong to `instance`'s slot, or to
+/// every slot when the instance is not known. Two instances may share a slot:
+/// that only makes their steps dependent.
+fn slots(instance: Option<InstanceUuid>) -> u64 {
+    let one = instance.map_or(ONE_SLOT, |i| 1 << (i.into_untyped().as_u128() % u128::from(SLOTS)));
+    // The slot's bit in each of the four per-instance fields.
+    (one << 8) | (one << 16) | (one << 24) | (one << 32)
+}
 
 /// What releasing a choice may read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footprint {
-    reads: u16,
-    writes: u16,
+    reads: u64,
+    writes: u64,
 }
 
 impl Footprint {
-    const fn reads(parts: u16) -> Self {
+    const fn reads(parts: u64) -> Self {
         Footprint { reads: parts, writes: 0 }
     }
 
-    const fn rw(parts: u16) -> Self {
+    const fn rw(parts: u64) -> Self {
         Footprint { reads: parts, writes: parts }
     }
 
-    const fn and_reads(self, parts: u16) -> Self {
+    const fn and_reads(self, parts: u64) -> Self {
         Footprint { reads: self.reads | parts, writes: self.writes }
     }
 
-    const fn and_writes(self, parts: u16) -> Self {
+    const fn and_writes(self, parts: u64) -> Self {
         Footprint { reads: self.reads | parts, writes: self.writes | parts }
+    }
+
+    /// Only the parts in `keep` (and every part that is not per instance).
+    const fn within(self, keep: u64) -> Self {
+        let keep = keep | !LOCAL;
+        Footprint { reads: self.reads & keep, writes: self.writes & keep }
     }
 
     const fn conflicts(self, other: Footprint) -> bool {
@@ -91,8 +128,9 @@ impl Footprint {
 }
 
 /// What the reduction may know of the situation at hand: whether a VMM write
-/// parked there is already stale (`World::stale_write`), and whether a check's
-/// read of a VMM can only meet a VMM that is gone for good (`World::dead_read`).
+/// parked there is already stale (`World::stale_write`), whether a check's
+/// read of a VMM can only meet a VMM that is gone for good (`World::dead_read`),
+/// and which instance a call is about.
 pub trait Situation {
     /// True only if the write `c` makes, at its generation, can apply neither now
     /// nor after any other step: its row is deleted or holds that generation or a
@@ -105,9 +143,15 @@ pub trait Situation {
     /// Nexus's row is deleted (no write applies to it, with generations
     /// checked).
     fn dead(&self, c: &Choice) -> bool;
+
+    /// The instance `c`'s call is about: its VMM's (by Nexus's row, which a
+    /// VMM never changes), the one it names by id, or the one the scenario
+    /// created under the name it carries. `None`: any instance.
+    fn instance(&self, c: &Choice) -> Option<InstanceUuid>;
 }
 
-/// Knows nothing: every write may apply, every read may tell.
+/// Knows nothing: every write may apply, every read may tell, every call may
+/// be about any instance.
 pub struct Unknown;
 
 impl Situation for Unknown {
@@ -117,6 +161,10 @@ impl Situation for Unknown {
 
     fn dead(&self, _: &Choice) -> bool {
         false
+    }
+
+    fn instance(&self, _: &Choice) -> Option<InstanceUuid> {
+        None
     }
 }
 
@@ -164,13 +212,24 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         WaitForState => Footprint::reads(INSTANCES | VMMS),
         // Only while the instance has no VMM.
         DiskAttach | DiskDetach => Footprint::reads(INSTANCES | VMMS).and_writes(DISKS),
-        DiskCreate => Footprint::rw(DISKS),
-        InstanceCreate | InstanceStart | InstanceStop | InstanceReboot => Footprint::rw(NEXUS),
+        // Each mints an id (a start, its VMM's, up to its first call).
+        DiskCreate => Footprint::rw(DISKS | IDS),
+        InstanceCreate => Footprint::rw(NEXUS | IDS),
+        InstanceStart => Footprint::rw(VMMS | INSTANCES | IDS),
+        InstanceStop | InstanceReboot => Footprint::rw(VMMS | INSTANCES),
         // Which VMM is the scenario's progress's (and the sim's); it spends a fault.
         VmmVanish => Footprint::reads(PROGRESS).and_writes(SLED | VANISHED | BUDGET),
     };
-    // Every Nexus write feeds rules that read the vanished record (2, 7).
-    let base = if base.writes & NEXUS != 0 { base.and_reads(VANISHED) } else { base };
+    // Every write of a VMM or instance row feeds rules that read the vanished
+    // record (2, 7).
+    let base = if base.writes & (VMMS | INSTANCES) != 0 { base.and_reads(VANISHED) } else { base };
+    // The call's own effects stay within its instance: its VMM's row, the sled
+    // agent's entry for it, its instance's row and records. What follows reads
+    // wider (a listing reads every row).
+    let base = match c.call.kind {
+        VmmList | Reincarnation | InstanceCreate | DiskCreate => base,
+        _ => base.within(slots(at.instance(c))),
+    };
     let base = match c.kind {
         // Its code between calls keeps the ids it was given in its progress.
         // A stop waits out the instances an auto-restart pass is about to start.
@@ -348,6 +407,10 @@ mod tests {
         fn dead(&self, _: &Choice) -> bool {
             self.dead
         }
+
+        fn instance(&self, _: &Choice) -> Option<InstanceUuid> {
+            None
+        }
     }
 
     const ALL_STALE: Knows = Knows { stale: true, dead: true };
@@ -421,6 +484,70 @@ mod tests {
             ..poke
         };
         check(&done, &list, false);
+    }
+
+    /// Knows which instance each call is about: the one its VMM's id names
+    /// (VMM `n` is instance `n`'s), or the one it names by id.
+    struct ByVmm;
+
+    impl Situation for ByVmm {
+        fn stale(&self, _: &Choice) -> bool {
+            false
+        }
+
+        fn dead(&self, _: &Choice) -> bool {
+            false
+        }
+
+        fn instance(&self, c: &Choice) -> Option<InstanceUuid> {
+            match (c.call.vmm, c.call.arg) {
+                (Some(v), _) => Some(InstanceUuid::from_u128(v.into_untyped().as_u128())),
+                (None, Arg::Instance(i)) => Some(i),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn steps_on_two_instances_commute_and_on_one_or_an_unknown_one_do_not() {
+        let on = |c: Choice, n: u128| Choice {
+            call: Call { vmm: Some(sled_agent_api::PropolisUuid::from_u128(n)), ..c.call },
+            ..c
+        };
+        let report =
+            choice(4, ActorKind::Scenario, CallKind::CpapiInstancesPut, Component::SledAgent);
+        let get = choice(3, ActorKind::Check(1), CallKind::VmmGetState, Component::Watcher);
+        let put = choice(5, ActorKind::Restart, CallKind::VmmPutState, Component::Nexus);
+        let check = |a: &Choice, b: &Choice, want: bool| {
+            assert_eq!(independent(a, b, &ByVmm), want, "{:?} / {:?}", a.call, b.call);
+            assert_eq!(independent(b, a, &ByVmm), want, "symmetric");
+        };
+        // A report of instance 1's VMM, against a check's read and a Nexus
+        // handler's call about instance 2's, and about instance 1's.
+        check(&on(report, 1), &on(get, 2), true);
+        check(&on(report, 1), &on(put, 2), true);
+        check(&on(report, 1), &on(get, 1), false);
+        check(&on(report, 1), &on(put, 1), false);
+        // Instances 1 and 9 share a slot: dependent, as if one.
+        check(&on(report, 1), &on(put, 9), false);
+        // Not knowing the instance is every instance.
+        check(&report, &on(put, 2), false);
+        // A listing reads every VMM row, whichever instance the write is about.
+        let list = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
+        check(&list, &on(report, 2), false);
+        // Two starts mint ids: in the other order each gets the other's.
+        // Two starts mint ids: in the other order each gets the other's. Two
+        // stops mint none. (Update steps' kind adds no part of its own.)
+        let start = |actor, n: u128| {
+            let c = choice(actor, ActorKind::Update(1), CallKind::InstanceStart, Component::Nexus);
+            let arg = Arg::Instance(InstanceUuid::from_u128(n));
+            Choice { call: Call { arg, ..c.call }, ..c }
+        };
+        check(&start(6, 1), &start(7, 2), false);
+        let stop =
+            |c: Choice| Choice { call: Call { kind: CallKind::InstanceStop, ..c.call }, ..c };
+        check(&stop(start(6, 1)), &stop(start(7, 2)), true);
+        check(&stop(start(6, 1)), &stop(start(7, 1)), false);
     }
 
     #[test]

@@ -455,6 +455,22 @@ impl World {
             && !self.sched.may_restore(vmm)
     }
 
+    /// The instance the call `c` parks is about, if it is known (see
+    /// `reduction::Situation::instance`): its VMM's, by Nexus's row; the one it
+    /// names by id; or the one the scenario created under the name it carries.
+    pub fn instance_of(&self, c: &step::Choice) -> Option<InstanceUuid> {
+        if let Some(vmm) = c.call.vmm {
+            return self.nexus.vmm(vmm).map(|r| r.instance_id);
+        }
+        match c.call.arg {
+            Arg::Instance(id) => Some(id),
+            Arg::Name(name) => {
+                self.progress().instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+            }
+            Arg::None | Arg::Requested(_) | Arg::State(..) => None,
+        }
+    }
+
     /// What the components hold, as a user could read it from their APIs: each
     /// instance's state, Nexus's VMM rows, the sled agent's table, the disk, and
     /// the scenario's outcome. No fingerprint, no history: two searches compared

@@ -367,7 +367,8 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
 /// enumerating every schedule costs too much: auto-restart beside a user and a
 /// fault (the update step's and reincarnation's footprints only matter there),
 /// a user beside a watcher pass, two faults, the legacy ordering, and disk-move
-/// with a user or a fault (with both and a watcher pass it takes a minute here).
+/// with a user, a fault, or both (with both and a watcher pass it takes a minute
+/// here).
 /// The same broken invariants at the same lengths, where nothing broke the same
 /// end states, and no more situations.
 #[test]
@@ -388,6 +389,9 @@ fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
         RunConfig { ordering: legacy, ..env(1, 0, 1, 1) },
         RunConfig { scenario: ScenarioKind::DiskMove, ..env(1, 0, 0, 1) },
         RunConfig { scenario: ScenarioKind::DiskMove, ..env(0, 1, 1, 1) },
+        // Both instances in play at once: steps about one commute with steps
+        // about the other.
+        RunConfig { scenario: ScenarioKind::DiskMove, ..env(1, 1, 0, 1) },
     ];
     for run in cases {
         let what = format!(
