@@ -37,7 +37,7 @@ use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
 use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
 use crate::harness::step::{
-    ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Offer, Step,
+    ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Fault, Offer, Step,
 };
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
@@ -586,6 +586,11 @@ impl Frontier {
 #[derive(Debug, Default)]
 struct Work {
     prefix: Vec<u32>,
+    /// The prefix's steps by ticket and fault, which a replay hands out again:
+    /// followed so, a replayed step needs no list of choices (`Chooser::replay`).
+    tickets: Vec<(u64, Option<Fault>)>,
+    /// The actor of the prefix's last step.
+    last: Option<ActorId>,
     sleep: Vec<Sleeper>,
 }
 
@@ -594,6 +599,10 @@ struct Work {
 /// leaves the others for later runs (`pushed`, handed to the frontier after).
 struct Dfs<'a> {
     prefix: Vec<u32>,
+    /// The prefix's steps by ticket, to replay without choosing (`Work::tickets`).
+    replay: Vec<(u64, Option<Fault>)>,
+    /// The path's steps by ticket, as `path` has them by index.
+    tickets: Vec<(u64, Option<Fault>)>,
     /// Asleep once the prefix is followed (`Work::sleep`).
     wake_with: Vec<Sleeper>,
     /// Asleep in the situation the run is in, past the prefix.
@@ -678,11 +687,25 @@ impl Dfs<'_> {
 }
 
 impl Chooser for Dfs<'_> {
+    /// A prefix's step, by its ticket, where no shard is being decided (a
+    /// shard's split counts the branching points the prefix passes).
+    fn replay(&mut self, step: usize) -> Option<(u64, Option<Fault>)> {
+        if self.split.shard.is_some() {
+            return None;
+        }
+        let (&i, &ticket) = self.prefix.get(step).zip(self.replay.get(step))?;
+        self.path.push(i);
+        self.tickets.push(ticket);
+        Some(ticket)
+    }
+
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
             let r = self.split.follow(&mut self.path, i, ctx.enabled, depth);
-            self.last = ctx.enabled.get(i as usize).map(|c| c.actor);
+            let c = ctx.enabled.get(i as usize);
+            self.last = c.map(|c| c.actor);
+            self.tickets.extend(c.map(|c| (c.ticket, c.fault)));
             return r;
         }
         if self.prune && !self.may_matter(ctx, depth) {
@@ -780,6 +803,9 @@ impl Chooser for Dfs<'_> {
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
+            let mut tickets = self.tickets.clone();
+            tickets.push((ctx.enabled[alt].ticket, ctx.enabled[alt].fault));
+            let last = Some(ctx.enabled[alt].actor);
             let sleep = if self.reduce {
                 let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
                 reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried), &at)
@@ -788,7 +814,7 @@ impl Chooser for Dfs<'_> {
             } else {
                 Vec::new()
             };
-            self.pushed.push((cost, Work { prefix, sleep }));
+            self.pushed.push((cost, Work { prefix, tickets, last, sleep }));
         }
         if self.reduce {
             let taken = ctx.enabled[take];
@@ -802,6 +828,7 @@ impl Chooser for Dfs<'_> {
         }
         self.awake = awake;
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
+        self.tickets.push((ctx.enabled[take].ticket, ctx.enabled[take].fault));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
         Ok(Some(take))
     }
@@ -1372,16 +1399,18 @@ impl<'a> Search<'a> {
     }
 
     fn work_until_done(&self) {
-        while let Some((preemptions, Work { prefix, sleep })) = self.next() {
+        while let Some((preemptions, Work { prefix, tickets, last, sleep })) = self.next() {
             let mut dfs = Dfs {
                 prefix,
+                replay: tickets,
+                tickets: Vec::new(),
                 wake_with: sleep,
                 sleep: Vec::new(),
                 awake: Vec::new(),
                 reduce: self.cfg.reduces(),
                 proof: self.phase == Phase::Proof,
                 preemptions,
-                last: None,
+                last,
                 path: Vec::new(),
                 visited: &self.visited,
                 situations: self.situations.as_ref(),

@@ -851,6 +851,23 @@ fn drive(
                 log_answered(log, &world, &mut logged);
             }
         }
+        let step = world.sched.steps_len();
+        if step < config.max_steps {
+            if let Some((ticket, fault)) = chooser.replay(step) {
+                world.sched.release(ticket, fault);
+                if world.sched.steps_len() == step {
+                    // Refused (and recorded): the same steps park the same
+                    // tickets, so the run is not the one the chooser replays.
+                    return Err(RunError::Schedule(ScheduleError::Mismatch {
+                        step: step + 1,
+                        index: step + 1,
+                        wanted: format!("ticket {ticket}"),
+                        enabled: "no such call parked".into(),
+                    }));
+                }
+                continue;
+            }
+        }
         world.sched.enabled_into(&mut enabled);
         if enabled.is_empty() {
             break if world.sched.all_done() {

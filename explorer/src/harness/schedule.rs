@@ -56,6 +56,15 @@ pub trait Chooser {
     /// run here.
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError>;
 
+    /// The call to release as step `step` (from 0) without being asked to
+    /// choose, by its ticket and fault, if the chooser knows it already (a
+    /// prefix it replays): the run then skips listing what is enabled there. The
+    /// ticket must be one a replay of the same steps hands out; one that is not
+    /// parked is a harness error.
+    fn replay(&mut self, _step: usize) -> Option<(u64, Option<Fault>)> {
+        None
+    }
+
     /// Called once the run ends after `steps` steps.
     fn finish(&mut self, _steps: usize) -> Result<(), ScheduleError> {
         Ok(())
