@@ -30,12 +30,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
-use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError};
+use crate::harness::observe::Observer;
+use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError, Watch};
 use crate::harness::step::{
     ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Fault, Offer, Step,
 };
@@ -591,6 +592,9 @@ struct Work {
     tickets: Vec<(u64, Option<Fault>)>,
     /// The actor of the prefix's last step.
     last: Option<ActorId>,
+    /// The observer of the run that pushed this one, as it stood before the
+    /// prefix's last step (`Chooser::watch`), shared by the schedules pushed there.
+    observed: Option<Arc<Observer>>,
     sleep: Vec<Sleeper>,
 }
 
@@ -603,6 +607,8 @@ struct Dfs<'a> {
     replay: Vec<(u64, Option<Fault>)>,
     /// The path's steps by ticket, as `path` has them by index.
     tickets: Vec<(u64, Option<Fault>)>,
+    /// The observer after this many steps of the prefix (`Work::observed`).
+    observed: Option<(usize, Arc<Observer>)>,
     /// Asleep once the prefix is followed (`Work::sleep`).
     wake_with: Vec<Sleeper>,
     /// Asleep in the situation the run is in, past the prefix.
@@ -697,6 +703,19 @@ impl Chooser for Dfs<'_> {
         self.path.push(i);
         self.tickets.push(ticket);
         Some(ticket)
+    }
+
+    /// The prefix's steps before its last go unchecked: the observer the run
+    /// that pushed it had there is taken instead.
+    fn watch(&mut self, steps: usize) -> Watch {
+        match &self.observed {
+            Some((at, _)) if steps < *at => Watch::Skip,
+            Some((at, _)) if steps == *at => self
+                .observed
+                .take()
+                .map_or(Watch::Check, |(_, o)| Watch::Take(Box::new((*o).clone()))),
+            _ => Watch::Check,
+        }
     }
 
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
@@ -800,6 +819,7 @@ impl Chooser for Dfs<'_> {
         let order: Vec<usize> = std::iter::once(take)
             .chain(awake.iter().rev().copied().filter(|&a| a != take))
             .collect();
+        let observed = (order.len() > 1).then(|| Arc::new(ctx.observer.clone()));
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
@@ -814,7 +834,8 @@ impl Chooser for Dfs<'_> {
             } else {
                 Vec::new()
             };
-            self.pushed.push((cost, Work { prefix, tickets, last, sleep }));
+            let observed = observed.clone();
+            self.pushed.push((cost, Work { prefix, tickets, last, observed, sleep }));
         }
         if self.reduce {
             let taken = ctx.enabled[take];
@@ -1399,8 +1420,11 @@ impl<'a> Search<'a> {
     }
 
     fn work_until_done(&self) {
-        while let Some((preemptions, Work { prefix, tickets, last, sleep })) = self.next() {
+        while let Some((preemptions, work)) = self.next() {
+            let Work { prefix, tickets, last, observed, sleep } = work;
+            let at = prefix.len().saturating_sub(1);
             let mut dfs = Dfs {
+                observed: observed.map(|o| (at, o)),
                 prefix,
                 replay: tickets,
                 tickets: Vec::new(),

@@ -7,7 +7,7 @@ use super::script::ScenarioKind;
 use super::step::{Answer, Arg, Call, CallKind, Component};
 use super::{RunEnd, World};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Observer {
     invariants: Invariants,
     /// The first step not yet seen with its answer.

@@ -51,6 +51,13 @@ fn label(actor: ActorKind, call: CallKind, arg: Option<&str>, fault: Option<Faul
     s
 }
 
+/// How a run follows the invariants after a step (`Chooser::watch`).
+pub enum Watch {
+    Check,
+    Skip,
+    Take(Box<Observer>),
+}
+
 pub trait Chooser {
     /// Index into `ctx.enabled` of the call to release next, or `None` to stop the
     /// run here.
@@ -63,6 +70,15 @@ pub trait Chooser {
     /// parked is a harness error.
     fn replay(&mut self, _step: usize) -> Option<(u64, Option<Fault>)> {
         None
+    }
+
+    /// What to do about the invariants once `steps` steps are taken: check
+    /// them as usual, or, if the chooser carries the observer of an earlier
+    /// run of the same steps, leave them unchecked up to that point and take
+    /// that observer there (a run is deterministic, so it is the one checking
+    /// each step would give).
+    fn watch(&mut self, _steps: usize) -> Watch {
+        Watch::Check
     }
 
     /// Called once the run ends after `steps` steps.
