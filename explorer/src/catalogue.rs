@@ -150,7 +150,7 @@ impl Race {
     /// The command that shows the race: explore's flags for the pre-fix model
     /// that differ from explore's defaults, the scenario always named.
     pub fn command(&self) -> String {
-        let defaults = RunConfig::default().flags();
+        let defaults = RunConfig::explore_defaults().flags();
         let words: Vec<String> = self
             .pre_fix()
             .flags()

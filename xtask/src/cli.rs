@@ -20,7 +20,7 @@ use sledsim_explorer::explore::{
 use sledsim_explorer::harness::schedule::ScheduleSpec;
 use sledsim_explorer::harness::{
     self, Inject, RunConfig, RunError, ScenarioKind, Transport, DEFAULT_MAX_STEPS,
-    DEFAULT_WATCHER_CONCURRENCY,
+    DEFAULT_WATCHER_CONCURRENCY, EXPLORE_FAULTS, EXPLORE_USER_OPS,
 };
 use sledsim_explorer::report;
 
@@ -229,13 +229,13 @@ struct ModelArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_parser = at_least_one)]
     max_steps: usize,
     /// Operations (stop, start, reboot of any instance the scenario created) a
-    /// user may add to a run, each at any point and on any instance [default: 0;
-    /// at most 4].
+    /// user may add to a run, each at any point and on any instance [default: 1
+    /// for explore, 0 for scenario; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     user_ops: Option<usize>,
     /// Faults a run may meet, each at any point: a report to Nexus refused (503)
     /// or its answer lost, a Nexus call to the sled agent refused or its answer
-    /// lost, a VMM vanishing [default: 0; at most 4].
+    /// lost, a VMM vanishing [default: 1 for explore, 0 for scenario; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     faults: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
@@ -278,12 +278,12 @@ fn concurrency(s: &str) -> Result<usize, String> {
 }
 
 impl ModelArgs {
-    /// The run configuration; `env` is the command's default number of user
+    /// The run configuration; `env` is the command's default numbers of user
     /// operations and faults.
-    fn run_config(&self, log: Logger, env: usize) -> RunConfig {
+    fn run_config(&self, log: Logger, env: (usize, usize)) -> RunConfig {
         RunConfig {
-            user_ops: self.user_ops.unwrap_or(env),
-            faults: self.faults.unwrap_or(env),
+            user_ops: self.user_ops.unwrap_or(env.0),
+            faults: self.faults.unwrap_or(env.1),
             findings: self.findings,
             scenario: self.scenario,
             ordering: self.ordering,
@@ -404,9 +404,8 @@ impl ExploreArgs {
     fn config(&self) -> ExploreConfig {
         // Logging stays off the hot path: a run takes microseconds, a log line more.
         let log = Logger::root(slog::Discard, o!());
-        // Explore keeps 0 of each by default until the search at 1 of each is fast
-        // enough for disk-move (it is exhaustive, but takes minutes, not seconds).
-        let run = self.model.run_config(log, 0);
+        // One user operation and one fault by default (scenario's default is none).
+        let run = self.model.run_config(log, (EXPLORE_USER_OPS, EXPLORE_FAULTS));
         ExploreConfig {
             max_schedules: self.max_schedules,
             max_time: self.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
@@ -655,7 +654,7 @@ fn run_failure(e: RunError) -> Fail {
 }
 
 fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
-    let config = RunConfig { transport: a.transport, ..a.model.run_config(log, 0) };
+    let config = RunConfig { transport: a.transport, ..a.model.run_config(log, (0, 0)) };
     let mut chooser =
         a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;

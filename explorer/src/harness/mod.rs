@@ -144,6 +144,13 @@ pub const CLOCK_HORIZON_MS: u64 = 100_000;
 /// Checks a watcher pass runs at once (omicron runs up to 16).
 pub const DEFAULT_WATCHER_CONCURRENCY: usize = 2;
 
+/// The user operations and faults `explore` gives a run unless told otherwise:
+/// one of each, so a search meets what users and failures do by default.
+/// `scenario` (and `RunConfig::default`) gives none, so a replayed schedule
+/// needs no environment it did not name.
+pub const EXPLORE_USER_OPS: usize = 1;
+pub const EXPLORE_FAULTS: usize = 1;
+
 /// How the components reach each other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -217,6 +224,12 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
+    /// `explore`'s defaults: `RunConfig::default` with one user operation and
+    /// one fault (`EXPLORE_USER_OPS`, `EXPLORE_FAULTS`).
+    pub fn explore_defaults() -> Self {
+        RunConfig { user_ops: EXPLORE_USER_OPS, faults: EXPLORE_FAULTS, ..RunConfig::default() }
+    }
+
     pub fn new(log: Logger) -> Self {
         RunConfig {
             scenario: ScenarioKind::DiskMove,

@@ -8,6 +8,9 @@ use sledsim_explorer::explore::{explore, Coverage, ExploreConfig, ExploreResult,
 use sledsim_explorer::harness::schedule::{ChoiceCtx, Chooser, ScheduleError};
 use sledsim_explorer::harness::step;
 
+/// No user operation and no fault, where explore's default is one of each.
+const NO_ENV: [&str; 4] = ["--user-ops", "0", "--faults", "0"];
+
 /// (invariant, shortest length) for each counterexample of an explore JSON.
 fn broken(j: &serde_json::Value) -> Vec<(u64, u64)> {
     j["counterexamples"]
@@ -48,7 +51,7 @@ fn check_broken(args: &[&str], want: &[(u64, u64)]) {
 }
 
 #[test]
-fn the_fixed_ordering_is_proved_clean_and_exhaustive() {
+fn the_fixed_ordering_is_proved_clean_and_exhaustive_at_the_default_bounds() {
     for scenario in ["stop-race", "disk-move"] {
         let j = json(&["explore", "--scenario", scenario, "--ordering", "publish-then-remove"], 0);
         assert_eq!(
@@ -62,12 +65,20 @@ fn the_fixed_ordering_is_proved_clean_and_exhaustive() {
         assert_eq!(j["bounds"]["watcher_passes"], 2);
         assert_eq!(j["bounds"]["watcher_concurrency"], 2);
         assert_eq!(j["bounds"]["max_steps"], 200);
+        // A user's operation and a fault by default: the environment is explored.
+        assert_eq!(
+            (j["bounds"]["user_ops"].as_u64(), j["bounds"]["faults"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert!(j["runs"].as_u64().unwrap() > 10_000, "{scenario}: {}", j["runs"]);
     }
 }
 
 #[test]
 fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() {
-    let legacy = ["--ordering", "remove-then-publish"];
+    // The race alone: no user operation and no fault (explore's default is one
+    // of each, which gives shorter schedules through them).
+    let legacy = [&["--ordering", "remove-then-publish"][..], &NO_ENV].concat();
     // List at Stopping/6 (create, register, two put-states, stop, poke, three
     // reports), then ask inside the window: the 404 at step 11. Its Failed write
     // commits at 12; the instance the user stopped is Failed at 13; the scenario's
@@ -85,13 +96,16 @@ fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() 
 
 #[test]
 fn every_seeded_bug_is_found_with_the_invariants_it_breaks() {
+    // At explore's default bounds: one user operation and one fault, which
+    // give some invariants shorter schedules than the scenario alone (the
+    // step-bound test below has the scenario's own).
     let cases: [(&str, &[(u64, u64)]); 3] = [
         // The scenario's wait for Stopped never ends; it times out, as the
-        // test's does, once nothing else can go on (step 17), and nothing
+        // test's does, once nothing else can go on (step 19), and nothing
         // past the bounds would have moved it on.
-        ("no-generation-check", &[(1, 15), (2, 13), (3, 13), (4, 3), (7, 14), (8, 17), (9, 17)]),
-        ("watcher-lists-terminal", &[(2, 13), (3, 13), (7, 14), (9, 18)]),
-        ("watcher-skips-generation", &[(2, 13), (3, 13), (7, 14), (9, 18)]),
+        ("no-generation-check", &[(1, 15), (2, 12), (3, 12), (4, 3), (7, 12), (8, 19), (9, 19)]),
+        ("watcher-lists-terminal", &[(2, 13), (3, 13), (7, 14), (9, 20)]),
+        ("watcher-skips-generation", &[(2, 13), (3, 13), (7, 14), (9, 20)]),
     ];
     for (bug, want) in cases {
         check_broken(&["--scenario", "stop-race", "--inject", bug], want);
@@ -134,7 +148,8 @@ fn a_truncated_search_is_inconclusive_and_exits_3() {
     assert_eq!(code, 3);
     assert!(out.contains("verdict:  inconclusive") && out.contains("proves nothing"), "{out}");
     // A violation is a fact whatever the coverage.
-    let j = json(&["explore", "--ordering", "remove-then-publish", "--max-schedules", "100"], 1);
+    let legacy = ["explore", "--ordering", "remove-then-publish", "--max-schedules", "100"];
+    let j = json(&[&legacy[..], &NO_ENV].concat(), 1);
     assert_eq!(
         (j["verdict"].as_str(), j["coverage"].as_str()),
         (Some("violated"), Some("truncated"))
@@ -144,7 +159,10 @@ fn a_truncated_search_is_inconclusive_and_exits_3() {
 #[test]
 fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
     // The stop race needs 17 steps; at 12 every run is cut short and nothing breaks.
-    let j = json(&["explore", "--scenario", "stop-race", "--max-steps", "12"], 3);
+    let j = json(
+        &[&["explore", "--scenario", "stop-race", "--max-steps", "12"][..], &NO_ENV].concat(),
+        3,
+    );
     assert_eq!(j["verdict"], "inconclusive");
     assert!(j["counterexample"].is_null(), "{j}");
     assert!(j["truncated_by"][0].as_str().unwrap().contains("step bound (12 steps)"), "{j}");
@@ -152,11 +170,12 @@ fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
     // and the printed commands carry the bound, so they reproduce.
     let args =
         ["--scenario", "stop-race", "--ordering", "remove-then-publish", "--max-steps", "12"];
-    check_broken(&args, &[(1, 11), (2, 12)]);
+    check_broken(&[&args[..], &NO_ENV].concat(), &[(1, 11), (2, 12)]);
     // A proof cut short by the bound knows nothing of what lies past it: here
     // it never sees 8 and 9 break, so the exact search must chase every
     // invariant, not only those the proof found.
     let args = ["--scenario", "stop-race", "--inject", "no-generation-check", "--max-steps", "17"];
+    let args = [&args[..], &NO_ENV].concat();
     check_broken(&args, &[(1, 15), (2, 13), (3, 13), (4, 3), (7, 14), (8, 17), (9, 17)]);
     let j = json(&["scenario", "--scenario", "stop-race", "--max-steps", "12"], 3);
     assert_eq!((j["verdict"].as_str(), j["passed"].as_bool()), (Some("inconclusive"), Some(true)));
@@ -441,13 +460,15 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
     // that does not commute truncates the checked search, so this fails).
     let user =
         ["--user-ops", "1", "--faults", "1", "--watcher-passes", "0", "--restart-passes", "0"];
-    let faults = ["--faults", "1", "--restart-passes", "0"];
+    let faults = ["--user-ops", "0", "--faults", "1", "--restart-passes", "0"];
     // A free step that starts the pass's next check, beside a report that
     // starts an update step: the two orders start the two actors in the other
     // order, which must not tell the situations apart.
     let starts = [
         "--user-ops",
         "1",
+        "--faults",
+        "0",
         "--watcher-passes",
         "1",
         "--watcher-concurrency",
@@ -475,10 +496,12 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
     // Two user operations: a user forgets what it did once it pokes, but not how
     // many operations it has made (a tag that left that out merged a user with
     // one operation left and one with none).
-    let two_ops = ["--user-ops", "2", "--watcher-passes", "1", "--restart-passes", "0"];
+    let two_ops =
+        ["--user-ops", "2", "--faults", "0", "--watcher-passes", "1", "--restart-passes", "0"];
     // Auto-restart with something to restart (the 2024 policy restarts what a
     // vanish left Failed), twice: its offer, and its `done`, are audited too.
-    let restarts = ["--faults", "1", "--restart-policy", "2024", "--restart-passes", "2"];
+    let restarts =
+        ["--user-ops", "0", "--faults", "1", "--restart-policy", "2024", "--restart-passes", "2"];
     // A check's Failed write at its listed generation + 2: the listed
     // generation stops counting only two generations on (taking it to stop at
     // one gives 6 mismatches here).
@@ -495,11 +518,11 @@ fn checking_fingerprints_finds_no_collision_and_changes_nothing() {
         "1",
     ];
     let cases: [(&str, &str, &[&str], u8); 9] = [
-        ("stop-race", "publish-then-remove", &[], 0),
+        ("stop-race", "publish-then-remove", &NO_ENV, 0),
         ("stop-race", "publish-then-remove", &two_ops, 0),
         ("stop-race", "publish-then-remove", &restarts, 1),
         ("stop-race", "publish-then-remove", &skips, 1),
-        ("stop-race", "remove-then-publish", &[], 1),
+        ("stop-race", "remove-then-publish", &NO_ENV, 1),
         ("stop-race", "publish-then-remove", &user, 0),
         ("stop-race", "publish-then-remove", &faults, 0),
         ("disk-move", "publish-then-remove", &starts, 0),
@@ -577,8 +600,10 @@ fn explore_draws_the_counterexample() {
 
 #[test]
 fn explore_is_deterministic() {
-    // On one thread, everything; on every core, all but the schedule counts.
+    // On one thread, everything; on every core, all but the schedule counts
+    // (at bounds this small: see the README on thread counts and situations).
     let args = ["explore", "--scenario", "stop-race", "--ordering", "remove-then-publish"];
+    let args = [&args[..], &NO_ENV].concat();
     let one = [&args[..], &["--threads", "1"]].concat();
     let (a, b) = (json(&one, 1), json(&one, 1));
     for field in ["runs", "situations", "violating_runs", "counterexamples"] {
@@ -859,15 +884,12 @@ fn check_shards_merge_to_one_search(args: &[&str], code: u8) {
 
 #[test]
 fn shards_merge_to_the_unsplit_result() {
-    check_shards_merge_to_one_search(&["--scenario", "stop-race"], 0);
-    check_shards_merge_to_one_search(
-        &["--scenario", "stop-race", "--ordering", "remove-then-publish"],
-        1,
-    );
-    check_shards_merge_to_one_search(
-        &["--scenario", "disk-move", "--ordering", "remove-then-publish"],
-        1,
-    );
+    check_shards_merge_to_one_search(&[&["--scenario", "stop-race"][..], &NO_ENV].concat(), 0);
+    let legacy = ["--ordering", "remove-then-publish"];
+    for scenario in ["stop-race", "disk-move"] {
+        let args = [&["--scenario", scenario][..], &legacy, &NO_ENV].concat();
+        check_shards_merge_to_one_search(&args, 1);
+    }
 }
 
 #[test]
@@ -912,7 +934,7 @@ fn bad_shards_are_usage_errors() {
 /// leaves inst1 Failed with its VMM's row Failed, though its user stopped it.
 #[test]
 fn each_counterexample_carries_its_end_state() {
-    let j = json(&["explore", "--ordering", "remove-then-publish"], 1);
+    let j = json(&[&["explore", "--ordering", "remove-then-publish"][..], &NO_ENV].concat(), 1);
     let c = j["counterexamples"]
         .as_array()
         .expect("counterexamples")
@@ -945,6 +967,7 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     let file = dir.join("report.html");
     let path = file.to_str().unwrap();
     let args = ["explore", "--ordering", "remove-then-publish", "--restart-policy", "2024"];
+    let args = [&args[..], &NO_ENV].concat();
     let (code, _, _) = xtask(&[&args[..], &["--report", path]].concat());
     assert_eq!(code, 1);
     let html = std::fs::read_to_string(&file).unwrap();
@@ -981,13 +1004,14 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     );
     // Under today's policy nothing restarts it: it ends Failed, though stopped.
     let today = ["explore", "--ordering", "remove-then-publish", "--invariant", "2"];
-    let (code, _, _) = xtask(&[&today[..], &["--report", path]].concat());
+    let (code, _, _) = xtask(&[&today[..], &NO_ENV, &["--report", path]].concat());
     assert_eq!(code, 1);
     let html = std::fs::read_to_string(&file).unwrap();
     assert!(html.contains("<tr class=\"bad\"><td>inst1</td><td>failed</td><td>stopped</td>"));
     // A VMM that truly vanished: the watcher's Failed and the restart are its job,
     // unmarked; the stop that then fails the new VMM is marked.
-    let vanish = ["explore", "--scenario", "stop-race", "--faults", "1", "--findings"];
+    let vanish =
+        ["explore", "--scenario", "stop-race", "--user-ops", "0", "--faults", "1", "--findings"];
     let (code, _, _) = xtask(&[&vanish[..], &["--invariant", "2", "--report", path]].concat());
     assert_eq!(code, 1);
     let html = std::fs::read_to_string(&file).unwrap();

@@ -24,7 +24,9 @@ static REFUSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn http_transport_gives_the_same_runs_as_in_process() {
     let _one_at_a_time = REFUSING.lock().unwrap_or_else(|p| p.into_inner());
-    let explored = json(&["explore", "--ordering", "remove-then-publish"], 1);
+    let legacy =
+        ["explore", "--ordering", "remove-then-publish", "--user-ops", "0", "--faults", "0"];
+    let explored = json(&legacy, 1);
     let replay = explored["counterexample"]["replay"].as_str().unwrap().to_string();
     let faults = ["--scenario", "stop-race", "--faults", "2", "--user-ops", "1", "--schedule"];
     let faulted = [&faults[..], &[super::scenario::REPORTS_FAULTED]].concat();
