@@ -98,10 +98,12 @@ fn shuttle_peer(polls: usize) -> Result<Peer, String> {
 pub struct Bench {
     /// One disk-move run under seed-7282, median of many.
     pub scenario_run_us: f64,
-    /// Exhaustive stop-race at default bounds, median of repetitions.
+    /// Exhaustive stop-race with no user operation and no fault (the old
+    /// default bounds), median of repetitions.
     pub stop_race_schedules_per_s: f64,
     pub stop_race_states_per_s: f64,
-    /// Exhaustive disk-move proof of publish-then-remove at default bounds.
+    /// Exhaustive disk-move proof of publish-then-remove with no user operation
+    /// and no fault.
     pub proof_ms: f64,
     pub proof_schedules: usize,
     pub proof_states: usize,
@@ -348,7 +350,7 @@ pub fn human(b: &Bench) -> String {
     let yes = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut s = format!(
         "one disk-move scenario run (seed-7282):   {:>10.1} us (median of 301)\n\
-         explore stop-race, default bounds:        {:>10.0} runs/s, {:.0} situations/s (median of 15)\n\
+         explore stop-race, no user op or fault:   {:>10.0} runs/s, {:.0} situations/s (median of 15)\n\
          prove publish-then-remove (disk-move):    {:>10.1} ms, {} runs, {} situations (median of 3)   target < 1 s: {}\n\
          first counterexample, remove-then-publish: {:>9} runs, {:.2} ms; shortest {} steps   target <= 50 runs: {}\n\
          whole legacy search (disk-move):          {:>10.1} ms, {} runs; broken (invariant, shortest): {:?}\n\

@@ -230,12 +230,13 @@ struct ModelArgs {
     max_steps: usize,
     /// Operations (stop, start, reboot of any instance the scenario created) a
     /// user may add to a run, each at any point and on any instance [default: 1
-    /// for explore, 0 for scenario; at most 4].
+    /// for explore; for scenario, what a replay string shows, else 0; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     user_ops: Option<usize>,
     /// Faults a run may meet, each at any point: a report to Nexus refused (503)
     /// or its answer lost, a Nexus call to the sled agent refused or its answer
-    /// lost, a VMM vanishing [default: 1 for explore, 0 for scenario; at most 4].
+    /// lost, a VMM vanishing [default: 1 for explore; for scenario, what a replay
+    /// string shows, else 0; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     faults: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
@@ -654,7 +655,10 @@ fn run_failure(e: RunError) -> Fail {
 }
 
 fn scenario(a: ScenarioArgs, log: Logger, out: &mut dyn Write) -> Result<u8, Fail> {
-    let config = RunConfig { transport: a.transport, ..a.model.run_config(log, (0, 0)) };
+    // A replay string given no environment flags runs with what it shows it was
+    // given (a search's counterexample with a user operation replays as is).
+    let env = a.schedule.environment();
+    let config = RunConfig { transport: a.transport, ..a.model.run_config(log, env) };
     let mut chooser =
         a.schedule.chooser(config.max_steps).map_err(|e| Fail::Usage(e.to_string()))?;
     let result = harness::run(&config, &mut *chooser).map_err(run_failure)?;

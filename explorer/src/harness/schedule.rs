@@ -273,6 +273,36 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// The user operations and faults the string's run was given, as far as
+    /// it shows: each operation the user makes, and one more if it then ends
+    /// with some left (`user.done`, offered only then); each fault it takes (a
+    /// vanish, or a call released with one), and one more if the fault actor
+    /// ends with `fault.done`. A run given more of either offers more but, with
+    /// the same steps taken, is the same run; one given fewer could not take
+    /// them. So `scenario` runs a replay string with no environment flags as
+    /// the search that printed it did.
+    pub fn environment(&self) -> (usize, usize) {
+        let (mut user_ops, mut faults) = (0, 0);
+        let (mut user_done, mut fault_done) = (false, false);
+        for t in &self.tokens {
+            let op = matches!(
+                t.call,
+                CallKind::InstanceStop | CallKind::InstanceStart | CallKind::InstanceReboot
+            );
+            match (t.actor, t.call) {
+                (ActorKind::User, CallKind::Done) => user_done = true,
+                (ActorKind::User, _) if op => user_ops += t.count,
+                (ActorKind::Fault, CallKind::Done) => fault_done = true,
+                (ActorKind::Fault, _) => faults += t.count,
+                _ => {}
+            }
+            if t.fault.is_some() {
+                faults += t.count;
+            }
+        }
+        (user_ops + usize::from(user_done), faults + usize::from(fault_done))
+    }
+
     pub fn parse(s: &str) -> Result<Replay, ScheduleError> {
         let mut tokens = Vec::new();
         let mut total: usize = 0;
@@ -418,6 +448,15 @@ pub enum ScheduleSpec {
 }
 
 impl ScheduleSpec {
+    /// The user operations and faults the schedule needs (`Replay::environment`);
+    /// none for the named ones.
+    pub fn environment(&self) -> (usize, usize) {
+        match self {
+            ScheduleSpec::Replay(s) => Replay::parse(s).map_or((0, 0), |r| r.environment()),
+            ScheduleSpec::Happy | ScheduleSpec::Seed7282 => (0, 0),
+        }
+    }
+
     /// A named schedule, or else a replay string (checked now, so a malformed one is
     /// reported before anything runs).
     pub fn parse(s: &str) -> Result<ScheduleSpec, ScheduleError> {
@@ -490,5 +529,28 @@ mod tests {
         assert_eq!(r.tokens.len(), 2);
         assert_eq!(r.tokens[1].count, 3);
         assert_eq!(r.tokens[1].actor, ActorKind::Update(12));
+    }
+
+    fn check_environment(s: &str, want: (usize, usize)) {
+        assert_eq!(Replay::parse(s).expect("parses").environment(), want, "{s}");
+    }
+
+    #[test]
+    fn a_replay_string_shows_the_environment_its_run_was_given() {
+        // Nothing of the user's or the fault's: none of either.
+        check_environment("scenario.instance_create watcher.vmm_list restart.done", (0, 0));
+        // Each ends with some left.
+        check_environment("scenario.instance_create user.done fault.done", (1, 1));
+        // An operation and its calls count once; with none left, no `done`.
+        check_environment(
+            "user.instance_stop(inst1) user.vmm_put_state user.vmm_poke user.instance_start(inst1)*2",
+            (3, 0),
+        );
+        check_environment("user.instance_reboot(inst2) user.done", (2, 0));
+        // A vanish, and calls released with a fault, each spend one.
+        check_environment(
+            "fault.vmm_vanish(inst1) scenario.cpapi_instances_put!503*2 user.vmm_put_state!timeout fault.done",
+            (0, 5),
+        );
     }
 }

@@ -120,6 +120,29 @@ fn every_seeded_bug_is_found_with_the_invariants_it_breaks() {
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
 }
 
+/// A counterexample's replay string, given to `scenario` with the model's flags
+/// and no environment flags (as a script replays `counterexample.replay`),
+/// replays it: the run is given the user operations and faults the string shows.
+#[test]
+fn a_replay_string_replays_without_environment_flags() {
+    let model = ["--scenario", "stop-race", "--ordering", "remove-then-publish"];
+    let j = json(&[&["explore"][..], &model].concat(), 1);
+    let mut took_an_operation = false;
+    for c in j["counterexamples"].as_array().unwrap() {
+        let replay = c["replay"].as_str().unwrap();
+        took_an_operation |= replay.contains("user.instance_");
+        let again = json(&[&["scenario"][..], &model, &["--schedule", replay]].concat(), 1);
+        let hit = again["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["invariant"] == c["invariant"] && v["step"] == c["length"]);
+        assert!(hit, "{replay}: {}", again["violations"]);
+        assert_eq!(again["replay"], c["replay"]);
+    }
+    assert!(took_an_operation, "a counterexample with a user's operation: {j}");
+}
+
 #[test]
 fn every_run_it_line_of_the_human_report_reproduces_its_run() {
     let (code, out, _) =
