@@ -551,12 +551,20 @@ impl BestLens {
 #[derive(Debug, Default)]
 struct Frontier {
     by_preemptions: Vec<Vec<Work>>,
+    /// Schedules held.
+    len: usize,
     /// See `ExploreConfig::shuffle`: the state of a xorshift generator.
     shuffle: Option<u64>,
 }
 
 impl Frontier {
-    fn push(&mut self, preemptions: u32, work: Work) {
+    /// Holds `work`, stripped of its observer once the frontier is long
+    /// (`OBSERVED_ITEMS`).
+    fn push(&mut self, preemptions: u32, mut work: Work) {
+        if self.len >= OBSERVED_ITEMS {
+            work.observed = None;
+        }
+        self.len += 1;
         let k = preemptions as usize;
         if self.by_preemptions.len() <= k {
             self.by_preemptions.resize_with(k + 1, Vec::new);
@@ -577,6 +585,7 @@ impl Frontier {
             }
             None => bucket.pop()?,
         };
+        self.len -= 1;
         Some((u32::try_from(k).unwrap_or(u32::MAX), work))
     }
 }
@@ -589,7 +598,7 @@ struct Work {
     prefix: Vec<u32>,
     /// The prefix's steps by ticket and fault, which a replay hands out again:
     /// followed so, a replayed step needs no list of choices (`Chooser::replay`).
-    tickets: Vec<(u64, Option<Fault>)>,
+    trail: Option<Arc<Trail>>,
     /// The actor of the prefix's last step.
     last: Option<ActorId>,
     /// The observer of the run that pushed this one, as it stood before the
@@ -598,15 +607,58 @@ struct Work {
     sleep: Vec<Sleeper>,
 }
 
+/// A step as a replay hands it out: its ticket and fault, in 8 bytes (a run
+/// parks a few thousand calls at most, far below `u32::MAX`; a ticket past it
+/// would be replayed as `u32::MAX`, which no call holds, and the run would stop
+/// with a mismatch, not go astray).
+type Taken = (u32, Option<Fault>);
+
+fn taken(c: &Choice) -> Taken {
+    (u32::try_from(c.ticket).unwrap_or(u32::MAX), c.fault)
+}
+
+/// A path's steps by ticket, as a chain of segments shared by the schedules
+/// pushed from one path: each branching point adds a segment with the steps
+/// taken since the one before, and each schedule pushed there one with its own
+/// step. So what the frontier holds of tickets grows with the branching points,
+/// not with each schedule's depth.
+#[derive(Debug)]
+struct Trail {
+    parent: Option<Arc<Trail>>,
+    steps: Vec<Taken>,
+}
+
+impl Trail {
+    /// Every step from the first, in order.
+    fn steps(trail: Option<&Trail>) -> Vec<Taken> {
+        let mut segments = Vec::new();
+        let mut at = trail;
+        while let Some(t) = at {
+            segments.push(&t.steps);
+            at = t.parent.as_deref();
+        }
+        segments.into_iter().rev().flatten().copied().collect()
+    }
+}
+
+/// Schedules a frontier holds with their parent's observer; past that, a
+/// schedule pushed is stripped of it, and its run checks every step of its
+/// prefix. The frontier runs fewest preemptions first, so it can hold a large
+/// part of a search, and an observer per branching point (a few hundred bytes
+/// to a few kilobytes) would grow with it: this bounds what they add.
+const OBSERVED_ITEMS: usize = 1 << 15;
+
 /// Follows `prefix`, then explores: at each new situation it lets the actor that
 /// took the last step go on if it can (no preemption), else the first choice, and
 /// leaves the others for later runs (`pushed`, handed to the frontier after).
 struct Dfs<'a> {
     prefix: Vec<u32>,
-    /// The prefix's steps by ticket, to replay without choosing (`Work::tickets`).
-    replay: Vec<(u64, Option<Fault>)>,
-    /// The path's steps by ticket, as `path` has them by index.
-    tickets: Vec<(u64, Option<Fault>)>,
+    /// The prefix's steps by ticket, to replay without choosing (`Work::trail`).
+    replay: Vec<Taken>,
+    /// The path's steps by ticket, as `path` has them by index: shared up to
+    /// the last branching point, then this run's own.
+    trail: Option<Arc<Trail>>,
+    since: Vec<Taken>,
     /// The observer after this many steps of the prefix (`Work::observed`).
     observed: Option<(usize, Arc<Observer>)>,
     /// Asleep once the prefix is followed (`Work::sleep`).
@@ -699,10 +751,9 @@ impl Chooser for Dfs<'_> {
         if self.split.shard.is_some() {
             return None;
         }
-        let (&i, &ticket) = self.prefix.get(step).zip(self.replay.get(step))?;
+        let (&i, &(ticket, fault)) = self.prefix.get(step).zip(self.replay.get(step))?;
         self.path.push(i);
-        self.tickets.push(ticket);
-        Some(ticket)
+        Some((u64::from(ticket), fault))
     }
 
     /// The prefix's steps before its last go unchecked: the observer the run
@@ -722,9 +773,7 @@ impl Chooser for Dfs<'_> {
         let depth = ctx.step;
         if let Some(&i) = self.prefix.get(depth) {
             let r = self.split.follow(&mut self.path, i, ctx.enabled, depth);
-            let c = ctx.enabled.get(i as usize);
-            self.last = c.map(|c| c.actor);
-            self.tickets.extend(c.map(|c| (c.ticket, c.fault)));
+            self.last = ctx.enabled.get(i as usize).map(|c| c.actor);
             return r;
         }
         if self.prune && !self.may_matter(ctx, depth) {
@@ -820,11 +869,16 @@ impl Chooser for Dfs<'_> {
             .chain(awake.iter().rev().copied().filter(|&a| a != take))
             .collect();
         let observed = (order.len() > 1).then(|| Arc::new(ctx.observer.clone()));
+        if order.len() > 1 {
+            // The path so far, shared by the schedules pushed here.
+            let steps = std::mem::take(&mut self.since);
+            self.trail = Some(Arc::new(Trail { parent: self.trail.take(), steps }));
+        }
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
-            let mut tickets = self.tickets.clone();
-            tickets.push((ctx.enabled[alt].ticket, ctx.enabled[alt].fault));
+            let steps = vec![taken(&ctx.enabled[alt])];
+            let trail = Some(Arc::new(Trail { parent: self.trail.clone(), steps }));
             let last = Some(ctx.enabled[alt].actor);
             let sleep = if self.reduce {
                 let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
@@ -835,7 +889,7 @@ impl Chooser for Dfs<'_> {
                 Vec::new()
             };
             let observed = observed.clone();
-            self.pushed.push((cost, Work { prefix, tickets, last, observed, sleep }));
+            self.pushed.push((cost, Work { prefix, trail, last, observed, sleep }));
         }
         if self.reduce {
             let taken = ctx.enabled[take];
@@ -849,7 +903,7 @@ impl Chooser for Dfs<'_> {
         }
         self.awake = awake;
         self.path.push(u32::try_from(take).unwrap_or(u32::MAX));
-        self.tickets.push((ctx.enabled[take].ticket, ctx.enabled[take].fault));
+        self.since.push(taken(&ctx.enabled[take]));
         self.last = ctx.enabled.get(take).map(|c| c.actor);
         Ok(Some(take))
     }
@@ -1421,13 +1475,14 @@ impl<'a> Search<'a> {
 
     fn work_until_done(&self) {
         while let Some((preemptions, work)) = self.next() {
-            let Work { prefix, tickets, last, observed, sleep } = work;
+            let Work { prefix, trail, last, observed, sleep } = work;
             let at = prefix.len().saturating_sub(1);
             let mut dfs = Dfs {
                 observed: observed.map(|o| (at, o)),
                 prefix,
-                replay: tickets,
-                tickets: Vec::new(),
+                replay: Trail::steps(trail.as_deref()),
+                trail,
+                since: Vec::new(),
                 wake_with: sleep,
                 sleep: Vec::new(),
                 awake: Vec::new(),
@@ -1594,6 +1649,37 @@ impl<'a> Search<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trail(parent: Option<&Arc<Trail>>, tickets: &[u32]) -> Arc<Trail> {
+        let steps = tickets.iter().map(|&t| (t, None)).collect();
+        Arc::new(Trail { parent: parent.cloned(), steps })
+    }
+
+    #[test]
+    fn a_trail_gives_its_steps_from_the_first_through_shared_segments() {
+        let root = trail(None, &[1, 2]);
+        let mid = trail(Some(&root), &[3]);
+        let (a, b) = (trail(Some(&mid), &[4, 5]), trail(Some(&mid), &[6]));
+        let tickets = |t: &Arc<Trail>| -> Vec<u32> {
+            Trail::steps(Some(t)).into_iter().map(|(t, _)| t).collect()
+        };
+        assert_eq!(tickets(&a), [1, 2, 3, 4, 5]);
+        assert_eq!(tickets(&b), [1, 2, 3, 6]);
+        assert_eq!(Trail::steps(None), []);
+    }
+
+    #[test]
+    fn a_long_frontier_holds_schedules_without_their_observer() {
+        let mut f = Frontier::default();
+        let observed = Some(Arc::new(Observer::default()));
+        for _ in 0..=OBSERVED_ITEMS {
+            f.push(0, Work { observed: observed.clone(), ..Work::default() });
+        }
+        // Last in, first out: the one pushed past the bound has none.
+        assert!(f.pop().is_some_and(|(_, w)| w.observed.is_none()));
+        assert!(f.pop().is_some_and(|(_, w)| w.observed.is_some()));
+        assert_eq!(f.len, OBSERVED_ITEMS - 1);
+    }
 
     fn check(before: Vec<Truncation>, add: Truncation, want: &[Truncation]) {
         let mut found = before;
