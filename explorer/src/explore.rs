@@ -764,7 +764,7 @@ impl Chooser for Dfs<'_> {
             Some((at, _)) if steps == *at => self
                 .observed
                 .take()
-                .map_or(Watch::Check, |(_, o)| Watch::Take(Box::new((*o).clone()))),
+                .map_or(Watch::Check, |(_, o)| Watch::Take(Box::new(Arc::unwrap_or_clone(o)))),
             _ => Watch::Check,
         }
     }

@@ -280,7 +280,10 @@ impl Replay {
     /// ends with `fault.done`. A run given more of either offers more but, with
     /// the same steps taken, is the same run; one given fewer could not take
     /// them. So `scenario` runs a replay string with no environment flags as
-    /// the search that printed it did.
+    /// the search that printed it did, with one exception: a string cut short
+    /// by the step bound may not show an actor that never acted (no `done`
+    /// yet), and without it the run can end where the search's reached the
+    /// bound. Explore's printed `command` names the environment, for that.
     pub fn environment(&self) -> (usize, usize) {
         let (mut user_ops, mut faults) = (0, 0);
         let (mut user_done, mut fault_done) = (false, false);

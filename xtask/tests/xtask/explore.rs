@@ -92,6 +92,12 @@ fn the_legacy_ordering_breaks_four_invariants_each_with_its_shortest_schedule() 
         &[&["--scenario", "disk-move"][..], &legacy].concat(),
         &[(1, 12), (2, 13), (7, 14), (9, 18)],
     );
+    // At explore's default bounds a user's stop gives 2 and 7 shorter ones:
+    // it reaches the VMM gone in the window, as the watcher's check does.
+    check_broken(
+        &["--scenario", "stop-race", "--ordering", "remove-then-publish"],
+        &[(1, 11), (2, 11), (7, 11), (9, 19)],
+    );
 }
 
 #[test]
@@ -434,6 +440,9 @@ fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
         // Both instances in play at once: steps about one commute with steps
         // about the other.
         RunConfig { scenario: ScenarioKind::DiskMove, ..env(1, 1, 0, 1) },
+        // A user's operation beside a watcher pass: checks of two instances'
+        // VMMs overlap.
+        RunConfig { scenario: ScenarioKind::DiskMove, ordering: legacy, ..env(1, 0, 1, 0) },
     ];
     for run in cases {
         let what = format!(

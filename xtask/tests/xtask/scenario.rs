@@ -188,8 +188,13 @@ fn a_user_operation_replays_and_the_landed_user_path_fails_the_instance() {
     let fixed = json(&[&base[..], &["--schedule", DOUBLE_STOP]].concat(), 0);
     assert_eq!(fixed["instances"]["inst1"]["state"], "stopped");
     assert_eq!(fixed["replay"], DOUBLE_STOP);
-    // Without a user actor the replay cannot name one.
-    let (code, _, err) = xtask(&["scenario", "--scenario", "stop-race", "--schedule", DOUBLE_STOP]);
+    // Given no environment flags, the replay runs with the operation it names.
+    let plain = ["scenario", "--scenario", "stop-race", "--watcher-passes", "1"];
+    let inferred = json(&[&plain[..], &["--schedule", DOUBLE_STOP]].concat(), 0);
+    assert_eq!(inferred["replay"], DOUBLE_STOP);
+    // Told there is no user, the replay cannot name one.
+    let none = [&plain[..], &["--user-ops", "0", "--schedule", DOUBLE_STOP]].concat();
+    let (code, _, err) = xtask(&none);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("user.instance_stop(inst1)"), "{err}");
 }
