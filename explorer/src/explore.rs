@@ -868,11 +868,13 @@ impl Chooser for Dfs<'_> {
         let order: Vec<usize> = std::iter::once(take)
             .chain(awake.iter().rev().copied().filter(|&a| a != take))
             .collect();
-        let observed = (order.len() > 1).then(|| Arc::new(ctx.observer.clone()));
+        let mut observed = None;
         if order.len() > 1 {
-            // The path so far, shared by the schedules pushed here.
+            // The path so far and the observer here, shared by the schedules
+            // pushed here.
             let steps = std::mem::take(&mut self.since);
             self.trail = Some(Arc::new(Trail { parent: self.trail.take(), steps }));
+            observed = Some(Arc::new(ctx.observer.clone()));
         }
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();

@@ -477,9 +477,7 @@ impl World {
         }
         match c.call.arg {
             Arg::Instance(id) => Some(id),
-            Arg::Name(name) => {
-                self.progress().instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
-            }
+            Arg::Name(name) => script::created(&self.progress, name),
             Arg::None | Arg::Requested(_) | Arg::State(..) => None,
         }
     }

@@ -288,13 +288,11 @@ impl Replay {
         let (mut user_ops, mut faults) = (0, 0);
         let (mut user_done, mut fault_done) = (false, false);
         for t in &self.tokens {
-            let op = matches!(
-                t.call,
-                CallKind::InstanceStop | CallKind::InstanceStart | CallKind::InstanceReboot
-            );
             match (t.actor, t.call) {
                 (ActorKind::User, CallKind::Done) => user_done = true,
-                (ActorKind::User, _) if op => user_ops += t.count,
+                (ActorKind::User, op) if super::script::USER_OPS.contains(&op) => {
+                    user_ops += t.count
+                }
                 (ActorKind::Fault, CallKind::Done) => fault_done = true,
                 (ActorKind::Fault, _) => faults += t.count,
                 _ => {}

@@ -575,11 +575,11 @@ pub(super) async fn restart(
 }
 
 /// The operations a user may add to a run, on any instance the scenario created.
-const USER_OPS: [CallKind; 3] =
+pub(super) const USER_OPS: [CallKind; 3] =
     [CallKind::InstanceStop, CallKind::InstanceStart, CallKind::InstanceReboot];
 
 /// The id of the instance the scenario created under `name`, if it has yet.
-fn created(progress: &Mutex<ScenarioProgress>, name: &str) -> Option<InstanceUuid> {
+pub(super) fn created(progress: &Mutex<ScenarioProgress>, name: &str) -> Option<InstanceUuid> {
     let p = lock(progress);
     p.instances.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
 }
