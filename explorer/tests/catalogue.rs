@@ -67,6 +67,11 @@ fn r7_the_watcher_checks_a_vmm_not_yet_registered() {
     check("R7");
 }
 
+#[test]
+fn r9_a_users_start_and_auto_restart_both_reserve() {
+    check("R9");
+}
+
 /// Every race has its test above and its row, and nothing else has a row.
 #[test]
 fn the_readme_has_one_row_per_race_and_says_what_is_left_out() {

@@ -41,7 +41,7 @@ fn the_scenarios_poke_goes_to_the_vmm_the_instance_has_now() {
         0,
         "scenario.instance_create scenario.vmm_register scenario.vmm_put_state \
          user.instance_stop(inst1) user.vmm_put_state user.vmm_poke user.cpapi_instances_put*4 \
-         update1.instance_update user.instance_start(inst1) user.vmm_register \
+         update1.instance_update user.instance_start(inst1) user.start_saga user.vmm_register \
          user.vmm_put_state user.vmm_poke user.cpapi_instances_put scenario.instance_stop \
          scenario.vmm_put_state scenario.vmm_poke scenario.cpapi_instances_put*3 \
          update2.instance_update scenario.wait_for_state",
@@ -64,7 +64,7 @@ fn the_scenarios_wait_times_out_once_nothing_else_can_go_on() {
         1,
         "scenario.instance_create scenario.vmm_register scenario.vmm_put_state \
          scenario.instance_stop scenario.vmm_put_state scenario.vmm_poke \
-         scenario.cpapi_instances_put*4 update1.instance_update user.instance_start(inst1) \
+         scenario.cpapi_instances_put*4 update1.instance_update user.instance_start(inst1) user.start_saga \
          user.vmm_register user.vmm_put_state user.vmm_poke user.cpapi_instances_put \
          user.instance_stop(inst1) user.vmm_put_state fault.vmm_vanish(inst1) user.vmm_poke \
          scenario.wait_for_state fault.done",

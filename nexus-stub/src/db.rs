@@ -185,6 +185,19 @@ pub enum InstanceChange {
     Stopped,
     /// The update step moved it to Failed.
     Failed,
+    /// A start saga reserved the sled's resources for the VMM
+    /// (`sis_alloc_server`: a `sled_resource_vmm` row).
+    Reserved { propolis_id: PropolisUuid },
+    /// That reservation was deleted: the start unwound, or the VMM was unlinked.
+    Released { propolis_id: PropolisUuid },
+}
+
+/// A VMM's hold on its sled's resources (omicron's `sled_resource_vmm` row),
+/// from its start saga's first node until its instance lets go of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reservation {
+    pub instance_id: InstanceUuid,
+    pub sled_id: SledUuid,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +205,7 @@ pub(crate) struct Db {
     pub(crate) instances: BTreeMap<InstanceUuid, InstanceRecord>,
     pub(crate) vmms: BTreeMap<PropolisUuid, VmmRecord>,
     pub(crate) disks: BTreeMap<DiskUuid, (String, DiskState)>,
+    pub(crate) reservations: BTreeMap<PropolisUuid, Reservation>,
     pub(crate) writes: Vec<VmmWrite>,
     pub(crate) instance_log: Vec<InstanceEvent>,
     pub(crate) next_id: u64,
@@ -238,6 +252,25 @@ impl Db {
         self.instance_log.push(InstanceEvent { instance_id, change });
     }
 
+    /// Whether `instance_id` holds a reservation (omicron's unique index on
+    /// `sled_resource_vmm (instance_id, state)`, since #10479, asks this).
+    pub(crate) fn reserved(&self, instance_id: InstanceUuid) -> bool {
+        self.reservations.values().any(|r| r.instance_id == instance_id)
+    }
+
+    pub(crate) fn reserve(&mut self, propolis_id: PropolisUuid, r: Reservation) {
+        self.reservations.insert(propolis_id, r);
+        self.log(r.instance_id, InstanceChange::Reserved { propolis_id });
+    }
+
+    /// Deletes the VMM's reservation by its id, as `sled_reservation_delete` does;
+    /// a VMM without one is left as it is.
+    pub(crate) fn release(&mut self, propolis_id: PropolisUuid) {
+        if let Some(r) = self.reservations.remove(&propolis_id) {
+            self.log(r.instance_id, InstanceChange::Released { propolis_id });
+        }
+    }
+
     /// Hashes what decides future behaviour. Timestamps and the logs are left out;
     /// the one decision time enters (auto-restart's cooldown) depends only on how
     /// long is left of each cooldown at `now`, so that is hashed instead, and only
@@ -271,6 +304,7 @@ impl Db {
         for (id, (name, state)) in &self.disks {
             (id, name, state).hash(h);
         }
+        self.reservations.hash(h);
     }
 }
 
@@ -315,6 +349,8 @@ mod tests {
             },
         );
         db.disks.insert(DISK, ("disk".into(), DiskState::Detached));
+        db.reservations
+            .insert(VMM, Reservation { instance_id: INST, sled_id: SledUuid::from_u128(4) });
         db
     }
 
@@ -360,7 +396,7 @@ mod tests {
     fn the_hash_covers_every_field_that_decides_the_future() {
         let base = hash(&db(), at(10));
         type Perturb = fn(&mut Db);
-        let covered: [(&str, Perturb); 14] = [
+        let covered: [(&str, Perturb); 16] = [
             ("next_id", |d| d.next_id += 1),
             ("instance name", |d| d.instances.get_mut(&INST).unwrap().name.push('x')),
             ("instance state", |d| {
@@ -381,6 +417,10 @@ mod tests {
             }),
             ("disk state", |d| d.disks.get_mut(&DISK).unwrap().1 = DiskState::Attached(INST)),
             ("disk name", |d| d.disks.get_mut(&DISK).unwrap().0.push('x')),
+            ("reservation", |d| d.release(VMM)),
+            ("reservation's instance", |d| {
+                d.reservations.get_mut(&VMM).unwrap().instance_id = InstanceUuid::from_u128(9)
+            }),
         ];
         for (field, perturb) in covered {
             let mut d = db();

@@ -165,6 +165,10 @@ fn nexus_error(e: NexusError) -> ApiError {
         | NexusError::InstanceNotStartable { .. }
         | NexusError::InstanceNotRebootable { .. }
         | NexusError::DiskAttachedToAnother { .. } => ApiError::bad_request("InvalidRequest", msg),
+        // omicron answers both with `Error::conflict`: 409, no code.
+        NexusError::InstanceAlreadyStarting { .. } | NexusError::InstanceChangedState { .. } => {
+            ApiError::new(dropshot::ErrorStatusCode::CONFLICT, None, msg)
+        }
         NexusError::SledAgent { .. } | NexusError::NoSleds => ApiError::new(
             dropshot::ErrorStatusCode::SERVICE_UNAVAILABLE,
             Some("ServiceNotAvailable"),

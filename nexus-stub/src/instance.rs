@@ -11,9 +11,9 @@ use slog::{info, warn};
 
 use crate::db::{
     DbVmmState, DiskState, DiskView, ExternalState, InstanceChange, InstanceRecord, InstanceState,
-    InstanceView, IntendedState, VmmRecord,
+    InstanceView, IntendedState, Reservation, VmmRecord,
 };
-use crate::{NexusError, NexusStub};
+use crate::{NexusError, NexusStub, Started};
 
 /// What a disk operation does to a disk, given where it is.
 enum Change {
@@ -71,7 +71,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         };
         if start {
             let mut began = false;
-            let r = self.start(instance_id, StartReason::User, &mut began).await;
+            let r = self.start_saga(instance_id, StartReason::User, &mut began).await;
             self.logged(instance_id, began, r)
         } else {
             self.instance(instance_id)
@@ -83,85 +83,147 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         instance_id: InstanceUuid,
     ) -> Result<InstanceView, NexusError> {
         let mut began = false;
-        let r = self.start(instance_id, StartReason::User, &mut began).await;
+        let r = self.user_start(instance_id, &mut began).await;
         self.logged(instance_id, began, r)
     }
 
-    /// `began` is set once the start is logged as requested.
-    pub(crate) async fn start(
+    /// omicron's `instance_start`: the request is checked, then the start saga
+    /// runs, its first node as the saga executor (`TaskSpawner::start_node`) lets
+    /// it. `began` is set once the start is logged as requested.
+    async fn user_start(
+        &self,
+        instance_id: InstanceUuid,
+        began: &mut bool,
+    ) -> Result<InstanceView, NexusError> {
+        if let Some(view) = self.start_allowed(instance_id)? {
+            return Ok(view);
+        }
+        let node = Box::pin(async move { self.reserve_and_link(instance_id, StartReason::User) });
+        let started = self.spawner.start_node(instance_id, node).await?;
+        *began = true;
+        self.finish_start(instance_id, started).await
+    }
+
+    /// A start saga run straight through: a create's, and auto-restart's, which,
+    /// as omicron's reincarnation task, asks no `instance_start_allowed` (the saga's
+    /// own checks decide). `began` is set once the start is logged as requested.
+    pub(crate) async fn start_saga(
         &self,
         instance_id: InstanceUuid,
         reason: StartReason,
         began: &mut bool,
     ) -> Result<InstanceView, NexusError> {
-        // Insert the VMM row (Creating, gen 1) and link it, under one lock.
-        let (propolis_id, sled_id) = {
-            let mut db = self.db();
-            let inst =
-                db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
-            match inst.state {
-                InstanceState::NoVmm | InstanceState::Failed => {}
-                InstanceState::Vmm => {
-                    let state = db.external_state(inst);
-                    let view = db.instance_view(inst);
-                    // omicron's `instance_start_allowed`: already going, nothing to do
-                    // but record that the user wants it running.
-                    let going = matches!(
-                        state,
-                        ExternalState::Starting | ExternalState::Running | ExternalState::Rebooting
-                    );
-                    if !going {
-                        return Err(NexusError::InstanceNotStartable { instance_id, state });
-                    }
-                    // Nothing is started, so no request is logged (a stop still
-                    // under way, its Running seen before its Stopping, ends the
-                    // instance stopped, as in omicron), only the intent.
-                    if reason == StartReason::User {
-                        if let Some(inst) = db.instances.get_mut(&instance_id) {
-                            inst.intended = IntendedState::Running;
-                        }
-                        db.log(instance_id, InstanceChange::StartWhileGoing);
-                    }
-                    return Ok(view);
-                }
+        let started = self.reserve_and_link(instance_id, reason)?;
+        *began = true;
+        self.finish_start(instance_id, started).await
+    }
+
+    /// omicron's `instance_start_allowed`, for a user's start: `None` if a start
+    /// saga is to run; the instance, if it is already going (the user's intent is
+    /// recorded, nothing is started); an error if it cannot start now.
+    fn start_allowed(&self, instance_id: InstanceUuid) -> Result<Option<InstanceView>, NexusError> {
+        let mut db = self.db();
+        let inst =
+            db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        if inst.state != InstanceState::Vmm {
+            return Ok(None);
+        }
+        let state = db.external_state(inst);
+        let view = db.instance_view(inst);
+        let going = matches!(
+            state,
+            ExternalState::Starting | ExternalState::Running | ExternalState::Rebooting
+        );
+        if !going {
+            return Err(NexusError::InstanceNotStartable { instance_id, state });
+        }
+        // Nothing is started, so no request is logged (a stop still under way,
+        // its Running seen before its Stopping, ends the instance stopped, as in
+        // omicron), only the intent.
+        if let Some(inst) = db.instances.get_mut(&instance_id) {
+            inst.intended = IntendedState::Running;
+        }
+        db.log(instance_id, InstanceChange::StartWhileGoing);
+        Ok(Some(view))
+    }
+
+    /// The start saga's database nodes, as one transaction here:
+    /// `sis_alloc_server` reserves the sled's resources, `sis_create_vmm_record`
+    /// inserts the VMM (Creating, gen 1), and `sis_move_to_starting` re-reads the
+    /// instance and links the VMM, unless another VMM is active, when the saga
+    /// unwinds (the VMM row SagaUnwound, the reservation deleted).
+    fn reserve_and_link(
+        &self,
+        instance_id: InstanceUuid,
+        reason: StartReason,
+    ) -> Result<Started, NexusError> {
+        let mut db = self.db();
+        if !db.instances.contains_key(&instance_id) {
+            return Err(NexusError::NoSuchInstance { instance_id });
+        }
+        // Since #10479 a second reservation for one instance is a unique
+        // violation: the start fails before it makes anything.
+        if db.reserved(instance_id) && !self.bugs().duplicate_reservations {
+            return Err(NexusError::InstanceAlreadyStarting { instance_id });
+        }
+        let sled_id = *self.sleds.keys().next().ok_or(NexusError::NoSleds)?;
+        let propolis_id = PropolisUuid::from_u128(Self::mint(&mut db, 2));
+        db.reserve(propolis_id, Reservation { instance_id, sled_id });
+        let now = self.clock.now();
+        db.vmms.insert(
+            propolis_id,
+            VmmRecord {
+                id: propolis_id,
+                instance_id,
+                sled_id,
+                state: DbVmmState::Creating,
+                gen: Generation::new(),
+                time_state_updated: now,
+                deleted: false,
+            },
+        );
+        let db = &mut *db;
+        let inst =
+            db.instances.get_mut(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        // An active VMM that is SagaUnwound may be replaced; any other wins.
+        let taken = inst.propolis_id.is_some_and(|active| {
+            db.vmms.get(&active).is_none_or(|v| v.state != DbVmmState::SagaUnwound)
+        });
+        if taken {
+            if let Some(vmm) = db.vmms.get_mut(&propolis_id) {
+                vmm.state = DbVmmState::SagaUnwound;
+                vmm.deleted = true;
             }
-            let sled_id = *self.sleds.keys().next().ok_or(NexusError::NoSleds)?;
-            let propolis_id = PropolisUuid::from_u128(Self::mint(&mut db, 2));
-            let now = self.clock.now();
-            db.vmms.insert(
-                propolis_id,
-                VmmRecord {
-                    id: propolis_id,
-                    instance_id,
-                    sled_id,
-                    state: DbVmmState::Creating,
-                    gen: Generation::new(),
-                    time_state_updated: now,
-                    deleted: false,
-                },
-            );
-            let inst = db
-                .instances
-                .get_mut(&instance_id)
-                .ok_or(NexusError::NoSuchInstance { instance_id })?;
-            inst.state = InstanceState::Vmm;
-            inst.propolis_id = Some(propolis_id);
-            inst.gen = inst.gen.next();
-            let auto_restart = reason == StartReason::AutoRestart;
-            if auto_restart {
-                inst.auto_restarts += 1;
-                inst.time_last_auto_restarted = Some(now);
-            } else {
-                // omicron's reincarnation runs the start saga itself and leaves
-                // the intended state as the user last set it.
-                inst.intended = IntendedState::Running;
-            }
-            db.log(instance_id, InstanceChange::StartRequested { auto_restart });
-            *began = true;
-            (propolis_id, sled_id)
-        };
+            db.release(propolis_id);
+            info!(self.log, "start lost to another; unwound";
+                "instance_id" => %instance_id, "propolis_id" => %propolis_id);
+            return Err(NexusError::InstanceChangedState { instance_id });
+        }
+        inst.state = InstanceState::Vmm;
+        inst.propolis_id = Some(propolis_id);
+        inst.gen = inst.gen.next();
+        let auto_restart = reason == StartReason::AutoRestart;
+        if auto_restart {
+            inst.auto_restarts += 1;
+            inst.time_last_auto_restarted = Some(now);
+        } else {
+            // omicron's reincarnation runs the start saga itself and leaves
+            // the intended state as the user last set it.
+            inst.intended = IntendedState::Running;
+        }
+        db.log(instance_id, InstanceChange::StartRequested { auto_restart });
         info!(self.log, "starting instance";
             "instance_id" => %instance_id, "propolis_id" => %propolis_id, "reason" => ?reason);
+        Ok((propolis_id, sled_id))
+    }
+
+    /// The rest of a start saga, once its VMM is linked: register it with its sled
+    /// agent, then ask it to run; a failure unwinds the start.
+    async fn finish_start(
+        &self,
+        instance_id: InstanceUuid,
+        (propolis_id, sled_id): Started,
+    ) -> Result<InstanceView, NexusError> {
         let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
 
         // Register at the row's gen + 1, as omicron's instance_ensure_registered does.
@@ -271,6 +333,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             vmm.state = DbVmmState::SagaUnwound;
             vmm.deleted = true;
         }
+        db.release(propolis_id);
         if let Some(inst) = db.instances.get_mut(&instance_id) {
             if inst.propolis_id == Some(propolis_id) {
                 inst.propolis_id = None;

@@ -38,10 +38,10 @@ mod vmm;
 use db::Db;
 pub use db::{
     DbVmmState, DiskState, DiskView, ExternalState, InstanceChange, InstanceEvent, InstanceRecord,
-    InstanceState, InstanceView, IntendedState, VmmRecord, VmmWrite,
+    InstanceState, InstanceView, IntendedState, Reservation, VmmRecord, VmmWrite,
 };
 pub use reincarnation::RestartCounts;
-pub use spawner::{DeferredSpawner, TaskSpawner, TokioSpawner, UpdateTask};
+pub use spawner::{DeferredSpawner, StartNode, Started, TaskSpawner, TokioSpawner, UpdateTask};
 
 /// Which Failed instances auto-restart may start again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -85,6 +85,10 @@ pub struct NexusBugs {
     /// the generation stored *then* + 1, not the one the operation read + 1, so
     /// the Failed write lands on top of a terminal state recorded meanwhile.
     pub mark_failed_at_stored_gen: bool,
+    /// A start saga reserves its sled's resources even while another start of
+    /// the same instance holds a reservation, as omicron did before #10479
+    /// made `sled_resource_vmm` unique per (instance, state).
+    pub duplicate_reservations: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,16 @@ pub enum NexusError {
 
     #[error("instance {instance_id} cannot be rebooted while {state}")]
     InstanceNotRebootable { instance_id: InstanceUuid, state: ExternalState },
+
+    /// Another start holds the instance's reservation (omicron's "Instance
+    /// already starting", a unique violation on `sled_resource_vmm`).
+    #[error("instance {instance_id} is already starting")]
+    InstanceAlreadyStarting { instance_id: InstanceUuid },
+
+    /// The start saga found another VMM active when it came to link its own
+    /// (`sis_move_to_starting`); it unwound.
+    #[error("instance {instance_id} changed state before it could be started")]
+    InstanceChangedState { instance_id: InstanceUuid },
 
     #[error("disk {disk_id} is attached to another instance ({attached_to})")]
     DiskAttachedToAnother { disk_id: DiskUuid, attached_to: InstanceUuid },
@@ -272,6 +286,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     }
 
     /// Every VMM write attempted so far, applied or not, in order.
+    /// Every sled reservation Nexus holds, by VMM.
+    pub fn reservations(&self) -> Vec<(PropolisUuid, Reservation)> {
+        self.db().reservations.iter().map(|(id, r)| (*id, *r)).collect()
+    }
+
     pub fn vmm_writes(&self) -> Vec<VmmWrite> {
         self.db().writes.clone()
     }

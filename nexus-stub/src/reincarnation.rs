@@ -52,7 +52,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     /// Auto-restart's start of one instance it found (one of `restart_candidates`);
     /// a pass is the candidates, then this for each.
     pub async fn reincarnate(&self, instance_id: InstanceUuid) -> Result<InstanceView, NexusError> {
-        let r = self.start(instance_id, StartReason::AutoRestart, &mut false).await;
+        let r = self.start_saga(instance_id, StartReason::AutoRestart, &mut false).await;
         if let Err(e) = &r {
             warn!(self.log, "auto-restart failed"; "instance_id" => %instance_id, "error" => %e);
         }

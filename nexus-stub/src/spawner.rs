@@ -1,11 +1,13 @@
-//! Where the instance update step runs: a tokio task, or held until the owner runs it.
+//! Where Nexus's sagas run: the instance update step as a tokio task, or held
+//! until the owner runs it; a user's start saga's first node at once, or when the
+//! owner lets it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sled_agent_api::InstanceUuid;
+use sled_agent_api::{InstanceUuid, PropolisUuid, SledUuid};
 use slog::{o, warn, Logger};
 
 use crate::{NexusError, UpdateOutcome};
@@ -13,9 +15,27 @@ use crate::{NexusError, UpdateOutcome};
 /// The instance update step as a task: Nexus starts it and does not wait for it.
 pub type UpdateTask = Pin<Box<dyn Future<Output = Result<UpdateOutcome, NexusError>> + Send>>;
 
-/// Runs instance update steps in the background, as omicron's saga executor does.
+/// What a start saga's first node made: the VMM it linked, and its sled.
+pub type Started = (PropolisUuid, SledUuid);
+
+/// A user's start saga from its reservation to its link (`sis_alloc_server`,
+/// `sis_create_vmm_record`, `sis_move_to_starting`).
+pub type StartNode<'a> = Pin<Box<dyn Future<Output = Result<Started, NexusError>> + Send + 'a>>;
+
+/// Runs Nexus's sagas, as omicron's saga executor does: instance update steps in
+/// the background, and the nodes of a user's start saga.
 pub trait TaskSpawner: Send + Sync + std::fmt::Debug {
     fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask);
+
+    /// Runs the start saga's reservation node for a user's start of
+    /// `instance_id`, once the request was found allowed. omicron's executor
+    /// runs a saga's nodes as steps of their own, so anything may happen between
+    /// the request's check and this node (auto-restart may start the instance);
+    /// here it runs at once, and a harness may hold it.
+    fn start_node<'a>(&'a self, instance_id: InstanceUuid, node: StartNode<'a>) -> StartNode<'a> {
+        let _ = instance_id;
+        node
+    }
 }
 
 /// Runs each update step as a tokio task.

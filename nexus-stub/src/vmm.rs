@@ -125,6 +125,9 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 _ => InstanceChange::Stopped,
             },
         );
+        // The VMM's sled resources go with it (omicron's update saga deletes its
+        // `sled_resource_vmm` row as it unlinks a destroyed or failed VMM).
+        db.release(propolis_id);
         Ok(outcome)
     }
 }

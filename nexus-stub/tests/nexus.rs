@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use nexus_stub::{
     DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, NexusBugs, NexusConfig,
-    NexusError, NexusStub, RestartPolicy, TaskSpawner, UpdateOutcome,
+    NexusError, NexusStub, RestartPolicy, StartNode, TaskSpawner, UpdateOutcome, UpdateTask,
 };
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockSledAgentApi,
@@ -353,6 +353,100 @@ async fn disk_attach_and_detach_follow_the_test_rules() {
     assert!(h.nexus.disk_attach(disk, i1).is_err());
 }
 
+/// A saga executor that holds each user's start saga until told to go on, as a
+/// busy executor may: auto-restart can run in between.
+#[derive(Debug, Default)]
+struct HeldStarts {
+    updates: Arc<DeferredSpawner>,
+    go: tokio::sync::Notify,
+}
+
+impl TaskSpawner for HeldStarts {
+    fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask) {
+        self.updates.spawn_update(instance_id, task);
+    }
+
+    fn start_node<'a>(&'a self, _: InstanceUuid, node: StartNode<'a>) -> StartNode<'a> {
+        Box::pin(async move {
+            self.go.notified().await;
+            node.await
+        })
+    }
+}
+
+/// An instance that failed, meant to run; a user's start of it allowed and held
+/// before its saga; an auto-restart pass; then the user's saga. Returns what the
+/// user's start answered, the instance's log from the failure on, and the
+/// reservations and VMM rows left.
+async fn a_users_start_meets_auto_restart(
+    bugs: NexusBugs,
+) -> (Result<ExternalState, NexusError>, Vec<InstanceChange>, usize, Vec<DbVmmState>) {
+    let held = Arc::new(HeldStarts::default());
+    let nexus = NexusStub::new(
+        &slog::Logger::root(slog::Discard, slog::o!()),
+        NexusConfig { bugs, ..NexusConfig::default() },
+        BTreeMap::from([(SLED, sim_like_sled())]),
+        Arc::new(LogicalClock::default()),
+        Arc::clone(&held) as _,
+    );
+    let h = Harness { nexus, updates: Arc::clone(&held.updates) };
+    let (inst, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    assert!(h.nexus.reservations().is_empty(), "the update step released it");
+    let from = h.nexus.instance_log().len();
+
+    let n = Arc::clone(&h.nexus);
+    let user = tokio::spawn(async move { n.instance_start(inst).await });
+    tokio::task::yield_now().await;
+    assert_eq!(h.nexus.reincarnation_pass().await.started, 1);
+    held.go.notify_one();
+    let answer = user.await.unwrap().map(|v| v.state);
+    let log = h.nexus.instance_log()[from..].iter().map(|e| e.change).collect();
+    let rows = h.nexus.vmms().iter().filter(|v| v.id != vmm).map(|v| v.state).collect();
+    (answer, log, h.nexus.reservations().len(), rows)
+}
+
+/// omicron #10479: the user's start fails at its reservation, having made
+/// nothing; before it, the start reserved too, lost at the link and unwound.
+#[tokio::test]
+async fn a_start_racing_auto_restart_fails_at_its_reservation() {
+    let (answer, log, reservations, rows) =
+        a_users_start_meets_auto_restart(NexusBugs::default()).await;
+    assert!(matches!(answer, Err(NexusError::InstanceAlreadyStarting { .. })), "{answer:?}");
+    let reserved = log.iter().filter(|c| matches!(c, InstanceChange::Reserved { .. })).count();
+    assert_eq!((reserved, reservations), (1, 1), "{log:?}");
+    assert_eq!(rows, [DbVmmState::Reported(VmmState::Starting)], "only auto-restart's VMM");
+
+    let bugs = NexusBugs { duplicate_reservations: true, ..NexusBugs::default() };
+    let (answer, log, reservations, rows) = a_users_start_meets_auto_restart(bugs).await;
+    assert!(matches!(answer, Err(NexusError::InstanceChangedState { .. })), "{answer:?}");
+    let (InstanceChange::Reserved { propolis_id: first }, InstanceChange::Reserved { propolis_id }) =
+        (log[0], log[log.len() - 2])
+    else {
+        panic!("two reservations: {log:?}");
+    };
+    assert_ne!(first, propolis_id);
+    assert_eq!(log.last(), Some(&InstanceChange::Released { propolis_id }), "the loser's own");
+    assert_eq!(reservations, 1);
+    let unwound = [DbVmmState::Reported(VmmState::Starting), DbVmmState::SagaUnwound];
+    assert_eq!(rows, unwound, "the loser's VMM row is unwound");
+}
+
+/// Auto-restart's saga asks nothing before it reserves, as omicron's
+/// reincarnation does: an instance a user started meanwhile makes it fail there.
+#[tokio::test]
+async fn auto_restart_of_an_instance_started_meanwhile_fails_at_its_reservation() {
+    let h = harness();
+    let (inst, vmm) = h.started("inst").await;
+    h.report(vmm, VmmState::Failed, 3).await;
+    h.run_updates().await;
+    h.nexus.instance_start(inst).await.unwrap();
+    let r = h.nexus.reincarnate(inst).await;
+    assert!(matches!(r, Err(NexusError::InstanceAlreadyStarting { .. })), "{r:?}");
+    assert_eq!(h.nexus.instance(inst).unwrap().auto_restarts, 0);
+}
+
 #[tokio::test]
 async fn auto_restart_policy_decides_for_user_stopped_instances() {
     for (policy, restarted) in [(RestartPolicy::Current, 0), (RestartPolicy::Policy2024, 1)] {
@@ -520,28 +614,30 @@ async fn the_instance_log_keeps_every_change_in_order() {
     h.nexus.instance_stop(inst).await.unwrap();
     h.report(vmm, VmmState::Failed, 4).await;
     h.run_updates().await;
-    h.nexus.instance_start(inst).await.unwrap();
+    let vmm2 = h.nexus.instance_start(inst).await.unwrap().propolis_id.unwrap();
     let changes: Vec<_> =
         h.nexus.instance_log().iter().map(|e| (e.instance_id, e.change)).collect();
     let ended = InstanceChange::RequestEnded { ok: true };
+    let started = InstanceChange::StartRequested { auto_restart: false };
+    let reserved = |propolis_id| InstanceChange::Reserved { propolis_id };
     assert_eq!(
         changes,
         [
-            (inst, InstanceChange::StartRequested { auto_restart: false }),
+            (inst, reserved(vmm)),
+            (inst, started),
             (inst, ended),
             (inst, InstanceChange::StopRequested),
             (inst, ended),
             (inst, InstanceChange::Failed),
-            (inst, InstanceChange::StartRequested { auto_restart: false }),
+            (inst, InstanceChange::Released { propolis_id: vmm }),
+            (inst, reserved(vmm2)),
+            (inst, started),
             (inst, ended),
         ]
     );
     let mut rest = Vec::new();
-    assert_eq!(h.nexus.visit_instance_log_since(4, |e| rest.push(e.change)), 7);
-    assert_eq!(
-        rest,
-        [InstanceChange::Failed, InstanceChange::StartRequested { auto_restart: false }, ended]
-    );
+    assert_eq!(h.nexus.visit_instance_log_since(7, |e| rest.push(e.change)), 10);
+    assert_eq!(rest, [reserved(vmm2), started, ended]);
 
     // A Destroyed VMM leaves the instance stopped; auto-restart's start says so.
     let h = harness_with(
@@ -556,7 +652,7 @@ async fn the_instance_log_keeps_every_change_in_order() {
     h.run_updates().await;
     assert_eq!(h.nexus.reincarnation_pass().await.started, 1);
     let changes: Vec<_> = h.nexus.instance_log().iter().map(|e| e.change).collect();
-    assert_eq!(changes[2], InstanceChange::Stopped);
+    assert_eq!(changes[3], InstanceChange::Stopped);
     assert_eq!(changes.last(), Some(&InstanceChange::StartRequested { auto_restart: true }));
 }
 

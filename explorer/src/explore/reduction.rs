@@ -72,7 +72,7 @@ const ONE_SLOT: u64 = (1 << SLOTS) - 1;
 /// Nexus's VMM rows (with the update steps a write queues, and the requests in
 /// flight to each VMM).
 const VMMS: u64 = ONE_SLOT << 8;
-/// Nexus's instance rows (with the instance log).
+/// Nexus's instance rows (with the instance log and the sled reservations).
 const INSTANCES: u64 = ONE_SLOT << 16;
 /// The sled agent's table and what it has in flight.
 const SLED: u64 = ONE_SLOT << 24;
@@ -216,6 +216,9 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         DiskCreate => Footprint::rw(DISKS | IDS),
         InstanceCreate => Footprint::rw(NEXUS | IDS),
         InstanceStart => Footprint::rw(VMMS | INSTANCES | IDS),
+        // A user's start saga: reserves (instance records), mints its VMM's id,
+        // inserts the row and links it, or unwinds.
+        StartSaga => Footprint::rw(VMMS | INSTANCES | IDS),
         InstanceStop | InstanceReboot => Footprint::rw(VMMS | INSTANCES),
         // Which VMM is the scenario's progress's (and the sim's); it spends a fault.
         VmmVanish => Footprint::reads(PROGRESS).and_writes(SLED | VANISHED | BUDGET),

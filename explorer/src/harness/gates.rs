@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use nexus_stub::{DeferredSpawner, NexusError, StartNode, Started, TaskSpawner, UpdateTask};
 use sled_agent_api::{
     InstanceEnsureBody, InstanceUuid, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
     SledAgentError, SledVmmState, VmmPutStateBody, VmmPutStateResponse, VmmUnregisterResponse,
@@ -251,6 +252,36 @@ impl<T: NexusInternalApi + ?Sized> NexusInternalApi for Gated<Arc<T>> {
             },
         )
         .await
+    }
+}
+
+/// Nexus's saga executor in a run: update steps are kept for the harness to run
+/// as actors of their own, and a user's start saga parks before its reservation,
+/// so anything may run between the start's check and its saga, as in omicron.
+#[derive(Debug)]
+pub struct GatedSpawner {
+    pub updates: Arc<DeferredSpawner>,
+    pub sched: Arc<Sched>,
+}
+
+impl TaskSpawner for GatedSpawner {
+    fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask) {
+        self.updates.spawn_update(instance_id, task);
+    }
+
+    fn start_node<'a>(&'a self, instance_id: InstanceUuid, node: StartNode<'a>) -> StartNode<'a> {
+        let call = Call {
+            kind: CallKind::StartSaga,
+            from: Component::Nexus,
+            to: Component::Datastore,
+            vmm: None,
+            arg: Arg::Instance(instance_id),
+        };
+        let describe = |r: &Result<Started, NexusError>| match r {
+            Ok(_) => Answer::Ack,
+            Err(e) => Answer::Error(super::script::nexus_error_kind(e)),
+        };
+        Box::pin(self.sched.gate(call, None, None, || node, describe))
     }
 }
 

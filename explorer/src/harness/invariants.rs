@@ -16,7 +16,7 @@ use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState};
 use super::Names;
 
 /// The invariants: number, name, and what each says.
-pub const INVARIANTS: [(u8, &str, &str); 9] = [
+pub const INVARIANTS: [(u8, &str, &str); 10] = [
     (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished (or before it was registered)"),
     (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
@@ -26,6 +26,7 @@ pub const INVARIANTS: [(u8, &str, &str); 9] = [
     (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one its user last wanted stopped (the last stop, start or reboot begun, or a start that found it going) is never auto-restarted"),
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed, nor the scenario's wait for a state timed out (unless what would move it on lies past the bounds: a watcher pass after a vanish, a report to send again)"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
+    (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once: a start reserves only while no other start of the instance holds one (local storage is allocated once per reservation on that promise)"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -163,6 +164,8 @@ pub struct Invariants {
     lost: BTreeSet<InstanceUuid>,
     /// Per instance, its user requests.
     requests: BTreeMap<InstanceUuid, Requests>,
+    /// The sled reservations held, by VMM, and the instance each is for.
+    reservations: BTreeMap<PropolisUuid, InstanceUuid>,
     /// Whether a user's extra operation or a fault touched the run.
     environment: bool,
     /// Instances the scenario's wait for timed out.
@@ -194,6 +197,7 @@ impl Invariants {
         self.vanished.hash(h);
         self.lost.hash(h);
         self.requests.hash(h);
+        self.reservations.hash(h);
         self.environment.hash(h);
         self.timed_out.hash(h);
         // As a set: which broke first is the path's, not the situation's, and two
@@ -237,9 +241,12 @@ impl Invariants {
                 }
             }
             Event::Write(w) => self.on_write(step, &w, names),
-            Event::Instance(InstanceEvent { instance_id, change }) => {
-                self.on_instance(step, instance_id, change, names);
-            }
+            Event::Instance(InstanceEvent { instance_id, change }) => match change {
+                InstanceChange::Reserved { .. } | InstanceChange::Released { .. } => {
+                    self.on_reservation(step, instance_id, change, names);
+                }
+                _ => self.on_instance(step, instance_id, change, names),
+            },
             Event::Vanished { vmm, instance } => {
                 // An outer step's events may be fed again: keep what a pass saw.
                 self.vanished.entry(vmm).or_insert((None, false));
@@ -297,6 +304,37 @@ impl Invariants {
         }
     }
 
+    /// Rule 10: a reservation for an instance that holds one already.
+    fn on_reservation(
+        &mut self,
+        step: usize,
+        id: InstanceUuid,
+        change: InstanceChange,
+        names: &dyn Fn() -> Names,
+    ) {
+        match change {
+            InstanceChange::Reserved { propolis_id } => {
+                let held = self.reservations.iter().find(|(_, i)| **i == id).map(|(v, _)| *v);
+                if let Some(held) = held {
+                    self.broke(10, step, || {
+                        let n = names();
+                        format!(
+                            "{} was reserved for {} while {} held a reservation",
+                            n.vmm(propolis_id),
+                            n.instance(id),
+                            n.vmm(held)
+                        )
+                    });
+                }
+                self.reservations.insert(propolis_id, id);
+            }
+            InstanceChange::Released { propolis_id } => {
+                self.reservations.remove(&propolis_id);
+            }
+            _ => {}
+        }
+    }
+
     fn on_instance(
         &mut self,
         step: usize,
@@ -328,7 +366,10 @@ impl Invariants {
                 }
             }
             InstanceChange::StartWhileGoing => r.intent = Some(Asked::Running),
-            InstanceChange::Stopped => {}
+            // Reservations are rule 10's (`on_reservation`).
+            InstanceChange::Stopped
+            | InstanceChange::Reserved { .. }
+            | InstanceChange::Released { .. } => {}
         }
     }
 
@@ -507,10 +548,27 @@ mod tests {
         assert!(invariant_text(1).starts_with("a sled agent answers NoSuchVmm"));
         assert!(invariant_text(7).contains("last request"));
         assert_eq!(invariant_name(3), "terminal-is-final");
-        assert_eq!((invariant_text(10), invariant_name(10)), ("?", "?"));
+        assert_eq!(invariant_name(10), "one-reservation-per-instance");
+        assert_eq!((invariant_text(11), invariant_name(11)), ("?", "?"));
         let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_text(*k)).collect();
         let names: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_name(*k)).collect();
         assert_eq!((texts.len(), names.len()), (INVARIANTS.len(), INVARIANTS.len()));
+    }
+
+    #[test]
+    fn invariant_10_a_second_reservation_while_one_is_held() {
+        let other = PropolisUuid::from_u128(0x2_0000_0000_0000_0000_0000_0003);
+        let reserved = |propolis_id| inst(InstanceChange::Reserved { propolis_id });
+        let released = |propolis_id| inst(InstanceChange::Released { propolis_id });
+        let second_instance = Event::Instance(InstanceEvent {
+            instance_id: InstanceUuid::from_u128(0x1_0000_0000_0000_0000_0000_0009),
+            change: InstanceChange::Reserved { propolis_id: other },
+        });
+        // A start that lost and unwound released its own at once: too late.
+        assert_eq!(check(&[reserved(VMM), reserved(other), released(other)], None), [10]);
+        // One after the other, or one per instance, is what every start does.
+        assert_eq!(check(&[reserved(VMM), released(VMM), reserved(other)], None), [] as [u8; 0]);
+        assert_eq!(check(&[reserved(VMM), second_instance], None), [] as [u8; 0]);
     }
 
     #[test]

@@ -72,10 +72,13 @@ pub enum Inject {
     /// A stop or reboot sent to a VMM that is terminating is answered 500, not
     /// 410, and Nexus marks the VMM Failed (omicron before #6166).
     TerminatingDropsRequests,
+    /// A start reserves its sled's resources while another start of the same
+    /// instance holds a reservation (omicron before #10479).
+    DuplicateReservations,
 }
 
 impl Inject {
-    pub const ALL: [Inject; 7] = [
+    pub const ALL: [Inject; 8] = [
         Inject::NoGenerationCheck,
         Inject::WatcherListsTerminal,
         Inject::WatcherSkipsGeneration,
@@ -83,6 +86,7 @@ impl Inject {
         Inject::WatcherChecksCreating,
         Inject::UnhealthyMarksFailed,
         Inject::TerminatingDropsRequests,
+        Inject::DuplicateReservations,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Inject {
             Inject::WatcherChecksCreating => "watcher-checks-creating",
             Inject::UnhealthyMarksFailed => "unhealthy-marks-failed",
             Inject::TerminatingDropsRequests => "terminating-drops-requests",
+            Inject::DuplicateReservations => "duplicate-reservations",
         }
     }
 }
@@ -342,12 +347,15 @@ impl World {
         let drops = config.inject == Some(Inject::TerminatingDropsRequests);
         sim.seed_bugs(SimBugs { terminating_drops_requests: drops });
         let spawner = Arc::new(DeferredSpawner::default());
+        let executor =
+            gates::GatedSpawner { updates: Arc::clone(&spawner), sched: Arc::clone(&sched) };
         let nexus_config = NexusConfig {
             restart_policy: config.restart_policy,
             bugs: NexusBugs {
                 skip_generation_check: config.inject == Some(Inject::NoGenerationCheck),
                 list_terminal_for_watcher: config.inject == Some(Inject::WatcherListsTerminal),
                 mark_failed_at_stored_gen: config.inject == Some(Inject::MarkFailedAtStoredGen),
+                duplicate_reservations: config.inject == Some(Inject::DuplicateReservations),
                 list_creating_for_watcher: config.inject == Some(Inject::WatcherChecksCreating),
                 // omicron before #6166 was also before #6455: its Nexus took the
                 // dropped request's 500 for an unhealthy sled agent.
@@ -365,7 +373,7 @@ impl World {
         let to_sled = Gated::new(sled_for_nexus, &sched, Component::Nexus).over_the_wire(wire);
         let sleds = BTreeMap::from([(SLED, to_sled)]);
         let nexus =
-            NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::clone(&spawner) as _);
+            NexusStub::new(log, nexus_config, sleds, Arc::clone(&clock), Arc::new(executor));
         let links = links.finish(&nexus, &late, log).map_err(RunError::Transport)?;
         let (w1, w2, w3) = (Arc::downgrade(&nexus), Arc::downgrade(&nexus), Arc::downgrade(&nexus));
         sched.set_probes(Probes {

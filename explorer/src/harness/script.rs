@@ -251,7 +251,7 @@ fn lock(progress: &Mutex<ScenarioProgress>) -> std::sync::MutexGuard<'_, Scenari
 }
 
 /// How a Nexus error reads in the step log.
-fn nexus_error_kind(e: &NexusError) -> ErrorKind {
+pub(super) fn nexus_error_kind(e: &NexusError) -> ErrorKind {
     match e {
         NexusError::NoSuchInstance { .. } => ErrorKind::NoSuchInstance,
         NexusError::NoSuchDisk { .. } => ErrorKind::NoSuchDisk,
@@ -261,6 +261,8 @@ fn nexus_error_kind(e: &NexusError) -> ErrorKind {
         NexusError::InstanceNotStopped { .. } => ErrorKind::InstanceNotStopped,
         NexusError::InstanceNotStartable { .. } => ErrorKind::InstanceNotStartable,
         NexusError::InstanceNotRebootable { .. } => ErrorKind::InstanceNotRebootable,
+        NexusError::InstanceAlreadyStarting { .. } => ErrorKind::InstanceAlreadyStarting,
+        NexusError::InstanceChangedState { .. } => ErrorKind::InstanceChangedState,
         NexusError::DiskAttachedToAnother { .. } => ErrorKind::DiskAttachedToAnother,
         NexusError::SledAgent { .. } => ErrorKind::SledAgent,
         NexusError::NoRuntime => ErrorKind::NoRuntime,

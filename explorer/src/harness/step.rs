@@ -143,6 +143,9 @@ pub enum CallKind {
     Reincarnation,
     InstanceCreate,
     InstanceStart,
+    /// A user's start saga from its reservation to its link, after the request
+    /// was found allowed (`TaskSpawner::start_node`).
+    StartSaga,
     InstanceStop,
     InstanceReboot,
     DiskCreate,
@@ -156,7 +159,7 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 20] = [
+    pub const ALL: [CallKind; 21] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
         CallKind::VmmPutState,
@@ -169,6 +172,7 @@ impl CallKind {
         CallKind::Reincarnation,
         CallKind::InstanceCreate,
         CallKind::InstanceStart,
+        CallKind::StartSaga,
         CallKind::InstanceStop,
         CallKind::InstanceReboot,
         CallKind::DiskCreate,
@@ -193,6 +197,7 @@ impl CallKind {
             CallKind::Reincarnation => "reincarnation",
             CallKind::InstanceCreate => "instance_create",
             CallKind::InstanceStart => "instance_start",
+            CallKind::StartSaga => "start_saga",
             CallKind::InstanceStop => "instance_stop",
             CallKind::InstanceReboot => "instance_reboot",
             CallKind::DiskCreate => "disk_create",
@@ -273,6 +278,8 @@ pub enum ErrorKind {
     InstanceNotStopped,
     InstanceNotStartable,
     InstanceNotRebootable,
+    InstanceAlreadyStarting,
+    InstanceChangedState,
     DiskAttachedToAnother,
     SledAgent,
     NoRuntime,
@@ -298,6 +305,8 @@ impl ErrorKind {
             ErrorKind::InstanceNotStopped => "instance_not_stopped",
             ErrorKind::InstanceNotStartable => "instance_not_startable",
             ErrorKind::InstanceNotRebootable => "instance_not_rebootable",
+            ErrorKind::InstanceAlreadyStarting => "instance_already_starting",
+            ErrorKind::InstanceChangedState => "instance_changed_state",
             ErrorKind::DiskAttachedToAnother => "disk_attached_to_another",
             ErrorKind::SledAgent => "sled_agent_error",
             ErrorKind::NoRuntime => "no_runtime",

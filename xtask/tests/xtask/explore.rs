@@ -421,6 +421,7 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
 /// end states, and no more situations.
 #[test]
 fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
+    use sledsim_explorer::harness::Inject;
     let env = |user_ops, faults, watcher_passes, restart_passes| RunConfig {
         user_ops,
         faults,
@@ -443,6 +444,10 @@ fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
         // A user's operation beside a watcher pass: checks of two instances'
         // VMMs overlap.
         RunConfig { scenario: ScenarioKind::DiskMove, ordering: legacy, ..env(1, 0, 1, 0) },
+        // A user's start saga beside auto-restart's, with and without
+        // reservations unique per instance (R9).
+        env(1, 1, 1, 1),
+        RunConfig { inject: Some(Inject::DuplicateReservations), ..env(1, 1, 1, 1) },
     ];
     for run in cases {
         let what = format!(
@@ -1059,7 +1064,7 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     let (code, human, _) = xtask(&[&args[..], &["--invariant", "3"]].concat());
     assert_eq!(code, 1);
     assert!(human.contains("invariant 3 (") && human.contains(") did not break"), "{human}");
-    check_usage_error(&["explore", "--invariant", "10"]);
+    check_usage_error(&["explore", "--invariant", "11"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
