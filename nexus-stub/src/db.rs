@@ -175,9 +175,10 @@ pub enum InstanceChange {
     StartRequested { auto_restart: bool },
     /// A user asked for the instance to reboot.
     RebootRequested,
-    /// A user's start found the instance already going: nothing was started,
-    /// but the intended state is Running again.
-    StartWhileGoing,
+    /// A user's start set the intended state to Running, as omicron's
+    /// `instance_start` does before it checks whether the start is allowed;
+    /// whether anything was started is logged apart (`StartRequested`).
+    StartIntended,
     /// A user's stop, start or reboot that logged its request above returned,
     /// with an error or not.
     RequestEnded { ok: bool },

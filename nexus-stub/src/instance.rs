@@ -118,18 +118,24 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         self.finish_start(instance_id, started).await
     }
 
-    /// omicron's `instance_start_allowed`, for a user's start: `None` if a start
-    /// saga is to run; the instance, if it is already going (the user's intent is
-    /// recorded, nothing is started); an error if it cannot start now.
+    /// omicron's `instance_start`, up to its saga: the intended state becomes
+    /// Running, then `instance_start_allowed` decides. `None` if a start saga is
+    /// to run; the instance, if it is already going (nothing is started, so no
+    /// request is logged: a stop still under way, its Running seen before its
+    /// Stopping, ends the instance stopped, as in omicron); an error if it cannot
+    /// start now, the intent Running all the same.
     fn start_allowed(&self, instance_id: InstanceUuid) -> Result<Option<InstanceView>, NexusError> {
         let mut db = self.db();
+        let inst =
+            db.instances.get_mut(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
+        inst.intended = IntendedState::Running;
+        db.log(instance_id, InstanceChange::StartIntended);
         let inst =
             db.instances.get(&instance_id).ok_or(NexusError::NoSuchInstance { instance_id })?;
         if inst.state != InstanceState::Vmm {
             return Ok(None);
         }
         let state = db.external_state(inst);
-        let view = db.instance_view(inst);
         let going = matches!(
             state,
             ExternalState::Starting | ExternalState::Running | ExternalState::Rebooting
@@ -137,14 +143,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         if !going {
             return Err(NexusError::InstanceNotStartable { instance_id, state });
         }
-        // Nothing is started, so no request is logged (a stop still under way,
-        // its Running seen before its Stopping, ends the instance stopped, as in
-        // omicron), only the intent.
-        if let Some(inst) = db.instances.get_mut(&instance_id) {
-            inst.intended = IntendedState::Running;
-        }
-        db.log(instance_id, InstanceChange::StartWhileGoing);
-        Ok(Some(view))
+        Ok(Some(db.instance_view(inst)))
     }
 
     /// The start saga's database nodes, as one transaction here:

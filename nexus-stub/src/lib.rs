@@ -285,12 +285,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         self.db().vmms.values().copied().collect()
     }
 
-    /// Every VMM write attempted so far, applied or not, in order.
     /// Every sled reservation Nexus holds, by VMM.
     pub fn reservations(&self) -> Vec<(PropolisUuid, Reservation)> {
         self.db().reservations.iter().map(|(id, r)| (*id, *r)).collect()
     }
 
+    /// Every VMM write attempted so far, applied or not, in order.
     pub fn vmm_writes(&self) -> Vec<VmmWrite> {
         self.db().writes.clone()
     }

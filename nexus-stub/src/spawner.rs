@@ -27,8 +27,8 @@ pub type StartNode<'a> = Pin<Box<dyn Future<Output = Result<Started, NexusError>
 pub trait TaskSpawner: Send + Sync + std::fmt::Debug {
     fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask);
 
-    /// Runs the start saga's reservation node for a user's start of
-    /// `instance_id`, once the request was found allowed. omicron's executor
+    /// Runs the start saga's first nodes (reserve, insert the VMM, link it) for a
+    /// user's start of `instance_id`, once the request was found allowed. omicron's executor
     /// runs a saga's nodes as steps of their own, so anything may happen between
     /// the request's check and this node (auto-restart may start the instance);
     /// here it runs at once, and a harness may hold it.

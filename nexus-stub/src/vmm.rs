@@ -125,8 +125,9 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 _ => InstanceChange::Stopped,
             },
         );
-        // The VMM's sled resources go with it (omicron's update saga deletes its
-        // `sled_resource_vmm` row as it unlinks a destroyed or failed VMM).
+        // The VMM's sled resources go with it. omicron's update saga deletes its
+        // `sled_resource_vmm` row in a later node (the destroyed subsaga), so a
+        // start in between is refused there; here both are one step.
         db.release(propolis_id);
         Ok(outcome)
     }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nexus_stub::{
-    DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, NexusBugs, NexusConfig,
-    NexusError, NexusStub, RestartPolicy, StartNode, TaskSpawner, UpdateOutcome, UpdateTask,
+    DbVmmState, DeferredSpawner, DiskState, ExternalState, InstanceChange, IntendedState,
+    NexusBugs, NexusConfig, NexusError, NexusStub, RestartPolicy, StartNode, TaskSpawner,
+    UpdateOutcome, UpdateTask,
 };
 use sled_agent_api::{
     Clock, Generation, InstanceEnsureBody, InstanceUuid, LogicalClock, MockSledAgentApi,
@@ -268,6 +269,8 @@ async fn start_refuses_a_stopping_instance_and_accepts_a_running_one_as_done() {
     h.nexus.instance_stop(inst).await.unwrap();
     let e = h.nexus.instance_start(inst).await.expect_err("still stopping");
     assert!(matches!(e, NexusError::InstanceNotStartable { state: ExternalState::Stopping, .. }));
+    // As omicron's, the start records the user's intent before it is refused.
+    assert_eq!(h.nexus.instance(inst).unwrap().intended, IntendedState::Running);
     let h = harness();
     let (inst, _) = h.started("inst").await;
     let before = h.nexus.instance_log().len();
@@ -276,7 +279,7 @@ async fn start_refuses_a_stopping_instance_and_accepts_a_running_one_as_done() {
     // No request is logged for a no-op, only that the user wants it running.
     let log = h.nexus.instance_log();
     let changes: Vec<_> = log[before..].iter().map(|e| e.change).collect();
-    assert_eq!(changes, [InstanceChange::StartWhileGoing]);
+    assert_eq!(changes, [InstanceChange::StartIntended]);
 }
 
 #[tokio::test]
@@ -298,6 +301,7 @@ async fn a_start_whose_ensure_running_fails_unwinds_and_unregisters() {
     assert_eq!(h.external(inst), ExternalState::Stopped);
     let last = h.nexus.instance_log().last().map(|e| e.change);
     assert_eq!(last, Some(InstanceChange::RequestEnded { ok: false }));
+    assert_eq!(h.nexus.reservations(), [], "the unwind lets go of the sled");
 }
 
 #[tokio::test]
@@ -315,6 +319,7 @@ async fn a_failed_registration_unwinds_the_start() {
     assert!(matches!(err, NexusError::SledAgent { operation: "vmm_register", .. }), "{err:?}");
     let inst = h.nexus.instances()[0].clone();
     assert_eq!((inst.state, inst.propolis_id), (ExternalState::Stopped, None));
+    assert_eq!(h.nexus.reservations(), [], "the unwind lets go of the sled");
 }
 
 #[tokio::test]
@@ -421,11 +426,14 @@ async fn a_start_racing_auto_restart_fails_at_its_reservation() {
     let bugs = NexusBugs { duplicate_reservations: true, ..NexusBugs::default() };
     let (answer, log, reservations, rows) = a_users_start_meets_auto_restart(bugs).await;
     assert!(matches!(answer, Err(NexusError::InstanceChangedState { .. })), "{answer:?}");
-    let (InstanceChange::Reserved { propolis_id: first }, InstanceChange::Reserved { propolis_id }) =
-        (log[0], log[log.len() - 2])
-    else {
-        panic!("two reservations: {log:?}");
-    };
+    let reserved: Vec<_> = log
+        .iter()
+        .filter_map(|c| match c {
+            InstanceChange::Reserved { propolis_id } => Some(*propolis_id),
+            _ => None,
+        })
+        .collect();
+    let [first, propolis_id] = reserved[..] else { panic!("two reservations: {log:?}") };
     assert_ne!(first, propolis_id);
     assert_eq!(log.last(), Some(&InstanceChange::Released { propolis_id }), "the loser's own");
     assert_eq!(reservations, 1);
@@ -630,13 +638,14 @@ async fn the_instance_log_keeps_every_change_in_order() {
             (inst, ended),
             (inst, InstanceChange::Failed),
             (inst, InstanceChange::Released { propolis_id: vmm }),
+            (inst, InstanceChange::StartIntended),
             (inst, reserved(vmm2)),
             (inst, started),
             (inst, ended),
         ]
     );
     let mut rest = Vec::new();
-    assert_eq!(h.nexus.visit_instance_log_since(7, |e| rest.push(e.change)), 10);
+    assert_eq!(h.nexus.visit_instance_log_since(8, |e| rest.push(e.change)), 11);
     assert_eq!(rest, [reserved(vmm2), started, ended]);
 
     // A Destroyed VMM leaves the instance stopped; auto-restart's start says so.

@@ -26,7 +26,7 @@ pub const INVARIANTS: [(u8, &str, &str); 10] = [
     (7, "last-request-wins", "an instance ends in the state its user's last request asked for (stopped after stop; running after start or reboot; a request that failed or overlapped another asks nothing), one its user stopped is never failed unless its VMM vanished, and one its user last wanted stopped (the last stop, start or reboot begun, or a start that found it going) is never auto-restarted"),
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed, nor the scenario's wait for a state timed out (unless what would move it on lies past the bounds: a watcher pass after a vanish, a report to send again)"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
-    (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once: a start reserves only while no other start of the instance holds one (local storage is allocated once per reservation on that promise)"),
+    (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once (local storage is allocated once per reservation on that promise), and by the end every reservation still held is its instance's active VMM's: a start that unwound and an update step that unlinked a VMM let go of theirs"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -84,6 +84,8 @@ pub struct End {
     pub instances: Vec<(InstanceUuid, ExternalState)>,
     /// Every VMM row Nexus holds at the end: its state and generation.
     pub vmms: Vec<(PropolisUuid, DbVmmState, Generation)>,
+    /// Every instance's active VMM at the end, for those that have one.
+    pub active: Vec<(InstanceUuid, PropolisUuid)>,
     /// disk-move: whether the disk ended on instance 2; `None` where not asked.
     pub disk_on_second: Option<bool>,
 }
@@ -365,7 +367,7 @@ impl Invariants {
                     });
                 }
             }
-            InstanceChange::StartWhileGoing => r.intent = Some(Asked::Running),
+            InstanceChange::StartIntended => r.intent = Some(Asked::Running),
             // Reservations are rule 10's (`on_reservation`).
             InstanceChange::Stopped
             | InstanceChange::Reserved { .. }
@@ -400,6 +402,20 @@ impl Invariants {
             });
         }
         self.end_of_vmms(step, end, names);
+        // Nothing leaks: once the run is over, every reservation still held is
+        // its instance's active VMM's (a start that unwound, and an update step
+        // that unlinked a VMM, let go of theirs).
+        let leaked = self.reservations.iter().find(|&(v, i)| !end.active.contains(&(*i, *v)));
+        if let Some((&vmm, &id)) = leaked {
+            self.broke(10, step, || {
+                let n = names();
+                format!(
+                    "{}'s reservation for {} was still held at the end, though it is not the instance's active VMM",
+                    n.vmm(vmm),
+                    n.instance(id)
+                )
+            });
+        }
         for &(id, state) in &end.instances {
             let want = match self.requests.get(&id).and_then(|r| r.asked) {
                 _ if self.lost.contains(&id) => None,
@@ -497,6 +513,7 @@ mod tests {
             outcome: Some(Ok(())),
             instances: vec![(INST, state)],
             vmms: vec![(VMM, DbVmmState::Reported(VmmState::Destroyed), g(7))],
+            active: Vec::new(),
             disk_on_second: None,
         }
     }
@@ -569,6 +586,12 @@ mod tests {
         // One after the other, or one per instance, is what every start does.
         assert_eq!(check(&[reserved(VMM), released(VMM), reserved(other)], None), [] as [u8; 0]);
         assert_eq!(check(&[reserved(VMM), second_instance], None), [] as [u8; 0]);
+        // At the end, a reservation still held must be the active VMM's.
+        let running = End { active: vec![(INST, VMM)], ..finished(ExternalState::Running) };
+        assert_eq!(check(&[reserved(VMM)], Some(running)), [] as [u8; 0]);
+        let leaked = finished(ExternalState::Stopped);
+        assert_eq!(check(&[reserved(VMM)], Some(leaked.clone())), [10]);
+        assert_eq!(check(&[reserved(VMM), released(VMM)], Some(leaked)), [] as [u8; 0]);
     }
 
     #[test]
@@ -786,6 +809,7 @@ mod tests {
                 ],
             ),
             ("request", vec![inst(InstanceChange::StopRequested)]),
+            ("reservation", vec![inst(InstanceChange::Reserved { propolis_id: VMM })]),
             ("environment", vec![Event::Environment]),
             ("wait timed out", vec![Event::WaitTimedOut { instance: INST }]),
             ("broken", vec![gone]),

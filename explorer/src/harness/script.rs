@@ -85,11 +85,13 @@ impl ScenarioProgress {
                 _ => false,
             }
         });
+        let instances = nexus.instances();
         End {
             ending,
             outcome: self.outcome.clone(),
-            instances: nexus.instances().iter().map(|i| (i.id, i.state)).collect(),
+            instances: instances.iter().map(|i| (i.id, i.state)).collect(),
             vmms: nexus.vmms().iter().map(|v| (v.id, v.state, v.gen)).collect(),
+            active: instances.iter().filter_map(|i| Some((i.id, i.propolis_id?))).collect(),
             disk_on_second,
         }
     }
