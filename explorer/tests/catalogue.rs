@@ -2,6 +2,8 @@
 //! fixed model is proved at the same bounds, and the README's row says so.
 
 use sledsim_explorer::catalogue::{self, Row, HEADER, NOT_MODELLED, RACES};
+use sledsim_explorer::explore::{explore, ExploreConfig};
+use sledsim_explorer::harness::{EXPLORE_FAULTS, EXPLORE_USER_OPS};
 
 fn readme() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
@@ -70,6 +72,25 @@ fn r7_the_watcher_checks_a_vmm_not_yet_registered() {
 #[test]
 fn r9_a_users_start_and_auto_restart_both_reserve() {
     check("R9");
+}
+
+/// Each race's switch breaks its invariant at explore's default bounds too (one
+/// user operation, one fault), not only at the smallest bounds its row names.
+/// The counterexample there may be shorter and go another way: R5's switch is
+/// omicron before #6166, which was also before #6455, so with a fault to spend
+/// R4's lost answer shows first.
+#[test]
+fn every_race_breaks_its_invariant_at_explores_default_bounds() {
+    for race in RACES {
+        let run = sledsim_explorer::RunConfig {
+            user_ops: EXPLORE_USER_OPS,
+            faults: EXPLORE_FAULTS,
+            ..race.pre_fix()
+        };
+        let found = explore(&ExploreConfig::new(run)).unwrap_or_else(|e| panic!("{e}"));
+        let broken: Vec<u8> = found.counterexamples.iter().map(|c| c.invariant).collect();
+        assert!(broken.contains(&race.breaks), "{}: broke {broken:?}", race.id);
+    }
 }
 
 /// Every race has its test above and its row, and nothing else has a row.
