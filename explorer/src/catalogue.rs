@@ -128,14 +128,15 @@ pub const RACES: [Race; 7] = [
     },
 ];
 
-/// The races of omicron's catalogue the model leaves out, and why.
+/// The races of omicron's catalogue without a row, and why: left out of the
+/// model, or (R10) in it as a finding with no fix to prove.
 pub const NOT_MODELLED: [(&str, &str); 6] = [
     ("R6", "its 404 answered reports keyed by a deleted instance (2023); reports are keyed by VMM since, a soft-deleted VMM row still counts as existing (the write is stale), and a 404 needs a write that applies for an instance already deleted, which needs Nexus to hold the VMM terminal before its sled agent is done: rule 2 broken first; the model has no instance delete, and its sim gives a 4xx report up and deregisters the VMM, as omicron's sled agent does since #3256"),
     ("R8", "it needs the create saga's unwind; a create never fails in the model"),
-    ("R10", "no fix to prove: #9174 is open. At omicron's HEAD a start saga that unwinds after its link is undone by its own nodes (`sis_move_to_starting_undo` unlinks the VMM, then `sis_destroy_vmm_record` marks it SagaUnwound; the abandoned-VMM reaper skips active VMMs), so the instance is left stopped with its intent Running, and neither reincarnation query selects it. The model's unwind leaves it so too (it unlinks the VMM it linked, where omicron's undo checks the instance's generation, which here only a link or an unlink moves); no invariant names it, as a start that failed asks nothing of its instance"),
+    ("R10", "a finding, with no fix to prove: #9174 is open. At omicron's HEAD a start saga that fails after its link is undone by its own nodes (`sis_move_to_starting_undo` unlinks the VMM, then `sis_destroy_vmm_record` marks it SagaUnwound; the abandoned-VMM reaper skips active VMMs), so an instance auto-restart was starting is left stopped with its intent Running, and neither reincarnation query selects it again. The model does the same; its window is the `restart-unwound` exclusion, and `cargo xtask explore --scenario stop-race --findings` breaks invariant 11 (restart-not-abandoned) in 16 steps"),
     ("R11", "the update step runs to its end as one step: there is no saga lock and no Nexus crash"),
     ("R12-R14", "migration: the model has one sled and no migration records"),
-    ("R15", "omicron's sled agent deletes every zone, Propolis's included, before it serves again (`cleanup_all_old_global_state`, since #686), so its restart is a vanish of every VMM on the sled, which the vanish fault covers; the second VM #6763 feared needs a VM that outlives the restart, which that code never allows"),
+    ("R15", "omicron's sled agent deletes every zone, Propolis's included, before it serves again (`cleanup_all_old_global_state`, since #686), so its restart is a vanish of every VMM on the sled, which the vanish fault covers (two of them on disk-move, one right after the other); the second VM #6763 feared needs a VM that outlives the restart, which that code never allows"),
 ];
 
 impl Race {

@@ -179,6 +179,9 @@ pub enum InstanceChange {
     /// `instance_start` does before it checks whether the start is allowed;
     /// whether anything was started is logged apart (`StartRequested`).
     StartIntended,
+    /// A start that had linked its VMM failed and unwound, leaving the instance
+    /// with no VMM (stopped): a user's, or auto-restart's.
+    StartUnwound { auto_restart: bool },
     /// A user's stop, start or reboot that logged its request above returned,
     /// with an error or not.
     RequestEnded { ok: bool },

@@ -101,7 +101,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         let node = Box::pin(async move { self.reserve_and_link(instance_id, StartReason::User) });
         let started = self.spawner.start_node(instance_id, node).await?;
         *began = true;
-        self.finish_start(instance_id, started).await
+        self.finish_start(instance_id, started, StartReason::User).await
     }
 
     /// A start saga run straight through: a create's, and auto-restart's, which,
@@ -115,7 +115,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     ) -> Result<InstanceView, NexusError> {
         let started = self.reserve_and_link(instance_id, reason)?;
         *began = true;
-        self.finish_start(instance_id, started).await
+        self.finish_start(instance_id, started, reason).await
     }
 
     /// omicron's `instance_start`, up to its saga: the intended state becomes
@@ -222,6 +222,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         &self,
         instance_id: InstanceUuid,
         (propolis_id, sled_id): Started,
+        reason: StartReason,
     ) -> Result<InstanceView, NexusError> {
         let sled = self.sleds.get(&sled_id).ok_or(NexusError::NoSleds)?;
 
@@ -239,7 +240,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 self.process_vmm_update(propolis_id, state)?;
             }
             Err(source) => {
-                self.unwind_start(instance_id, propolis_id);
+                self.unwind_start(instance_id, propolis_id, reason);
                 return Err(NexusError::SledAgent {
                     operation: "vmm_register",
                     propolis_id,
@@ -263,7 +264,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                     "error" => %source);
                 // The undo ignores what unregistering answers, as omicron's does.
                 let _ = sled.vmm_unregister(propolis_id).await;
-                self.unwind_start(instance_id, propolis_id);
+                self.unwind_start(instance_id, propolis_id, reason);
                 return Err(NexusError::SledAgent {
                     operation: "vmm_put_state",
                     propolis_id,
@@ -324,9 +325,15 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         }
     }
 
-    /// A start whose registration failed: the VMM row becomes SagaUnwound and the
-    /// instance goes back to having no VMM.
-    fn unwind_start(&self, instance_id: InstanceUuid, propolis_id: PropolisUuid) {
+    /// A start that failed after its link: the VMM row becomes SagaUnwound and
+    /// the instance goes back to having no VMM, as omicron's undo of
+    /// `sis_move_to_starting` leaves it: stopped, whatever the start was for.
+    fn unwind_start(
+        &self,
+        instance_id: InstanceUuid,
+        propolis_id: PropolisUuid,
+        reason: StartReason,
+    ) {
         let mut db = self.db();
         if let Some(vmm) = db.vmms.get_mut(&propolis_id) {
             vmm.state = DbVmmState::SagaUnwound;
@@ -338,6 +345,8 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
                 inst.propolis_id = None;
                 inst.state = InstanceState::NoVmm;
                 inst.gen = inst.gen.next();
+                let auto_restart = reason == StartReason::AutoRestart;
+                db.log(instance_id, InstanceChange::StartUnwound { auto_restart });
             }
         }
     }

@@ -686,11 +686,15 @@ async fn a_failed_auto_restart_is_counted_as_an_error() {
         Ok(VmmPutStateResponse { updated_runtime: Some(state(VmmState::Starting, 2)) })
     });
     let h = harness_with(sled, NexusConfig::default());
-    let (_, vmm) = h.started("inst").await;
+    let (inst, vmm) = h.started("inst").await;
     h.report(vmm, VmmState::Failed, 3).await;
     h.run_updates().await;
     let counts = h.nexus.reincarnation_pass().await;
     assert_eq!((counts.found, counts.started, counts.errors), (1, 0, 1));
+    // Unwound to stopped, as omicron's undo leaves it (#9174): the log says so.
+    let last = h.nexus.instance_log().last().map(|e| e.change);
+    assert_eq!(last, Some(InstanceChange::StartUnwound { auto_restart: true }));
+    assert_eq!(h.external(inst), ExternalState::Stopped);
 }
 
 #[tokio::test]

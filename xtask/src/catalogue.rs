@@ -32,7 +32,7 @@ pub fn human(c: &Checked, out: &mut dyn Write) {
     let held: Vec<Row> = c.rows.iter().flatten().cloned().collect();
     let _ = write!(out, "{}", Table(&held));
     let _ = writeln!(out);
-    let _ = writeln!(out, "Left out of the model:");
+    let _ = writeln!(out, "Without a row (left out of the model, or a finding with no fix):");
     for (id, why) in NOT_MODELLED {
         let _ = writeln!(out, "- {id}: {why}");
     }

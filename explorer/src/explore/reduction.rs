@@ -61,7 +61,8 @@ const BUDGET: u64 = 1 << 2;
 /// The watcher pass a check belongs to: a check that ends lets it start the next.
 const PASS: u64 = 1 << 3;
 /// The instances an auto-restart pass listed and has not yet started, which a
-/// stop waits out (the `restart-after-stop` finding's window).
+/// stop waits out (the `restart-after-stop` finding's window), and the one it is
+/// starting, which a vanish waits out (`restart-unwound`'s).
 const RESTARTING: u64 = 1 << 4;
 /// Nexus's id counter: two steps that mint ids, in the other order, give the
 /// ids to the other instance, VMM or disk.
@@ -249,8 +250,11 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         ActorKind::Update(_) | ActorKind::Fault => base,
     };
     let base = match c.offer {
-        // A vanish waits for its VMM to exist and not be reporting.
-        Offer::Alternative if c.kind == ActorKind::Fault => base.and_reads(PROGRESS | SLED),
+        // A vanish waits for its VMM to exist and not be reporting (nor, unless
+        // the findings are explored, be auto-restart's start under way).
+        Offer::Alternative if c.kind == ActorKind::Fault => {
+            base.and_reads(PROGRESS | SLED | RESTARTING)
+        }
         // A user's stop also waits out the instances auto-restart is about to start.
         Offer::Alternative => base.and_reads(PROGRESS | NEXUS | RESTARTING),
         Offer::Call | Offer::Done | Offer::TimedOut => base,

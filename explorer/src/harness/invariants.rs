@@ -16,7 +16,7 @@ use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState};
 use super::Names;
 
 /// The invariants: number, name, and what each says.
-pub const INVARIANTS: [(u8, &str, &str); 10] = [
+pub const INVARIANTS: [(u8, &str, &str); 11] = [
     (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished (or before it was registered)"),
     (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
@@ -27,6 +27,7 @@ pub const INVARIANTS: [(u8, &str, &str); 10] = [
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed, nor the scenario's wait for a state timed out (unless what would move it on lies past the bounds: a watcher pass after a vanish, a report to send again)"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
     (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once (local storage is allocated once per reservation on that promise), and by the end every reservation still held is its instance's active VMM's: a start that unwound and an update step that unlinked a VMM let go of theirs"),
+    (11, "restart-not-abandoned", "a start auto-restart began, on an instance meant to run, that fails and unwinds leaves the instance where auto-restart looks again, never stopped with its intent Running, which no later pass would find"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -368,8 +369,19 @@ impl Invariants {
                 }
             }
             InstanceChange::StartIntended => r.intent = Some(Asked::Running),
+            InstanceChange::StartUnwound { auto_restart: true } => {
+                if r.intent == Some(Asked::Running) {
+                    self.broke(11, step, || {
+                        format!(
+                            "{}'s auto-restart unwound and left it stopped, though it is meant to run",
+                            names().instance(id)
+                        )
+                    });
+                }
+            }
             // Reservations are rule 10's (`on_reservation`).
-            InstanceChange::Stopped
+            InstanceChange::StartUnwound { auto_restart: false }
+            | InstanceChange::Stopped
             | InstanceChange::Reserved { .. }
             | InstanceChange::Released { .. } => {}
         }
@@ -566,7 +578,8 @@ mod tests {
         assert!(invariant_text(7).contains("last request"));
         assert_eq!(invariant_name(3), "terminal-is-final");
         assert_eq!(invariant_name(10), "one-reservation-per-instance");
-        assert_eq!((invariant_text(11), invariant_name(11)), ("?", "?"));
+        assert_eq!(invariant_name(11), "restart-not-abandoned");
+        assert_eq!((invariant_text(12), invariant_name(12)), ("?", "?"));
         let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_text(*k)).collect();
         let names: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_name(*k)).collect();
         assert_eq!((texts.len(), names.len()), (INVARIANTS.len(), INVARIANTS.len()));
@@ -592,6 +605,23 @@ mod tests {
         let leaked = finished(ExternalState::Stopped);
         assert_eq!(check(&[reserved(VMM)], Some(leaked.clone())), [10]);
         assert_eq!(check(&[reserved(VMM), released(VMM)], Some(leaked)), [] as [u8; 0]);
+    }
+
+    #[test]
+    fn invariant_11_an_auto_restart_that_unwinds_to_stopped() {
+        let unwound = |auto_restart| inst(InstanceChange::StartUnwound { auto_restart });
+        let started = request(InstanceChange::StartRequested { auto_restart: false }, true);
+        let stopped = request(InstanceChange::StopRequested, true);
+        assert_eq!(check(&[started[0].clone(), started[1].clone(), unwound(true)], None), [11]);
+        // A user's own start that fails tells the user; one last stopped stays so.
+        assert_eq!(
+            check(&[started[0].clone(), started[1].clone(), unwound(false)], None),
+            [] as [u8; 0]
+        );
+        assert_eq!(
+            check(&[stopped[0].clone(), stopped[1].clone(), unwound(true)], None),
+            [] as [u8; 0]
+        );
     }
 
     #[test]

@@ -816,6 +816,7 @@ fn drive(
     );
     spawn(&pool, restart_id, &world.sched, Box::pin(fut));
     world.sched.set_fault_budget(config.faults);
+    world.sched.spare_restart(!config.findings);
     if config.user_ops > 0 {
         let id = world.sched.add_actor(ActorKind::User);
         let fut = script::user(
@@ -834,7 +835,7 @@ fn drive(
     if config.faults > 0 {
         let id = world.sched.add_actor(ActorKind::Fault);
         let fut = script::faults(
-            config.scenario,
+            (config.scenario, config.findings),
             Arc::clone(&world.sim),
             Arc::clone(&world.sched),
             Arc::clone(&world.progress),

@@ -200,6 +200,9 @@ struct Inner {
     next_ticket: u64,
     /// Faults the run may still inject (explored choices, bounded by `--faults`).
     faults_left: usize,
+    /// Auto-restart's calls take no fault: the `restart-unwound` finding's
+    /// window, left out unless `--findings`. Fixed for a run.
+    spare_restart: bool,
     /// The run is over: every call still parked goes through unscheduled, so a
     /// server thread blocked at a gate can finish and the servers can close.
     closed: bool,
@@ -285,6 +288,11 @@ impl Sched {
     /// How many faults the schedule may inject in this run.
     pub fn set_fault_budget(&self, n: usize) {
         self.lock().faults_left = n;
+    }
+
+    /// Whether auto-restart's calls are spared the faults the others may take.
+    pub fn spare_restart(&self, spare: bool) {
+        self.lock().spare_restart = spare;
     }
 
     pub fn add_actor(&self, kind: ActorKind) -> ActorId {
@@ -691,7 +699,11 @@ impl Sched {
             });
             return run(false).await;
         };
-        let faults = if inject.is_some() { faults } else { &[] };
+        let spared = {
+            let g = self.lock();
+            g.spare_restart && g.actors.get(actor).is_some_and(|a| a.kind == ActorKind::Restart)
+        };
+        let faults = if inject.is_some() && !spared { faults } else { &[] };
         let group = self.park(actor, [ToPark::call(call, wait, faults)]);
         let admitted = Admission { sched: Arc::clone(self), group }.await;
         let fault = admitted.and_then(|a| a.fault);

@@ -63,6 +63,9 @@ pub struct ScenarioProgress {
     /// Instances an auto-restart pass has listed and not yet tried to start: the
     /// window of the `restart-after-stop` finding.
     pub restarting: BTreeSet<InstanceUuid>,
+    /// The instance an auto-restart pass is starting, until its start returns:
+    /// the window of the `restart-unwound` finding.
+    pub restart_starting: Option<InstanceUuid>,
 }
 
 impl ScenarioProgress {
@@ -207,7 +210,7 @@ struct GatedDriver {
 /// scenario leave them out (a stop or reboot waits until the instance is out of
 /// the window), so a proof is scoped around them and says so; `--findings`
 /// explores them.
-pub const FINDINGS: [(&str, &str); 3] = [
+pub const FINDINGS: [(&str, &str); 4] = [
     (
         "stop-after-destroyed",
         "no stop or reboot is sent while the instance's VMM is recorded Destroyed but not yet unlinked by the update step (omicron sends it to the sled agent, which has forgotten the VMM and answers 404, and Nexus marks the VMM Failed)",
@@ -220,11 +223,16 @@ pub const FINDINGS: [(&str, &str); 3] = [
         "restart-after-stop",
         "no stop is sent while an auto-restart pass has found the instance Failed and not yet started it (omicron's reincarnation starts what its query found without reading the intended state again, so the instance runs though its user stopped it)",
     ),
+    (
+        "restart-unwound",
+        "nothing makes an auto-restart's start fail before it returns: no request of it is refused or lost, its VMM does not vanish, and no stop is sent to its instance (omicron's start saga then unwinds, and its own undo leaves the instance stopped, with its intent Running if it was or a user's start made it so, where no reincarnation query looks again: #9174)",
+    ),
 ];
 
 /// Whether a stop (`stop`) or reboot of an instance would land in the window of
 /// a known finding: its active VMM is recorded Destroyed (not yet unlinked), or
-/// still Creating; or, for a stop, an auto-restart pass is about to start it.
+/// still Creating; or, for a stop, an auto-restart pass is about to start it, or
+/// is starting it.
 fn in_finding_window(
     nexus: &Nexus,
     progress: &Mutex<ScenarioProgress>,
@@ -235,7 +243,8 @@ fn in_finding_window(
         nexus.active_vmm_state(id),
         Some(DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
     );
-    vmm || (stop && lock(progress).restarting.contains(&id))
+    let p = lock(progress);
+    vmm || (stop && (p.restarting.contains(&id) || p.restart_starting == Some(id)))
 }
 
 /// The scenario's stop's wait: until the instance is out of every finding's window.
@@ -571,7 +580,10 @@ pub(super) async fn restart(
             // An error is the step's answer; the pass goes on, as omicron's does.
             let start = || async {
                 lock(&progress).restarting.remove(&id);
-                n.reincarnate(id).await
+                lock(&progress).restart_starting = Some(id);
+                let r = n.reincarnate(id).await;
+                lock(&progress).restart_starting = None;
+                r
             };
             let _ = sched.gate(call, None, None, start, instance_answer).await;
         }
@@ -689,7 +701,7 @@ pub(super) async fn user(
 /// created vanishes from the sim without a report. Each spends one of the run's
 /// faults; when and which are the schedule's choices.
 pub(super) async fn faults(
-    kind: ScenarioKind,
+    (kind, findings): (ScenarioKind, bool),
     sim: Arc<super::Sim>,
     sched: Arc<Sched>,
     progress: Arc<Mutex<ScenarioProgress>>,
@@ -711,11 +723,14 @@ pub(super) async fn faults(
                         name,
                     ),
                     // Not while a report of it is under way: the VMM is lost
-                    // between reports, with nothing of it left in flight.
+                    // between reports, with nothing of it left in flight. Nor,
+                    // unless the findings are explored, while auto-restart is
+                    // starting it (the `restart-unwound` window).
                     wait: Some(Box::new(move || {
                         created(&p, name).is_some_and(|id| {
-                            s.upgrade()
-                                .is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
+                            (findings || lock(&p).restart_starting != Some(id))
+                                && s.upgrade()
+                                    .is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
                         })
                     })),
                     costs_fault: true,

@@ -1064,7 +1064,7 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     let (code, human, _) = xtask(&[&args[..], &["--invariant", "3"]].concat());
     assert_eq!(code, 1);
     assert!(human.contains("invariant 3 (") && human.contains(") did not break"), "{human}");
-    check_usage_error(&["explore", "--invariant", "11"]);
+    check_usage_error(&["explore", "--invariant", "12"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
