@@ -27,7 +27,7 @@ pub const INVARIANTS: [(u8, &str, &str); 11] = [
     (8, "terminates", "the run ends: no actor is left waiting for a call that can never proceed, nor the scenario's wait for a state timed out (unless what would move it on lies past the bounds: a watcher pass after a vanish, a report to send again)"),
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
     (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once (local storage is allocated once per reservation on that promise), and by the end every reservation still held is its instance's active VMM's: a start that unwound and an update step that unlinked a VMM let go of theirs"),
-    (11, "restart-not-abandoned", "a start auto-restart began, on an instance meant to run, that fails and unwinds leaves the instance where auto-restart looks again, never stopped with its intent Running, which no later pass would find"),
+    (11, "restart-not-abandoned", "a start auto-restart began on an instance meant to run that then fails and unwinds, with no stop asked for meanwhile, leaves the instance where auto-restart looks again, never stopped with its intent Running, which no later pass would find"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -123,6 +123,9 @@ struct Requests {
     /// records it as the intended state before it calls the sled agent, and
     /// auto-restart must honour it.
     intent: Option<Asked>,
+    /// An auto-restart began while the instance was meant to run, and no stop
+    /// was asked for since: its start failing is none of the user's doing.
+    restart_meant: bool,
 }
 
 impl Requests {
@@ -348,13 +351,17 @@ impl Invariants {
         let r = self.requests.entry(id).or_default();
         let stopped = r.stopped && !self.lost.contains(&id);
         match change {
-            InstanceChange::StopRequested => r.begin(Asked::Stopped),
+            InstanceChange::StopRequested => {
+                r.restart_meant = false;
+                r.begin(Asked::Stopped);
+            }
             InstanceChange::StartRequested { auto_restart: false }
             | InstanceChange::RebootRequested => r.begin(Asked::Running),
             InstanceChange::RequestEnded { ok } => r.end(ok),
             // Even a VMM that vanished does not excuse this one: a Failed
             // instance its user last asked to stop stays at rest.
             InstanceChange::StartRequested { auto_restart: true } => {
+                r.restart_meant = r.intent == Some(Asked::Running);
                 if r.intent == Some(Asked::Stopped) {
                     self.broke(7, step, || {
                         format!("{}, stopped by the user, was auto-restarted", names().instance(id))
@@ -370,7 +377,7 @@ impl Invariants {
             }
             InstanceChange::StartIntended => r.intent = Some(Asked::Running),
             InstanceChange::StartUnwound { auto_restart: true } => {
-                if r.intent == Some(Asked::Running) {
+                if std::mem::take(&mut r.restart_meant) {
                     self.broke(11, step, || {
                         format!(
                             "{}'s auto-restart unwound and left it stopped, though it is meant to run",
@@ -610,18 +617,19 @@ mod tests {
     #[test]
     fn invariant_11_an_auto_restart_that_unwinds_to_stopped() {
         let unwound = |auto_restart| inst(InstanceChange::StartUnwound { auto_restart });
-        let started = request(InstanceChange::StartRequested { auto_restart: false }, true);
-        let stopped = request(InstanceChange::StopRequested, true);
-        assert_eq!(check(&[started[0].clone(), started[1].clone(), unwound(true)], None), [11]);
-        // A user's own start that fails tells the user; one last stopped stays so.
-        assert_eq!(
-            check(&[started[0].clone(), started[1].clone(), unwound(false)], None),
-            [] as [u8; 0]
-        );
-        assert_eq!(
-            check(&[stopped[0].clone(), stopped[1].clone(), unwound(true)], None),
-            [] as [u8; 0]
-        );
+        let [start, ended] = request(InstanceChange::StartRequested { auto_restart: false }, true);
+        let restart = inst(InstanceChange::StartRequested { auto_restart: true });
+        let stop = inst(InstanceChange::StopRequested);
+        let none: [u8; 0] = [];
+        let meant = [start, ended];
+        assert_eq!(check(&[&meant[..], &[restart.clone(), unwound(true)]].concat(), None), [11]);
+        // A user's own start that fails tells the user; a stop asked for while
+        // auto-restart starts it is why it fails, and the user's to undo.
+        assert_eq!(check(&[&meant[..], &[unwound(false)]].concat(), None), none);
+        let stopped = [restart.clone(), stop, inst(InstanceChange::StartIntended), unwound(true)];
+        assert_eq!(check(&[&meant[..], &stopped[..]].concat(), None), none);
+        // Nor does an unwind count twice, or one before auto-restart began.
+        assert_eq!(check(&[&meant[..], &[unwound(true)]].concat(), None), none);
     }
 
     #[test]

@@ -225,14 +225,13 @@ pub const FINDINGS: [(&str, &str); 4] = [
     ),
     (
         "restart-unwound",
-        "nothing makes an auto-restart's start fail before it returns: no request of it is refused or lost, its VMM does not vanish, and no stop is sent to its instance (omicron's start saga then unwinds, and its own undo leaves the instance stopped, with its intent Running if it was or a user's start made it so, where no reincarnation query looks again: #9174)",
+        "no fault makes an auto-restart's start fail before it returns: no request of it is refused or lost, and its VMM does not vanish (omicron's start saga then unwinds, and its own undo leaves the instance stopped with its intent Running, where no reincarnation query looks again: #9174)",
     ),
 ];
 
 /// Whether a stop (`stop`) or reboot of an instance would land in the window of
 /// a known finding: its active VMM is recorded Destroyed (not yet unlinked), or
-/// still Creating; or, for a stop, an auto-restart pass is about to start it, or
-/// is starting it.
+/// still Creating; or, for a stop, an auto-restart pass is about to start it.
 fn in_finding_window(
     nexus: &Nexus,
     progress: &Mutex<ScenarioProgress>,
@@ -243,8 +242,7 @@ fn in_finding_window(
         nexus.active_vmm_state(id),
         Some(DbVmmState::Creating | DbVmmState::Reported(VmmState::Destroyed))
     );
-    let p = lock(progress);
-    vmm || (stop && (p.restarting.contains(&id) || p.restart_starting == Some(id)))
+    vmm || (stop && lock(progress).restarting.contains(&id))
 }
 
 /// The scenario's stop's wait: until the instance is out of every finding's window.
