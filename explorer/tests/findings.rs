@@ -29,7 +29,8 @@ fn an_auto_restart_that_unwinds_is_found_only_with_the_findings_open() {
     assert_eq!(verdict, Verdict::Violated);
     assert!(broken.contains(&(11, 13)), "{broken:?}");
     assert_eq!(search(false, (0, 2)), (Verdict::Clean, vec![]));
-    // At explore's defaults one fault cannot do both, and nothing else fails
-    // auto-restart's start: a stop meanwhile is the user's own doing.
+    // At explore's defaults one fault cannot do both, but another finding's
+    // window can fail the instance (a reboot's 404 after Destroyed).
+    assert!(search(true, (1, 1)).1.contains(&(11, 17)));
     assert_eq!(search(false, (1, 1)), (Verdict::Clean, vec![]));
 }

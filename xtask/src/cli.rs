@@ -241,7 +241,9 @@ struct ModelArgs {
     faults: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
     /// has too), which runs leave out by default: a stop or reboot may then
-    /// land while the instance's VMM is recorded Destroyed or still Creating.
+    /// land while the instance's VMM is recorded Destroyed or still Creating, a
+    /// stop while auto-restart is about to start the instance, and a fault on
+    /// auto-restart's start.
     #[arg(long)]
     findings: bool,
     /// Seed a known bug into the model (also to replay explore's counterexample).

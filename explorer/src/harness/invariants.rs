@@ -124,7 +124,9 @@ struct Requests {
     /// auto-restart must honour it.
     intent: Option<Asked>,
     /// An auto-restart began while the instance was meant to run, and no stop
-    /// was asked for since: its start failing is none of the user's doing.
+    /// was asked for since: its start failing is none of the user's doing. (A
+    /// stop that was refused, then a start, leave it cleared: a case of #9174
+    /// this rule lets pass.)
     restart_meant: bool,
 }
 
@@ -628,8 +630,14 @@ mod tests {
         assert_eq!(check(&[&meant[..], &[unwound(false)]].concat(), None), none);
         let stopped = [restart.clone(), stop, inst(InstanceChange::StartIntended), unwound(true)];
         assert_eq!(check(&[&meant[..], &stopped[..]].concat(), None), none);
-        // Nor does an unwind count twice, or one before auto-restart began.
+        // Nor does an unwind count twice, or one before auto-restart began; and
+        // auto-restart of an instance last stopped (the 2024 policy) breaks
+        // rule 7, not 11, when it unwinds.
         assert_eq!(check(&[&meant[..], &[unwound(true)]].concat(), None), none);
+        let stop_ended = inst(InstanceChange::RequestEnded { ok: true });
+        let last_stopped =
+            [inst(InstanceChange::StopRequested), stop_ended, restart, unwound(true)];
+        assert_eq!(check(&[&meant[..], &last_stopped[..]].concat(), None), [7]);
     }
 
     #[test]
