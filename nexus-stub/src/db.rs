@@ -275,6 +275,31 @@ impl Db {
         }
     }
 
+    /// A start saga's undo: its VMM row becomes SagaUnwound (and deleted: no
+    /// report lands on it), its reservation goes, and an instance it had linked
+    /// is left with no VMM, as omicron's undo of `sis_move_to_starting` leaves
+    /// it: stopped, whatever the start was for.
+    pub(crate) fn unwind_start(
+        &mut self,
+        instance_id: InstanceUuid,
+        propolis_id: PropolisUuid,
+        auto_restart: bool,
+    ) {
+        if let Some(vmm) = self.vmms.get_mut(&propolis_id) {
+            vmm.state = DbVmmState::SagaUnwound;
+            vmm.deleted = true;
+        }
+        self.release(propolis_id);
+        if let Some(inst) = self.instances.get_mut(&instance_id) {
+            if inst.propolis_id == Some(propolis_id) {
+                inst.propolis_id = None;
+                inst.state = InstanceState::NoVmm;
+                inst.gen = inst.gen.next();
+                self.log(instance_id, InstanceChange::StartUnwound { auto_restart });
+            }
+        }
+    }
+
     /// Hashes what decides future behaviour. Timestamps and the logs are left out;
     /// the one decision time enters (auto-restart's cooldown) depends only on how
     /// long is left of each cooldown at `now`, so that is hashed instead, and only

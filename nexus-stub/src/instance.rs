@@ -189,11 +189,8 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             db.vmms.get(&active).is_none_or(|v| v.state != DbVmmState::SagaUnwound)
         });
         if taken {
-            if let Some(vmm) = db.vmms.get_mut(&propolis_id) {
-                vmm.state = DbVmmState::SagaUnwound;
-                vmm.deleted = true;
-            }
-            db.release(propolis_id);
+            // Never linked, so the instance is left as the winner made it.
+            db.unwind_start(instance_id, propolis_id, reason == StartReason::AutoRestart);
             info!(self.log, "start lost to another; unwound";
                 "instance_id" => %instance_id, "propolis_id" => %propolis_id);
             return Err(NexusError::InstanceChangedState { instance_id });
@@ -325,30 +322,14 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         }
     }
 
-    /// A start that failed after its link: the VMM row becomes SagaUnwound and
-    /// the instance goes back to having no VMM, as omicron's undo of
-    /// `sis_move_to_starting` leaves it: stopped, whatever the start was for.
+    /// A start that failed after its link, undone (`Db::unwind_start`).
     fn unwind_start(
         &self,
         instance_id: InstanceUuid,
         propolis_id: PropolisUuid,
         reason: StartReason,
     ) {
-        let mut db = self.db();
-        if let Some(vmm) = db.vmms.get_mut(&propolis_id) {
-            vmm.state = DbVmmState::SagaUnwound;
-            vmm.deleted = true;
-        }
-        db.release(propolis_id);
-        if let Some(inst) = db.instances.get_mut(&instance_id) {
-            if inst.propolis_id == Some(propolis_id) {
-                inst.propolis_id = None;
-                inst.state = InstanceState::NoVmm;
-                inst.gen = inst.gen.next();
-                let auto_restart = reason == StartReason::AutoRestart;
-                db.log(instance_id, InstanceChange::StartUnwound { auto_restart });
-            }
-        }
+        self.db().unwind_start(instance_id, propolis_id, reason == StartReason::AutoRestart);
     }
 
     /// Logs that a user's request, if it got as far as logging itself, returned;

@@ -250,8 +250,11 @@ impl Invariants {
             }
             Event::Write(w) => self.on_write(step, &w, names),
             Event::Instance(InstanceEvent { instance_id, change }) => match change {
-                InstanceChange::Reserved { .. } | InstanceChange::Released { .. } => {
-                    self.on_reservation(step, instance_id, change, names);
+                InstanceChange::Reserved { propolis_id } => {
+                    self.on_reserved(step, instance_id, propolis_id, names);
+                }
+                InstanceChange::Released { propolis_id } => {
+                    self.reservations.remove(&propolis_id);
                 }
                 _ => self.on_instance(step, instance_id, change, names),
             },
@@ -313,34 +316,26 @@ impl Invariants {
     }
 
     /// Rule 10: a reservation for an instance that holds one already.
-    fn on_reservation(
+    fn on_reserved(
         &mut self,
         step: usize,
         id: InstanceUuid,
-        change: InstanceChange,
+        propolis_id: PropolisUuid,
         names: &dyn Fn() -> Names,
     ) {
-        match change {
-            InstanceChange::Reserved { propolis_id } => {
-                let held = self.reservations.iter().find(|(_, i)| **i == id).map(|(v, _)| *v);
-                if let Some(held) = held {
-                    self.broke(10, step, || {
-                        let n = names();
-                        format!(
-                            "{} was reserved for {} while {} held a reservation",
-                            n.vmm(propolis_id),
-                            n.instance(id),
-                            n.vmm(held)
-                        )
-                    });
-                }
-                self.reservations.insert(propolis_id, id);
-            }
-            InstanceChange::Released { propolis_id } => {
-                self.reservations.remove(&propolis_id);
-            }
-            _ => {}
+        let held = self.reservations.iter().find(|(_, i)| **i == id).map(|(v, _)| *v);
+        if let Some(held) = held {
+            self.broke(10, step, || {
+                let n = names();
+                format!(
+                    "{} was reserved for {} while {} held a reservation",
+                    n.vmm(propolis_id),
+                    n.instance(id),
+                    n.vmm(held)
+                )
+            });
         }
+        self.reservations.insert(propolis_id, id);
     }
 
     fn on_instance(
@@ -388,7 +383,7 @@ impl Invariants {
                     });
                 }
             }
-            // Reservations are rule 10's (`on_reservation`).
+            // Reservations are rule 10's (`on`, `on_reserved`).
             InstanceChange::StartUnwound { auto_restart: false }
             | InstanceChange::Stopped
             | InstanceChange::Reserved { .. }

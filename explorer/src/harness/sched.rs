@@ -597,6 +597,9 @@ impl Sched {
             .collect();
         let mut g = self.lock();
         let group = g.next_ticket + 1;
+        // Auto-restart's calls are offered no fault while it is spared.
+        let spared =
+            g.spare_restart && g.actors.get(actor).is_some_and(|a| a.kind == ActorKind::Restart);
         for (alt, (p, basis)) in alts.into_iter().enumerate() {
             g.next_ticket += 1;
             let ticket = g.next_ticket;
@@ -607,7 +610,7 @@ impl Sched {
                 actor,
                 call: p.call,
                 offer: p.offer,
-                faults: p.faults,
+                faults: if spared { &[] } else { p.faults },
                 costs_fault: p.costs_fault,
                 fault: None,
                 released: None,
@@ -699,11 +702,7 @@ impl Sched {
             });
             return run(false).await;
         };
-        let spared = {
-            let g = self.lock();
-            g.spare_restart && g.actors.get(actor).is_some_and(|a| a.kind == ActorKind::Restart)
-        };
-        let faults = if inject.is_some() && !spared { faults } else { &[] };
+        let faults = if inject.is_some() { faults } else { &[] };
         let group = self.park(actor, [ToPark::call(call, wait, faults)]);
         let admitted = Admission { sched: Arc::clone(self), group }.await;
         let fault = admitted.and_then(|a| a.fault);

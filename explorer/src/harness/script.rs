@@ -577,8 +577,11 @@ pub(super) async fn restart(
             };
             // An error is the step's answer; the pass goes on, as omicron's does.
             let start = || async {
-                lock(&progress).restarting.remove(&id);
-                lock(&progress).restart_starting = Some(id);
+                {
+                    let mut p = lock(&progress);
+                    p.restarting.remove(&id);
+                    p.restart_starting = Some(id);
+                }
                 let r = n.reincarnate(id).await;
                 lock(&progress).restart_starting = None;
                 r
