@@ -156,6 +156,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         instance_id: InstanceUuid,
         reason: StartReason,
     ) -> Result<Started, NexusError> {
+        let auto_restart = reason == StartReason::AutoRestart;
         let mut db = self.db();
         if !db.instances.contains_key(&instance_id) {
             return Err(NexusError::NoSuchInstance { instance_id });
@@ -190,7 +191,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         });
         if taken {
             // Never linked, so the instance is left as the winner made it.
-            db.unwind_start(instance_id, propolis_id, reason == StartReason::AutoRestart);
+            db.unwind_start(instance_id, propolis_id, auto_restart);
             info!(self.log, "start lost to another; unwound";
                 "instance_id" => %instance_id, "propolis_id" => %propolis_id);
             return Err(NexusError::InstanceChangedState { instance_id });
@@ -198,7 +199,6 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         inst.state = InstanceState::Vmm;
         inst.propolis_id = Some(propolis_id);
         inst.gen = inst.gen.next();
-        let auto_restart = reason == StartReason::AutoRestart;
         if auto_restart {
             inst.auto_restarts += 1;
             inst.time_last_auto_restarted = Some(now);
