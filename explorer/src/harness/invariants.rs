@@ -13,6 +13,7 @@ use nexus_stub::{DbVmmState, ExternalState, InstanceChange, InstanceEvent, VmmWr
 use serde::Serialize;
 use sled_agent_api::{Generation, InstanceUuid, PropolisUuid, VmmState};
 
+use super::sched::RowProbe;
 use super::Names;
 
 /// The invariants: number, name, and what each says.
@@ -198,13 +199,34 @@ impl Invariants {
 
     /// Feeds everything the rules remember into `h`: two runs that agree here and
     /// everywhere else are judged the same from now on.
-    pub fn hash_state<H: Hasher>(&self, h: &mut H) {
+    /// `rows` is Nexus's rows as the fingerprint weighs them (`RowProbe`).
+    pub fn hash_state<H: Hasher>(&self, h: &mut H, rows: RowProbe<'_>) {
         self.stored.hash(h);
         self.unacked.hash(h);
         self.terminal.hash(h);
-        self.vanished.hash(h);
+        // A listing of a vanished VMM at a generation its row has since passed
+        // can never be the row's generation at the end (rows never lose
+        // generations), so rule 6 can no longer break on it, whether the check
+        // was told "gone" or not: it weighs as no listing, which a later
+        // listing replaces alike.
+        h.write_usize(self.vanished.len());
+        for (&vmm, &(listed, told)) in &self.vanished {
+            let passed = listed.is_some_and(|g| rows(vmm).is_some_and(|(now, _)| now > g.as_u64()));
+            (vmm, if passed { (None, false) } else { (listed, told) }).hash(h);
+        }
         self.lost.hash(h);
-        self.requests.hash(h);
+        // Of an instance one of whose VMMs vanished, rule 7 weighs only what
+        // its user last meant (auto-restart must honour it even then), and
+        // rule 11 whether a restart was meant: what its requests asked, and
+        // whether they ended, is judged no more.
+        h.write_usize(self.requests.len());
+        for (id, r) in &self.requests {
+            if self.lost.contains(id) {
+                (id, r.intent, r.restart_meant).hash(h);
+            } else {
+                (id, r).hash(h);
+            }
+        }
         self.reservations.hash(h);
         self.environment.hash(h);
         self.timed_out.hash(h);
@@ -820,12 +842,17 @@ mod tests {
     }
 
     fn hash_after(events: &[Event]) -> u64 {
+        hash_with_row_at(events, 4)
+    }
+
+    /// The hash after `events`, with Nexus's row of every VMM at `gen`.
+    fn hash_with_row_at(events: &[Event], gen: u64) -> u64 {
         let mut inv = Invariants::default();
         for e in events {
             inv.on(1, e, &Names::default);
         }
         let mut h = std::hash::DefaultHasher::new();
-        inv.hash_state(&mut h);
+        inv.hash_state(&mut h, &|_| Some((gen, false)));
         h.finish()
     }
 
@@ -860,6 +887,26 @@ mod tests {
         assert_ne!(
             hash_after(&[vanished()]),
             hash_after(&[vanished(), Event::Listed(vec![(VMM, g(4))])])
+        );
+        // A listing at a generation the row has since passed can no longer break
+        // rule 6, told "gone" or not: it weighs as no listing. At the row's
+        // generation it still can.
+        let listed_at_3 = [vanished(), Event::Listed(vec![(VMM, g(3))])];
+        let told_at_3 = [&listed_at_3[..], &[Event::WatcherSawGone { vmm: VMM }]].concat();
+        for events in [&listed_at_3[..], &told_at_3[..]] {
+            assert_eq!(hash_with_row_at(events, 4), hash_with_row_at(&[vanished()], 4));
+            assert_ne!(hash_with_row_at(events, 3), hash_with_row_at(&[vanished()], 3));
+        }
+        // Of an instance that lost a VMM, only what its user meant weighs.
+        let lost = |change| [vanished(), inst(InstanceChange::StopRequested), inst(change)];
+        let (ok, failed) =
+            (InstanceChange::RequestEnded { ok: true }, InstanceChange::RequestEnded { ok: false });
+        assert_eq!(hash_after(&lost(ok)), hash_after(&lost(failed)));
+        let kept = |change| [inst(InstanceChange::StopRequested), inst(change)];
+        assert_ne!(hash_after(&kept(ok)), hash_after(&kept(failed)));
+        assert_ne!(
+            hash_after(&[vanished(), inst(InstanceChange::StartIntended)]),
+            hash_after(&[vanished(), inst(InstanceChange::StopRequested)])
         );
         // A stale write, or a listing with nothing vanished, leaves nothing to remember.
         let listed = Event::Listed(vec![(VMM, g(4))]);

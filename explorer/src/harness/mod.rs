@@ -426,7 +426,7 @@ impl World {
         self.sim.hash_state(h);
         self.sched.hash_actors(h, &|vmm| self.row_probe(vmm));
         self.progress().hash_state(h);
-        observer.hash_state(h);
+        observer.hash_state(h, &|vmm| self.row_probe(vmm));
     }
 
     /// A VMM's row as the fingerprint weighs it (`sched::RowProbe`).

@@ -42,8 +42,8 @@ impl Observer {
     }
 
     /// Feeds the history the invariants depend on into `h`.
-    pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.invariants.hash_state(h);
+    pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H, rows: super::sched::RowProbe<'_>) {
+        self.invariants.hash_state(h, rows);
     }
 
     pub fn check(&mut self, world: &World) {
