@@ -169,7 +169,9 @@ pub struct Invariants {
     /// last listed each at, and whether that pass's check then got NoSuchVmm (a
     /// refused or inconclusive check writes nothing, rightly).
     vanished: BTreeMap<PropolisUuid, (Option<Generation>, bool)>,
-    /// Instances one of whose VMMs vanished: rule 7 no longer applies to them.
+    /// Instances one of whose VMMs vanished: rule 7 no longer judges their
+    /// requests' outcomes, only auto-restart against their intent. Never
+    /// shrinks, which `hash_state` relies on.
     lost: BTreeSet<InstanceUuid>,
     /// Per instance, its user requests.
     requests: BTreeMap<InstanceUuid, Requests>,
@@ -208,7 +210,8 @@ impl Invariants {
         // can never be the row's generation at the end (rows never lose
         // generations), so rule 6 can no longer break on it, whether the check
         // was told "gone" or not: it weighs as no listing, which a later
-        // listing replaces alike.
+        // listing replaces alike. `rows` knows no row when generations are not
+        // checked (`World::row_probe`): a row may then go back, and nothing merges.
         h.write_usize(self.vanished.len());
         for (&vmm, &(listed, told)) in &self.vanished {
             let passed = listed.is_some_and(|g| rows(vmm).is_some_and(|(now, _)| now > g.as_u64()));
@@ -847,12 +850,16 @@ mod tests {
 
     /// The hash after `events`, with Nexus's row of every VMM at `gen`.
     fn hash_with_row_at(events: &[Event], gen: u64) -> u64 {
+        hash_with_rows(events, &|_| Some((gen, false)))
+    }
+
+    fn hash_with_rows(events: &[Event], rows: RowProbe<'_>) -> u64 {
         let mut inv = Invariants::default();
         for e in events {
             inv.on(1, e, &Names::default);
         }
         let mut h = std::hash::DefaultHasher::new();
-        inv.hash_state(&mut h, &|_| Some((gen, false)));
+        inv.hash_state(&mut h, rows);
         h.finish()
     }
 
@@ -908,6 +915,18 @@ mod tests {
             hash_after(&[vanished(), inst(InstanceChange::StartIntended)]),
             hash_after(&[vanished(), inst(InstanceChange::StopRequested)])
         );
+        // Whether an auto-restart was meant still weighs (rule 11): both meant to
+        // run, one with auto-restart under way.
+        let meant = |last| [inst(InstanceChange::StartIntended), vanished(), inst(last)];
+        assert_ne!(
+            hash_after(&meant(InstanceChange::StartRequested { auto_restart: true })),
+            hash_after(&meant(InstanceChange::StartIntended))
+        );
+        // Without generation checks a row may go back to the listed generation:
+        // nothing is merged.
+        let unchecked = |events: &[Event]| hash_with_rows(events, &|_| None);
+        assert_ne!(unchecked(&listed_at_3), unchecked(&[vanished()]));
+        assert_ne!(unchecked(&told_at_3), unchecked(&[vanished()]));
         // A stale write, or a listing with nothing vanished, leaves nothing to remember.
         let listed = Event::Listed(vec![(VMM, g(4))]);
         assert_eq!(hash_after(&[write(VmmState::Failed, 7, 7, false), listed]), base);
