@@ -194,7 +194,9 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         // A Nexus handler's (or update step's, or auto-restart's) call to the sled
         // agent: the handler goes on once it answers, and may mark the VMM failed
         // and run the update step.
-        VmmRegister | VmmUnregister | VmmPutState | VmmGetState => Footprint::rw(NEXUS | SLED),
+        VmmRegister | VmmUnregister | VmmPutState | VmmGetState => {
+            Footprint::rw(VMMS | INSTANCES | SLED)
+        }
         // The sim steps, then parks its report (or fails at once, and its caller
         // goes on): a poke waits while another of the same VMM reports.
         VmmPoke => Footprint::rw(SLED),
@@ -241,9 +243,7 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
             base.and_writes(PROGRESS).and_reads(RESTARTING)
         }
         ActorKind::Scenario => base.and_writes(PROGRESS),
-        // Between operations it reads which instances exist and what Nexus
-        // holds of them (its alternatives wait on both).
-        ActorKind::User => base.and_reads(PROGRESS | NEXUS),
+        ActorKind::User => base,
         ActorKind::Watcher | ActorKind::Check(_) => base.and_writes(PASS),
         // A pass notes what it found, and each start crosses one off.
         ActorKind::Restart => base.and_writes(RESTARTING),
@@ -439,9 +439,17 @@ mod tests {
         let scenario_report = Choice { actor: 0, kind: ActorKind::Scenario, ..report };
         assert!(!independent(&scenario_report, &update, &Unknown));
         assert!(independent(&scenario_report, &update, &ALL_STALE));
-        // A user's code reads Nexus between its calls, stale report or not.
+        // The scenario's wait reads what the update step writes, stale or not.
         assert!(!independent(&wait, &update, &ALL_STALE));
-        assert!(!independent(&report, &update, &ALL_STALE));
+        // A user's stale report leaves only the sim to go on, and the user's own
+        // code reads nothing of Nexus until it picks its next operation: that
+        // pick (an alternative) is what reads Nexus.
+        assert!(independent(&report, &update, &ALL_STALE));
+        let pick = Choice {
+            offer: Offer::Alternative,
+            ..choice(4, ActorKind::User, CallKind::InstanceStop, Component::User)
+        };
+        assert!(!independent(&pick, &update, &ALL_STALE));
         // The sim still goes on after a stale report: it meets the sim's steps.
         let poke = choice(5, ActorKind::Scenario, CallKind::VmmPoke, Component::Scenario);
         assert!(!independent(&report, &poke, &ALL_STALE));
