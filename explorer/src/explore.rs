@@ -644,7 +644,9 @@ impl Trail {
             segments.push(&t.steps);
             at = t.parent.as_deref();
         }
-        segments.into_iter().rev().flatten().copied().collect()
+        let mut steps = Vec::with_capacity(segments.iter().map(|s| s.len()).sum());
+        steps.extend(segments.into_iter().rev().flatten().copied());
+        steps
     }
 }
 
@@ -1488,7 +1490,7 @@ impl<'a> Search<'a> {
     fn work_until_done(&self) {
         while let Some(work) = self.next() {
             let Work { prefix, trail, last, preemptions, observed, sleep } = work;
-            let at = prefix.len().saturating_sub(1);
+            let (at, prefix_len) = (prefix.len().saturating_sub(1), prefix.len());
             let mut dfs = Dfs {
                 observed: observed.map(|o| (at, o)),
                 prefix,
@@ -1502,7 +1504,8 @@ impl<'a> Search<'a> {
                 proof: self.phase == Phase::Proof,
                 preemptions,
                 last,
-                path: Vec::new(),
+                // Room for the prefix and the steps after it, without regrowing.
+                path: Vec::with_capacity(prefix_len + 32),
                 visited: &self.visited,
                 situations: self.situations.as_ref(),
                 collisions: 0,
