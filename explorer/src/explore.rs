@@ -577,6 +577,19 @@ impl Frontier {
         }
     }
 
+    /// Whether a schedule is better kept by the thread that pushed it, which
+    /// runs it next while its path is warm: a preempted one, unless the order
+    /// is shuffled (the shuffle must reach every schedule).
+    fn keeps_local(&self, work: &Work) -> bool {
+        work.preemptions > 0 && self.shuffle.is_none()
+    }
+
+    fn pop_unpreempted(&mut self) -> Option<Work> {
+        let work = self.unpreempted.pop()?;
+        self.len -= 1;
+        Some(work)
+    }
+
     fn pop(&mut self) -> Option<Work> {
         let stack =
             if self.unpreempted.is_empty() { &mut self.preempted } else { &mut self.unpreempted };
@@ -1488,7 +1501,10 @@ impl<'a> Search<'a> {
     }
 
     fn work_until_done(&self) {
-        while let Some(work) = self.next() {
+        // This thread's own preempted schedules, depth first (see `next`).
+        let mut local = Vec::new();
+        let mut done = None;
+        while let Some(work) = self.next(&mut local, done.take()) {
             let Work { prefix, trail, last, preemptions, observed, sleep } = work;
             let (at, prefix_len) = (prefix.len().saturating_sub(1), prefix.len());
             let mut dfs = Dfs {
@@ -1518,21 +1534,41 @@ impl<'a> Search<'a> {
             };
             let outcome = harness::run_outcome(&self.run, &mut dfs);
             self.record(&mut dfs, outcome);
-            let mut q = lock(&self.queue);
-            for p in dfs.pushed {
-                q.frontier.push(p);
-            }
-            q.busy -= 1;
-            let wake = q.idle > 0;
-            drop(q);
-            if wake {
-                self.wake.notify_all();
-            }
+            done = Some(dfs.pushed);
         }
     }
 
-    fn next(&self) -> Option<Work> {
+    /// Hands back what the run just done pushed (`done`), then takes the next
+    /// schedule: an unpreempted one first, then this thread's own, last pushed
+    /// first, then one another thread gave up. A thread keeps its preempted
+    /// schedules to itself, so it replays paths it has just run, and gives the
+    /// older half away only while another thread waits for work. Handing back
+    /// and taking happen under one lock: a thread holding schedules of its own
+    /// is never counted idle, so no other thread can take the search for done.
+    fn next(&self, local: &mut Vec<Work>, done: Option<Vec<Work>>) -> Option<Work> {
         let mut q = lock(&self.queue);
+        if let Some(pushed) = done {
+            q.busy -= 1;
+            for mut work in pushed {
+                if q.frontier.keeps_local(&work) {
+                    if local.len() >= OBSERVED_ITEMS {
+                        work.observed = None;
+                    }
+                    local.push(work);
+                } else {
+                    q.frontier.push(work);
+                }
+            }
+            if q.idle > 0 && local.len() > 1 {
+                let half = local.len() / 2;
+                for work in local.drain(..half) {
+                    q.frontier.push(work);
+                }
+            }
+            if q.idle > 0 && q.frontier.len > 0 {
+                self.wake.notify_all();
+            }
+        }
         loop {
             if q.stopped {
                 return None;
@@ -1549,9 +1585,11 @@ impl<'a> Search<'a> {
                 let over = |t: Duration| elapsed >= t / share;
                 self.cfg.max_time.filter(|&t| over(t)).map(Truncation::TimeCap)
             };
-            match (q.frontier.pop(), cap) {
+            let work = q.frontier.pop_unpreempted().or_else(|| local.pop());
+            match (work.or_else(|| q.frontier.pop()), cap) {
                 (Some(_), Some(t)) => {
                     q.truncated = Some(t);
+                    local.clear();
                     return self.stop(q);
                 }
                 (Some(work), None) => {
