@@ -862,7 +862,9 @@ fn drive(
         // feeding a replayed prefix's events in one batch gives another order.
         // A chooser that carries the observer an earlier run of its prefix had
         // hands it over instead (`Chooser::watch`).
-        match chooser.watch(world.sched.steps_len()) {
+        // Nothing below releases a call before the chooser's turn.
+        let step = world.sched.steps_len();
+        match chooser.watch(step) {
             Watch::Check => observer.check(&world),
             Watch::Skip => {}
             Watch::Take(o) => observer = *o,
@@ -870,18 +872,16 @@ fn drive(
         if let Some(snapshots) = snapshots.as_deref_mut() {
             // Taken once per step, after all its effects: the state after step
             // `snapshots.len()` (the first is the state before any).
-            if snapshots.len() <= world.sched.steps_len() {
+            if snapshots.len() <= step {
                 snapshots.push(world.snapshot());
             }
             if let Some(log) = &sched_log {
                 log_answered(log, &world, &mut logged);
             }
         }
-        let step = world.sched.steps_len();
         if step < config.max_steps {
             if let Some((ticket, fault)) = chooser.replay(step) {
-                world.sched.release(ticket, fault);
-                if world.sched.steps_len() == step {
+                if !world.sched.release(ticket, fault) {
                     // Refused (and recorded): the same steps park the same
                     // tickets, so the run is not the one the chooser replays.
                     return Err(RunError::Schedule(ScheduleError::Mismatch {
@@ -902,7 +902,6 @@ fn drive(
                 RunEnd::Deadlock(world.sched.unfinished())
             };
         }
-        let step = world.sched.steps_len();
         if step >= config.max_steps {
             break RunEnd::StepBound(config.max_steps);
         }
@@ -924,6 +923,7 @@ fn drive(
                 enabled: format!("{} choices", enabled.len()),
             }));
         };
+        // A refusal is recorded as a harness error, which fails the run.
         world.sched.release(choice.ticket, choice.fault);
     };
     chooser.finish(world.sched.steps_len())?;

@@ -548,14 +548,17 @@ impl Sched {
 
     /// Lets one parked call go, with `fault` injected if given; it becomes the next
     /// step. The other alternatives of its offer are withdrawn.
-    pub fn release(&self, ticket: u64, fault: Option<Fault>) {
+    /// Lets the call parked under `ticket` through, with `fault`, as the next
+    /// step. False if it was refused (no such call waits, or the fault is not
+    /// one it may meet): the refusal is recorded as a harness error.
+    pub fn release(&self, ticket: u64, fault: Option<Fault>) -> bool {
         let writes_from = self.probes.get().and_then(|p| p.writes.as_ref()).map_or(0, |w| w());
         let mut g = self.lock();
         let g = &mut *g;
         let Some(p) = g.parked.iter_mut().find(|p| p.ticket == ticket && p.released.is_none())
         else {
             g.errors.push(HarnessError::UnknownTicket { ticket });
-            return;
+            return false;
         };
         if fault.is_some_and(|f| !p.faults.contains(&f)) || (fault.is_some() && g.faults_left == 0)
         {
@@ -563,7 +566,7 @@ impl Sched {
                 call: p.call.kind.label(),
                 fault: fault.map_or("none", Fault::label),
             });
-            return;
+            return false;
         }
         let timed_out = p.waiting_for_state();
         let (actor, call) = (p.actor, p.call);
@@ -587,6 +590,7 @@ impl Sched {
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
     /// Parks `alts` as one group; returns its id (the first ticket).
@@ -1117,15 +1121,18 @@ mod tests {
         // Released with a fault: the budget is spent, and with the call gone only
         // alternatives are left, so the offer's `done` is enabled.
         let t = s.lock().parked[0].ticket;
-        s.release(t, Some(Fault::Timeout));
+        assert!(s.release(t, Some(Fault::Timeout)));
         assert_eq!(s.lock().faults_left, 0);
         assert_eq!(s.steps()[0].fault, Some(Fault::Timeout));
         assert_eq!(kinds(&s), [(1, Alternative, None), (1, Alternative, None), (1, Done, None)]);
         // A fault the call does not allow, or one past the budget, is refused.
-        s.release(group + 1, Some(Fault::Unavailable));
+        assert!(!s.release(group + 1, Some(Fault::Unavailable)));
         assert_eq!(s.errors().len(), 1, "{:?}", s.errors());
         // Releasing one alternative withdraws the rest of its offer.
-        s.release(group + 1, None);
+        assert!(s.release(group + 1, None));
+        // No call waits under that ticket any more.
+        assert!(!s.release(group + 1, None));
+        assert_eq!(s.errors().len(), 2, "{:?}", s.errors());
         let left: Vec<_> =
             s.lock().parked.iter().map(|p| (p.group, p.released.is_some())).collect();
         assert_eq!(left, [(1, true), (group, true)]);
