@@ -584,7 +584,12 @@ impl Frontier {
         work.preemptions > 0 && self.shuffle.is_none()
     }
 
+    /// The last unpreempted schedule pushed; none while the order is shuffled
+    /// (`pop` then shuffles them too).
     fn pop_unpreempted(&mut self) -> Option<Work> {
+        if self.shuffle.is_some() {
+            return None;
+        }
         let work = self.unpreempted.pop()?;
         self.len -= 1;
         Some(work)
@@ -669,7 +674,8 @@ impl Trail {
 /// the path at hand, but the unpreempted schedules, which run first, leave their
 /// preempted siblings waiting, and an observer per branching point (a few
 /// hundred bytes to a few kilobytes) would grow with them: this bounds what
-/// they add.
+/// they add, in the shared frontier and over the threads' own schedules
+/// (`Search::next`), each thread holding its share.
 const OBSERVED_ITEMS: usize = 1 << 15;
 
 /// Follows `prefix`, then explores: at each new situation it lets the actor that
@@ -1551,7 +1557,9 @@ impl<'a> Search<'a> {
             q.busy -= 1;
             for mut work in pushed {
                 if q.frontier.keeps_local(&work) {
-                    if local.len() >= OBSERVED_ITEMS {
+                    // Each thread's share of the bound, so all of them together
+                    // hold no more observers than one frontier would.
+                    if local.len() >= OBSERVED_ITEMS / self.cfg.threads.max(1) {
                         work.observed = None;
                     }
                     local.push(work);

@@ -550,7 +550,6 @@ mod tests {
         // A listing reads every VMM row, whichever instance the write is about.
         let list = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
         check(&list, &on(report, 2), false);
-        // Two starts mint ids: in the other order each gets the other's.
         // Two starts mint ids: in the other order each gets the other's. Two
         // stops mint none. (Update steps' kind adds no part of its own.)
         let start = |actor, n: u128| {
@@ -563,6 +562,46 @@ mod tests {
             |c: Choice| Choice { call: Call { kind: CallKind::InstanceStop, ..c.call }, ..c };
         check(&stop(start(6, 1)), &stop(start(7, 2)), true);
         check(&stop(start(6, 1)), &stop(start(7, 1)), false);
+    }
+
+    #[test]
+    fn disks_meet_only_disk_steps_and_a_users_calls_meet_only_their_instance() {
+        let about = |c: Choice, n: u128| {
+            let arg = Arg::Instance(InstanceUuid::from_u128(n));
+            Choice { call: Call { arg, ..c.call }, ..c }
+        };
+        let on = |c: Choice, n: u128| Choice {
+            call: Call { vmm: Some(sled_agent_api::PropolisUuid::from_u128(n)), ..c.call },
+            ..c
+        };
+        let check = |a: &Choice, b: &Choice, want: bool| {
+            assert_eq!(independent(a, b, &ByVmm), want, "{:?} / {:?}", a, b);
+            assert_eq!(independent(b, a, &ByVmm), want, "symmetric");
+        };
+        let attach =
+            about(choice(0, ActorKind::Scenario, CallKind::DiskAttach, Component::Scenario), 2);
+        let create = choice(0, ActorKind::Scenario, CallKind::DiskCreate, Component::Scenario);
+        // A Nexus handler's call to the sled agent, and the code after it up to
+        // its caller's next gate, never touch disks.
+        let restart_put = choice(5, ActorKind::Restart, CallKind::VmmPutState, Component::Nexus);
+        check(&on(restart_put, 1), &attach, true);
+        check(&on(restart_put, 1), &create, true);
+        // About the attached instance, it meets the attach's read of its rows.
+        check(&on(restart_put, 2), &attach, false);
+        // A user's calls read nothing of Nexus or the scenario's progress
+        // between them: its stop's call to the sled agent, and its poke, meet
+        // the attach only through their own instance's rows.
+        let user_put = choice(4, ActorKind::User, CallKind::VmmPutState, Component::Nexus);
+        check(&on(user_put, 1), &attach, true);
+        check(&on(user_put, 2), &attach, false);
+        let poke = choice(4, ActorKind::User, CallKind::VmmPoke, Component::User);
+        check(&on(poke, 1), &attach, true);
+        // Its pick of the next operation reads which instances the scenario made.
+        let pick = Choice {
+            offer: Offer::Alternative,
+            ..about(choice(4, ActorKind::User, CallKind::InstanceStop, Component::User), 1)
+        };
+        check(&pick, &attach, false);
     }
 
     #[test]
