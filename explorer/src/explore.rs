@@ -43,6 +43,7 @@ use crate::harness::step::{
 use crate::harness::{self, HarnessError, RunConfig, RunEnd, RunError, RunResult};
 
 mod canonical;
+mod pool;
 pub mod reduction;
 
 use reduction::Sleeper;
@@ -163,9 +164,13 @@ impl Split {
     }
 }
 
-/// Every core this process may use (1 if that cannot be told).
+/// Every core this process may use (1 if that cannot be told), asked once: std
+/// reads the cgroup's files to tell, a dozen system calls that cost a small
+/// search (stop-race's 64 runs) about a third of its time when asked per search.
 pub fn all_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 impl ExploreConfig {
@@ -1179,24 +1184,19 @@ fn search(
     (before, lens): ((usize, Duration), BestLens),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Searched, RunError> {
-    let search = Search::new(cfg, phase, before, lens);
-    std::thread::scope(|scope| {
-        let mut spawned = 0;
-        for _ in 0..cfg.threads.max(1) {
-            // The components' futures nest deeply when polled; give them the main
-            // thread's stack size.
-            let worker = std::thread::Builder::new()
-                .stack_size(8 << 20)
-                .spawn_scoped(scope, || search.work());
-            spawned += usize::from(worker.is_ok());
-        }
-        if spawned == 0 {
-            // No thread could be had: search on this one, without progress reports.
-            search.work();
-        } else {
-            search.report_until_done(progress);
-        }
-    });
+    let search = Arc::new(Search::new(cfg, phase, before, lens));
+    let workers = {
+        let search = Arc::clone(&search);
+        pool::run(cfg.threads.max(1), move || search.work())
+    };
+    if workers.started() == 0 {
+        // No thread could be had: search on this one, without progress reports.
+        search.work();
+    } else {
+        search.report_until_done(progress);
+    }
+    workers.wait();
+    let search = Arc::into_inner(search).ok_or(RunError::Harness(HarnessError::Panicked))?;
     let Search { visited, best, queue, tally, .. } = search;
     let queue = queue.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -1414,8 +1414,8 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
 
 /// What the search's threads share: the frontier, the visited set, the best
 /// lengths, and the tallies.
-struct Search<'a> {
-    cfg: &'a ExploreConfig,
+struct Search {
+    cfg: ExploreConfig,
     phase: Phase,
     /// Runs and time earlier phases spent: they count against the caps.
     before: (usize, Duration),
@@ -1463,9 +1463,9 @@ struct Tally {
     end_states: std::collections::BTreeSet<String>,
 }
 
-impl<'a> Search<'a> {
+impl Search {
     fn new(
-        cfg: &'a ExploreConfig,
+        cfg: &ExploreConfig,
         phase: Phase,
         before: (usize, Duration),
         best_lens: BestLens,
@@ -1474,7 +1474,7 @@ impl<'a> Search<'a> {
         let mut frontier = Frontier { shuffle: cfg.shuffle.map(|s| s | 1), ..Frontier::default() };
         frontier.push(Work::default());
         Search {
-            cfg,
+            cfg: cfg.clone(),
             phase,
             before,
             run: RunConfig {
