@@ -1729,6 +1729,56 @@ mod tests {
         assert_eq!(Trail::steps(None), []);
     }
 
+    fn work(id: u32, preemptions: u32) -> Work {
+        Work { prefix: vec![id], preemptions, ..Work::default() }
+    }
+
+    fn popped(f: &mut Frontier) -> Vec<u32> {
+        std::iter::from_fn(|| f.pop()).map(|w| w.prefix[0]).collect()
+    }
+
+    #[test]
+    fn unpreempted_schedules_run_first_then_the_rest_last_in_first_out() {
+        let mut f = Frontier::default();
+        for (id, preemptions) in [(1, 2), (2, 0), (3, 1), (4, 0), (5, 3)] {
+            f.push(work(id, preemptions));
+        }
+        assert_eq!(popped(&mut f), [4, 2, 5, 3, 1]);
+        assert_eq!(f.len, 0);
+        // Taken apart: only the unpreempted, last first.
+        f.push(work(1, 1));
+        f.push(work(2, 0));
+        assert_eq!(f.pop_unpreempted().map(|w| w.prefix[0]), Some(2));
+        assert!(f.pop_unpreempted().is_none());
+        assert_eq!(f.len, 1);
+    }
+
+    #[test]
+    fn a_thread_keeps_only_preempted_schedules_and_none_when_shuffled() {
+        let mut f = Frontier::default();
+        assert!(f.keeps_local(&work(1, 1)));
+        assert!(!f.keeps_local(&work(1, 0)));
+        f.shuffle = Some(7);
+        assert!(!f.keeps_local(&work(1, 1)));
+        // Shuffled, the unpreempted are not taken apart either: `pop` shuffles
+        // them first, then the rest, and reaches each once.
+        for (id, preemptions) in [(1, 0), (2, 1), (3, 0), (4, 2), (5, 0), (6, 1)] {
+            f.push(work(id, preemptions));
+        }
+        assert!(f.pop_unpreempted().is_none());
+        let order = popped(&mut f);
+        // Not the last-in-first-out order an unshuffled frontier gives.
+        assert_ne!(order, [5, 3, 1, 6, 4, 2], "shuffled");
+        let mut first: Vec<u32> = order[..3].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, [1, 3, 5]);
+        let mut all = order.clone();
+        all.sort_unstable();
+        assert_eq!(all, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(f.len, 0);
+        assert!(f.pop().is_none());
+    }
+
     #[test]
     fn a_long_frontier_holds_schedules_without_their_observer() {
         let mut f = Frontier::default();
