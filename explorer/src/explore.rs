@@ -926,8 +926,7 @@ impl Chooser for Dfs<'_> {
                 Vec::new()
             };
             let observed = observed.clone();
-            let preemptions = cost;
-            self.pushed.push(Work { prefix, trail, last, preemptions, observed, sleep });
+            self.pushed.push(Work { prefix, trail, last, preemptions: cost, observed, sleep });
         }
         if self.reduce {
             let taken = ctx.enabled[take];

@@ -243,11 +243,12 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
             base.and_writes(PROGRESS).and_reads(RESTARTING)
         }
         ActorKind::Scenario => base.and_writes(PROGRESS),
-        ActorKind::User => base,
         ActorKind::Watcher | ActorKind::Check(_) => base.and_writes(PASS),
         // A pass notes what it found, and each start crosses one off.
         ActorKind::Restart => base.and_writes(RESTARTING),
-        ActorKind::Update(_) | ActorKind::Fault => base,
+        // A user's code between its calls reads nothing of Nexus: its pick of
+        // the next operation, an alternative, is what does (charged below).
+        ActorKind::User | ActorKind::Update(_) | ActorKind::Fault => base,
     };
     let base = match c.offer {
         // A vanish waits for its VMM to exist and not be reporting (nor, unless
@@ -523,20 +524,31 @@ mod tests {
         }
     }
 
+    /// `c` about VMM `n` (of instance `n`, as `ByVmm` tells it).
+    fn on(c: Choice, n: u128) -> Choice {
+        let vmm = Some(sled_agent_api::PropolisUuid::from_u128(n));
+        Choice { call: Call { vmm, ..c.call }, ..c }
+    }
+
+    /// `c` naming instance `n`.
+    fn about(c: Choice, n: u128) -> Choice {
+        let arg = Arg::Instance(InstanceUuid::from_u128(n));
+        Choice { call: Call { arg, ..c.call }, ..c }
+    }
+
+    /// `check`, where each call's instance is known (`ByVmm`).
+    fn check_by_vmm(a: &Choice, b: &Choice, want: bool) {
+        assert_eq!(independent(a, b, &ByVmm), want, "{:?} / {:?}", a.call, b.call);
+        assert_eq!(independent(b, a, &ByVmm), want, "symmetric");
+    }
+
     #[test]
     fn steps_on_two_instances_commute_and_on_one_or_an_unknown_one_do_not() {
-        let on = |c: Choice, n: u128| Choice {
-            call: Call { vmm: Some(sled_agent_api::PropolisUuid::from_u128(n)), ..c.call },
-            ..c
-        };
+        let check = check_by_vmm;
         let report =
             choice(4, ActorKind::Scenario, CallKind::CpapiInstancesPut, Component::SledAgent);
         let get = choice(3, ActorKind::Check(1), CallKind::VmmGetState, Component::Watcher);
         let put = choice(5, ActorKind::Restart, CallKind::VmmPutState, Component::Nexus);
-        let check = |a: &Choice, b: &Choice, want: bool| {
-            assert_eq!(independent(a, b, &ByVmm), want, "{:?} / {:?}", a.call, b.call);
-            assert_eq!(independent(b, a, &ByVmm), want, "symmetric");
-        };
         // A report of instance 1's VMM, against a check's read and a Nexus
         // handler's call about instance 2's, and about instance 1's.
         check(&on(report, 1), &on(get, 2), true);
@@ -553,9 +565,7 @@ mod tests {
         // Two starts mint ids: in the other order each gets the other's. Two
         // stops mint none. (Update steps' kind adds no part of its own.)
         let start = |actor, n: u128| {
-            let c = choice(actor, ActorKind::Update(1), CallKind::InstanceStart, Component::Nexus);
-            let arg = Arg::Instance(InstanceUuid::from_u128(n));
-            Choice { call: Call { arg, ..c.call }, ..c }
+            about(choice(actor, ActorKind::Update(1), CallKind::InstanceStart, Component::Nexus), n)
         };
         check(&start(6, 1), &start(7, 2), false);
         let stop =
@@ -566,18 +576,7 @@ mod tests {
 
     #[test]
     fn disks_meet_only_disk_steps_and_a_users_calls_meet_only_their_instance() {
-        let about = |c: Choice, n: u128| {
-            let arg = Arg::Instance(InstanceUuid::from_u128(n));
-            Choice { call: Call { arg, ..c.call }, ..c }
-        };
-        let on = |c: Choice, n: u128| Choice {
-            call: Call { vmm: Some(sled_agent_api::PropolisUuid::from_u128(n)), ..c.call },
-            ..c
-        };
-        let check = |a: &Choice, b: &Choice, want: bool| {
-            assert_eq!(independent(a, b, &ByVmm), want, "{:?} / {:?}", a, b);
-            assert_eq!(independent(b, a, &ByVmm), want, "symmetric");
-        };
+        let check = check_by_vmm;
         let attach =
             about(choice(0, ActorKind::Scenario, CallKind::DiskAttach, Component::Scenario), 2);
         let create = choice(0, ActorKind::Scenario, CallKind::DiskCreate, Component::Scenario);

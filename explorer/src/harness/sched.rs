@@ -546,11 +546,10 @@ impl Sched {
         }
     }
 
-    /// Lets one parked call go, with `fault` injected if given; it becomes the next
-    /// step. The other alternatives of its offer are withdrawn.
-    /// Lets the call parked under `ticket` through, with `fault`, as the next
-    /// step. False if it was refused (no such call waits, or the fault is not
-    /// one it may meet): the refusal is recorded as a harness error.
+    /// Lets the call parked under `ticket` go, with `fault` injected if given; it
+    /// becomes the next step, and the other alternatives of its offer are
+    /// withdrawn. False if it was refused (no such call waits, or the fault is
+    /// not one it may meet): the refusal is recorded as a harness error.
     pub fn release(&self, ticket: u64, fault: Option<Fault>) -> bool {
         let writes_from = self.probes.get().and_then(|p| p.writes.as_ref()).map_or(0, |w| w());
         let mut g = self.lock();
