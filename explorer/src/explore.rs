@@ -409,15 +409,10 @@ const VISITED_SHARDS: usize = 64;
 
 impl Visited {
     fn new() -> Self {
-        // Room for the default disk-move proof (about 1,900 situations) without
-        // a rebuild; larger searches grow the tables by doubling, which costs
-        // less than zeroing room a small search never uses (at 2^17 entries
-        // the empty tables cost a stop-race search at default bounds about a
-        // tenth of its time).
-        let each = (1 << 12) / VISITED_SHARDS;
-        let shards = (0..VISITED_SHARDS)
-            .map(|_| Mutex::new(HashMap::with_capacity_and_hasher(each, Default::default())))
-            .collect();
+        // Empty: the tables grow by doubling, which costs less than zeroing room
+        // a small search never uses (room for 4,096 situations, 200 KB, cost a
+        // search of stop-race with no environment a twentieth of its time).
+        let shards = (0..VISITED_SHARDS).map(|_| Mutex::new(HashMap::default())).collect();
         Visited { shards }
     }
 
@@ -1122,7 +1117,7 @@ impl Chooser for PrefixThenHappy {
 
 /// Explores every schedule within `cfg`'s bounds (see the module's doc).
 pub fn explore(cfg: &ExploreConfig) -> Result<ExploreResult, RunError> {
-    explore_with_progress(cfg, &mut |_| {})
+    explore_reporting(cfg, None)
 }
 
 /// What a search is for. A proof takes free steps (`reduction::free`) and
@@ -1144,25 +1139,38 @@ pub fn explore_with_progress(
     cfg: &ExploreConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExploreResult, RunError> {
+    explore_reporting(cfg, Some(progress))
+}
+
+/// `explore`, with someone to report progress to or not: with no one, the
+/// calling thread runs schedules too (see `search`).
+fn explore_reporting<'p>(
+    cfg: &ExploreConfig,
+    mut progress: Option<&mut (dyn FnMut(Progress) + 'p)>,
+) -> Result<ExploreResult, RunError> {
     let start = Instant::now();
+    let first = ((0, Duration::ZERO), BestLens::new());
     if !cfg.reduces() {
-        let exact = search(cfg, Phase::Exact, ((0, Duration::ZERO), BestLens::new()), progress)?;
+        let exact = search(cfg, Phase::Exact, first, progress)?;
         return finish(cfg, exact, None, start);
     }
-    let proof = search(cfg, Phase::Proof, ((0, Duration::ZERO), BestLens::new()), progress)?;
+    let proof = search(cfg, Phase::Proof, first, progress.as_deref_mut())?;
     if proof.best.is_empty() {
         return finish(cfg, proof, None, start);
     }
     let before = (proof.tally.runs, start.elapsed());
-    let mut go_on = |p: Progress| {
-        progress(Progress { runs: p.runs + before.0, elapsed: p.elapsed + before.1, ..p });
-    };
+    let mut go_on = progress.map(|progress| {
+        move |p: Progress| {
+            progress(Progress { runs: p.runs + before.0, elapsed: p.elapsed + before.1, ..p });
+        }
+    });
     // A proof cut short (by a cap or the step bound) or in doubt (its audit
     // found fault) says nothing of what it did not reach: then the exact search
     // chases every invariant, with no bound.
     let lens =
         if proof.truncated.is_empty() { BestLens::bounded(&proof.best) } else { BestLens::new() };
-    let exact = search(cfg, Phase::Exact, (before, lens), &mut go_on)?;
+    let go_on = go_on.as_mut().map(|g| g as &mut dyn FnMut(Progress));
+    let exact = search(cfg, Phase::Exact, (before, lens), go_on)?;
     finish(cfg, exact, Some(proof), start)
 }
 
@@ -1177,22 +1185,25 @@ struct Searched {
 
 /// Runs one phase on every thread; `before` is the runs and time earlier phases
 /// spent, which count against the caps, and `lens` the lengths it starts from.
-fn search(
+/// With no one to report progress to, this thread is one of the threads: one
+/// fewer to wake, and none to wake it at the end (on this project's machine a
+/// wake-up costs a search of a few dozen runs about a tenth of its time).
+fn search<'p>(
     cfg: &ExploreConfig,
     phase: Phase,
     (before, lens): ((usize, Duration), BestLens),
-    progress: &mut dyn FnMut(Progress),
+    progress: Option<&mut (dyn FnMut(Progress) + 'p)>,
 ) -> Result<Searched, RunError> {
     let search = Arc::new(Search::new(cfg, phase, before, lens));
+    let helpers = cfg.threads.max(1) - usize::from(progress.is_none());
     let workers = {
         let search = Arc::clone(&search);
-        pool::run(cfg.threads.max(1), move || search.work())
+        pool::run(helpers, move || search.work())
     };
-    if workers.started() == 0 {
+    match progress {
         // No thread could be had: search on this one, without progress reports.
-        search.work();
-    } else {
-        search.report_until_done(progress);
+        Some(progress) if workers.started() > 0 => search.report_until_done(progress),
+        _ => search.work(),
     }
     workers.wait();
     let search = Arc::into_inner(search).ok_or(RunError::Harness(HarnessError::Panicked))?;
