@@ -47,15 +47,17 @@ pub struct Race {
     pub interleaving: &'static str,
     pub pre_fix: PreFix,
     pub scenario: ScenarioKind,
-    /// The environment the race needs: user operations and faults.
+    /// The environment the race needs: user operations, faults and restarts of
+    /// the sled agent.
     pub user_ops: usize,
     pub faults: usize,
+    pub sled_restarts: usize,
     /// The invariant the race's harm breaks.
     pub breaks: u8,
 }
 
 /// The races the model expresses, in catalogue order.
-pub const RACES: [Race; 7] = [
+pub const RACES: [Race; 8] = [
     Race {
         id: "R1",
         refs: "#7927, #7928",
@@ -64,6 +66,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 0,
         faults: 0,
+        sled_restarts: 0,
         breaks: 2,
     },
     Race {
@@ -74,6 +77,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::DiskMove,
         user_ops: 0,
         faults: 0,
+        sled_restarts: 0,
         breaks: 2,
     },
     Race {
@@ -84,6 +88,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 0,
         faults: 1,
+        sled_restarts: 0,
         breaks: 7,
     },
     Race {
@@ -94,6 +99,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 0,
         faults: 1,
+        sled_restarts: 0,
         breaks: 2,
     },
     Race {
@@ -104,6 +110,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 1,
         faults: 0,
+        sled_restarts: 0,
         breaks: 2,
     },
     Race {
@@ -114,6 +121,7 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 0,
         faults: 0,
+        sled_restarts: 0,
         breaks: 2,
     },
     Race {
@@ -124,19 +132,30 @@ pub const RACES: [Race; 7] = [
         scenario: ScenarioKind::StopRace,
         user_ops: 1,
         faults: 1,
+        sled_restarts: 0,
         breaks: 10,
+    },
+    Race {
+        id: "R15",
+        refs: "#6763, #2646",
+        interleaving: "what #6763 feared: the sled agent restarts and loses its table while the VM runs on; the watcher gets 404 and writes Failed, and auto-restart starts a second VM of the instance (omicron's sled agent removes every zone when it starts, so the VMs end: the fixed model)",
+        pre_fix: PreFix::Inject(Inject::RestartKeepsVms),
+        scenario: ScenarioKind::StopRace,
+        user_ops: 0,
+        faults: 0,
+        sled_restarts: 1,
+        breaks: 12,
     },
 ];
 
 /// The races of omicron's catalogue without a row, and why: left out of the
 /// model, or (R10) in it as a finding with no fix to prove.
-pub const NOT_MODELLED: [(&str, &str); 6] = [
+pub const NOT_MODELLED: [(&str, &str); 5] = [
     ("R6", "its 404 answered reports keyed by a deleted instance (2023); reports are keyed by VMM since, a soft-deleted VMM row still counts as existing (the write is stale), and a 404 needs a write that applies for an instance already deleted, which needs Nexus to hold the VMM terminal before its sled agent is done: rule 2 broken first; the model has no instance delete, and its sim gives a 4xx report up and deregisters the VMM, as omicron's sled agent does since #3256"),
     ("R8", "it needs the create saga's unwind; a create never fails in the model"),
     ("R10", "a finding, with no fix to prove: #9174 is open. At omicron's HEAD a start saga that fails after its link is undone by its own nodes (`sis_move_to_starting_undo` unlinks the VMM, then `sis_destroy_vmm_record` marks it SagaUnwound; the abandoned-VMM reaper skips active VMMs), so an instance auto-restart was starting is left stopped with its intent Running, and neither reincarnation query selects it again. The model does the same; its window is the `restart-unwound` exclusion, and `cargo xtask explore --scenario stop-race --user-ops 0 --faults 2 --findings` breaks invariant 11 (restart-not-abandoned) in 13 steps (a vanish fails the instance, then auto-restart's request that its new VMM run is refused)"),
     ("R11", "the update step runs to its end as one step: there is no saga lock and no Nexus crash"),
     ("R12-R14", "migration: the model has one sled and no migration records"),
-    ("R15", "omicron's sled agent deletes every zone, Propolis's included, before it serves again (`cleanup_all_old_global_state`, since #686), so its restart is a vanish of every VMM on the sled, which the vanish fault covers (two of them on disk-move, one right after the other); the second VM #6763 feared needs a VM that outlives the restart, which that code never allows"),
 ];
 
 impl Race {
@@ -146,6 +165,7 @@ impl Race {
             scenario: self.scenario,
             user_ops: self.user_ops,
             faults: self.faults,
+            sled_restarts: self.sled_restarts,
             ..RunConfig::default()
         }
     }

@@ -463,8 +463,8 @@ impl Visited {
     }
 }
 
-/// A poisoned lock means a worker panicked, and `thread::scope` raises that panic
-/// again once the workers are joined, so nothing left behind it is trusted.
+/// A poisoned lock means a thread panicked in a run; `Search::work` turns that
+/// panic into the search's error, so what the lock guarded is read as it is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1201,8 +1201,9 @@ fn search<'p>(
         pool::run(helpers, move || search.work())
     };
     match progress {
-        // No thread could be had: search on this one, without progress reports.
+        // Someone to report to, and a thread to search: this one reports.
         Some(progress) if workers.started() > 0 => search.report_until_done(progress),
+        // No one to report to, or no thread could be had: this one searches too.
         _ => search.work(),
     }
     workers.wait();

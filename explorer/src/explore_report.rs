@@ -57,6 +57,9 @@ impl<'a> View<'a> {
             "{} watcher pass(es) of {} check(s) at once, {} restart pass(es), {} user op(s), {} fault(s), {} steps per schedule, {} schedules at most",
             b.watcher_passes, b.watcher_concurrency, b.restart_passes, b.user_ops, b.faults, b.max_steps, self.cfg.max_schedules
         );
+        if b.sled_restarts > 0 {
+            let _ = write!(s, ", {} sled-agent restart(s)", b.sled_restarts);
+        }
         if let Some(t) = self.cfg.max_time {
             let _ = write!(s, ", {} s at most", t.as_secs_f64());
         }
@@ -255,6 +258,7 @@ impl<'a> View<'a> {
                 "max_seconds": self.cfg.max_time.map(|t| t.as_secs_f64()),
                 "user_ops": b.user_ops,
                 "faults": b.faults,
+                "sled_restarts": b.sled_restarts,
             },
             "environment": crate::report::environment_json(b),
             "invariants": crate::report::invariants_json(),
@@ -476,8 +480,14 @@ impl<'a> Story<'a> {
     fn new(c: &'a Counterexample, steps: &'a [StepOut]) -> Self {
         let vanished = steps
             .iter()
-            .filter(|s| s.call == "vmm_vanish")
-            .filter_map(|s| s.answer.strip_suffix(" vanished").map(str::to_string))
+            .flat_map(|s| {
+                let lost = match s.call {
+                    "vmm_vanish" => s.answer.strip_suffix(" vanished"),
+                    "sled_restart" => s.answer.strip_prefix(crate::report::RESTARTED_LOST),
+                    _ => None,
+                };
+                lost.into_iter().flat_map(|l| l.split(", ")).map(str::to_string)
+            })
             .collect();
         let mut story = Story { c, steps, vanished, harms: Vec::new() };
         story.harms = (0..steps.len()).map(|i| story.harm_of(i)).collect();

@@ -112,6 +112,9 @@ fn arg_text(arg: Arg, names: &Names) -> Option<String> {
     }
 }
 
+/// How a sled agent's restart is answered, before the VMMs it lost.
+pub const RESTARTED_LOST: &str = "restarted, its table lost: ";
+
 pub fn answer_text(a: &Answer, names: &Names) -> String {
     match a {
         Answer::Pending => "(no answer)".into(),
@@ -147,6 +150,11 @@ pub fn answer_text(a: &Answer, names: &Names) -> String {
         Answer::Waited(s) => s.to_string(),
         Answer::Vanished(Some((v, _))) => format!("{} vanished", names.vmm(*v)),
         Answer::Vanished(None) => "nothing to vanish".into(),
+        Answer::Restarted(lost) if lost.is_empty() => "restarted with an empty table".into(),
+        Answer::Restarted(lost) => {
+            let lost: Vec<String> = lost.iter().map(|(v, _)| names.vmm(*v)).collect();
+            format!("{RESTARTED_LOST}{}", lost.join(", "))
+        }
     }
 }
 
@@ -341,7 +349,12 @@ pub fn environment_json(c: &crate::harness::RunConfig) -> serde_json::Value {
             .map(|(name, text)| serde_json::json!({"name": name, "description": text}))
             .collect()
     };
-    serde_json::json!({"user_ops": c.user_ops, "faults": c.faults, "excluded": excluded})
+    serde_json::json!({
+        "user_ops": c.user_ops,
+        "faults": c.faults,
+        "sled_restarts": c.sled_restarts,
+        "excluded": excluded,
+    })
 }
 
 /// `cargo xtask scenario --json`: one object for one run.

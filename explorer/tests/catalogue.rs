@@ -74,6 +74,11 @@ fn r9_a_users_start_and_auto_restart_both_reserve() {
     check("R9");
 }
 
+#[test]
+fn r15_a_restarted_sled_agent_leaves_its_vm_running() {
+    check("R15");
+}
+
 /// Each race's switch breaks its invariant at explore's default bounds too (one
 /// user operation, one fault), not only at the smallest bounds its row names.
 /// The counterexample there may be shorter and go another way: R5's switch is

@@ -91,6 +91,11 @@ pub struct SimBugs {
     /// answered 500, as omicron's sled agent did before #6166 (the fix answers
     /// 410 Gone).
     pub terminating_drops_requests: bool,
+    /// A sled agent that restarts leaves its Propolis zones running, unknown to
+    /// it: what omicron#6763 feared. omicron's sled agent removes every zone
+    /// before it serves again (`cleanup_all_old_global_state`), so there a
+    /// restart ends the VMs with the table.
+    pub restart_keeps_vms: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,9 @@ pub struct SimSledAgent<N> {
     runtime: Option<tokio::runtime::Handle>,
     this: Weak<Self>,
     bugs: Mutex<SimBugs>,
+    /// VMs still running that the table lost in a restart, and the instance
+    /// each runs (only with `SimBugs::restart_keeps_vms`).
+    orphans: Mutex<BTreeMap<PropolisUuid, sled_agent_api::InstanceUuid>>,
 }
 
 #[derive(Debug)]
@@ -209,6 +217,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             runtime,
             this: this.clone(),
             bugs: Mutex::new(SimBugs::default()),
+            orphans: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -242,6 +251,18 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&propolis_id)
     }
 
+    /// Sim-only: whether any poke is waiting on a report to Nexus.
+    pub fn reporting_any(&self) -> bool {
+        !self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Sim-only: VMs a restart left running, unknown to the table, with their
+    /// instances, in id order.
+    pub fn orphans(&self) -> Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> {
+        let orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        orphans.iter().map(|(v, i)| (*v, *i)).collect()
+    }
+
     /// Sim-only: the VMM the table holds for an instance, if any.
     pub fn vmm_of(&self, instance_id: sled_agent_api::InstanceUuid) -> Option<PropolisUuid> {
         self.table().iter().find(|(_, e)| e.vmm.instance_id == instance_id).map(|(id, _)| *id)
@@ -256,6 +277,52 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             warn!(self.log, "VMM vanished without a report"; "propolis_id" => %propolis_id);
         }
         gone
+    }
+
+    /// Sim-only: the sled agent restarts, and its table and any report it had in
+    /// flight are lost (the explorer restarts it only with none in flight). Before it serves again it removes every Propolis zone,
+    /// as omicron's does, so the VMs end with it; with the seeded bug
+    /// `restart_keeps_vms` they run on, unknown to it. Returns the VMMs the
+    /// table held, with their instances, in id order.
+    pub fn restart(&self) -> Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> {
+        let lost = std::mem::take(&mut *self.table());
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let keeps = self.bugs().restart_keeps_vms;
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::with_capacity(lost.len());
+        for (id, entry) in lost {
+            let instance = entry.vmm.instance_id;
+            if keeps && !entry.vmm.runtime.state.is_terminal() {
+                orphans.insert(id, instance);
+            }
+            gone.push((id, instance));
+        }
+        warn!(self.log, "sled agent restarted; its table is lost";
+            "vmms" => gone.len(), "still_running" => orphans.len());
+        gone
+    }
+
+    /// Sim-only: an instance two of whose VMs run at once on this sled, if any,
+    /// with the two: VMMs of the table not yet terminal, and VMs a restart left
+    /// running. Two VMs of one instance run two copies of its guest.
+    pub fn two_vms_of_one_instance(
+        &self,
+    ) -> Option<(sled_agent_api::InstanceUuid, PropolisUuid, PropolisUuid)> {
+        let table = self.table();
+        let orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let live = table
+            .iter()
+            .filter(|(_, e)| !e.vmm.runtime.state.is_terminal())
+            .map(|(id, e)| (*id, e.vmm.instance_id))
+            .chain(orphans.iter().map(|(id, i)| (*id, *i)));
+        let mut seen: Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> = Vec::new();
+        for (vmm, instance) in live {
+            if let Some(&(other, _)) = seen.iter().find(|(_, i)| *i == instance) {
+                return Some((instance, other, vmm));
+            }
+            seen.push((vmm, instance));
+        }
+        None
     }
 
     /// Sim-only: whether the VMM is in the table.
@@ -285,6 +352,8 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             std::hash::Hash::hash(id, h);
             entry.vmm.hash_state(h);
         }
+        // A VM a restart left running: it decides whether a second one starts.
+        std::hash::Hash::hash(&*self.orphans.lock().unwrap_or_else(|p| p.into_inner()), h);
         let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for (id, f) in in_flight.iter() {
             std::hash::Hash::hash(&(id, f.more, f.taken.is_some(), f.failures), h);

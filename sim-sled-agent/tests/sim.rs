@@ -573,3 +573,85 @@ fn the_binary_refuses_bad_flags_at_start_up() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
 }
+
+/// A restart loses the table: every VMM in it, whatever its state, is gone
+/// without a report, and the VMs end with it (omicron's sled agent removes
+/// every Propolis zone before it serves again), so none runs on unknown.
+#[tokio::test]
+async fn a_restart_loses_the_table_and_ends_its_vms() {
+    let (sim, rec) = started_then_stopped(PUBLISH, None).await;
+    let other = PropolisUuid::from_u128(0x11);
+    let body =
+        InstanceEnsureBody { instance_id: InstanceUuid::from_u128(0x21), ..starting_at_gen_2() };
+    sim.vmm_register(other, body).await.expect("registers");
+    let (before, empty) = (hash_of(&sim), hash_of(&sim_like_new()));
+    assert_eq!(sim.restart(), [(VMM, INSTANCE), (other, InstanceUuid::from_u128(0x21))]);
+    assert!(sim.vmm_ids().is_empty());
+    assert!(sim.orphans().is_empty(), "no VM outlives the restart");
+    assert_eq!(hash_of(&sim), empty, "nothing is left of them");
+    assert_ne!(before, empty);
+    assert!(rec.reports().is_empty(), "no report");
+    assert!(sim.vmm_get_state(VMM).await.expect_err("gone").vmm_gone());
+    assert!(sim.restart().is_empty(), "a restart of an empty table loses nothing");
+}
+
+fn sim_like_new() -> Arc<Sim> {
+    sim(SimConfig::default(), MockNexusInternalApi::new())
+}
+
+/// Two VMMs of one instance in the table short of a terminal state are two VMs
+/// of it; VMMs of two instances are not, nor a VMM the table no longer holds.
+#[tokio::test]
+async fn two_live_vmms_of_one_instance_are_two_vms() {
+    let (rec, nexus) = Recorder::mock(None);
+    let sim = sim(SimConfig::default(), nexus);
+    rec.bind(&sim);
+    sim.vmm_register(VMM, starting_at_gen_2()).await.expect("registers");
+    let elsewhere =
+        InstanceEnsureBody { instance_id: InstanceUuid::from_u128(0x21), ..starting_at_gen_2() };
+    sim.vmm_register(PropolisUuid::from_u128(0x11), elsewhere).await.expect("registers");
+    assert_eq!(sim.two_vms_of_one_instance(), None, "one VM each");
+    let second = PropolisUuid::from_u128(0x12);
+    sim.vmm_register(second, starting_at_gen_2()).await.expect("registers");
+    assert_eq!(sim.two_vms_of_one_instance(), Some((INSTANCE, VMM, second)));
+    assert!(sim.vanish(VMM));
+    assert_eq!(sim.two_vms_of_one_instance(), None, "a VM that died runs no more");
+}
+
+/// With the seeded bug a restart leaves the VMs running: the table forgets
+/// them, the state hash does not, and a new VMM of their instance is a second VM.
+#[cfg(feature = "seeded-bugs")]
+#[tokio::test]
+async fn a_restart_that_keeps_its_vms_leaves_them_running_unknown() {
+    let (sim, _rec) = started_then_stopped(PUBLISH, None).await;
+    sim.seed_bugs(sim_sled_agent::SimBugs { restart_keeps_vms: true, ..Default::default() });
+    let empty = hash_of(&sim_like_new());
+    assert_eq!(sim.restart(), [(VMM, INSTANCE)]);
+    assert!(sim.vmm_ids().is_empty(), "the table is lost");
+    assert_eq!(sim.orphans(), [(VMM, INSTANCE)], "the VM runs on");
+    assert_ne!(hash_of(&sim), empty, "a VM left running is state");
+    assert_eq!(sim.two_vms_of_one_instance(), None);
+    let again = PropolisUuid::from_u128(0x12);
+    sim.vmm_register(again, starting_at_gen_2()).await.expect("registers");
+    assert_eq!(sim.two_vms_of_one_instance(), Some((INSTANCE, again, VMM)));
+}
+
+/// A VMM held Destroyed (its report failed, so the table keeps it) is no VM:
+/// beside a new VMM of its instance it makes no second one, and a restart that
+/// keeps the VMs running leaves no VM of it behind.
+#[tokio::test]
+async fn a_vmm_held_destroyed_runs_no_vm() {
+    let fail = (VmmState::Destroyed, 503, REPORT_ATTEMPTS);
+    let (sim, _rec) = started_then_stopped(PUBLISH, Some(fail)).await;
+    sim.poke(VMM, PokeMode::Drain).await.expect_err("the Destroyed report fails");
+    assert_eq!(sim.vmm_runtime(VMM).map(|r| r.0), Some(VmmState::Destroyed));
+    let again = PropolisUuid::from_u128(0x12);
+    sim.vmm_register(again, starting_at_gen_2()).await.expect("registers");
+    assert_eq!(sim.two_vms_of_one_instance(), None, "the Destroyed one is no VM");
+    #[cfg(feature = "seeded-bugs")]
+    {
+        sim.seed_bugs(sim_sled_agent::SimBugs { restart_keeps_vms: true, ..Default::default() });
+        assert_eq!(sim.restart(), [(VMM, INSTANCE), (again, INSTANCE)]);
+        assert_eq!(sim.orphans(), [(again, INSTANCE)], "only the live one runs on");
+    }
+}

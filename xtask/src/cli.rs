@@ -239,6 +239,14 @@ struct ModelArgs {
     /// string shows, else 0; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     faults: Option<usize>,
+    /// Restarts of the sled agent a run may meet, each at any point where it
+    /// holds a VMM and no report is under way: its table is lost, and the VMs
+    /// end with it (omicron's sled agent removes every Propolis zone before it
+    /// serves again; `--inject restart-keeps-vms` keeps them running). A budget
+    /// of its own, beside the faults [default: 0; for scenario, what a replay
+    /// string shows; at most 4].
+    #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
+    sled_restarts: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
     /// has too), which runs leave out by default: a stop or reboot may then
     /// land while the instance's VMM is recorded Destroyed or still Creating, a
@@ -251,8 +259,9 @@ struct ModelArgs {
     inject: Option<Inject>,
 }
 
-/// The most user operations or faults a run may be given: each multiplies the
-/// space, and the sim's report retries (`REPORT_ATTEMPTS`) must outlast them.
+/// The most user operations, faults or sled-agent restarts a run may be given:
+/// each multiplies the space, and the sim's report retries (`REPORT_ATTEMPTS`)
+/// must outlast them.
 const MAX_ENV_CHOICES: usize = 4;
 
 /// A count from 0 to `max`, for clap: said so when it is not.
@@ -283,10 +292,11 @@ fn concurrency(s: &str) -> Result<usize, String> {
 impl ModelArgs {
     /// The run configuration; `env` is the command's default numbers of user
     /// operations and faults.
-    fn run_config(&self, log: Logger, env: (usize, usize)) -> RunConfig {
+    fn run_config(&self, log: Logger, env: (usize, usize, usize)) -> RunConfig {
         RunConfig {
             user_ops: self.user_ops.unwrap_or(env.0),
             faults: self.faults.unwrap_or(env.1),
+            sled_restarts: self.sled_restarts.unwrap_or(env.2),
             findings: self.findings,
             scenario: self.scenario,
             ordering: self.ordering,
@@ -408,7 +418,7 @@ impl ExploreArgs {
         // Logging stays off the hot path: a run takes microseconds, a log line more.
         let log = Logger::root(slog::Discard, o!());
         // One user operation and one fault by default (scenario's default is none).
-        let run = self.model.run_config(log, (EXPLORE_USER_OPS, EXPLORE_FAULTS));
+        let run = self.model.run_config(log, (EXPLORE_USER_OPS, EXPLORE_FAULTS, 0));
         ExploreConfig {
             max_schedules: self.max_schedules,
             max_time: self.max_seconds.map(|s| std::time::Duration::from_secs(s as u64)),
@@ -693,8 +703,10 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
         }
         bar
     });
-    let result = sledsim_explorer::explore::explore_with_progress(&cfg, &mut |p| {
-        let Some(bar) = bar.as_ref().filter(|_| p.elapsed.as_secs_f64() >= 1.0) else { return };
+    let report = |bar: &indicatif::ProgressBar, p: sledsim_explorer::explore::Progress| {
+        if p.elapsed.as_secs_f64() < 1.0 {
+            return;
+        }
         bar.set_message(format!(
             "{} schedules ({:.0}/s), {} distinct situations, depth {}, {} violating",
             p.runs,
@@ -704,10 +716,17 @@ fn explore(a: ExploreArgs, out: &mut dyn Write) -> Result<u8, Fail> {
             p.violating_runs
         ));
         bar.tick();
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    };
+    // With no bar to feed, nothing waits for progress: the calling thread
+    // searches too (`explore`).
+    let result = match &bar {
+        Some(bar) => {
+            let r = sledsim_explorer::explore::explore_with_progress(&cfg, &mut |p| report(bar, p));
+            bar.finish_and_clear();
+            r
+        }
+        None => sledsim_explorer::explore::explore(&cfg),
+    };
     let result = result.map_err(run_failure)?;
     let view = sledsim_explorer::explore_report::View::new(&cfg, &result).only(a.invariant);
     if let Some(path) = &a.report {

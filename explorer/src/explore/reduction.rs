@@ -225,6 +225,9 @@ pub fn footprint(c: &Choice, at: &dyn Situation) -> Footprint {
         InstanceStop | InstanceReboot => Footprint::rw(VMMS | INSTANCES),
         // Which VMM is the scenario's progress's (and the sim's); it spends a fault.
         VmmVanish => Footprint::reads(PROGRESS).and_writes(SLED | VANISHED | BUDGET),
+        // Every VMM of the sled at once: its instance is none in particular. It
+        // spends a budget of its own, which only its actor reads.
+        SledRestart => Footprint::reads(PROGRESS).and_writes(SLED | VANISHED),
     };
     // Every write of a VMM or instance row feeds rules that read the vanished
     // record (2, 7).

@@ -17,7 +17,7 @@ use super::sched::RowProbe;
 use super::Names;
 
 /// The invariants: number, name, and what each says.
-pub const INVARIANTS: [(u8, &str, &str); 11] = [
+pub const INVARIANTS: [(u8, &str, &str); 12] = [
     (1, "gone-only-when-terminal", "a sled agent answers NoSuchVmm for a VMM only once Nexus has recorded its terminal state, or once it truly vanished (or before it was registered)"),
     (2, "failed-only-if-vanished", "Nexus records Failed for a VMM only if that VMM truly vanished, never for one its sled agent still has or reported terminal"),
     (3, "terminal-is-final", "a terminal state Nexus recorded for a VMM (Destroyed or Failed) is never replaced by a different state"),
@@ -29,6 +29,7 @@ pub const INVARIANTS: [(u8, &str, &str); 11] = [
     (9, "scenario-as-tested", "the scenario's steps go as the real test expects (disk-move: the disk ends on instance 2), in runs with no user operation, no vanish, and no Nexus request to the sled agent refused or lost"),
     (10, "one-reservation-per-instance", "an instance never holds two sled reservations at once (local storage is allocated once per reservation on that promise), and by the end every reservation still held is its instance's active VMM's: a start that unwound and an update step that unlinked a VMM let go of theirs"),
     (11, "restart-not-abandoned", "a start auto-restart began on an instance meant to run that then fails and unwinds, with no stop asked for meanwhile, leaves the instance where auto-restart looks again, never stopped with its intent Running, which no later pass would find"),
+    (12, "one-vm-per-instance", "at most one VM runs per instance: a VMM its sled agent holds short of Destroyed or Failed, or a VM the sled agent lost track of in a restart and that still runs"),
 ];
 
 pub fn invariant_text(n: u8) -> &'static str {
@@ -61,6 +62,8 @@ pub enum Event {
     /// The scenario's wait for `instance` to come to rest timed out: nothing
     /// else could go on.
     WaitTimedOut { instance: InstanceUuid },
+    /// Two VMs of `instance` run at once on its sled.
+    TwoVms { instance: InstanceUuid, vmms: [PropolisUuid; 2] },
 }
 
 /// How a run stopped.
@@ -304,6 +307,11 @@ impl Invariants {
             Event::WaitTimedOut { instance } => {
                 self.timed_out.insert(instance);
             }
+            Event::TwoVms { instance, vmms: [a, b] } => self.broke(12, step, || {
+                let n = names();
+                let (i, a, b) = (n.instance(instance), n.vmm(a), n.vmm(b));
+                format!("{i} runs two VMs at once: {a} and {b}")
+            }),
         }
     }
 
@@ -608,7 +616,8 @@ mod tests {
         assert_eq!(invariant_name(3), "terminal-is-final");
         assert_eq!(invariant_name(10), "one-reservation-per-instance");
         assert_eq!(invariant_name(11), "restart-not-abandoned");
-        assert_eq!((invariant_text(12), invariant_name(12)), ("?", "?"));
+        assert_eq!(invariant_name(12), "one-vm-per-instance");
+        assert_eq!((invariant_text(13), invariant_name(13)), ("?", "?"));
         let texts: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_text(*k)).collect();
         let names: BTreeSet<&str> = INVARIANTS.iter().map(|(k, _, _)| invariant_name(*k)).collect();
         assert_eq!((texts.len(), names.len()), (INVARIANTS.len(), INVARIANTS.len()));
@@ -930,5 +939,18 @@ mod tests {
         // A stale write, or a listing with nothing vanished, leaves nothing to remember.
         let listed = Event::Listed(vec![(VMM, g(4))]);
         assert_eq!(hash_after(&[write(VmmState::Failed, 7, 7, false), listed]), base);
+    }
+
+    /// Rule 12 judges what runs now, with no memory of its own: two VMs of one
+    /// instance break it, at the step they are seen after.
+    #[test]
+    fn two_vms_of_one_instance_break_rule_12_at_once() {
+        let other = PropolisUuid::from_u128(0x2_0000_0000_0000_0000_0000_0003);
+        let two = Event::TwoVms { instance: INST, vmms: [VMM, other] };
+        assert_eq!(check(&[vanished(), two.clone()], None), [12]);
+        assert_eq!(check(&clean_stop(), None), Vec::<u8>::new());
+        let mut inv = Invariants::default();
+        inv.on(4, &two, &Names::default);
+        assert_eq!(inv.violations()[0].step, 4, "the step it was seen after");
     }
 }

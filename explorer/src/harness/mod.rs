@@ -75,10 +75,14 @@ pub enum Inject {
     /// A start reserves its sled's resources while another start of the same
     /// instance holds a reservation (omicron before #10479).
     DuplicateReservations,
+    /// A sled agent that restarts leaves its VMs running, unknown to it (the
+    /// duplicate VM omicron#6763 feared; omicron's removes every Propolis zone
+    /// before it serves again).
+    RestartKeepsVms,
 }
 
 impl Inject {
-    pub const ALL: [Inject; 8] = [
+    pub const ALL: [Inject; 9] = [
         Inject::NoGenerationCheck,
         Inject::WatcherListsTerminal,
         Inject::WatcherSkipsGeneration,
@@ -87,6 +91,7 @@ impl Inject {
         Inject::UnhealthyMarksFailed,
         Inject::TerminatingDropsRequests,
         Inject::DuplicateReservations,
+        Inject::RestartKeepsVms,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -99,6 +104,7 @@ impl Inject {
             Inject::UnhealthyMarksFailed => "unhealthy-marks-failed",
             Inject::TerminatingDropsRequests => "terminating-drops-requests",
             Inject::DuplicateReservations => "duplicate-reservations",
+            Inject::RestartKeepsVms => "restart-keeps-vms",
         }
     }
 }
@@ -117,6 +123,9 @@ pub struct RunConfig {
     pub user_ops: usize,
     /// Faults the schedule may inject (explored choices).
     pub faults: usize,
+    /// Restarts of the sled agent the schedule may make (explored choices, a
+    /// budget of their own).
+    pub sled_restarts: usize,
     /// Let stops and reboots land in the windows of the known findings
     /// (`script::FINDINGS`), which runs leave out by default.
     pub findings: bool,
@@ -210,6 +219,7 @@ impl RunConfig {
             // scenario's defaults are 0 of each.
             flag("--user-ops", self.user_ops.to_string(), self.user_ops == 0),
             flag("--faults", self.faults.to_string(), self.faults == 0),
+            flag("--sled-restarts", self.sled_restarts.to_string(), self.sled_restarts == 0),
         ];
         if self.findings {
             v.push(Flag { name: "--findings", value: None, is_default: false });
@@ -246,6 +256,7 @@ impl RunConfig {
             max_steps: DEFAULT_MAX_STEPS,
             user_ops: 0,
             faults: 0,
+            sled_restarts: 0,
             findings: false,
             inject: None,
             transport: Transport::InProc,
@@ -344,8 +355,10 @@ impl World {
         }
         let sim = SimSledAgent::new(log, SLED, sim_config, to_nexus, Arc::clone(&clock))
             .map_err(RunError::Setup)?;
-        let drops = config.inject == Some(Inject::TerminatingDropsRequests);
-        sim.seed_bugs(SimBugs { terminating_drops_requests: drops });
+        sim.seed_bugs(SimBugs {
+            terminating_drops_requests: config.inject == Some(Inject::TerminatingDropsRequests),
+            restart_keeps_vms: config.inject == Some(Inject::RestartKeepsVms),
+        });
         let spawner = Arc::new(DeferredSpawner::default());
         let executor =
             gates::GatedSpawner { updates: Arc::clone(&spawner), sched: Arc::clone(&sched) };
@@ -504,9 +517,10 @@ impl World {
         let vmms: Vec<_> =
             self.nexus.vmms().into_iter().map(|v| (v.id, v.state, v.gen, v.deleted)).collect();
         let sled = self.sled_table();
+        let orphans = self.sim.orphans();
         let progress = self.progress();
         let disk = progress.disk.and_then(|d| self.nexus.disk(d).ok()).map(|d| d.state);
-        format!("{instances:?} {vmms:?} {sled:?} {disk:?} {:?}", progress.outcome)
+        format!("{instances:?} {vmms:?} {sled:?} {orphans:?} {disk:?} {:?}", progress.outcome)
     }
 
     /// The sled agent's table: each VMM, its state and generation.
@@ -832,10 +846,10 @@ fn drive(
         );
         spawn(&pool, id, &world.sched, Box::pin(fut));
     }
-    if config.faults > 0 {
+    if config.faults > 0 || config.sled_restarts > 0 {
         let id = world.sched.add_actor(ActorKind::Fault);
         let fut = script::faults(
-            (config.scenario, config.findings),
+            (config.scenario, config.findings, config.sled_restarts),
             Arc::clone(&world.sim),
             Arc::clone(&world.sched),
             Arc::clone(&world.progress),

@@ -98,6 +98,12 @@ impl Observer {
                 Answer::Vanished(Some((vmm, instance))) => {
                     events.push((i + 1, Event::Vanished { vmm: *vmm, instance: *instance }));
                 }
+                Answer::Restarted(lost) => {
+                    events.extend(
+                        lost.iter()
+                            .map(|&(vmm, instance)| (i + 1, Event::Vanished { vmm, instance })),
+                    );
+                }
                 Answer::Listed(rows) => {
                     let rows = rows.iter().map(|&(v, _, g)| (v, g)).collect();
                     events.push((i + 1, Event::Listed(rows)));
@@ -115,6 +121,11 @@ impl Observer {
             world.nexus.visit_instance_log_since(self.instance_log_seen, |e| {
                 events.push((now, Event::Instance(*e)))
             });
+        if let Some((instance, vmms)) =
+            world.sim.two_vms_of_one_instance().map(|(i, a, b)| (i, [a, b]))
+        {
+            events.push((now, Event::TwoVms { instance, vmms }));
+        }
         for (step, e) in &events {
             self.invariants.on(*step, e, &names);
         }

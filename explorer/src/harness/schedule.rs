@@ -284,8 +284,8 @@ impl Replay {
     /// by the step bound may not show an actor that never acted (no `done`
     /// yet), and without it the run can end where the search's reached the
     /// bound. Explore's printed `command` names the environment, for that.
-    pub fn environment(&self) -> (usize, usize) {
-        let (mut user_ops, mut faults) = (0, 0);
+    pub fn environment(&self) -> (usize, usize, usize) {
+        let (mut user_ops, mut faults, mut restarts) = (0, 0, 0);
         let (mut user_done, mut fault_done) = (false, false);
         for t in &self.tokens {
             match (t.actor, t.call) {
@@ -294,6 +294,7 @@ impl Replay {
                     user_ops += t.count
                 }
                 (ActorKind::Fault, CallKind::Done) => fault_done = true,
+                (ActorKind::Fault, CallKind::SledRestart) => restarts += t.count,
                 (ActorKind::Fault, _) => faults += t.count,
                 _ => {}
             }
@@ -301,7 +302,9 @@ impl Replay {
                 faults += t.count;
             }
         }
-        (user_ops + usize::from(user_done), faults + usize::from(fault_done))
+        // A fault actor that ended with choices left had a fault left (or a
+        // restart: the string cannot tell, and explore's commands name both).
+        (user_ops + usize::from(user_done), faults + usize::from(fault_done), restarts)
     }
 
     pub fn parse(s: &str) -> Result<Replay, ScheduleError> {
@@ -451,10 +454,10 @@ pub enum ScheduleSpec {
 impl ScheduleSpec {
     /// The user operations and faults the schedule needs (`Replay::environment`);
     /// none for the named ones.
-    pub fn environment(&self) -> (usize, usize) {
+    pub fn environment(&self) -> (usize, usize, usize) {
         match self {
-            ScheduleSpec::Replay(s) => Replay::parse(s).map_or((0, 0), |r| r.environment()),
-            ScheduleSpec::Happy | ScheduleSpec::Seed7282 => (0, 0),
+            ScheduleSpec::Replay(s) => Replay::parse(s).map_or((0, 0, 0), |r| r.environment()),
+            ScheduleSpec::Happy | ScheduleSpec::Seed7282 => (0, 0, 0),
         }
     }
 
@@ -532,26 +535,31 @@ mod tests {
         assert_eq!(r.tokens[1].actor, ActorKind::Update(12));
     }
 
-    fn check_environment(s: &str, want: (usize, usize)) {
+    fn check_environment(s: &str, want: (usize, usize, usize)) {
         assert_eq!(Replay::parse(s).expect("parses").environment(), want, "{s}");
     }
 
     #[test]
     fn a_replay_string_shows_the_environment_its_run_was_given() {
         // Nothing of the user's or the fault's: none of either.
-        check_environment("scenario.instance_create watcher.vmm_list restart.done", (0, 0));
+        check_environment("scenario.instance_create watcher.vmm_list restart.done", (0, 0, 0));
         // Each ends with some left.
-        check_environment("scenario.instance_create user.done fault.done", (1, 1));
+        check_environment("scenario.instance_create user.done fault.done", (1, 1, 0));
         // An operation and its calls count once; with none left, no `done`.
         check_environment(
             "user.instance_stop(inst1) user.vmm_put_state user.vmm_poke user.instance_start(inst1)*2",
-            (3, 0),
+            (3, 0, 0),
         );
-        check_environment("user.instance_reboot(inst2) user.done", (2, 0));
+        check_environment("user.instance_reboot(inst2) user.done", (2, 0, 0));
         // A vanish, and calls released with a fault, each spend one.
         check_environment(
             "fault.vmm_vanish(inst1) scenario.cpapi_instances_put!503*2 user.vmm_put_state!timeout fault.done",
-            (0, 5),
+            (0, 5, 0),
+        );
+        // A sled agent's restart spends one of its own.
+        check_environment(
+            "fault.sled_restart fault.vmm_vanish(inst1) fault.sled_restart",
+            (0, 1, 2),
         );
     }
 }

@@ -605,6 +605,39 @@ fn env_call(kind: CallKind, from: Component, to: Component, name: &'static str) 
     Call { kind, from, to, vmm: None, arg: Arg::Name(name) }
 }
 
+/// The sled agent's restart, as the fault actor offers it: while `restarts`
+/// are left and the table holds a VMM, while no report is under way (as a
+/// vanish), and, unless the findings are explored, not while auto-restart is
+/// starting a VMM the table holds (the `restart-unwound` window). Always
+/// offered, and withheld by its wait, so the alternatives keep their tickets.
+fn sled_restart(
+    sim: &Arc<super::Sim>,
+    progress: &Arc<Mutex<ScenarioProgress>>,
+    findings: bool,
+    restarts: usize,
+) -> sched::Alt {
+    let (p, s) = (Arc::clone(progress), Arc::downgrade(sim));
+    sched::Alt {
+        call: Call {
+            kind: CallKind::SledRestart,
+            from: Component::Fault,
+            to: Component::SledAgent,
+            vmm: None,
+            arg: Arg::None,
+        },
+        wait: Some(Box::new(move || {
+            s.upgrade().is_some_and(|s| {
+                let starting = lock(&p).restart_starting;
+                restarts > 0
+                    && !s.vmm_ids().is_empty()
+                    && !s.reporting_any()
+                    && (findings || starting.is_none_or(|id| s.vmm_of(id).is_none()))
+            })
+        })),
+        costs_fault: false,
+    }
+}
+
 /// An environment actor's "nothing more".
 fn done_call(who: Component) -> Call {
     Call { kind: CallKind::Done, from: who, to: who, vmm: None, arg: Arg::None }
@@ -699,47 +732,47 @@ pub(super) async fn user(
 }
 
 /// Faults that are actions of their own: a VMM of any instance the scenario
-/// created vanishes from the sim without a report. Each spends one of the run's
-/// faults; when and which are the schedule's choices.
+/// created vanishes from the sim without a report, spending one of the run's
+/// faults, or the sled agent restarts and loses its table, spending one of its
+/// `restarts`. When and which are the schedule's choices.
 pub(super) async fn faults(
-    (kind, findings): (ScenarioKind, bool),
+    (kind, findings, mut restarts): (ScenarioKind, bool, usize),
     sim: Arc<super::Sim>,
     sched: Arc<Sched>,
     progress: Arc<Mutex<ScenarioProgress>>,
 ) {
     let names = kind.instance_names();
     loop {
-        // A vanish keeps nothing; what is left depends on the fault budget alone,
-        // which the scheduler holds.
-        sched.forget_history(1);
-        let alts = names
-            .iter()
-            .map(|&name| {
-                let (p, s) = (Arc::clone(&progress), Arc::downgrade(&sim));
-                sched::Alt {
-                    call: env_call(
-                        CallKind::VmmVanish,
-                        Component::Fault,
-                        Component::SledAgent,
-                        name,
-                    ),
-                    // Not while a report of it is under way: the VMM is lost
-                    // between reports, with nothing of it left in flight. Nor,
-                    // unless the findings are explored, while auto-restart is
-                    // starting it (the `restart-unwound` window).
-                    wait: Some(Box::new(move || {
-                        created(&p, name).is_some_and(|id| {
-                            (findings || lock(&p).restart_starting != Some(id))
-                                && s.upgrade()
-                                    .is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
-                        })
-                    })),
-                    costs_fault: true,
-                }
-            })
-            .collect();
+        // A vanish keeps nothing; what is left depends on the fault budget,
+        // which the scheduler holds, and on the restarts left.
+        sched.forget_history(super::hash::stable_hash(&("faults", restarts)));
+        let vanishes = names.iter().map(|&name| {
+            let (p, s) = (Arc::clone(&progress), Arc::downgrade(&sim));
+            sched::Alt {
+                call: env_call(CallKind::VmmVanish, Component::Fault, Component::SledAgent, name),
+                // Not while a report of it is under way: the VMM is lost
+                // between reports, with nothing of it left in flight. Nor,
+                // unless the findings are explored, while auto-restart is
+                // starting it (the `restart-unwound` window).
+                wait: Some(Box::new(move || {
+                    created(&p, name).is_some_and(|id| {
+                        (findings || lock(&p).restart_starting != Some(id))
+                            && s.upgrade()
+                                .is_some_and(|s| s.vmm_of(id).is_some_and(|v| !s.reporting(v)))
+                    })
+                })),
+                costs_fault: true,
+            }
+        });
+        let alts =
+            vanishes.chain(std::iter::once(sled_restart(&sim, &progress, findings, restarts)));
         let done = done_call(Component::Fault);
-        let Some((i, step)) = sched.offer(alts, done).await else { return };
+        let Some((i, step)) = sched.offer(alts.collect(), done).await else { return };
+        if i == names.len() {
+            restarts = restarts.saturating_sub(1);
+            sched.complete(step, Answer::Restarted(sim.restart()));
+            continue;
+        }
         let Some(&name) = names.get(i) else { return };
         let gone = created(&progress, name).and_then(|id| {
             let vmm = sim.vmm_of(id)?;

@@ -154,12 +154,14 @@ pub enum CallKind {
     WaitForState,
     /// A VMM leaves its sled agent without a word (Propolis died).
     VmmVanish,
+    /// The sled agent restarts: its table is lost, every VMM in it at once.
+    SledRestart,
     /// An environment actor takes no more choices.
     Done,
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 21] = [
+    pub const ALL: [CallKind; 22] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
         CallKind::VmmPutState,
@@ -180,6 +182,7 @@ impl CallKind {
         CallKind::DiskDetach,
         CallKind::WaitForState,
         CallKind::VmmVanish,
+        CallKind::SledRestart,
         CallKind::Done,
     ];
 
@@ -205,6 +208,7 @@ impl CallKind {
             CallKind::DiskDetach => "disk_detach",
             CallKind::WaitForState => "wait_for_state",
             CallKind::VmmVanish => "vmm_vanish",
+            CallKind::SledRestart => "sled_restart",
             CallKind::Done => "done",
         }
     }
@@ -370,6 +374,8 @@ pub enum Answer {
     /// The VMM (and its instance) that vanished from its sled agent, if the
     /// instance had one there.
     Vanished(Option<(PropolisUuid, InstanceUuid)>),
+    /// The VMMs (and their instances) a sled agent's restart lost from its table.
+    Restarted(Vec<(PropolisUuid, InstanceUuid)>),
 }
 
 impl Answer {

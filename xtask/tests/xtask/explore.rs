@@ -70,6 +70,8 @@ fn the_fixed_ordering_is_proved_clean_and_exhaustive_at_the_default_bounds() {
             (j["bounds"]["user_ops"].as_u64(), j["bounds"]["faults"].as_u64()),
             (Some(1), Some(1))
         );
+        // No restart of the sled agent unless asked: a budget of its own.
+        assert_eq!(j["bounds"]["sled_restarts"].as_u64(), Some(0));
         assert!(j["runs"].as_u64().unwrap() > 10_000, "{scenario}: {}", j["runs"]);
     }
 }
@@ -334,7 +336,9 @@ fn pruned_search_and_full_enumeration_agree() {
         ..stop_race(1)
     });
     for bug in Inject::ALL {
-        cases.push(RunConfig { inject: Some(bug), ..stop_race(1) });
+        // A restart that keeps its VMs needs a restart to keep them through.
+        let sled_restarts = usize::from(bug == Inject::RestartKeepsVms);
+        cases.push(RunConfig { inject: Some(bug), sled_restarts, ..stop_race(1) });
     }
     // Two watcher passes: the watcher's history is forgotten between them, and
     // the seeded generation bug breaks all five, so pruning by length fires.
@@ -386,12 +390,27 @@ fn pruned_search_and_full_enumeration_agree_with_users_and_faults() {
         // window), and with that window open.
         RunConfig { restart_passes: 1, ..env(0, 1, 0) },
         RunConfig { restart_passes: 1, findings: true, ..env(0, 1, 0) },
+        // A sled agent's restart beside a watcher pass, and, with its VMs left
+        // running, beside a user's start and beside auto-restart (R15).
+        RunConfig { sled_restarts: 1, ..env(0, 0, 1) },
+        RunConfig { sled_restarts: 1, inject: Some(Inject::RestartKeepsVms), ..env(1, 0, 0) },
+        RunConfig {
+            sled_restarts: 1,
+            restart_passes: 1,
+            inject: Some(Inject::RestartKeepsVms),
+            ..env(0, 0, 1)
+        },
     ];
     let (mut fewer, mut pruned_some) = (false, false);
     for run in cases {
         let what = format!(
-            "U={} F={} W={} {:?} findings={}",
-            run.user_ops, run.faults, run.watcher_passes, run.inject, run.findings
+            "U={} F={} S={} W={} {:?} findings={}",
+            run.user_ops,
+            run.faults,
+            run.sled_restarts,
+            run.watcher_passes,
+            run.inject,
+            run.findings
         );
         let pruned = search(run.clone(), true);
         let all = enumerate(&run);
@@ -450,15 +469,20 @@ fn reduced_and_unreduced_search_agree_with_restarts_users_and_faults() {
         RunConfig { inject: Some(Inject::DuplicateReservations), ..env(1, 1, 1, 1) },
         // Auto-restart's start failing (the restart-unwound window open).
         RunConfig { findings: true, ..env(0, 2, 1, 1) },
+        // A sled agent's restart, which touches every instance's VMM, beside a
+        // user and a watcher pass, and on disk-move beside both instances.
+        RunConfig { sled_restarts: 1, ..env(1, 0, 1, 1) },
+        RunConfig { scenario: ScenarioKind::DiskMove, sled_restarts: 1, ..env(1, 0, 0, 1) },
     ];
     for run in cases {
         let what = format!(
-            "{:?} {:?} {:?} U={} F={} W={} R={}",
+            "{:?} {:?} {:?} U={} F={} S={} W={} R={}",
             run.scenario,
             run.ordering,
             run.restart_policy,
             run.user_ops,
             run.faults,
+            run.sled_restarts,
             run.watcher_passes,
             run.restart_passes
         );
@@ -1072,7 +1096,7 @@ fn the_report_shows_each_counterexample_to_its_end_with_the_harm() {
     let (code, human, _) = xtask(&[&args[..], &["--invariant", "3"]].concat());
     assert_eq!(code, 1);
     assert!(human.contains("invariant 3 (") && human.contains(") did not break"), "{human}");
-    check_usage_error(&["explore", "--invariant", "12"]);
+    check_usage_error(&["explore", "--invariant", "13"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1082,4 +1106,30 @@ fn row_with<'a>(html: &'a str, needle: &str) -> &'a str {
     let from = html[..at].rfind("<tr").expect("in a row");
     let to = at + html[at..].find("</tr>").expect("a row ends");
     &html[from..to]
+}
+
+/// A sled agent's restart is a choice of its own budget: with the VMs left
+/// running it breaks rule 12 (R15), and the printed command replays it; the
+/// same schedule with the VMs ending (omicron's start-up cleanup) breaks
+/// nothing, and the fixed model is proved at the same bounds.
+#[test]
+fn a_restart_that_keeps_its_vms_runs_two_of_one_instance() {
+    let bounds = ["--scenario", "stop-race", "--user-ops", "0", "--faults", "0"];
+    let restart = [&bounds[..], &["--sled-restarts", "1"]].concat();
+    let keeps = [&restart[..], &["--inject", "restart-keeps-vms"]].concat();
+    check_broken(&keeps, &[(12, 10)]);
+    let j = json(&[&["explore"][..], &keeps].concat(), 1);
+    assert_eq!(j["bounds"]["sled_restarts"], 1);
+    let replay = j["counterexample"]["replay"].as_str().unwrap().to_string();
+    assert!(replay.contains("fault.sled_restart"), "{replay}");
+    let fixed = [&["scenario"][..], &restart, &["--schedule", &replay]].concat();
+    let again = json(&fixed, 0);
+    assert_eq!(again["violations"], serde_json::json!([]), "{again}");
+    let proved = json(&[&["explore"][..], &restart].concat(), 0);
+    assert_eq!(
+        (proved["verdict"].as_str(), proved["exhaustive"].as_bool()),
+        (Some("clean"), Some(true))
+    );
+    // Without a restart to spend, the seeded bug has nothing to keep.
+    json(&[&["explore"][..], &bounds, &["--inject", "restart-keeps-vms"]].concat(), 0);
 }

@@ -24,6 +24,7 @@ fn every_bad_input_exits_2_with_one_line_saying_why() {
         (&["explore", "--watcher-passes", "1000"], &["--watcher-passes", "at most 64"]),
         (&["explore", "--restart-passes", "65"], &["--restart-passes", "at most 64"]),
         (&["explore", "--user-ops", "5"], &["--user-ops", "at most 4"]),
+        (&["explore", "--sled-restarts", "5"], &["--sled-restarts", "at most 4"]),
         (&["explore", "--threads", "0"], &["--threads", "at least 1"]),
         (&["stress", "--runs", "0"], &["--runs", "at least 1"]),
         (&["stress", "--runs", "-3"], &["'-3'", "--runs"]),
