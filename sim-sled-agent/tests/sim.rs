@@ -66,6 +66,7 @@ impl Recorder {
             let sim = late.get().and_then(Weak::upgrade).expect("sim is bound");
             let in_table = sim.contains_vmm(id);
             assert!(sim.reporting(id), "a report in flight is known as such");
+            assert!(sim.reporting_any(), "and counts among the sled's");
             hashes.lock().unwrap().push(hash_of(&sim));
             let s = st.vmm_state;
             reports.lock().unwrap().push((s.state, s.gen.as_u64(), in_table));
@@ -580,6 +581,7 @@ fn the_binary_refuses_bad_flags_at_start_up() {
 #[tokio::test]
 async fn a_restart_loses_the_table_and_ends_its_vms() {
     let (sim, rec) = started_then_stopped(PUBLISH, None).await;
+    assert!(!sim.reporting_any(), "no report under way");
     let other = PropolisUuid::from_u128(0x11);
     let body =
         InstanceEnsureBody { instance_id: InstanceUuid::from_u128(0x21), ..starting_at_gen_2() };
