@@ -243,7 +243,8 @@ struct ModelArgs {
     /// holds a VMM and no report is under way: its table is lost, and the VMs
     /// end with it (omicron's sled agent removes every Propolis zone before it
     /// serves again; `--inject restart-keeps-vms` keeps them running). A budget
-    /// of its own, beside the faults [default: 0; for scenario, what a replay
+    /// of its own, beside the faults [default: 0, or 1 with `--inject
+    /// restart-keeps-vms`, whose bug needs one; for scenario, what a replay
     /// string shows; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     sled_restarts: Option<usize>,
@@ -296,7 +297,10 @@ impl ModelArgs {
         RunConfig {
             user_ops: self.user_ops.unwrap_or(env.0),
             faults: self.faults.unwrap_or(env.1),
-            sled_restarts: self.sled_restarts.unwrap_or(env.2),
+            // A seeded bug in the restart needs a restart to show.
+            sled_restarts: self.sled_restarts.unwrap_or(
+                if self.inject == Some(Inject::RestartKeepsVms) { env.2.max(1) } else { env.2 },
+            ),
             findings: self.findings,
             scenario: self.scenario,
             ordering: self.ordering,

@@ -1130,6 +1130,10 @@ fn a_restart_that_keeps_its_vms_runs_two_of_one_instance() {
         (proved["verdict"].as_str(), proved["exhaustive"].as_bool()),
         (Some("clean"), Some(true))
     );
-    // Without a restart to spend, the seeded bug has nothing to keep.
-    json(&[&["explore"][..], &bounds, &["--inject", "restart-keeps-vms"]].concat(), 0);
+    // The seeded bug brings the restart it needs, unless told otherwise; with
+    // no restart to spend it has nothing to keep.
+    let bug = json(&[&["explore"][..], &bounds, &["--inject", "restart-keeps-vms"]].concat(), 1);
+    assert_eq!((bug["bounds"]["sled_restarts"].as_u64(), broken(&bug)), (Some(1), vec![(12, 10)]));
+    let none = ["--inject", "restart-keeps-vms", "--sled-restarts", "0"];
+    json(&[&["explore"][..], &bounds, &none].concat(), 0);
 }
