@@ -625,8 +625,9 @@ fn steps_table(story: &Story<'_>) -> String {
     s
 }
 
-/// What the components held after step `n`: the sled agent's table, Nexus's VMM
-/// rows and the instances' states.
+/// What the components held after step `n`: the sled agent's table (with any VM
+/// a restart left running outside it), Nexus's VMM rows and the instances'
+/// states.
 fn strip(c: &Counterexample, n: usize) -> [String; 3] {
     let Some(snap) = c.run.snapshots.get(n) else { return Default::default() };
     let names = &c.run.names;
@@ -634,7 +635,11 @@ fn strip(c: &Counterexample, n: usize) -> [String; 3] {
     let vmm =
         |v: PropolisUuid, st: &dyn std::fmt::Display, g: u64| format!("{} {st}/g{g}", names.vmm(v));
     [
-        or_none(snap.sled.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())).collect()),
+        or_none(
+            (snap.sled.iter().map(|(v, st, g)| vmm(*v, st, g.as_u64())))
+                .chain(snap.orphans.iter().map(|v| format!("{} running, lost", names.vmm(*v))))
+                .collect(),
+        ),
         or_none(
             (snap.vmms.iter())
                 .map(|&(v, st, g, deleted)| {

@@ -535,6 +535,7 @@ impl World {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             sled: self.sled_table(),
+            orphans: self.sim.orphans().into_iter().map(|(v, _)| v).collect(),
             vmms: self
                 .nexus
                 .vmms()
@@ -655,6 +656,8 @@ pub struct RunResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub sled: Vec<(PropolisUuid, sled_agent_api::VmmState, sled_agent_api::Generation)>,
+    /// VMs a restart left running, out of the sled agent's table.
+    pub orphans: Vec<PropolisUuid>,
     /// Every row, and whether the update step deleted it.
     pub vmms: Vec<(PropolisUuid, nexus_stub::DbVmmState, sled_agent_api::Generation, bool)>,
     pub instances: Vec<(InstanceUuid, nexus_stub::ExternalState)>,

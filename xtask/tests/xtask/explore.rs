@@ -1130,6 +1130,15 @@ fn a_restart_that_keeps_its_vms_runs_two_of_one_instance() {
         (proved["verdict"].as_str(), proved["exhaustive"].as_bool()),
         (Some("clean"), Some(true))
     );
+    // The report's state strip shows the VM left running outside the table.
+    let dir = std::env::temp_dir().join(format!("sledsim-r15-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("report.html");
+    let report = [&["explore"][..], &keeps, &["--report", file.to_str().unwrap()]].concat();
+    assert_eq!(xtask(&report).0, 1);
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("<section id=\"inv-12\">") && html.contains("inst1/vmm1 running, lost"));
+    std::fs::remove_dir_all(&dir).unwrap();
     // The seeded bug brings the restart it needs, unless told otherwise; with
     // no restart to spend it has nothing to keep.
     let bug = json(&[&["explore"][..], &bounds, &["--inject", "restart-keeps-vms"]].concat(), 1);
