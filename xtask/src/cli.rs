@@ -240,12 +240,13 @@ struct ModelArgs {
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     faults: Option<usize>,
     /// Restarts of the sled agent a run may meet, each at any point where it
-    /// holds a VMM and no report is under way: its table is lost, and the VMs
-    /// end with it (omicron's sled agent removes every Propolis zone before it
-    /// serves again; `--inject restart-keeps-vms` keeps them running). A budget
-    /// of its own, beside the faults [default: 0, or 1 with `--inject
-    /// restart-keeps-vms`, whose bug needs one; for scenario, what a replay
-    /// string shows; at most 4].
+    /// holds a VMM and no report is under way (nor, unless the findings are
+    /// explored, while auto-restart is starting one): its table is lost, and
+    /// the VMs end with it (omicron's sled agent removes every Propolis zone
+    /// before it serves again; `--inject restart-keeps-vms` keeps them
+    /// running). A budget of its own, beside the faults [default: 0; for
+    /// scenario, what a replay string shows; at least 1 with `--inject
+    /// restart-keeps-vms`, whose bug needs one; at most 4].
     #[arg(long, value_parser = at_most(MAX_ENV_CHOICES))]
     sled_restarts: Option<usize>,
     /// Also explore the windows of the known findings (races omicron's design
@@ -262,7 +263,7 @@ struct ModelArgs {
 
 /// The most user operations, faults or sled-agent restarts a run may be given:
 /// each multiplies the space, and the sim's report retries (`REPORT_ATTEMPTS`)
-/// must outlast them.
+/// must outlast the faults.
 const MAX_ENV_CHOICES: usize = 4;
 
 /// A count from 0 to `max`, for clap: said so when it is not.
@@ -292,7 +293,7 @@ fn concurrency(s: &str) -> Result<usize, String> {
 
 impl ModelArgs {
     /// The run configuration; `env` is the command's default numbers of user
-    /// operations and faults.
+    /// operations, faults and sled-agent restarts.
     fn run_config(&self, log: Logger, env: (usize, usize, usize)) -> RunConfig {
         RunConfig {
             user_ops: self.user_ops.unwrap_or(env.0),

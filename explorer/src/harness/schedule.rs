@@ -273,11 +273,11 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// The user operations and faults the string's run was given, as far as
-    /// it shows: each operation the user makes, and one more if it then ends
-    /// with some left (`user.done`, offered only then); each fault it takes (a
-    /// vanish, or a call released with one), and one more if the fault actor
-    /// ends with `fault.done`. A run given more of either offers more but, with
+    /// The user operations, faults and sled-agent restarts the string's run was
+    /// given, as far as it shows: each operation the user makes, and one more
+    /// if it then ends with some left (`user.done`, offered only then); each
+    /// fault it takes (a vanish, or a call released with one), and one more if
+    /// the fault actor ends with `fault.done`; each restart it takes. A run given more of either offers more but, with
     /// the same steps taken, is the same run; one given fewer could not take
     /// them. So `scenario` runs a replay string with no environment flags as
     /// the search that printed it did, with one exception: a string cut short
@@ -303,7 +303,8 @@ impl Replay {
             }
         }
         // A fault actor that ended with choices left had a fault left (or a
-        // restart: the string cannot tell, and explore's commands name both).
+        // restart: the string cannot tell, so explore's commands name the
+        // faults whenever restarts were given).
         (user_ops + usize::from(user_done), faults + usize::from(fault_done), restarts)
     }
 
@@ -452,8 +453,8 @@ pub enum ScheduleSpec {
 }
 
 impl ScheduleSpec {
-    /// The user operations and faults the schedule needs (`Replay::environment`);
-    /// none for the named ones.
+    /// The user operations, faults and sled-agent restarts the schedule needs
+    /// (`Replay::environment`); none for the named ones.
     pub fn environment(&self) -> (usize, usize, usize) {
         match self {
             ScheduleSpec::Replay(s) => Replay::parse(s).map_or((0, 0, 0), |r| r.environment()),

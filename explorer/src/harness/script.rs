@@ -225,7 +225,7 @@ pub const FINDINGS: [(&str, &str); 4] = [
     ),
     (
         "restart-unwound",
-        "no fault makes an auto-restart's start fail before it returns: no request of it is refused or lost, and its VMM does not vanish (omicron's start saga then unwinds, and its own undo leaves the instance stopped with its intent Running, where no reincarnation query looks again: #9174)",
+        "no fault makes an auto-restart's start fail before it returns: no request of it is refused or lost, and its VMM does not vanish, nor the sled agent restart while it holds that VMM (omicron's start saga then unwinds, and its own undo leaves the instance stopped with its intent Running, where no reincarnation query looks again: #9174)",
     ),
 ];
 

@@ -1122,6 +1122,16 @@ fn a_restart_that_keeps_its_vms_runs_two_of_one_instance() {
     assert_eq!(j["bounds"]["sled_restarts"], 1);
     let replay = j["counterexample"]["replay"].as_str().unwrap().to_string();
     assert!(replay.contains("fault.sled_restart"), "{replay}");
+    // Its printed command gives the run what explore gave it: the string's
+    // `fault.done` would otherwise read as a fault left.
+    let (_, out, _) =
+        run_printed(&format!("{} --json", j["counterexample"]["command"].as_str().unwrap()));
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let env = &again["environment"];
+    assert_eq!(
+        (&env["user_ops"], &env["faults"], &env["sled_restarts"]),
+        (&0.into(), &0.into(), &1.into())
+    );
     let fixed = [&["scenario"][..], &restart, &["--schedule", &replay]].concat();
     let again = json(&fixed, 0);
     assert_eq!(again["violations"], serde_json::json!([]), "{again}");
