@@ -280,10 +280,11 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     }
 
     /// Sim-only: the sled agent restarts, and its table and any report it had in
-    /// flight are lost (the explorer restarts it only with none in flight). Before it serves again it removes every Propolis zone,
-    /// as omicron's does, so the VMs end with it; with the seeded bug
-    /// `restart_keeps_vms` they run on, unknown to it. Returns the VMMs the
-    /// table held, with their instances, in id order.
+    /// flight are lost (the explorer restarts it only with none in flight).
+    /// Before it serves again it removes every Propolis zone, as omicron's does,
+    /// so the VMs end with it; with the seeded bug `restart_keeps_vms` they run
+    /// on, unknown to it. Returns the VMMs the table held, with their
+    /// instances, in id order.
     pub fn restart(&self) -> Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> {
         let lost = std::mem::take(&mut *self.table());
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -315,14 +316,12 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             .filter(|(_, e)| !e.vmm.runtime.state.is_terminal())
             .map(|(id, e)| (*id, e.vmm.instance_id))
             .chain(orphans.iter().map(|(id, i)| (*id, *i)));
-        let mut seen: Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> = Vec::new();
-        for (vmm, instance) in live {
-            if let Some(&(other, _)) = seen.iter().find(|(_, i)| *i == instance) {
-                return Some((instance, other, vmm));
-            }
-            seen.push((vmm, instance));
-        }
-        None
+        // A handful of VMs at most, and asked after every step a search takes:
+        // each against those before it, with nothing allocated.
+        live.clone().enumerate().find_map(|(k, (vmm, instance))| {
+            let earlier = live.clone().take(k).find(|&(_, i)| i == instance);
+            earlier.map(|(other, _)| (instance, other, vmm))
+        })
     }
 
     /// Sim-only: whether the VMM is in the table.

@@ -625,14 +625,16 @@ fn sled_restart(
             vmm: None,
             arg: Arg::None,
         },
+        // Asked at every turn the fault actor waits at: with no restart left (the
+        // default) it answers before it reaches the sim or the progress.
         wait: Some(Box::new(move || {
-            s.upgrade().is_some_and(|s| {
-                let starting = lock(&p).restart_starting;
-                restarts > 0
-                    && !s.vmm_ids().is_empty()
-                    && !s.reporting_any()
-                    && (findings || starting.is_none_or(|id| s.vmm_of(id).is_none()))
-            })
+            restarts > 0
+                && s.upgrade().is_some_and(|s| {
+                    !s.reporting_any()
+                        && !s.vmm_ids().is_empty()
+                        && (findings
+                            || lock(&p).restart_starting.is_none_or(|id| s.vmm_of(id).is_none()))
+                })
         })),
         costs_fault: false,
     }
