@@ -63,10 +63,10 @@ pub struct ExploreConfig {
     pub check_fingerprints: bool,
     /// Threads that run schedules, sharing the frontier and the visited set. The
     /// verdict, the invariants broken and each counterexample are the same for
-    /// every count; so is the number of situations, for an unreduced search that
-    /// breaks nothing (pruning on length makes it depend on timing otherwise, and
-    /// so may the sleep sets a free step meets: they keep every end, not every
-    /// situation).
+    /// every count; so is the number of situations, for a search that runs to
+    /// its end, but for an unreduced one that breaks something (it has no proof,
+    /// and its exact search prunes on lengths other runs found). A proof's
+    /// situations are those its free steps leave (`reduction::may_free`).
     pub threads: usize,
     /// Explore only this part of the schedule space (`--shard K/N`).
     pub shard: Option<Shard>,
@@ -717,6 +717,10 @@ struct Dfs<'a> {
     /// to take it in both orders with.
     free_taken: Vec<Swap>,
     pushed: Vec<Work>,
+    /// In a proof: the step taken at the last branching point, which the
+    /// schedules pushed there from `pushed[from..]` hold asleep until the
+    /// situation it led to shows no free step (`Dfs::settle`).
+    unsettled: Option<(usize, Sleeper)>,
     best: &'a BestLens,
     prune: bool,
     split: Split,
@@ -726,10 +730,12 @@ impl Dfs<'_> {
     /// Whether a path at `depth` can still give some invariant a counterexample
     /// shorter than the best one: only one not yet broken on this path can break
     /// from here, and only at step `depth + 1` or later. A best found meanwhile by
-    /// another thread only makes this prune less, never wrongly.
+    /// another thread only makes this prune less, never wrongly. A proof prunes
+    /// on its own path alone: its lengths are bounds, and what other runs found
+    /// would make the situations it reaches depend on timing.
     fn may_matter(&self, ctx: &ChoiceCtx<'_>, depth: usize) -> bool {
         INVARIANTS.iter().any(|&(k, _, _)| {
-            !ctx.observer.invariants().is_broken(k) && depth + 1 < self.best.get(k)
+            !ctx.observer.invariants().is_broken(k) && (self.proof || depth + 1 < self.best.get(k))
         })
     }
 
@@ -774,6 +780,23 @@ impl Dfs<'_> {
     }
 }
 
+impl Dfs<'_> {
+    /// Settles what the schedules pushed at the last branching point hold
+    /// asleep of the step taken there, once the situation that step led to is
+    /// known (`free`: it offers a free step, or it was not expanded here, which
+    /// counts the same). A step asleep beside another must be one whose own
+    /// situation tries that other (`reduction::may_free`); one that leads to a
+    /// free step tries only that step, so it wakes.
+    fn settle(&mut self, free: bool) {
+        let Some((from, taken)) = self.unsettled.take() else { return };
+        if free {
+            for work in self.pushed.get_mut(from..).into_iter().flatten() {
+                work.sleep.retain(|z| *z != taken);
+            }
+        }
+    }
+}
+
 impl Chooser for Dfs<'_> {
     /// A prefix's step, by its ticket, where no shard is being decided (a
     /// shard's split counts the branching points the prefix passes).
@@ -807,11 +830,13 @@ impl Chooser for Dfs<'_> {
             return r;
         }
         if self.prune && !self.may_matter(ctx, depth) {
+            self.settle(true);
             return Ok(None);
         }
         let fp = ctx.world.fingerprint(ctx.observer);
         let deciding = self.split.deciding();
         if !self.split.mine(|| fp) {
+            self.settle(true);
             return Ok(None);
         }
         if depth == self.prefix.len() {
@@ -848,6 +873,7 @@ impl Chooser for Dfs<'_> {
             (true, Some(r)) => reduction::free(ctx.enabled, r, &at),
             _ => None,
         };
+        self.settle(only.is_some());
         let candidates = only.map_or(0..ctx.enabled.len(), |f| f..f + 1);
         if decided {
             if let Some(situations) = self.situations {
@@ -914,7 +940,15 @@ impl Chooser for Dfs<'_> {
             let last = Some(ctx.enabled[alt].actor);
             let sleep = if self.reduce {
                 let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
+                // In a proof, what sleeps must be tried, in the other order, by
+                // the situation its own step leads to: see `may_free`. The step
+                // taken here is known once this run reaches that situation.
                 reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried), &at)
+                    .filter(|z| {
+                        !self.proof
+                            || z.ticket == ctx.enabled[take].ticket
+                            || !reduction::may_free(z, ctx.enabled, &at)
+                    })
                     .map(reduction::sleeper)
                     .collect()
             } else {
@@ -923,7 +957,17 @@ impl Chooser for Dfs<'_> {
             let observed = observed.clone();
             self.pushed.push(Work { prefix, trail, last, preemptions: cost, observed, sleep });
         }
-        if self.reduce {
+        if self.reduce && self.proof {
+            let taken = &ctx.enabled[take];
+            if order.len() > 1 && reduction::may_free(taken, ctx.enabled, &at) {
+                self.unsettled =
+                    Some((self.pushed.len() + 1 - order.len(), reduction::sleeper(taken)));
+            }
+            self.sleep = reduction::after(taken, &self.sleep, &at)
+                .filter(|z| !reduction::may_free(z, ctx.enabled, &at))
+                .copied()
+                .collect();
+        } else if self.reduce {
             let taken = ctx.enabled[take];
             self.sleep = reduction::after(&taken, &self.sleep, &at).copied().collect();
         }
@@ -957,6 +1001,10 @@ impl reduction::Situation for Here<'_> {
 
     fn instance(&self, c: &Choice) -> Option<sled_agent_api::InstanceUuid> {
         self.world.instance_of(c)
+    }
+
+    fn row_deleted(&self, c: &Choice) -> bool {
+        self.world.row_deleted(c)
     }
 }
 
@@ -1545,11 +1593,16 @@ impl Search {
                 merge: None,
                 free_taken: Vec::new(),
                 pushed: Vec::new(),
+                unsettled: None,
                 best: &self.best_lens,
                 prune: self.cfg.prune,
                 split: Split::new(self.cfg.shard),
             };
             let outcome = harness::run_outcome(&self.run, &mut dfs);
+            // Ended where it chose no more: whatever the last step led to, its
+            // siblings wake to it (a situation with no choice left has no free
+            // step, but one cut by the step bound was not looked at).
+            dfs.settle(true);
             self.record(&mut dfs, outcome);
             done = Some(dfs.pushed);
         }

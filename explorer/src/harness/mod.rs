@@ -495,6 +495,12 @@ impl World {
             && !self.sched.may_restore(vmm)
     }
 
+    /// Whether Nexus holds the row of the VMM `c`'s call is about deleted, with
+    /// generations checked (`reduction::Situation::row_deleted`).
+    pub fn row_deleted(&self, c: &step::Choice) -> bool {
+        c.call.vmm.and_then(|vmm| self.row_probe(vmm)).is_some_and(|(_, deleted)| deleted)
+    }
+
     /// The instance the call `c` parks is about, if it is known (see
     /// `reduction::Situation::instance`): its VMM's, by Nexus's row; the one it
     /// names by id; or the one the scenario created under the name it carries.
