@@ -63,10 +63,11 @@ pub struct ExploreConfig {
     pub check_fingerprints: bool,
     /// Threads that run schedules, sharing the frontier and the visited set. The
     /// verdict, the invariants broken and each counterexample are the same for
-    /// every count; so is the number of situations, for a search that runs to
-    /// its end, but for an unreduced one that breaks something (it has no proof,
-    /// and its exact search prunes on lengths other runs found). A proof's
-    /// situations are those its free steps leave (`reduction::may_free`).
+    /// every count; so is the number of situations, for an unsplit search that
+    /// runs to its end with no run at the step bound, but for an unreduced one
+    /// that breaks something (it has no proof, and its exact search prunes on
+    /// lengths other runs found). A proof's situations are those its free steps
+    /// leave (`reduction::FreeWatch`).
     pub threads: usize,
     /// Explore only this part of the schedule space (`--shard K/N`).
     pub shard: Option<Shard>,
@@ -697,8 +698,10 @@ struct Dfs<'a> {
     sleep: Vec<Choice>,
     /// The choices to try in the situation at hand (a buffer kept across steps).
     awake: Vec<usize>,
-    /// Sleep sets.
+    /// Ranks, and with them free steps in a proof (`reduction::free`).
     reduce: bool,
+    /// Sleep sets (`reduction::after`).
+    sleep_sets: bool,
     /// The proof (`Phase::Proof`): free steps, and a situation expanded once
     /// is not expanded again from a smaller depth (see `claim_depth`).
     proof: bool,
@@ -718,8 +721,8 @@ struct Dfs<'a> {
     free_taken: Vec<Swap>,
     pushed: Vec<Work>,
     /// In a proof: the step taken at the last branching point, which the
-    /// schedules pushed there from `pushed[from..]` hold asleep until the
-    /// situation it led to shows no free step (`Dfs::settle`).
+    /// schedules pushed there from `pushed[from..]` hold asleep unless the
+    /// situation it led to offers a free step (`Dfs::settle`).
     unsettled: Option<(usize, Sleeper)>,
     best: &'a BestLens,
     prune: bool,
@@ -785,8 +788,8 @@ impl Dfs<'_> {
     /// asleep of the step taken there, once the situation that step led to is
     /// known (`free`: it offers a free step, or it was not expanded here, which
     /// counts the same). A step asleep beside another must be one whose own
-    /// situation tries that other (`reduction::may_free`); one that leads to a
-    /// free step tries only that step, so it wakes.
+    /// situation tries that other (`reduction::FreeWatch`); one that leads to
+    /// a free step tries only that step, so it wakes.
     fn settle(&mut self, free: bool) {
         let Some((from, taken)) = self.unsettled.take() else { return };
         if free {
@@ -932,23 +935,25 @@ impl Chooser for Dfs<'_> {
             self.trail = Some(Arc::new(Trail { parent: self.trail.take(), steps }));
             observed = Some(Arc::new(ctx.observer.clone()));
         }
+        // In a proof, a step sleeps on only where the situation it led to
+        // tries, in the other order, the step taken here: not where it may
+        // have left a free step, which that situation would take alone
+        // (`reduction::FreeWatch`). The step this run takes is judged exactly,
+        // once the run sees where it led (`settle`).
+        let watch = (self.proof && self.sleep_sets)
+            .then(|| reduction::FreeWatch::new(ctx.enabled, ranks.is_some(), &at));
+        let keeps = |z: &Choice| watch.is_none_or(|w| !w.may_free(z, &at));
+        let took = reduction::sleeper(&ctx.enabled[take]);
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
             let steps = vec![taken(&ctx.enabled[alt])];
             let trail = Some(Arc::new(Trail { parent: self.trail.clone(), steps }));
             let last = Some(ctx.enabled[alt].actor);
-            let sleep = if self.reduce {
+            let sleep = if self.sleep_sets {
                 let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
-                // In a proof, what sleeps must be tried, in the other order, by
-                // the situation its own step leads to: see `may_free`. The step
-                // taken here is known once this run reaches that situation.
                 reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried), &at)
-                    .filter(|z| {
-                        !self.proof
-                            || z.ticket == ctx.enabled[take].ticket
-                            || !reduction::may_free(z, ctx.enabled, &at)
-                    })
+                    .filter(|z| reduction::sleeper(z) == took || keeps(z))
                     .map(reduction::sleeper)
                     .collect()
             } else {
@@ -957,19 +962,13 @@ impl Chooser for Dfs<'_> {
             let observed = observed.clone();
             self.pushed.push(Work { prefix, trail, last, preemptions: cost, observed, sleep });
         }
-        if self.reduce && self.proof {
+        if self.sleep_sets {
             let taken = &ctx.enabled[take];
-            if order.len() > 1 && reduction::may_free(taken, ctx.enabled, &at) {
-                self.unsettled =
-                    Some((self.pushed.len() + 1 - order.len(), reduction::sleeper(taken)));
+            if order.len() > 1 && !keeps(taken) {
+                self.unsettled = Some((self.pushed.len() + 1 - order.len(), took));
             }
-            self.sleep = reduction::after(taken, &self.sleep, &at)
-                .filter(|z| !reduction::may_free(z, ctx.enabled, &at))
-                .copied()
-                .collect();
-        } else if self.reduce {
-            let taken = ctx.enabled[take];
-            self.sleep = reduction::after(&taken, &self.sleep, &at).copied().collect();
+            self.sleep =
+                reduction::after(taken, &self.sleep, &at).filter(|z| keeps(z)).copied().collect();
         }
         if let (Some(f), Some(_)) = (only, self.situations) {
             // The free step, taken in both orders with each other actor's choice.
@@ -1582,6 +1581,7 @@ impl Search {
                 sleep: Vec::new(),
                 awake: Vec::new(),
                 reduce: self.cfg.reduces(),
+                sleep_sets: self.cfg.reduces() && !no_sleep_sets(),
                 proof: self.phase == Phase::Proof,
                 preemptions,
                 last,
@@ -1771,9 +1771,70 @@ impl Search {
     }
 }
 
+/// Sleep sets are on wherever the search reduces, but in a test that turns
+/// them off on its thread to compare a proof with its free steps alone.
+#[cfg(not(test))]
+fn no_sleep_sets() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn no_sleep_sets() -> bool {
+    tests::NO_SLEEP_SETS.with(std::cell::Cell::get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        pub(super) static NO_SLEEP_SETS: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// The situations a one-thread search of `run` reaches, with its frontier
+    /// shuffled by `shuffle`, with sleep sets or not.
+    fn situations(run: &RunConfig, shuffle: Option<u64>, sleep_sets: bool) -> usize {
+        NO_SLEEP_SETS.with(|n| n.set(!sleep_sets));
+        let cfg = ExploreConfig { threads: 1, shuffle, ..ExploreConfig::new(run.clone()) };
+        let r = explore(&cfg);
+        NO_SLEEP_SETS.with(|n| n.set(false));
+        let r = r.expect("explores");
+        assert_eq!(r.coverage, Coverage::Exhaustive, "{:?}", run.scenario);
+        r.situations
+    }
+
+    /// A proof with free steps alone reaches every situation they leave, and a
+    /// proof never reaches one they do not (a free step is taken alone, and a
+    /// sleep set only leaves steps out); so a proof with sleep sets that
+    /// reaches as many reaches the same ones. Shuffled frontiers run its
+    /// schedules in other orders, which must not change that.
+    fn check_sleep_sets_keep_every_situation(run: RunConfig) {
+        let all = situations(&run, None, false);
+        for shuffle in [None, Some(2), Some(5)] {
+            assert_eq!(
+                situations(&run, shuffle, true),
+                all,
+                "{:?} shuffle {shuffle:?}",
+                run.scenario
+            );
+        }
+    }
+
+    #[test]
+    fn a_proof_with_sleep_sets_reaches_every_situation_its_free_steps_leave() {
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let stop_race = RunConfig {
+            scenario: harness::ScenarioKind::StopRace,
+            user_ops: 1,
+            faults: 1,
+            ..RunConfig::new(log)
+        };
+        check_sleep_sets_keep_every_situation(stop_race.clone());
+        // The legacy ordering breaks invariants: the proof goes on past them.
+        let ordering = sim_sled_agent::RemovalOrdering::RemoveThenPublish;
+        check_sleep_sets_keep_every_situation(RunConfig { ordering, ..stop_race });
+    }
 
     fn trail(parent: Option<&Arc<Trail>>, tickets: &[u32]) -> Arc<Trail> {
         let steps = tickets.iter().map(|&t| (t, None)).collect();

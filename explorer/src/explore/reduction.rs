@@ -41,10 +41,11 @@
 //! tried, in the other order, from the situation that step led to. Beside free
 //! steps that can fail: if that situation offers a free step, it tries only
 //! that one. So in a proof a step sleeps on only where it cannot leave a free
-//! step behind (`may_free`); the step a run takes is judged once the run sees
+//! step behind (`FreeWatch`); the step a run takes is judged once the run sees
 //! where it led (`explore::Dfs::settle`). The proof then reaches exactly the
-//! situations its free steps leave, whatever order its schedules run in, so
-//! their number is the same for any thread count. Before, an order taken first
+//! situations its free steps leave, whatever order its schedules run in (up
+//! to the step bound, and once a shard's part is decided), so their number is
+//! the same for any thread count. Before, an order taken first
 //! could pass a situation by: disk-move at explore's defaults gave 183,376 to
 //! 183,421 situations by the order, and gives 192,674 in every order now, in
 //! about 8% more runs.
@@ -328,46 +329,71 @@ pub fn free(enabled: &[Choice], ranks: &[u32], at: &dyn Situation) -> Option<usi
     (0..enabled.len()).filter(|&i| is_free(i)).min_by_key(|&i| ranks[i])
 }
 
-/// Whether releasing `t` in the situation whose choices are `enabled` may leave
-/// a free step (`free`) in the situation after it where none was: a check's call
-/// turned stale or dead by what `t` writes of its VMM's instance, one left alone
-/// among its actor's choices by `t` spending the last fault, or a call parked by
-/// a watcher, check or update step. Conservative: true wherever it is not known.
-pub fn may_free(t: &Choice, enabled: &[Choice], at: &dyn Situation) -> bool {
-    if matches!(t.kind, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_)) {
-        return true;
-    }
-    // What may free each check's call: for a write, any write of its VMM's row
-    // (a newer generation, or the row deleted); for a read, a change to its
-    // VMM's entry or row once the row is deleted, or before that a step that
-    // may delete rows (an update step, or a handler whose start unwinds);
-    // for either, the last fault spent while it is offered with one.
-    let deletes = matches!(
-        t.call.kind,
-        CallKind::VmmRegister
-            | CallKind::VmmUnregister
-            | CallKind::VmmPutState
-            | CallKind::VmmGetState
-            | CallKind::InstanceUpdate
-            | CallKind::StartSaga
-            | CallKind::InstanceStart
-            | CallKind::InstanceStop
-            | CallKind::InstanceReboot
-            | CallKind::Reincarnation
-    );
-    let read = enabled.iter().fold(0, |parts, c| {
-        let slot = slots(at.instance(c));
-        let frees = match (c.kind, c.call.kind) {
-            (ActorKind::Check(_), CallKind::VmmWrite) => slot & VMMS,
-            (ActorKind::Check(_), CallKind::VmmGetState) if at.row_deleted(c) => {
-                slot & (VMMS | SLED)
+/// What in one situation may turn a check's call free (`free`) where none is,
+/// gathered once from its choices, to ask of each step (`may_free`).
+#[derive(Clone, Copy, Debug)]
+pub struct FreeWatch {
+    /// Parts a step that writes any of them may free a call through: a check's
+    /// write turns stale when its VMM's row is written (a newer generation, or
+    /// the row deleted); its read of a VMM whose row is deleted turns dead when
+    /// the sled agent's entry or the row changes; and a call offered with a
+    /// fault is left alone among its check's choices when the last is spent.
+    any: u64,
+    /// Parts a step that may delete rows may free a call through: a read of a
+    /// VMM whose row stands turns dead only once the row is deleted.
+    deleting: u64,
+    /// The situation's choices were not ranked (over 64 kinds), so none was
+    /// looked at for freedom, and any step may leave one free.
+    unranked: bool,
+}
+
+impl FreeWatch {
+    /// For the situation offering `enabled`; `ranked`: whether its choices
+    /// were ranked, which is when free steps are looked for (`ranks`).
+    pub fn new(enabled: &[Choice], ranked: bool, at: &dyn Situation) -> Self {
+        let mut w = FreeWatch { any: 0, deleting: 0, unranked: !ranked };
+        for c in enabled.iter().filter(|c| matches!(c.kind, ActorKind::Check(_))) {
+            let budget = if c.fault.is_some() { BUDGET } else { 0 };
+            match c.call.kind {
+                CallKind::VmmWrite => w.any |= (slots(at.instance(c)) & VMMS) | budget,
+                CallKind::VmmGetState if at.row_deleted(c) => {
+                    w.any |= (slots(at.instance(c)) & (VMMS | SLED)) | budget;
+                }
+                CallKind::VmmGetState => w.deleting |= (slots(at.instance(c)) & VMMS) | budget,
+                _ => {}
             }
-            (ActorKind::Check(_), CallKind::VmmGetState) if deletes => slot & VMMS,
-            _ => return parts,
-        };
-        parts | frees | if c.fault.is_some() { BUDGET } else { 0 }
-    });
-    footprint(t, at).writes & read != 0
+        }
+        w
+    }
+
+    /// Whether releasing `t` here may leave a free step in the situation after
+    /// it where none was. Conservative: true wherever it is not known. A
+    /// watcher's or a check's step parks its actor's next call, which may be
+    /// free; an update step deletes rows and ends the check that waits for it.
+    /// Rows are deleted by update steps and by a start that unwinds after its
+    /// call to the sled agent (`Db::unwind_start`), or by a Nexus handler that
+    /// marks a VMM failed and runs the update (`mark_vmm_failed`); a report
+    /// only queues an update step.
+    pub fn may_free(&self, t: &Choice, at: &dyn Situation) -> bool {
+        if self.unranked
+            || matches!(t.kind, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_))
+        {
+            return true;
+        }
+        let deletes = matches!(
+            t.call.kind,
+            CallKind::VmmRegister
+                | CallKind::VmmUnregister
+                | CallKind::VmmPutState
+                | CallKind::InstanceUpdate
+                | CallKind::StartSaga
+                | CallKind::InstanceStart
+                | CallKind::InstanceStop
+                | CallKind::InstanceReboot
+        );
+        let reads = if deletes { self.any | self.deleting } else { self.any };
+        reads != 0 && footprint(t, at).writes & reads != 0
+    }
 }
 
 /// A choice asleep: the same parked call, with the same fault and offered the
@@ -597,6 +623,27 @@ mod tests {
         }
     }
 
+    /// `ByVmm`, where every VMM's row is deleted.
+    struct Deleted;
+
+    impl Situation for Deleted {
+        fn stale(&self, _: &Choice) -> bool {
+            false
+        }
+
+        fn dead(&self, _: &Choice) -> bool {
+            false
+        }
+
+        fn instance(&self, c: &Choice) -> Option<InstanceUuid> {
+            ByVmm.instance(c)
+        }
+
+        fn row_deleted(&self, _: &Choice) -> bool {
+            true
+        }
+    }
+
     /// `c` about VMM `n` (of instance `n`, as `ByVmm` tells it).
     fn on(c: Choice, n: u128) -> Choice {
         let vmm = Some(sled_agent_api::PropolisUuid::from_u128(n));
@@ -649,7 +696,8 @@ mod tests {
 
     /// Whether `t`, taken where `enabled` is offered, may leave a free step.
     fn check_may_free(t: Choice, enabled: &[Choice], at: &dyn Situation, want: bool) {
-        assert_eq!(may_free(&t, enabled, at), want, "{:?} with {enabled:?}", t.call);
+        let w = FreeWatch::new(enabled, true, at);
+        assert_eq!(w.may_free(&t, at), want, "{:?} with {enabled:?}", t.call);
     }
 
     #[test]
@@ -659,27 +707,43 @@ mod tests {
         let write = choice(3, ActorKind::Check(1), CallKind::VmmWrite, Component::Watcher);
         let get = choice(3, ActorKind::Check(1), CallKind::VmmGetState, Component::Watcher);
         let put = choice(5, ActorKind::User, CallKind::VmmPutState, Component::Nexus);
+        let poke = choice(6, ActorKind::User, CallKind::VmmPoke, Component::User);
         // A report writes its VMM's row: a check's write of that VMM may turn
         // stale, one of another instance's may not.
         check_may_free(on(report, 1), &[on(write, 1)], &ByVmm, true);
         check_may_free(on(report, 1), &[on(write, 2)], &ByVmm, false);
         // A read turns dead only once the row is deleted: before that, only a
         // step that may delete rows (a handler whose start unwinds) counts,
-        // and a report deletes none.
+        // and neither a report nor a poke deletes any.
         check_may_free(on(report, 1), &[on(get, 1)], &ByVmm, false);
+        check_may_free(on(poke, 1), &[on(get, 1)], &ByVmm, false);
         check_may_free(on(put, 1), &[on(get, 1)], &ByVmm, true);
-        check_may_free(on(report, 1), &[on(get, 1)], &ALL_STALE, true);
+        check_may_free(on(put, 2), &[on(get, 1)], &ByVmm, false);
+        // Once it is deleted, a change to the VMM's sled-agent entry counts,
+        // on its own instance only.
+        check_may_free(on(poke, 1), &[on(get, 1)], &Deleted, true);
+        check_may_free(on(poke, 2), &[on(get, 1)], &Deleted, false);
         // Spending the last fault leaves a check offered with one alone.
         let faulty = Choice { fault: Some(Fault::Unavailable), ..on(put, 2) };
         let get_503 = Choice { fault: Some(Fault::Unavailable), ..on(get, 1) };
         check_may_free(faulty, &[on(get, 1)], &ByVmm, false);
         check_may_free(faulty, &[on(get, 1), get_503], &ByVmm, true);
-        // The watcher's and a check's own steps park calls that may be free.
+        let vanish = Choice {
+            offer: Offer::Alternative,
+            ..choice(7, ActorKind::Fault, CallKind::VmmVanish, Component::Fault)
+        };
+        check_may_free(vanish, &[on(get, 1), get_503], &Deleted, true);
+        // The watcher's, a check's and an update step's own steps may.
         let list = choice(1, ActorKind::Watcher, CallKind::VmmList, Component::Watcher);
         check_may_free(list, &[], &ByVmm, true);
         check_may_free(on(get, 2), &[on(write, 1)], &ByVmm, true);
+        let update = choice(8, ActorKind::Update(1), CallKind::InstanceUpdate, Component::Nexus);
+        check_may_free(on(update, 2), &[], &ByVmm, true);
         // With no check offered, nothing can be freed by another actor's step.
         check_may_free(on(report, 1), &[on(put, 1)], &ByVmm, false);
+        // Where the choices were not ranked, none was looked at: any step may.
+        let unranked = FreeWatch::new(&[on(put, 1)], false, &ByVmm);
+        assert!(unranked.may_free(&on(report, 1), &ByVmm));
     }
 
     #[test]
