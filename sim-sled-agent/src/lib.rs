@@ -186,6 +186,13 @@ struct InFlight {
 /// poke. omicron's sled agent retries forever with backoff; a poke must end.
 pub const REPORT_ATTEMPTS: u32 = 8;
 
+/// The sim's locks are never held across an await, so a poisoned one can only
+/// come from a panic in this file's own short critical sections; what it guards
+/// is still consistent then, so keep serving rather than spread the panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     pub fn new(
         log: &Logger,
@@ -227,39 +234,36 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
 
     #[cfg(feature = "seeded-bugs")]
     pub fn seed_bugs(&self, bugs: SimBugs) {
-        *self.bugs.lock().unwrap_or_else(|p| p.into_inner()) = bugs;
+        *lock(&self.bugs) = bugs;
     }
 
     /// The seeded bugs in force: none, unless built with `seeded-bugs` and asked.
     fn bugs(&self) -> SimBugs {
-        *self.bugs.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.bugs)
     }
 
     pub fn config(&self) -> SimConfig {
         self.config
     }
 
-    // The table lock is never held across an await, so a poisoned lock can only
-    // come from a panic in this file's own short critical sections; the map is
-    // still consistent then, so keep serving rather than spread the panic.
     fn table(&self) -> MutexGuard<'_, BTreeMap<PropolisUuid, Entry>> {
-        self.vmms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.vmms)
     }
 
     /// Sim-only: whether a poke is waiting on a report of the VMM to Nexus.
     pub fn reporting(&self, propolis_id: PropolisUuid) -> bool {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&propolis_id)
+        lock(&self.in_flight).contains_key(&propolis_id)
     }
 
     /// Sim-only: whether any poke is waiting on a report to Nexus.
     pub fn reporting_any(&self) -> bool {
-        !self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        !lock(&self.in_flight).is_empty()
     }
 
     /// Sim-only: VMs a restart left running, unknown to the table, with their
     /// instances, in id order.
     pub fn orphans(&self) -> Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> {
-        let orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let orphans = lock(&self.orphans);
         orphans.iter().map(|(v, i)| (*v, *i)).collect()
     }
 
@@ -287,9 +291,9 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     /// instances, in id order.
     pub fn restart(&self) -> Vec<(PropolisUuid, sled_agent_api::InstanceUuid)> {
         let lost = std::mem::take(&mut *self.table());
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        lock(&self.in_flight).clear();
         let keeps = self.bugs().restart_keeps_vms;
-        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut orphans = lock(&self.orphans);
         let mut gone = Vec::with_capacity(lost.len());
         for (id, entry) in lost {
             let instance = entry.vmm.instance_id;
@@ -310,7 +314,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
         &self,
     ) -> Option<(sled_agent_api::InstanceUuid, PropolisUuid, PropolisUuid)> {
         let table = self.table();
-        let orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let orphans = lock(&self.orphans);
         let live = table
             .iter()
             .filter(|(_, e)| !e.vmm.runtime.state.is_terminal())
@@ -352,8 +356,8 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
             entry.vmm.hash_state(h);
         }
         // A VM a restart left running: it decides whether a second one starts.
-        std::hash::Hash::hash(&*self.orphans.lock().unwrap_or_else(|p| p.into_inner()), h);
-        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        std::hash::Hash::hash(&*lock(&self.orphans), h);
+        let in_flight = lock(&self.in_flight);
         for (id, f) in in_flight.iter() {
             std::hash::Hash::hash(&(id, f.more, f.taken.is_some(), f.failures), h);
             if let Some(vmm) = &f.taken {
@@ -470,7 +474,7 @@ impl<N: NexusInternalApi + 'static> SimSledAgent<N> {
     }
 
     fn in_flight_set(&self, propolis_id: PropolisUuid, f: Option<InFlight>) {
-        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.in_flight);
         match f {
             Some(f) => m.insert(propolis_id, f),
             None => m.remove(&propolis_id),
