@@ -758,6 +758,21 @@ impl Dfs<'_> {
         }
     }
 
+    /// Settles what the schedules pushed at the last branching point hold
+    /// asleep of the step taken there, once the situation that step led to is
+    /// known (`free`: it offers a free step, or it was not expanded here, which
+    /// counts the same). A step asleep beside another must be one whose own
+    /// situation tries that other (`reduction::FreeWatch`); one that leads to
+    /// a free step tries only that step, so it wakes.
+    fn settle(&mut self, free: bool) {
+        let Some((from, taken)) = self.unsettled.take() else { return };
+        if free {
+            for work in self.pushed.get_mut(from..).into_iter().flatten() {
+                work.sleep.retain(|z| *z != taken);
+            }
+        }
+    }
+
     /// Under `--check-fingerprints`: two situations that share a fingerprint must
     /// agree on what it hashes and on what can be done next, or pruning one for
     /// the other may skip what only it could do.
@@ -778,23 +793,6 @@ impl Dfs<'_> {
             Some(seen) => self.merge = Some((seen.path.clone(), self.path.clone())),
             None => {
                 situations.insert(fp, Seen { full, next, path: self.path.clone() });
-            }
-        }
-    }
-}
-
-impl Dfs<'_> {
-    /// Settles what the schedules pushed at the last branching point hold
-    /// asleep of the step taken there, once the situation that step led to is
-    /// known (`free`: it offers a free step, or it was not expanded here, which
-    /// counts the same). A step asleep beside another must be one whose own
-    /// situation tries that other (`reduction::FreeWatch`); one that leads to
-    /// a free step tries only that step, so it wakes.
-    fn settle(&mut self, free: bool) {
-        let Some((from, taken)) = self.unsettled.take() else { return };
-        if free {
-            for work in self.pushed.get_mut(from..).into_iter().flatten() {
-                work.sleep.retain(|z| *z != taken);
             }
         }
     }
@@ -938,12 +936,17 @@ impl Chooser for Dfs<'_> {
         // In a proof, a step sleeps on only where the situation it led to
         // tries, in the other order, the step taken here: not where it may
         // have left a free step, which that situation would take alone
-        // (`reduction::FreeWatch`). The step this run takes is judged exactly,
-        // once the run sees where it led (`settle`).
-        let watch = (self.proof && self.sleep_sets)
+        // (`reduction::FreeWatch`). Each is judged once here. The step this
+        // run takes is judged exactly instead, once the run sees where it led
+        // (`settle`); it is never asleep itself, being awake to be taken.
+        let watch = (self.proof && self.sleep_sets && (order.len() > 1 || !self.sleep.is_empty()))
             .then(|| reduction::FreeWatch::new(ctx.enabled, ranks.is_some(), &at));
         let keeps = |z: &Choice| watch.is_none_or(|w| !w.may_free(z, &at));
-        let took = reduction::sleeper(&ctx.enabled[take]);
+        let kept: Option<Vec<Choice>> =
+            watch.map(|_| self.sleep.iter().copied().filter(|z| keeps(z)).collect());
+        let asleep: &[Choice] = kept.as_deref().unwrap_or(&self.sleep);
+        let tried: Vec<bool> =
+            order.iter().enumerate().map(|(k, &i)| k == 0 || keeps(&ctx.enabled[i])).collect();
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
@@ -951,9 +954,9 @@ impl Chooser for Dfs<'_> {
             let trail = Some(Arc::new(Trail { parent: self.trail.clone(), steps }));
             let last = Some(ctx.enabled[alt].actor);
             let sleep = if self.sleep_sets {
-                let tried = order[..k].iter().map(|&i| &ctx.enabled[i]);
-                reduction::after(&ctx.enabled[alt], self.sleep.iter().chain(tried), &at)
-                    .filter(|z| reduction::sleeper(z) == took || keeps(z))
+                let tried = (order[..k].iter().zip(&tried)).filter(|(_, &kept)| kept);
+                let tried = tried.map(|(&i, _)| &ctx.enabled[i]);
+                reduction::after(&ctx.enabled[alt], asleep.iter().chain(tried), &at)
                     .map(reduction::sleeper)
                     .collect()
             } else {
@@ -965,10 +968,10 @@ impl Chooser for Dfs<'_> {
         if self.sleep_sets {
             let taken = &ctx.enabled[take];
             if order.len() > 1 && !keeps(taken) {
-                self.unsettled = Some((self.pushed.len() + 1 - order.len(), took));
+                let from = self.pushed.len() + 1 - order.len();
+                self.unsettled = Some((from, reduction::sleeper(taken)));
             }
-            self.sleep =
-                reduction::after(taken, &self.sleep, &at).filter(|z| keeps(z)).copied().collect();
+            self.sleep = reduction::after(taken, asleep, &at).copied().collect();
         }
         if let (Some(f), Some(_)) = (only, self.situations) {
             // The free step, taken in both orders with each other actor's choice.

@@ -353,13 +353,14 @@ impl FreeWatch {
     pub fn new(enabled: &[Choice], ranked: bool, at: &dyn Situation) -> Self {
         let mut w = FreeWatch { any: 0, deleting: 0, unranked: !ranked };
         for c in enabled.iter().filter(|c| matches!(c.kind, ActorKind::Check(_))) {
-            let budget = if c.fault.is_some() { BUDGET } else { 0 };
+            let (slot, budget) =
+                (slots(at.instance(c)), if c.fault.is_some() { BUDGET } else { 0 });
             match c.call.kind {
-                CallKind::VmmWrite => w.any |= (slots(at.instance(c)) & VMMS) | budget,
+                CallKind::VmmWrite => w.any |= (slot & VMMS) | budget,
                 CallKind::VmmGetState if at.row_deleted(c) => {
-                    w.any |= (slots(at.instance(c)) & (VMMS | SLED)) | budget;
+                    w.any |= (slot & (VMMS | SLED)) | budget
                 }
-                CallKind::VmmGetState => w.deleting |= (slots(at.instance(c)) & VMMS) | budget,
+                CallKind::VmmGetState => w.deleting |= (slot & VMMS) | budget,
                 _ => {}
             }
         }
