@@ -278,16 +278,17 @@ impl Db {
     /// A start saga's undo: its VMM row becomes SagaUnwound (and deleted: no
     /// report lands on it), its reservation goes, and an instance it had linked
     /// is left with no VMM, as omicron's undo of `sis_move_to_starting` leaves
-    /// it: stopped, whatever the start was for.
+    /// it: stopped, whatever the start was for. True if it deleted the row.
     pub(crate) fn unwind_start(
         &mut self,
         instance_id: InstanceUuid,
         propolis_id: PropolisUuid,
         auto_restart: bool,
-    ) {
+    ) -> bool {
+        let mut deleted = false;
         if let Some(vmm) = self.vmms.get_mut(&propolis_id) {
             vmm.state = DbVmmState::SagaUnwound;
-            vmm.deleted = true;
+            deleted = !std::mem::replace(&mut vmm.deleted, true);
         }
         self.release(propolis_id);
         if let Some(inst) = self.instances.get_mut(&instance_id) {
@@ -298,6 +299,7 @@ impl Db {
                 self.log(instance_id, InstanceChange::StartUnwound { auto_restart });
             }
         }
+        deleted
     }
 
     /// Hashes what decides future behaviour. Timestamps and the logs are left out;

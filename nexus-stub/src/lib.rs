@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use chrono::TimeDelta;
@@ -189,6 +190,10 @@ pub struct NexusStub<S> {
     /// sled agent: which request keeps which generation is not in `requests`,
     /// so a harness that parks the call takes it from here (`request_basis`).
     latest_request: Mutex<BTreeMap<PropolisUuid, Generation>>,
+    /// VMM rows soft-deleted so far (the rows' flags say as much; a count
+    /// read without the lock lets a harness see cheaply whether a step
+    /// deleted one).
+    rows_deleted: AtomicUsize,
     this: Weak<Self>,
 }
 
@@ -218,6 +223,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
             db: Mutex::new(Db::default()),
             requests: Mutex::default(),
             latest_request: Mutex::default(),
+            rows_deleted: AtomicUsize::new(0),
             this: this.clone(),
         })
     }
@@ -293,6 +299,11 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     /// Every VMM write attempted so far, applied or not, in order.
     pub fn vmm_writes(&self) -> Vec<VmmWrite> {
         self.db().writes.clone()
+    }
+
+    /// How many VMM rows have been soft-deleted so far.
+    pub fn rows_deleted(&self) -> usize {
+        self.rows_deleted.load(Ordering::Relaxed)
     }
 
     pub fn vmm_writes_len(&self) -> usize {

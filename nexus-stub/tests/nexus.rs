@@ -175,8 +175,13 @@ async fn the_7282_order_of_writes_fails_the_instance() {
     assert!(!h.report(vmm, VmmState::Destroyed, 7).await);
     // The watcher runs the update step itself; nothing was left to a spawner.
     assert!(h.run_updates().await.is_empty());
+    assert_eq!(h.nexus.rows_deleted(), 0);
     h.nexus.run_instance_update(inst).await.expect("updates");
     assert_eq!(h.external(inst), ExternalState::Failed);
+    // The update step's deletion is counted, once.
+    assert_eq!(h.nexus.rows_deleted(), 1);
+    h.nexus.run_instance_update(inst).await.expect("nothing left to update");
+    assert_eq!(h.nexus.rows_deleted(), 1);
 }
 
 #[tokio::test]
@@ -297,6 +302,7 @@ async fn a_start_whose_ensure_running_fails_unwinds_and_unregisters() {
     let vmm = h.nexus.vmms()[0];
     // Unwound, not Failed: omicron's start saga marks nothing failed here.
     assert_eq!((vmm.state, vmm.deleted), (DbVmmState::SagaUnwound, true));
+    assert_eq!(h.nexus.rows_deleted(), 1, "the unwind's deletion is counted");
     let inst = h.nexus.instances()[0].id;
     assert_eq!(h.external(inst), ExternalState::Stopped);
     let last = h.nexus.instance_log().last().map(|e| e.change);
@@ -385,7 +391,7 @@ impl TaskSpawner for HeldStarts {
 /// reservations and VMM rows left.
 async fn a_users_start_meets_auto_restart(
     bugs: NexusBugs,
-) -> (Result<ExternalState, NexusError>, Vec<InstanceChange>, usize, Vec<DbVmmState>) {
+) -> (Result<ExternalState, NexusError>, Vec<InstanceChange>, usize, Vec<DbVmmState>, usize) {
     let held = Arc::new(HeldStarts::default());
     let nexus = NexusStub::new(
         &slog::Logger::root(slog::Discard, slog::o!()),
@@ -409,22 +415,26 @@ async fn a_users_start_meets_auto_restart(
     let answer = user.await.unwrap().map(|v| v.state);
     let log = h.nexus.instance_log()[from..].iter().map(|e| e.change).collect();
     let rows = h.nexus.vmms().iter().filter(|v| v.id != vmm).map(|v| v.state).collect();
-    (answer, log, h.nexus.reservations().len(), rows)
+    // Rows deleted: the first VMM's, by the update step, and any the start unwound.
+    let deleted = h.nexus.rows_deleted();
+    (answer, log, h.nexus.reservations().len(), rows, deleted)
 }
 
 /// omicron #10479: the user's start fails at its reservation, having made
 /// nothing; before it, the start reserved too, lost at the link and unwound.
 #[tokio::test]
 async fn a_start_racing_auto_restart_fails_at_its_reservation() {
-    let (answer, log, reservations, rows) =
+    let (answer, log, reservations, rows, deleted) =
         a_users_start_meets_auto_restart(NexusBugs::default()).await;
+    assert_eq!(deleted, 1, "the update step's");
     assert!(matches!(answer, Err(NexusError::InstanceAlreadyStarting { .. })), "{answer:?}");
     let reserved = log.iter().filter(|c| matches!(c, InstanceChange::Reserved { .. })).count();
     assert_eq!((reserved, reservations), (1, 1), "{log:?}");
     assert_eq!(rows, [DbVmmState::Reported(VmmState::Starting)], "only auto-restart's VMM");
 
     let bugs = NexusBugs { duplicate_reservations: true, ..NexusBugs::default() };
-    let (answer, log, reservations, rows) = a_users_start_meets_auto_restart(bugs).await;
+    let (answer, log, reservations, rows, deleted) = a_users_start_meets_auto_restart(bugs).await;
+    assert_eq!(deleted, 2, "the update step's and the loser's unwind");
     assert!(matches!(answer, Err(NexusError::InstanceChangedState { .. })), "{answer:?}");
     let reserved: Vec<_> = log
         .iter()

@@ -371,27 +371,18 @@ impl FreeWatch {
     /// it where none was. Conservative: true wherever it is not known. A
     /// watcher's or a check's step parks its actor's next call, which may be
     /// free; an update step deletes rows and ends the check that waits for it.
-    /// Rows are deleted by update steps and by a start that unwinds after its
-    /// call to the sled agent (`Db::unwind_start`), or by a Nexus handler that
-    /// marks a VMM failed and runs the update (`mark_vmm_failed`); a report
-    /// only queues an update step.
+    /// Rows are deleted only by the steps `CallKind::may_delete_rows` names,
+    /// which every run checks: update steps, a start that unwinds after its
+    /// call to the sled agent (`Db::unwind_start`), a Nexus handler that marks
+    /// a VMM failed and runs the update (`mark_vmm_failed`); a report only
+    /// queues an update step.
     pub fn may_free(&self, t: &Choice, at: &dyn Situation) -> bool {
         if self.unranked
             || matches!(t.kind, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_))
         {
             return true;
         }
-        let deletes = matches!(
-            t.call.kind,
-            CallKind::VmmRegister
-                | CallKind::VmmUnregister
-                | CallKind::VmmPutState
-                | CallKind::InstanceUpdate
-                | CallKind::StartSaga
-                | CallKind::InstanceStart
-                | CallKind::InstanceStop
-                | CallKind::InstanceReboot
-        );
+        let deletes = t.call.kind.may_delete_rows(t.kind);
         let reads = if deletes { self.any | self.deleting } else { self.any };
         reads != 0 && footprint(t, at).writes & reads != 0
     }

@@ -3,8 +3,9 @@
 //! never from printed text.
 
 use super::invariants::{Ending, Event, Invariants, Violation};
+use super::sched::HarnessError;
 use super::script::ScenarioKind;
-use super::step::{Answer, Arg, Call, CallKind, Component};
+use super::step::{ActorKind, Answer, Arg, Call, CallKind, Component};
 use super::{RunEnd, World};
 
 #[derive(Clone, Debug, Default)]
@@ -19,6 +20,8 @@ pub struct Observer {
     /// Per step, whether its answer's events were fed: an outer step keeps the
     /// visit window open, and an answer is fed once, in step order.
     answered: Vec<bool>,
+    /// Nexus's count of deleted VMM rows when last checked.
+    rows_deleted: usize,
 }
 
 /// A report the sled agent sends, as an event; a call counts as sent once it is
@@ -29,6 +32,16 @@ fn sent(call: &Call) -> Option<Event> {
             Some(Event::Sent { vmm, state, gen })
         }
         _ => None,
+    }
+}
+
+/// The harness error for a row deleted by the step `last` (actor kind and
+/// call), if it is not one that may delete rows.
+fn undeclared_deletion(last: Option<(ActorKind, CallKind)>) -> Option<HarnessError> {
+    match last {
+        Some((actor, call)) if call.may_delete_rows(actor) => None,
+        Some((actor, call)) => Some(HarnessError::UndeclaredDeletion { actor, call: call.label() }),
+        None => Some(HarnessError::DeletedBeforeAnyStep),
     }
 }
 
@@ -129,6 +142,22 @@ impl Observer {
         for (step, e) in &events {
             self.invariants.on(*step, e, &names);
         }
+        self.check_deletions(world);
+    }
+
+    /// A row deleted since the last check was deleted by the step released
+    /// last (checks come after every step but those of a replayed prefix,
+    /// and each of those was checked in the run that took it first), which
+    /// must be one the reduction knows may delete rows
+    /// (`CallKind::may_delete_rows`).
+    fn check_deletions(&mut self, world: &World) {
+        let deleted = world.nexus.rows_deleted();
+        if std::mem::replace(&mut self.rows_deleted, deleted) == deleted {
+            return;
+        }
+        if let Some(e) = undeclared_deletion(world.sched.last_released()) {
+            world.sched.record_error(e);
+        }
     }
 
     pub fn finish(&mut self, world: &World, end: &RunEnd, kind: ScenarioKind) {
@@ -143,5 +172,32 @@ impl Observer {
         };
         let end = world.progress().end(kind, &world.nexus, ending);
         self.invariants.end(world.sched.steps_len(), &end, &|| world.names());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(last: Option<(ActorKind, CallKind)>, want: Option<HarnessError>) {
+        assert_eq!(undeclared_deletion(last), want, "{last:?}");
+    }
+
+    /// A row deleted by a step the reduction does not expect to delete rows
+    /// fails the run; one of the steps it lists does not.
+    #[test]
+    fn a_row_deleted_by_a_step_not_listed_as_deleting_is_a_harness_error() {
+        check(Some((ActorKind::User, CallKind::VmmPutState)), None);
+        check(Some((ActorKind::Update(1), CallKind::InstanceUpdate)), None);
+        check(Some((ActorKind::Check(2), CallKind::VmmWrite)), None);
+        check(Some((ActorKind::Scenario, CallKind::InstanceStop)), None);
+        let report = HarnessError::UndeclaredDeletion {
+            actor: ActorKind::Scenario,
+            call: "cpapi_instances_put",
+        };
+        check(Some((ActorKind::Scenario, CallKind::CpapiInstancesPut)), Some(report));
+        let poke = HarnessError::UndeclaredDeletion { actor: ActorKind::User, call: "vmm_poke" };
+        check(Some((ActorKind::User, CallKind::VmmPoke)), Some(poke));
+        check(None, Some(HarnessError::DeletedBeforeAnyStep));
     }
 }

@@ -57,6 +57,12 @@ pub enum HarnessError {
     Panicked,
     #[error("the run's clock moved on {ticks} ms, past the {horizon} ms its fingerprints assume")]
     ClockPastHorizon { ticks: u64, horizon: u64 },
+    #[error(
+        "a step of {actor} ({call}) deleted a VMM row, which the reduction assumes no such step does"
+    )]
+    UndeclaredDeletion { actor: ActorKind, call: &'static str },
+    #[error("a VMM row was deleted before any step")]
+    DeletedBeforeAnyStep,
 }
 
 thread_local! {
@@ -440,6 +446,13 @@ impl Sched {
     /// Resolves once the run is quiescent.
     pub fn idle(&self) -> Idle<'_> {
         Idle { sched: self }
+    }
+
+    /// The actor kind and call of the step released last, if any.
+    pub fn last_released(&self) -> Option<(ActorKind, CallKind)> {
+        let g = self.lock();
+        let s = g.steps.last()?;
+        Some((g.actors.get(s.actor).map_or(ActorKind::Scenario, |a| a.kind), s.call.kind))
     }
 
     pub fn steps_len(&self) -> usize {

@@ -161,6 +161,30 @@ pub enum CallKind {
 }
 
 impl CallKind {
+    /// Whether a step of `actor` making this call may soft-delete Nexus VMM
+    /// rows, with everything its release runs up to the next gate: an update
+    /// step; a Nexus handler whose call to the sled agent fails (it marks the
+    /// VMM Failed and runs the update step, or a start unwinds); a start,
+    /// stop or reboot, which may run the same on their way. The watcher's
+    /// checks run the update step after a write. Free steps rest on this list
+    /// (`explore::reduction::FreeWatch`), and every run checks it
+    /// (`HarnessError::UndeclaredDeletion`), so a new way to delete a row
+    /// cannot leave the proof unsound unnoticed.
+    pub const fn may_delete_rows(self, actor: ActorKind) -> bool {
+        matches!(actor, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_))
+            || matches!(
+                self,
+                CallKind::VmmRegister
+                    | CallKind::VmmUnregister
+                    | CallKind::VmmPutState
+                    | CallKind::InstanceUpdate
+                    | CallKind::StartSaga
+                    | CallKind::InstanceStart
+                    | CallKind::InstanceStop
+                    | CallKind::InstanceReboot
+            )
+    }
+
     pub const ALL: [CallKind; 22] = [
         CallKind::VmmRegister,
         CallKind::VmmUnregister,
