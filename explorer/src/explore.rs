@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use crate::harness::hash::StableHasher;
 use crate::harness::invariants::INVARIANTS;
 use crate::harness::observe::Observer;
-use crate::harness::schedule::{by_priority, ChoiceCtx, Chooser, ScheduleError, Watch};
+use crate::harness::schedule::{
+    by_priority, by_priority_as_fingerprinted, ChoiceCtx, Chooser, ScheduleError, Watch,
+};
 use crate::harness::step::{
     ActorId, ActorKind, Answer, Arg, Call, CallKind, Choice, Component, Fault, Offer, Step,
 };
@@ -250,6 +252,11 @@ pub enum Truncation {
     /// orders (`--check-fingerprints` tries both): the proof may have left out
     /// an end. Found only with `--check-fingerprints`.
     NotFree(usize),
+    /// A step the proof kept asleep, judged unable to leave a free step
+    /// (`reduction::FreeWatch`), left one when taken (`--check-fingerprints`
+    /// takes each): the situations after it may have gone unvisited. Found
+    /// only with `--check-fingerprints`.
+    LeftFree(usize),
     /// Merged from shards, these of which (from 1) were truncated.
     Shards(Vec<usize>),
 }
@@ -264,6 +271,9 @@ impl Truncation {
             }
             Truncation::NotFree(n) => {
                 format!("{n} free step(s) that did not commute with another step")
+            }
+            Truncation::LeftFree(n) => {
+                format!("{n} step(s) kept asleep that left a free step behind")
             }
             Truncation::FingerprintCollision(n) => {
                 format!("{n} fingerprint mismatch(es): one fingerprint, different situations")
@@ -719,6 +729,9 @@ struct Dfs<'a> {
     /// Under `--check-fingerprints`: free steps taken, each with another step
     /// to take it in both orders with.
     free_taken: Vec<Swap>,
+    /// Under `--check-fingerprints`: steps a proof kept asleep, each to take
+    /// where it was judged and see that it leaves no free step.
+    kept_asleep: Vec<Kept>,
     pushed: Vec<Work>,
     /// In a proof: the step taken at the last branching point, which the
     /// schedules pushed there from `pushed[from..]` hold asleep unless the
@@ -941,12 +954,15 @@ impl Chooser for Dfs<'_> {
         // (`settle`); it is never asleep itself, being awake to be taken.
         let watch = (self.proof && self.sleep_sets && (order.len() > 1 || !self.sleep.is_empty()))
             .then(|| reduction::FreeWatch::new(ctx.enabled, ranks.is_some(), &at));
-        let keeps = |z: &Choice| watch.is_none_or(|w| !w.may_free(z, &at));
+        let keeps = |z: &Choice| keep_every_sleeper() || watch.is_none_or(|w| !w.may_free(z, &at));
         let kept: Option<Vec<Choice>> =
             watch.map(|_| self.sleep.iter().copied().filter(|z| keeps(z)).collect());
         let asleep: &[Choice] = kept.as_deref().unwrap_or(&self.sleep);
         let tried: Vec<bool> =
             order.iter().enumerate().map(|(k, &i)| k == 0 || keeps(&ctx.enabled[i])).collect();
+        if let (Some(_), Some(kept)) = (self.situations, kept.as_deref()) {
+            self.kept_asleep.extend(judged_kept(&self.path, ctx, only, kept, (&order, &tried)));
+        }
         for (k, &alt) in order.iter().enumerate().skip(1).rev() {
             let mut prefix = self.path.clone();
             prefix.push(u32::try_from(alt).unwrap_or(u32::MAX));
@@ -1088,6 +1104,75 @@ impl Chooser for Both<'_> {
     }
 }
 
+/// Under `--check-fingerprints`: each step a proof judged at `path` unable to
+/// leave a free step, kept asleep (`asleep`) or kept as a sibling tried before
+/// others (`order` past the first, where `tried`), to be taken there after
+/// the search (`Kept`). Where that situation offers a free step (`only`), the
+/// one after it may offer that same one.
+fn judged_kept(
+    path: &[u32],
+    ctx: &ChoiceCtx<'_>,
+    only: Option<usize>,
+    asleep: &[Choice],
+    (order, tried): (&[usize], &[bool]),
+) -> Vec<Kept> {
+    let expect = only.map(|f| reduction::sleeper(&ctx.enabled[f]));
+    let siblings = order.iter().zip(tried).skip(1).filter(|(_, &kept)| kept);
+    let judged = asleep.iter().chain(siblings.map(|(&i, _)| &ctx.enabled[i]));
+    // A sleeper no longer offered here is not taken here either.
+    let offered =
+        |z: &&Choice| ctx.enabled.iter().any(|c| reduction::sleeper(c) == reduction::sleeper(z));
+    judged
+        .filter(offered)
+        .map(|z| Kept { path: path.to_vec(), sleeper: reduction::sleeper(z), expect })
+        .collect()
+}
+
+/// Under `--check-fingerprints`: a step a proof kept asleep (`judged_kept`),
+/// known by its sleeper, at the path to the situation where it was judged,
+/// with the free step that situation offered, if any.
+struct Kept {
+    path: Vec<u32>,
+    sleeper: Sleeper,
+    expect: Option<Sleeper>,
+}
+
+impl Kept {
+    /// Whether taking the step where it was judged leaves a free step other
+    /// than the one expected there (or the step was not offered there).
+    fn leaves_free(&self, run: &RunConfig) -> Result<bool, RunError> {
+        let mut wake = Wake { kept: self, path: Vec::new(), took: false, free: None };
+        harness::run_outcome(run, &mut wake)?;
+        Ok(!wake.took || wake.free.is_some_and(|f| Some(f) != self.expect))
+    }
+}
+
+/// Follows a kept step's path, takes it, and notes the free step after it.
+struct Wake<'a> {
+    kept: &'a Kept,
+    path: Vec<u32>,
+    took: bool,
+    free: Option<Sleeper>,
+}
+
+impl Chooser for Wake<'_> {
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        if let Some(&i) = self.kept.path.get(ctx.step) {
+            return follow(&mut self.path, i, ctx.enabled, ctx.step);
+        }
+        if ctx.step == self.kept.path.len() {
+            let z = ctx.enabled.iter().position(|c| reduction::sleeper(c) == self.kept.sleeper);
+            self.took = z.is_some();
+            return Ok(z);
+        }
+        let ranks = reduction::ranks(ctx.enabled, &|c| ctx.world.call_as_fingerprinted(c));
+        let at = Here { world: ctx.world };
+        let free = ranks.as_deref().and_then(|r| reduction::free(ctx.enabled, r, &at));
+        self.free = free.map(|f| reduction::sleeper(&ctx.enabled[f]));
+        Ok(None)
+    }
+}
+
 fn follow(
     path: &mut Vec<u32>,
     i: u32,
@@ -1112,8 +1197,15 @@ fn follow(
 /// `happy` policy, the same calls, answers, end and new violations follow. A
 /// fingerprint that leaves out something the future depends on shows here.
 pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunError> {
+    futures_agree(run, a, b, true)
+}
+
+/// `one_future`, played on with ties broken by what a choice is (`canonical`)
+/// or by its actor's number, which two paths to one situation may differ in.
+fn futures_agree(run: &RunConfig, a: &[u32], b: &[u32], canonical: bool) -> Result<bool, RunError> {
     let go = |p: &[u32]| {
-        harness::run(run, &mut PrefixThenHappy { prefix: p.to_vec(), path: Vec::new() })
+        let mut chooser = PrefixThenHappy { prefix: p.to_vec(), path: Vec::new(), canonical };
+        harness::run(run, &mut chooser)
     };
     let (ra, rb) = (go(a)?, go(b)?);
     let after = |r: &RunResult, from: usize| {
@@ -1150,16 +1242,20 @@ fn unapplied(s: &Step) -> Call {
     }
 }
 
-/// The violating prefix, then the `happy` policy to the end.
+/// The violating prefix, then the `happy` policy to the end; `canonical`: with
+/// its ties broken by what a choice is, not by its actor's number
+/// (`by_priority_as_fingerprinted`), to compare two paths' futures.
 struct PrefixThenHappy {
     prefix: Vec<u32>,
     path: Vec<u32>,
+    canonical: bool,
 }
 
 impl Chooser for PrefixThenHappy {
     fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
         match self.prefix.get(ctx.step) {
             Some(&i) => follow(&mut self.path, i, ctx.enabled, ctx.step),
+            None if self.canonical => Ok(by_priority_as_fingerprinted(ctx)),
             None => Ok(by_priority(ctx.enabled, false)),
         }
     }
@@ -1289,6 +1385,15 @@ fn search<'p>(
     if not_free > 0 {
         truncated.push(Truncation::NotFree(not_free));
     }
+    let mut left_free = 0;
+    for kept in &tally.kept {
+        if kept.leaves_free(&cfg.run)? {
+            left_free += 1;
+        }
+    }
+    if left_free > 0 {
+        truncated.push(Truncation::LeftFree(left_free));
+    }
     Ok(Searched {
         situations: visited.len(),
         visited_bytes: visited.bytes(),
@@ -1324,7 +1429,12 @@ fn finish(
         }
         // What the checks found wrong in the proof's pruning stays found.
         let audit = |t: &Truncation| {
-            matches!(t, Truncation::NotFree(_) | Truncation::FingerprintCollision(_))
+            matches!(
+                t,
+                Truncation::NotFree(_)
+                    | Truncation::LeftFree(_)
+                    | Truncation::FingerprintCollision(_)
+            )
         };
         for t in proof.truncated.into_iter().filter(audit) {
             add_finding(&mut s.truncated, t);
@@ -1362,7 +1472,8 @@ fn add_finding(found: &mut Vec<Truncation>, t: Truncation) {
     for u in found.iter_mut() {
         match (u, &t) {
             (Truncation::FingerprintCollision(m), Truncation::FingerprintCollision(n))
-            | (Truncation::NotFree(m), Truncation::NotFree(n)) => {
+            | (Truncation::NotFree(m), Truncation::NotFree(n))
+            | (Truncation::LeftFree(m), Truncation::LeftFree(n)) => {
                 *m += n;
                 return;
             }
@@ -1380,8 +1491,10 @@ fn counterexample(
     prefix: Vec<u32>,
 ) -> Result<Counterexample, RunError> {
     let len = prefix.len();
-    let result =
-        harness::run(run, &mut PrefixThenHappy { prefix: prefix.clone(), path: Vec::new() })?;
+    let result = harness::run(
+        run,
+        &mut PrefixThenHappy { prefix: prefix.clone(), path: Vec::new(), canonical: false },
+    )?;
     // The prefix is deterministic, so the full run breaks the invariant at the
     // same step; anything else means the harness is not.
     if !result.violations.iter().any(|v| v.invariant == invariant && v.step == len) {
@@ -1520,6 +1633,7 @@ struct Tally {
     first_violation: Option<(usize, Duration)>,
     merges: Vec<(Vec<u32>, Vec<u32>)>,
     swaps: Vec<Swap>,
+    kept: Vec<Kept>,
     error: Option<RunError>,
     end_states: std::collections::BTreeSet<String>,
 }
@@ -1595,6 +1709,7 @@ impl Search {
                 collisions: 0,
                 merge: None,
                 free_taken: Vec::new(),
+                kept_asleep: Vec::new(),
                 pushed: Vec::new(),
                 unsettled: None,
                 best: &self.best_lens,
@@ -1707,6 +1822,8 @@ impl Search {
         }
         let room = MERGES_CHECKED.saturating_sub(t.swaps.len());
         t.swaps.extend(dfs.free_taken.drain(..).take(room));
+        let room = MERGES_CHECKED.saturating_sub(t.kept.len());
+        t.kept.extend(dfs.kept_asleep.drain(..).take(room));
         if matches!(r.end, RunEnd::StepBound(_)) {
             t.step_bound_runs += 1;
         }
@@ -1786,12 +1903,26 @@ fn no_sleep_sets() -> bool {
     tests::NO_SLEEP_SETS.with(std::cell::Cell::get)
 }
 
+/// A proof keeps a step asleep only where `FreeWatch` says it cannot leave a
+/// free step; a test turns that rule off on its thread, for the audit to find.
+#[cfg(not(test))]
+fn keep_every_sleeper() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn keep_every_sleeper() -> bool {
+    tests::KEEP_EVERY_SLEEPER.with(std::cell::Cell::get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     thread_local! {
         pub(super) static NO_SLEEP_SETS: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+        pub(super) static KEEP_EVERY_SLEEPER: std::cell::Cell<bool> =
             const { std::cell::Cell::new(false) };
     }
 
@@ -1820,6 +1951,83 @@ mod tests {
             assert_eq!(situations, all, "{:?} shuffle {shuffle:?}", run.scenario);
             assert!(runs < runs_without, "{runs} runs with sleep sets, {runs_without} without");
         }
+    }
+
+    /// Follows a path and notes the fingerprint of the situation it leads to.
+    struct Reach {
+        path: Vec<u32>,
+        followed: Vec<u32>,
+        fingerprint: Option<u64>,
+    }
+
+    impl Chooser for Reach {
+        fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+            if let Some(&i) = self.path.get(ctx.step) {
+                return follow(&mut self.followed, i, ctx.enabled, ctx.step);
+            }
+            self.fingerprint = Some(ctx.world.fingerprint(ctx.observer));
+            Ok(None)
+        }
+    }
+
+    /// Two paths of disk-move at explore's defaults to one situation, in which
+    /// the scenario's instance and the moved one start their update steps and
+    /// checks in other orders, so their actors are numbered otherwise. Played
+    /// on with ties broken by actor number, the update step and a check's came
+    /// in other orders, and `--check-fingerprints` called 25 such merges
+    /// fingerprint mismatches at these bounds; broken by what a choice is,
+    /// their futures are one, step for step.
+    #[test]
+    fn two_paths_to_one_situation_have_one_future_whatever_their_actors_numbers() {
+        let run = RunConfig {
+            log: slog::Logger::root(slog::Discard, slog::o!()),
+            ..RunConfig::explore_defaults()
+        };
+        let a = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
+            4, 0, 2, 2,
+        ];
+        let b = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 7,
+            1, 0, 2, 2, 1, 1,
+        ];
+        let reach = |p: &[u32]| {
+            let mut r = Reach { path: p.to_vec(), followed: Vec::new(), fingerprint: None };
+            harness::run_outcome(&run, &mut r).expect("runs");
+            (r.followed.len(), r.fingerprint)
+        };
+        let (ra, rb) = (reach(&a), reach(&b));
+        assert_eq!((ra.0, rb.0), (a.len(), b.len()), "both paths are followed");
+        assert!(ra.1.is_some());
+        assert_eq!(ra.1, rb.1, "one situation");
+        assert!(one_future(&run, &a, &b).expect("plays on"));
+        assert!(
+            !futures_agree(&run, &a, &b, false).expect("plays on"),
+            "by actor number they differ"
+        );
+    }
+
+    /// `--check-fingerprints` takes each step a proof kept asleep where it was
+    /// judged (`judged_kept`): by `FreeWatch`'s rule none leaves a free step
+    /// there; with every sleeper kept, some do, and the search is truncated.
+    #[test]
+    fn the_audit_finds_steps_kept_asleep_that_left_a_free_step() {
+        let run = RunConfig {
+            scenario: harness::ScenarioKind::StopRace,
+            user_ops: 0,
+            faults: 1,
+            ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let cfg = ExploreConfig { threads: 1, check_fingerprints: true, ..ExploreConfig::new(run) };
+        let audited = |keep_all: bool| {
+            KEEP_EVERY_SLEEPER.with(|k| k.set(keep_all));
+            let r = explore(&cfg);
+            KEEP_EVERY_SLEEPER.with(|k| k.set(false));
+            r.expect("explores").coverage
+        };
+        assert_eq!(audited(false), Coverage::Exhaustive);
+        let Coverage::Truncated(why) = audited(true) else { panic!("the audit found nothing") };
+        assert!(matches!(why[..], [Truncation::LeftFree(n)] if n > 10), "{why:?}");
     }
 
     #[test]

@@ -141,15 +141,37 @@ fn priority(c: &Choice) -> u8 {
 /// something to restart, is taken once no call can go on (as its `done` would
 /// be), so it never goes before the watcher.
 pub(crate) fn by_priority(enabled: &[Choice], skip_watcher: bool) -> Option<usize> {
+    policy_choices(enabled, skip_watcher)
+        .min_by_key(|(_, c)| (priority(c), c.actor))
+        .map(|(i, _)| i)
+}
+
+/// `by_priority`'s pick, with ties broken by what a choice is (its actor's
+/// kind, its call as the fingerprint takes it, how it is offered) instead of
+/// by its actor's number. Two paths to one situation may number its actors
+/// differently, and then `by_priority` plays the same situation on in another
+/// order; this one in the same (`explore::one_future`).
+pub(crate) fn by_priority_as_fingerprinted(ctx: &ChoiceCtx<'_>) -> Option<usize> {
+    let key = |c: &Choice| {
+        let what = (c.kind.unnumbered(), ctx.world.call_as_fingerprinted(c.call), c.offer);
+        (priority(c), super::hash::stable_hash(&what))
+    };
+    policy_choices(ctx.enabled, false).min_by_key(|(_, c)| key(c)).map(|(i, _)| i)
+}
+
+/// What the named policies may pick: never a fault, never an environment
+/// actor's alternative, auto-restart's pass only once no call can go on.
+fn policy_choices(
+    enabled: &[Choice],
+    skip_watcher: bool,
+) -> impl Iterator<Item = (usize, &Choice)> {
     let calls = enabled.iter().any(|c| c.offer == Offer::Call);
-    let taken = |c: &Choice| !c.optional() || (c.kind == ActorKind::Restart && !calls);
+    let taken = move |c: &Choice| !c.optional() || (c.kind == ActorKind::Restart && !calls);
     enabled
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.fault.is_none() && taken(c))
-        .filter(|(_, c)| !(skip_watcher && c.kind.is_watcher()))
-        .min_by_key(|(_, c)| (priority(c), c.actor))
-        .map(|(i, _)| i)
+        .filter(move |(_, c)| c.fault.is_none() && taken(c))
+        .filter(move |(_, c)| !(skip_watcher && c.kind.is_watcher()))
 }
 
 /// The watcher and auto-restart go only when nothing else can, so they never
