@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::explore::{Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict};
+use crate::explore::{
+    Audited, Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict,
+};
 use crate::harness::invariants::invariant_text;
 use crate::harness::script::FINDINGS;
 use crate::harness::step::Component;
@@ -172,6 +174,9 @@ impl<'a> View<'a> {
         }
         let _ = writeln!(s, "coverage: {}", self.coverage_text());
         let _ = writeln!(s, "searched: {}", self.counts_text());
+        if let Some(a) = r.audited {
+            let _ = writeln!(s, "audited:  {}", audited_text(&a));
+        }
         let _ = writeln!(s, "verdict:  {}", self.verdict_text());
         let Some(c) = self.shortest else {
             if let Some(k) = self.only {
@@ -285,6 +290,15 @@ impl<'a> View<'a> {
                 "elapsed_ms": t.as_secs_f64() * 1e3,
             })),
             "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+            "audited": r.audited.map(|a| {
+                let pair = |(replayed, met): (usize, usize)| json!({ "replayed": replayed, "met": met });
+                json!({
+                    "merges": pair(a.merges),
+                    "free_steps": pair(a.free_steps),
+                    "kept_asleep": pair(a.kept_asleep),
+                    "all": !a.sampled(),
+                })
+            }),
         })
     }
 
@@ -784,4 +798,21 @@ fn mermaid_text(s: &str) -> String {
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// What `--check-fingerprints` replayed of what it met, per audit.
+fn audited_text(a: &Audited) -> String {
+    let part = |(replayed, met): (usize, usize), what: &str| {
+        if replayed == met {
+            format!("all {met} {what}")
+        } else {
+            format!("{replayed} of {met} {what} (the first met)")
+        }
+    };
+    format!(
+        "{}, {}, {}",
+        part(a.merges, "merges"),
+        part(a.free_steps, "free steps taken both ways"),
+        part(a.kept_asleep, "steps kept asleep"),
+    )
 }

@@ -39,8 +39,8 @@ pub mod harness;
 pub mod report;
 
 pub use explore::{
-    explore, merge, Counterexample, Coverage, ExploreConfig, ExploreResult, MergeError, Shard,
-    ShardResult, Truncation, Verdict,
+    explore, merge, Audited, Counterexample, Coverage, ExploreConfig, ExploreResult, MergeError,
+    Shard, ShardResult, Truncation, Verdict,
 };
 pub use harness::invariants::INVARIANTS;
 pub use harness::{Inject, RunConfig, RunError, RunResult, ScenarioKind, Transport};

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -213,6 +215,10 @@ pub(crate) struct Db {
     pub(crate) writes: Vec<VmmWrite>,
     pub(crate) instance_log: Vec<InstanceEvent>,
     pub(crate) next_id: u64,
+    /// The VMM rows deleted, in order, with their instances (`delete_vmm`).
+    pub(crate) deleted: Vec<(PropolisUuid, InstanceUuid)>,
+    /// How many: shared with `NexusStub`, which reads it without the lock.
+    pub(crate) deletions: Arc<AtomicUsize>,
 }
 
 impl Db {
@@ -278,18 +284,17 @@ impl Db {
     /// A start saga's undo: its VMM row becomes SagaUnwound (and deleted: no
     /// report lands on it), its reservation goes, and an instance it had linked
     /// is left with no VMM, as omicron's undo of `sis_move_to_starting` leaves
-    /// it: stopped, whatever the start was for. True if it deleted the row.
+    /// it: stopped, whatever the start was for.
     pub(crate) fn unwind_start(
         &mut self,
         instance_id: InstanceUuid,
         propolis_id: PropolisUuid,
         auto_restart: bool,
-    ) -> bool {
-        let mut deleted = false;
+    ) {
         if let Some(vmm) = self.vmms.get_mut(&propolis_id) {
             vmm.state = DbVmmState::SagaUnwound;
-            deleted = !std::mem::replace(&mut vmm.deleted, true);
         }
+        self.delete_vmm(propolis_id);
         self.release(propolis_id);
         if let Some(inst) = self.instances.get_mut(&instance_id) {
             if inst.propolis_id == Some(propolis_id) {
@@ -299,7 +304,17 @@ impl Db {
                 self.log(instance_id, InstanceChange::StartUnwound { auto_restart });
             }
         }
-        deleted
+    }
+
+    /// Soft-deletes a VMM row: it takes no more writes and is not listed. The
+    /// one place a row is deleted, so the log of deletions (`deleted`) and its
+    /// count, which a harness reads without the lock, miss none.
+    pub(crate) fn delete_vmm(&mut self, propolis_id: PropolisUuid) {
+        let Some(vmm) = self.vmms.get_mut(&propolis_id) else { return };
+        if !std::mem::replace(&mut vmm.deleted, true) {
+            self.deleted.push((propolis_id, vmm.instance_id));
+            self.deletions.store(self.deleted.len(), Ordering::Release);
+        }
     }
 
     /// Hashes what decides future behaviour. Timestamps and the logs are left out;

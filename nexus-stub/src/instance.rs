@@ -2,7 +2,6 @@
 //! detach a disk (omicron's `app/instance.rs` and its disk calls).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use sled_agent_api::{
     DiskUuid, Generation, InstanceEnsureBody, InstanceUuid, PropolisUuid, SledAgentApi,
@@ -192,9 +191,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         });
         if taken {
             // Never linked, so the instance is left as the winner made it.
-            if db.unwind_start(instance_id, propolis_id, auto_restart) {
-                self.rows_deleted.fetch_add(1, Ordering::Relaxed);
-            }
+            db.unwind_start(instance_id, propolis_id, auto_restart);
             info!(self.log, "start lost to another; unwound";
                 "instance_id" => %instance_id, "propolis_id" => %propolis_id);
             return Err(NexusError::InstanceChangedState { instance_id });
@@ -332,9 +329,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         propolis_id: PropolisUuid,
         reason: StartReason,
     ) {
-        if self.db().unwind_start(instance_id, propolis_id, reason == StartReason::AutoRestart) {
-            self.rows_deleted.fetch_add(1, Ordering::Relaxed);
-        }
+        self.db().unwind_start(instance_id, propolis_id, reason == StartReason::AutoRestart);
     }
 
     /// Logs that a user's request, if it got as far as logging itself, returned;

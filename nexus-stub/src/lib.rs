@@ -190,10 +190,9 @@ pub struct NexusStub<S> {
     /// sled agent: which request keeps which generation is not in `requests`,
     /// so a harness that parks the call takes it from here (`request_basis`).
     latest_request: Mutex<BTreeMap<PropolisUuid, Generation>>,
-    /// VMM rows soft-deleted so far (the rows' flags say as much; a count
-    /// read without the lock lets a harness see cheaply whether a step
-    /// deleted one).
-    rows_deleted: AtomicUsize,
+    /// How many VMM rows are soft-deleted (`Db::delete_vmm`): read without
+    /// the lock, so a harness sees cheaply whether a step deleted one.
+    rows_deleted: Arc<AtomicUsize>,
     this: Weak<Self>,
 }
 
@@ -214,16 +213,18 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         spawner: Arc<dyn TaskSpawner>,
     ) -> Arc<Self> {
         let log = log.new(o!("component" => "NexusStub"));
+        let db = Db::default();
+        let rows_deleted = Arc::clone(&db.deletions);
         Arc::new_cyclic(|this| NexusStub {
             log,
             config,
             sleds,
             clock,
             spawner,
-            db: Mutex::new(Db::default()),
+            db: Mutex::new(db),
             requests: Mutex::default(),
             latest_request: Mutex::default(),
-            rows_deleted: AtomicUsize::new(0),
+            rows_deleted,
             this: this.clone(),
         })
     }
@@ -303,7 +304,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
 
     /// How many VMM rows have been soft-deleted so far.
     pub fn rows_deleted(&self) -> usize {
-        self.rows_deleted.load(Ordering::Relaxed)
+        self.rows_deleted.load(Ordering::Acquire)
+    }
+
+    /// The VMM rows deleted from the `from`th on, in order, with their instances.
+    pub fn deleted_rows_since(&self, from: usize) -> Vec<(PropolisUuid, InstanceUuid)> {
+        self.db().deleted.get(from..).unwrap_or_default().to_vec()
     }
 
     pub fn vmm_writes_len(&self) -> usize {

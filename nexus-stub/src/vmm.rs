@@ -2,8 +2,6 @@
 //! VMM Failed, the instance update step, and the two APIs that write VMMs (the
 //! sled agents' reports and the instance watcher's datastore).
 
-use std::sync::atomic::Ordering;
-
 use async_trait::async_trait;
 use sled_agent_api::{
     Generation, InstanceUuid, NexusApiError, NexusInternalApi, PropolisUuid, SledAgentApi,
@@ -116,11 +114,10 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         };
         inst.propolis_id = None;
         inst.gen = inst.gen.next();
-        vmm.deleted = true;
-        self.rows_deleted.fetch_add(1, Ordering::Relaxed);
         info!(self.log, "instance update: unlinked terminal VMM";
             "instance_id" => %instance_id, "propolis_id" => %propolis_id,
             "vmm_state" => %vmm.state, "instance_gen" => inst.gen.as_u64());
+        db.delete_vmm(propolis_id);
         db.log(
             instance_id,
             match outcome {

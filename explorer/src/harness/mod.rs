@@ -505,10 +505,15 @@ impl World {
     /// `reduction::Situation::instance`): its VMM's, by Nexus's row; the one it
     /// names by id; or the one the scenario created under the name it carries.
     pub fn instance_of(&self, c: &step::Choice) -> Option<InstanceUuid> {
-        if let Some(vmm) = c.call.vmm {
+        self.instance_of_call(&c.call)
+    }
+
+    /// `instance_of`, for a call.
+    pub fn instance_of_call(&self, call: &Call) -> Option<InstanceUuid> {
+        if let Some(vmm) = call.vmm {
             return self.nexus.vmm(vmm).map(|r| r.instance_id);
         }
-        match c.call.arg {
+        match call.arg {
             Arg::Instance(id) => Some(id),
             Arg::Name(name) => script::created(&self.progress, name),
             Arg::None | Arg::Requested(_) | Arg::State(..) => None,

@@ -7,6 +7,7 @@ use super::sched::HarnessError;
 use super::script::ScenarioKind;
 use super::step::{ActorKind, Answer, Arg, Call, CallKind, Component};
 use super::{RunEnd, World};
+use sled_agent_api::{InstanceUuid, PropolisUuid};
 
 #[derive(Clone, Debug, Default)]
 pub struct Observer {
@@ -35,14 +36,41 @@ fn sent(call: &Call) -> Option<Event> {
     }
 }
 
-/// The harness error for a row deleted by the step `last` (actor kind and
-/// call), if it is not one that may delete rows.
-fn undeclared_deletion(last: Option<(ActorKind, CallKind)>) -> Option<HarnessError> {
-    match last {
-        Some((actor, call)) if call.may_delete_rows(actor) => None,
-        Some((actor, call)) => Some(HarnessError::UndeclaredDeletion { actor, call: call.label() }),
-        None => Some(HarnessError::DeletedBeforeAnyStep),
-    }
+/// The step released last, as the deletion check weighs it: its actor's
+/// kind, its call, and the instance the call is about (`None`: any).
+type Released = (ActorKind, Call, Option<InstanceUuid>);
+
+/// The harness error for VMM `vmm`'s row, of `instance`, deleted by the step
+/// `last`, if the reduction does not charge that step with it: a step may
+/// delete rows only if `CallKind::may_delete_rows` says so, and, unless it is
+/// a watcher's, a check's or an update step's (which `FreeWatch` takes to
+/// free anything), only rows of the instance its call is about, which is as
+/// far as its footprint reaches (`reduction::footprint`, `within`).
+fn undeclared_deletion(
+    last: Option<Released>,
+    vmm: PropolisUuid,
+    instance: InstanceUuid,
+) -> Option<HarnessError> {
+    let Some((actor, call, about)) = last else {
+        return Some(HarnessError::DeletedBeforeAnyStep);
+    };
+    let anywhere = matches!(actor, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_));
+    let declared = call.kind.may_delete_rows(actor)
+        && !unlisted_in_test(call.kind)
+        && (anywhere || about.is_none_or(|about| about == instance));
+    (!declared).then(|| HarnessError::UndeclaredDeletion { actor, call: call.kind.label(), vmm })
+}
+
+/// A test takes a call off `may_delete_rows`'s list on its thread, to see
+/// the check fire in a run.
+#[cfg(not(test))]
+fn unlisted_in_test(_: CallKind) -> bool {
+    false
+}
+
+#[cfg(test)]
+fn unlisted_in_test(kind: CallKind) -> bool {
+    tests::UNLISTED.with(|u| u.get() == Some(kind))
 }
 
 impl Observer {
@@ -152,11 +180,16 @@ impl Observer {
     /// (`CallKind::may_delete_rows`).
     fn check_deletions(&mut self, world: &World) {
         let deleted = world.nexus.rows_deleted();
-        if std::mem::replace(&mut self.rows_deleted, deleted) == deleted {
+        if deleted == self.rows_deleted {
             return;
         }
-        if let Some(e) = undeclared_deletion(world.sched.last_released()) {
-            world.sched.record_error(e);
+        let rows = world.nexus.deleted_rows_since(self.rows_deleted);
+        self.rows_deleted = deleted;
+        let last = world.sched.last_released().map(|(a, c)| (a, c, world.instance_of_call(&c)));
+        for (vmm, instance) in rows {
+            if let Some(e) = undeclared_deletion(last, vmm, instance) {
+                world.sched.record_error(e);
+            }
         }
     }
 
@@ -179,25 +212,78 @@ impl Observer {
 mod tests {
     use super::*;
 
-    fn check(last: Option<(ActorKind, CallKind)>, want: Option<HarnessError>) {
-        assert_eq!(undeclared_deletion(last), want, "{last:?}");
+    thread_local! {
+        pub(super) static UNLISTED: std::cell::Cell<Option<CallKind>> =
+            const { std::cell::Cell::new(None) };
     }
 
-    /// A row deleted by a step the reduction does not expect to delete rows
-    /// fails the run; one of the steps it lists does not.
-    #[test]
-    fn a_row_deleted_by_a_step_not_listed_as_deleting_is_a_harness_error() {
-        check(Some((ActorKind::User, CallKind::VmmPutState)), None);
-        check(Some((ActorKind::Update(1), CallKind::InstanceUpdate)), None);
-        check(Some((ActorKind::Check(2), CallKind::VmmWrite)), None);
-        check(Some((ActorKind::Scenario, CallKind::InstanceStop)), None);
-        let report = HarnessError::UndeclaredDeletion {
-            actor: ActorKind::Scenario,
-            call: "cpapi_instances_put",
+    const VMM: PropolisUuid = PropolisUuid::from_u128(7);
+    const MINE: InstanceUuid = InstanceUuid::from_u128(1);
+    const OTHER: InstanceUuid = InstanceUuid::from_u128(2);
+
+    fn check(actor: ActorKind, kind: CallKind, about: Option<InstanceUuid>, ok: bool) {
+        let call = Call {
+            kind,
+            from: Component::Nexus,
+            to: Component::SledAgent,
+            vmm: None,
+            arg: Arg::None,
         };
-        check(Some((ActorKind::Scenario, CallKind::CpapiInstancesPut)), Some(report));
-        let poke = HarnessError::UndeclaredDeletion { actor: ActorKind::User, call: "vmm_poke" };
-        check(Some((ActorKind::User, CallKind::VmmPoke)), Some(poke));
-        check(None, Some(HarnessError::DeletedBeforeAnyStep));
+        let want =
+            (!ok).then(|| HarnessError::UndeclaredDeletion { actor, call: kind.label(), vmm: VMM });
+        assert_eq!(
+            undeclared_deletion(Some((actor, call, about)), VMM, MINE),
+            want,
+            "{actor} {kind:?} {about:?}"
+        );
+    }
+
+    /// A row deleted by a step the reduction does not charge with it fails
+    /// the run: a step of a kind not listed as deleting rows, or one about
+    /// another instance than the row's.
+    #[test]
+    fn a_row_deleted_by_a_step_not_charged_with_it_is_a_harness_error() {
+        check(ActorKind::User, CallKind::VmmPutState, Some(MINE), true);
+        check(ActorKind::User, CallKind::VmmPutState, None, true);
+        check(ActorKind::User, CallKind::VmmPutState, Some(OTHER), false);
+        check(ActorKind::Scenario, CallKind::InstanceStop, Some(MINE), true);
+        check(ActorKind::Scenario, CallKind::CpapiInstancesPut, Some(MINE), false);
+        check(ActorKind::User, CallKind::VmmPoke, Some(MINE), false);
+        // A watcher's, a check's or an update step's step may delete any row.
+        check(ActorKind::Update(1), CallKind::InstanceUpdate, Some(OTHER), true);
+        check(ActorKind::Check(2), CallKind::VmmWrite, Some(OTHER), true);
+        assert_eq!(undeclared_deletion(None, VMM, MINE), Some(HarnessError::DeletedBeforeAnyStep));
+    }
+
+    /// The check runs in a run, after the step that deleted the row: the
+    /// stop race's happy run deletes its VMM's row in the update step, which
+    /// passes as the list stands and fails once its call is taken off it.
+    #[test]
+    fn a_run_checks_each_deletion_against_the_step_that_made_it() {
+        let config = crate::harness::RunConfig {
+            scenario: ScenarioKind::StopRace,
+            ..crate::harness::RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let errors = |unlisted: Option<CallKind>| {
+            UNLISTED.with(|u| u.set(unlisted));
+            let r = crate::harness::run(&config, &mut crate::harness::schedule::Happy);
+            UNLISTED.with(|u| u.set(None));
+            let r = r.expect("runs");
+            assert!(r.vmms.iter().any(|v| v.deleted), "the run deletes a row");
+            r.harness_errors
+        };
+        assert_eq!(errors(None), []);
+        let found = errors(Some(CallKind::InstanceUpdate));
+        assert!(
+            matches!(
+                found[..],
+                [HarnessError::UndeclaredDeletion {
+                    actor: ActorKind::Update(_),
+                    call: "instance_update",
+                    ..
+                }]
+            ),
+            "{found:?}"
+        );
     }
 }

@@ -58,9 +58,9 @@ pub enum HarnessError {
     #[error("the run's clock moved on {ticks} ms, past the {horizon} ms its fingerprints assume")]
     ClockPastHorizon { ticks: u64, horizon: u64 },
     #[error(
-        "a step of {actor} ({call}) deleted a VMM row, which the reduction assumes no such step does"
+        "a step of {actor} ({call}) deleted VMM {vmm}'s row, which the reduction assumes it cannot"
     )]
-    UndeclaredDeletion { actor: ActorKind, call: &'static str },
+    UndeclaredDeletion { actor: ActorKind, call: &'static str, vmm: PropolisUuid },
     #[error("a VMM row was deleted before any step")]
     DeletedBeforeAnyStep,
 }
@@ -449,10 +449,10 @@ impl Sched {
     }
 
     /// The actor kind and call of the step released last, if any.
-    pub fn last_released(&self) -> Option<(ActorKind, CallKind)> {
+    pub fn last_released(&self) -> Option<(ActorKind, Call)> {
         let g = self.lock();
         let s = g.steps.last()?;
-        Some((g.actors.get(s.actor).map_or(ActorKind::Scenario, |a| a.kind), s.call.kind))
+        Some((g.actors.get(s.actor).map_or(ActorKind::Scenario, |a| a.kind), s.call))
     }
 
     pub fn steps_len(&self) -> usize {
