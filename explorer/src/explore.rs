@@ -863,10 +863,7 @@ impl Dfs<'_> {
     fn audit_take(&mut self, ctx: &ChoiceCtx<'_>) {
         let Some(expect) = self.take_audit.take() else { return };
         self.takes_audited += 1;
-        let ranks = reduction::ranks(ctx.enabled, &|c| ctx.world.call_as_fingerprinted(c));
-        let at = Here { world: ctx.world };
-        let free = ranks.as_deref().and_then(|r| reduction::free(ctx.enabled, r, &at));
-        if free.is_some_and(|f| Some(reduction::sleeper(&ctx.enabled[f])) != expect) {
+        if free_step(ctx).is_some_and(|f| Some(f) != expect) {
             self.left_free += 1;
         }
     }
@@ -1228,12 +1225,17 @@ impl Chooser for Wake<'_> {
             self.took = z.is_some();
             return Ok(z);
         }
-        let ranks = reduction::ranks(ctx.enabled, &|c| ctx.world.call_as_fingerprinted(c));
-        let at = Here { world: ctx.world };
-        let free = ranks.as_deref().and_then(|r| reduction::free(ctx.enabled, r, &at));
-        self.free = free.map(|f| reduction::sleeper(&ctx.enabled[f]));
+        self.free = free_step(ctx);
         Ok(None)
     }
+}
+
+/// The free step a proof would take alone in the situation at hand, if any
+/// (`reduction::free`), as the audits compare it.
+fn free_step(ctx: &ChoiceCtx<'_>) -> Option<Sleeper> {
+    let ranks = reduction::ranks(ctx.enabled, &|c| ctx.world.call_as_fingerprinted(c))?;
+    let f = reduction::free(ctx.enabled, &ranks, &Here { world: ctx.world })?;
+    Some(reduction::sleeper(&ctx.enabled[f]))
 }
 
 fn follow(
