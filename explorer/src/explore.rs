@@ -257,6 +257,10 @@ pub enum Truncation {
     /// takes each): the situations after it may have gone unvisited. Found
     /// only with `--check-fingerprints`.
     LeftFree(usize),
+    /// A step held asleep was no longer offered after a step taken as
+    /// independent of it: the two were not independent, and a sleep set may
+    /// have left something out. Found only with `--check-fingerprints`.
+    SleeperDisabled(usize),
     /// Merged from shards, these of which (from 1) were truncated.
     Shards(Vec<usize>),
 }
@@ -274,6 +278,9 @@ impl Truncation {
             }
             Truncation::LeftFree(n) => {
                 format!("{n} step(s) kept asleep that left a free step behind")
+            }
+            Truncation::SleeperDisabled(n) => {
+                format!("{n} step(s) held asleep that a step independent of them disabled")
             }
             Truncation::FingerprintCollision(n) => {
                 format!("{n} fingerprint mismatch(es): one fingerprint, different situations")
@@ -342,14 +349,16 @@ impl Verdict {
 /// Under `--check-fingerprints`, how much of each audit ran, as (replayed,
 /// met): of the merges (two paths to one fingerprint, played on), the free
 /// steps (each taken in both orders with another step), and the steps kept
-/// asleep (each taken where it was judged; a step a run took is judged in that
-/// run, and all of those are). Each replays at most `AUDITS_REPLAYED`, the
-/// first met, in both phases together.
+/// asleep (each taken where it was judged). Each phase replays at most
+/// `AUDITS_REPLAYED` of each, the first met (with several threads, which come
+/// first is timing). A step a run took and held asleep in its siblings is
+/// judged in that run, every one: `taken` counts those.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audited {
     pub merges: (usize, usize),
     pub free_steps: (usize, usize),
     pub kept_asleep: (usize, usize),
+    pub taken: usize,
 }
 
 impl Audited {
@@ -359,6 +368,7 @@ impl Audited {
             merges: sum(self.merges, o.merges),
             free_steps: sum(self.free_steps, o.free_steps),
             kept_asleep: sum(self.kept_asleep, o.kept_asleep),
+            taken: self.taken + o.taken,
         }
     }
 
@@ -770,6 +780,9 @@ struct Dfs<'a> {
     take_audit: Option<Option<Sleeper>>,
     left_free: usize,
     takes_audited: usize,
+    /// Under `--check-fingerprints`: sleepers this run's prefix held that its
+    /// situation no longer offered (`Truncation::SleeperDisabled`).
+    disabled: usize,
     pushed: Vec<Work>,
     /// In a proof: the step taken at the last branching point, which the
     /// schedules pushed there from `pushed[from..]` hold asleep unless the
@@ -946,6 +959,11 @@ impl Chooser for Dfs<'_> {
                 .filter(|c| wake_with.contains(&reduction::sleeper(c)))
                 .copied()
                 .collect();
+            if self.situations.is_some() {
+                // Each was held asleep beside a step taken as independent of
+                // it, which cannot have disabled it.
+                self.disabled += wake_with.len().saturating_sub(self.sleep.len());
+            }
         }
         if deciding {
             // A choice asleep here was covered by the other order of two steps,
@@ -1198,12 +1216,13 @@ struct Kept {
 }
 
 impl Kept {
-    /// Whether taking the step where it was judged leaves a free step other
-    /// than the one expected there (or the step was not offered there).
-    fn leaves_free(&self, run: &RunConfig) -> Result<bool, RunError> {
+    /// Taking the step where it was judged: `Some(true)` if it leaves a free
+    /// step other than the one expected there, `None` if it was not offered
+    /// there (something taken as independent of it disabled it).
+    fn leaves_free(&self, run: &RunConfig) -> Result<Option<bool>, RunError> {
         let mut wake = Wake { kept: self, path: Vec::new(), took: false, free: None };
         harness::run_outcome(run, &mut wake)?;
-        Ok(!wake.took || wake.free.is_some_and(|f| Some(f) != self.expect))
+        Ok(wake.took.then(|| wake.free.is_some_and(|f| Some(f) != self.expect)))
     }
 }
 
@@ -1451,20 +1470,26 @@ fn search<'p>(
     if not_free > 0 {
         truncated.push(Truncation::NotFree(not_free));
     }
-    let mut left_free = tally.left_free;
+    let (mut left_free, mut disabled) = (tally.left_free, tally.disabled);
     for kept in &tally.kept {
-        if kept.leaves_free(&cfg.run)? {
-            left_free += 1;
+        match kept.leaves_free(&cfg.run)? {
+            Some(true) => left_free += 1,
+            Some(false) => {}
+            None => disabled += 1,
         }
     }
     if left_free > 0 {
         truncated.push(Truncation::LeftFree(left_free));
     }
+    if disabled > 0 {
+        truncated.push(Truncation::SleeperDisabled(disabled));
+    }
     let t = &tally;
     let audited = Audited {
         merges: (t.merges.len(), t.merges_met),
         free_steps: (t.swaps.len(), t.swaps_met),
-        kept_asleep: (t.kept.len() + t.takes_audited, t.kept_met + t.takes_audited),
+        kept_asleep: (t.kept.len(), t.kept_met),
+        taken: t.takes_audited,
     };
     Ok(Searched {
         audited,
@@ -1508,6 +1533,7 @@ fn finish(
                 t,
                 Truncation::NotFree(_)
                     | Truncation::LeftFree(_)
+                    | Truncation::SleeperDisabled(_)
                     | Truncation::FingerprintCollision(_)
             )
         };
@@ -1549,7 +1575,8 @@ fn add_finding(found: &mut Vec<Truncation>, t: Truncation) {
         match (u, &t) {
             (Truncation::FingerprintCollision(m), Truncation::FingerprintCollision(n))
             | (Truncation::NotFree(m), Truncation::NotFree(n))
-            | (Truncation::LeftFree(m), Truncation::LeftFree(n)) => {
+            | (Truncation::LeftFree(m), Truncation::LeftFree(n))
+            | (Truncation::SleeperDisabled(m), Truncation::SleeperDisabled(n)) => {
                 *m += n;
                 return;
             }
@@ -1715,6 +1742,7 @@ struct Tally {
     /// (`Dfs::audit_take`), and how many were audited so.
     left_free: usize,
     takes_audited: usize,
+    disabled: usize,
     /// Merges, free steps and kept steps met, audited or not.
     merges_met: usize,
     swaps_met: usize,
@@ -1798,6 +1826,7 @@ impl Search {
                 take_audit: None,
                 left_free: 0,
                 takes_audited: 0,
+                disabled: 0,
                 pushed: Vec::new(),
                 unsettled: None,
                 best: &self.best_lens,
@@ -1917,6 +1946,7 @@ impl Search {
         let room = AUDITS_REPLAYED.saturating_sub(t.kept.len());
         t.kept.extend(dfs.kept_asleep.drain(..).take(room));
         t.left_free += dfs.left_free;
+        t.disabled += dfs.disabled;
         if matches!(r.end, RunEnd::StepBound(_)) {
             t.step_bound_runs += 1;
         }

@@ -296,6 +296,7 @@ impl<'a> View<'a> {
                     "merges": pair(a.merges),
                     "free_steps": pair(a.free_steps),
                     "kept_asleep": pair(a.kept_asleep),
+                    "taken": a.taken,
                     "all": !a.sampled(),
                 })
             }),
@@ -810,9 +811,10 @@ fn audited_text(a: &Audited) -> String {
         }
     };
     format!(
-        "{}, {}, {}",
+        "{}, {}, {}, and all {} steps a run took kept asleep beside it",
         part(a.merges, "merges"),
         part(a.free_steps, "free steps taken both ways"),
         part(a.kept_asleep, "steps kept asleep"),
+        a.taken,
     )
 }

@@ -372,7 +372,8 @@ impl FreeWatch {
     /// watcher's or a check's step parks its actor's next call, which may be
     /// free; an update step deletes rows and ends the check that waits for it.
     /// Rows are deleted only by the steps `CallKind::may_delete_rows` names,
-    /// which every run checks: update steps, a start that unwinds after its
+    /// and (but for the watcher's and update steps) only rows of the instance
+    /// a step is about, which every gated run checks: update steps, a start that unwinds after its
     /// call to the sled agent (`Db::unwind_start`), a Nexus handler that marks
     /// a VMM failed and runs the update (`mark_vmm_failed`); a report only
     /// queues an update step.

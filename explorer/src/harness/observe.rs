@@ -176,8 +176,9 @@ impl Observer {
     /// A row deleted since the last check was deleted by the step released
     /// last (checks come after every step but those of a replayed prefix,
     /// and each of those was checked in the run that took it first), which
-    /// must be one the reduction knows may delete rows
-    /// (`CallKind::may_delete_rows`).
+    /// must be one the reduction charges with it (`undeclared_deletion`: a
+    /// kind `CallKind::may_delete_rows` lists, and the row's instance within
+    /// the step's reach).
     fn check_deletions(&mut self, world: &World) {
         let deleted = world.nexus.rows_deleted();
         if deleted == self.rows_deleted {

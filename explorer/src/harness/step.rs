@@ -167,9 +167,10 @@ impl CallKind {
     /// VMM Failed and runs the update step, or a start unwinds); a start,
     /// stop or reboot, which may run the same on their way. The watcher's
     /// checks run the update step after a write. Free steps rest on this list
-    /// (`explore::reduction::FreeWatch`), and every run checks it
-    /// (`HarnessError::UndeclaredDeletion`), so a new way to delete a row
-    /// cannot leave the proof unsound unnoticed.
+    /// (`explore::reduction::FreeWatch`), and every gated run checks it, and
+    /// that a step not of the watcher or an update step deletes only rows of
+    /// the instance its call is about (`HarnessError::UndeclaredDeletion`),
+    /// so a new way to delete a row cannot leave the proof unsound unnoticed.
     pub const fn may_delete_rows(self, actor: ActorKind) -> bool {
         matches!(actor, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_))
             || matches!(
