@@ -818,3 +818,22 @@ fn audited_text(a: &Audited) -> String {
         a.taken,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_line_says_what_ran_of_what_was_met() {
+        let a = Audited {
+            merges: (20_000, 32_952),
+            free_steps: (8_595, 8_595),
+            kept_asleep: (0, 0),
+            taken: 2_334,
+        };
+        let want = "20000 of 32952 merges (the first met), all 8595 free steps taken both \
+                    ways, all 0 steps kept asleep, and all 2334 steps a run took kept asleep \
+                    beside it";
+        assert_eq!(audited_text(&a), want);
+    }
+}
