@@ -545,6 +545,35 @@ fn shorter_or_earlier(prefix: &[u32], best: Option<&Vec<u32>>) -> bool {
 /// free steps, steps kept asleep.
 pub const AUDITS_REPLAYED: usize = 20_000;
 
+/// An audit's cases: the first `AUDITS_REPLAYED` met, kept to replay, and how
+/// many were met in all.
+struct Sampled<T> {
+    kept: Vec<T>,
+    met: usize,
+}
+
+impl<T> Default for Sampled<T> {
+    fn default() -> Self {
+        Sampled { kept: Vec::new(), met: 0 }
+    }
+}
+
+impl<T> Sampled<T> {
+    fn offer(&mut self, cases: impl IntoIterator<Item = T>) {
+        for case in cases {
+            self.met += 1;
+            if self.kept.len() < AUDITS_REPLAYED {
+                self.kept.push(case);
+            }
+        }
+    }
+
+    /// (replayed, met), as `Audited` has them.
+    fn counts(&self) -> (usize, usize) {
+        (self.kept.len(), self.met)
+    }
+}
+
 /// For each invariant, by number, the length of the shortest counterexample found
 /// so far (`usize::MAX`: none). Read at every choice, so lock-free.
 struct BestLens([AtomicUsize; BEST_SLOTS]);
@@ -850,9 +879,9 @@ impl Dfs<'_> {
         (only, take, take_kept): (Option<usize>, usize, bool),
         kept: &[Choice],
         (order, tried): (&[usize], &[bool]),
+        from: usize,
     ) {
         let expect = only.map(|f| reduction::sleeper(&ctx.enabled[f]));
-        let from = self.pushed.len() + 1 - order.len();
         let held = |z: &Choice| {
             let z = reduction::sleeper(z);
             self.pushed[from..].iter().any(|w| w.sleep.contains(&z))
@@ -1079,17 +1108,19 @@ impl Chooser for Dfs<'_> {
             let observed = observed.clone();
             self.pushed.push(Work { prefix, trail, last, preemptions: cost, observed, sleep });
         }
+        // The schedules pushed here, and whether they hold the step taken
+        // here asleep as judged (else until `settle`).
+        let from = self.pushed.len() + 1 - order.len();
+        let take_kept = order.len() > 1 && keeps(&ctx.enabled[take]);
         if self.sleep_sets {
             let taken = &ctx.enabled[take];
-            if order.len() > 1 && !keeps(taken) {
-                let from = self.pushed.len() + 1 - order.len();
+            if order.len() > 1 && !take_kept {
                 self.unsettled = Some((from, reduction::sleeper(taken)));
             }
             self.sleep = reduction::after(taken, asleep, &at).copied().collect();
         }
         if let (Some(_), Some(kept)) = (self.situations, kept.as_deref()) {
-            let take_kept = order.len() > 1 && keeps(&ctx.enabled[take]);
-            self.audit_kept(ctx, (only, take, take_kept), kept, (&order, &tried));
+            self.audit_kept(ctx, (only, take, take_kept), kept, (&order, &tried), from);
         }
         if let (Some(f), Some(_)) = (only, self.situations) {
             // The free step, taken in both orders with each other actor's choice.
@@ -1453,7 +1484,7 @@ fn search<'p>(
         });
     }
     let mut collisions = tally.collisions;
-    for (first, again) in &tally.merges {
+    for (first, again) in &tally.merges.kept {
         if !one_future(&cfg.run, first, again)? {
             collisions += 1;
         }
@@ -1462,7 +1493,7 @@ fn search<'p>(
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
     let mut not_free = 0;
-    for swap in &tally.swaps {
+    for swap in &tally.swaps.kept {
         if !swap.commutes(&cfg.run)? {
             not_free += 1;
         }
@@ -1471,7 +1502,7 @@ fn search<'p>(
         truncated.push(Truncation::NotFree(not_free));
     }
     let (mut left_free, mut disabled) = (tally.left_free, tally.disabled);
-    for kept in &tally.kept {
+    for kept in &tally.kept.kept {
         match kept.leaves_free(&cfg.run)? {
             Some(true) => left_free += 1,
             Some(false) => {}
@@ -1484,12 +1515,11 @@ fn search<'p>(
     if disabled > 0 {
         truncated.push(Truncation::SleeperDisabled(disabled));
     }
-    let t = &tally;
     let audited = Audited {
-        merges: (t.merges.len(), t.merges_met),
-        free_steps: (t.swaps.len(), t.swaps_met),
-        kept_asleep: (t.kept.len(), t.kept_met),
-        taken: t.takes_audited,
+        merges: tally.merges.counts(),
+        free_steps: tally.swaps.counts(),
+        kept_asleep: tally.kept.counts(),
+        taken: tally.takes_audited,
     };
     Ok(Searched {
         audited,
@@ -1735,18 +1765,14 @@ struct Tally {
     step_bound_runs: usize,
     collisions: usize,
     first_violation: Option<(usize, Duration)>,
-    merges: Vec<(Vec<u32>, Vec<u32>)>,
-    swaps: Vec<Swap>,
-    kept: Vec<Kept>,
+    merges: Sampled<(Vec<u32>, Vec<u32>)>,
+    swaps: Sampled<Swap>,
+    kept: Sampled<Kept>,
     /// Steps taken and kept asleep in their siblings that left a free step
     /// (`Dfs::audit_take`), and how many were audited so.
     left_free: usize,
     takes_audited: usize,
     disabled: usize,
-    /// Merges, free steps and kept steps met, audited or not.
-    merges_met: usize,
-    swaps_met: usize,
-    kept_met: usize,
     error: Option<RunError>,
     end_states: std::collections::BTreeSet<String>,
 }
@@ -1934,17 +1960,10 @@ impl Search {
             return self.fail(t, RunError::Harness(e.clone()));
         }
         t.collisions += dfs.collisions;
-        t.merges_met += usize::from(dfs.merge.is_some());
-        t.swaps_met += dfs.free_taken.len();
-        t.kept_met += dfs.kept_asleep.len();
+        t.merges.offer(dfs.merge.take());
+        t.swaps.offer(dfs.free_taken.drain(..));
+        t.kept.offer(dfs.kept_asleep.drain(..));
         t.takes_audited += dfs.takes_audited;
-        if let (Some(m), true) = (dfs.merge.take(), t.merges.len() < AUDITS_REPLAYED) {
-            t.merges.push(m);
-        }
-        let room = AUDITS_REPLAYED.saturating_sub(t.swaps.len());
-        t.swaps.extend(dfs.free_taken.drain(..).take(room));
-        let room = AUDITS_REPLAYED.saturating_sub(t.kept.len());
-        t.kept.extend(dfs.kept_asleep.drain(..).take(room));
         t.left_free += dfs.left_free;
         t.disabled += dfs.disabled;
         if matches!(r.end, RunEnd::StepBound(_)) {

@@ -378,9 +378,7 @@ impl FreeWatch {
     /// a VMM failed and runs the update (`mark_vmm_failed`); a report only
     /// queues an update step.
     pub fn may_free(&self, t: &Choice, at: &dyn Situation) -> bool {
-        if self.unranked
-            || matches!(t.kind, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_))
-        {
+        if self.unranked || t.kind.reaches_any_row() {
             return true;
         }
         let deletes = t.call.kind.may_delete_rows(t.kind);

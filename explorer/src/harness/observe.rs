@@ -54,10 +54,9 @@ fn undeclared_deletion(
     let Some((actor, call, about)) = last else {
         return Some(HarnessError::DeletedBeforeAnyStep);
     };
-    let anywhere = matches!(actor, ActorKind::Watcher | ActorKind::Check(_) | ActorKind::Update(_));
     let declared = call.kind.may_delete_rows(actor)
         && !unlisted_in_test(call.kind)
-        && (anywhere || about.is_none_or(|about| about == instance));
+        && (actor.reaches_any_row() || about.is_none_or(|about| about == instance));
     (!declared).then(|| HarnessError::UndeclaredDeletion { actor, call: call.kind.label(), vmm })
 }
 
