@@ -947,6 +947,16 @@ impl Chooser for Dfs<'_> {
         Some((u64::from(ticket), fault))
     }
 
+    fn replay_ahead(&self, step: usize) -> &[Taken] {
+        match &self.observed {
+            Some((at, _)) if self.split.shard.is_none() => {
+                let end = (*at).min(self.prefix.len()).min(self.replay.len());
+                self.replay.get(step..end).unwrap_or(&[])
+            }
+            _ => &[],
+        }
+    }
+
     /// The prefix's steps before its last go unchecked: the observer the run
     /// that pushed it had there is taken instead.
     fn watch(&mut self, steps: usize) -> Watch {

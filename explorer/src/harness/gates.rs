@@ -266,6 +266,8 @@ pub struct GatedSpawner {
 
 impl TaskSpawner for GatedSpawner {
     fn spawn_update(&self, instance_id: InstanceUuid, task: UpdateTask) {
+        // The driver starts it before the next step (`World::spawn_updates`).
+        self.sched.disarm();
         self.updates.spawn_update(instance_id, task);
     }
 

@@ -884,12 +884,24 @@ fn drive(
     let mut logged = Vec::new();
     let mut observer = Observer::default();
     let mut enabled = Vec::new();
+    // Steps the chooser has been handed; those the scheduler released from its
+    // script (`Sched::arm`) are handed over once the run stops.
+    let mut handed = 0;
+    let scripted = world.links.in_process() && snapshots.is_none();
     let end = loop {
         if !world.links.run_until_parked(&mut pool, &world.sched) {
             break RunEnd::Deadlock(world.sched.unfinished());
         }
         if world.spawn_updates(&pool) > 0 {
             continue;
+        }
+        world.sched.disarm();
+        for k in handed..world.sched.steps_len() {
+            // Skipped and replayed, as `replay_ahead` promised.
+            if let Watch::Take(o) = chooser.watch(k) {
+                observer = *o;
+            }
+            chooser.replay(k);
         }
         // After every step, replayed ones too: the invariants' memory depends on
         // the order its events come in (a write before or after a vanish), and
@@ -913,8 +925,14 @@ fn drive(
                 log_answered(log, &world, &mut logged);
             }
         }
+        handed = step + 1;
         if step < config.max_steps {
             if let Some((ticket, fault)) = chooser.replay(step) {
+                if scripted {
+                    let ahead = chooser.replay_ahead(step + 1);
+                    let room = config.max_steps.saturating_sub(step + 1).min(ahead.len());
+                    world.sched.arm(ahead[..room].iter().map(|&(t, f)| (u64::from(t), f)));
+                }
                 if !world.sched.release(ticket, fault) {
                     // Refused (and recorded): the same steps park the same
                     // tickets, so the run is not the one the chooser replays.

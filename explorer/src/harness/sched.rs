@@ -76,11 +76,13 @@ struct ToPark {
     wait: Option<WaitPred>,
     faults: &'static [Fault],
     costs_fault: bool,
+    /// `Parked::basis`.
+    basis: Option<Generation>,
 }
 
 impl ToPark {
     fn call(call: Call, wait: Option<WaitPred>, faults: &'static [Fault]) -> ToPark {
-        ToPark { call, offer: Offer::Call, wait, faults, costs_fault: false }
+        ToPark { call, offer: Offer::Call, wait, faults, costs_fault: false, basis: None }
     }
 }
 
@@ -138,8 +140,12 @@ impl Parked {
     /// A test's wait for a state, still unmet: offered only once no call can go
     /// on, as the wait times out (`Offer::TimedOut`).
     fn waiting_for_state(&self) -> bool {
-        self.call.kind == CallKind::WaitForState && !self.ready()
+        waiting_for_state(&self.call, self.wait.as_ref())
     }
+}
+
+fn waiting_for_state(call: &Call, wait: Option<&WaitPred>) -> bool {
+    call.kind == CallKind::WaitForState && wait.is_some_and(|w| !w())
 }
 
 #[derive(Debug)]
@@ -212,6 +218,103 @@ struct Inner {
     /// The run is over: every call still parked goes through unscheduled, so a
     /// server thread blocked at a gate can finish and the servers can close.
     closed: bool,
+    /// Steps a replay releases next, each as soon as the run is quiescent
+    /// (`Sched::arm`); the next is at the back.
+    script: Vec<(u64, Option<Fault>)>,
+    /// What `quiescent` asks of the actors, kept as they change.
+    settle: Settle,
+}
+
+impl Inner {
+    /// Records `actor`'s `call`, released with `fault` (spending one of the
+    /// run's faults if `spends`), as the next step; returns its index. Its
+    /// actor has nothing parked any more, and the step is its outer call
+    /// unless one is under way.
+    fn admit(
+        &mut self,
+        actor: ActorId,
+        call: Call,
+        (fault, spends): (Option<Fault>, bool),
+        timed_out: bool,
+        writes_from: usize,
+    ) -> usize {
+        self.steps.push(Step {
+            actor,
+            call,
+            answer: Answer::Pending,
+            fault,
+            timed_out,
+            writes_from,
+        });
+        let index = self.steps.len() - 1;
+        if spends {
+            self.faults_left = self.faults_left.saturating_sub(1);
+        }
+        Settle::set(&mut self.settle.open, actor, false);
+        if let Some(a) = self.actors.get_mut(actor) {
+            if a.outer.is_none() {
+                a.outer = Some((index, a.history));
+            }
+        }
+        index
+    }
+}
+
+/// Bits by actor id, kept beside `Inner::actors` and `Inner::parked` so that
+/// `quiescent`, asked as each replayed step parks, is a few masks.
+#[derive(Default)]
+struct Settle {
+    done: u64,
+    /// A call parked and not yet released.
+    open: u64,
+    /// Blocked in `waiting_for_children` (`ActorInfo::waiting`).
+    waiting: u64,
+    /// Some child still running.
+    parents: u64,
+    /// Running children, by actor.
+    children: Vec<u32>,
+    /// Over 64 actors: `quiescent` asks the lists instead.
+    wide: bool,
+}
+
+impl Settle {
+    fn bit(id: ActorId) -> u64 {
+        if id < 64 {
+            1 << id
+        } else {
+            0
+        }
+    }
+
+    fn added(&mut self, id: ActorId, parent: Option<ActorId>) {
+        self.wide |= id >= 64;
+        self.children.push(0);
+        if let Some(n) = parent.and_then(|p| self.children.get_mut(p)) {
+            *n += 1;
+        }
+        self.parents |= parent.map_or(0, Self::bit);
+    }
+
+    fn finished(&mut self, id: ActorId, parent: Option<ActorId>) {
+        self.done |= Self::bit(id);
+        if let Some(p) = parent {
+            self.waiting &= !Self::bit(p);
+            if let Some(n) = self.children.get_mut(p) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.parents &= !Self::bit(p);
+                }
+            }
+        }
+    }
+
+    fn set(mask: &mut u64, id: ActorId, on: bool) {
+        if on {
+            *mask |= Self::bit(id);
+        } else {
+            *mask &= !Self::bit(id);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -326,7 +429,9 @@ impl Sched {
             basis: None,
         };
         g.actors.push(info);
-        g.actors.len() - 1
+        let id = g.actors.len() - 1;
+        g.settle.added(id, parent);
+        id
     }
 
     /// The next update step's kind (`update1`, `update2`, ...).
@@ -440,6 +545,7 @@ impl Sched {
         if let Some(p) = parent.and_then(|p| g.actors.get_mut(p)) {
             p.waiting = false;
         }
+        g.settle.finished(id, parent);
         wake_idle(&mut g);
     }
 
@@ -567,11 +673,12 @@ impl Sched {
         let writes_from = self.probes.get().and_then(|p| p.writes.as_ref()).map_or(0, |w| w());
         let mut g = self.lock();
         let g = &mut *g;
-        let Some(p) = g.parked.iter_mut().find(|p| p.ticket == ticket && p.released.is_none())
+        let Some(pos) = g.parked.iter().position(|p| p.ticket == ticket && p.released.is_none())
         else {
             g.errors.push(HarnessError::UnknownTicket { ticket });
             return false;
         };
+        let p = &mut g.parked[pos];
         if fault.is_some_and(|f| !p.faults.contains(&f)) || (fault.is_some() && g.faults_left == 0)
         {
             g.errors.push(HarnessError::FaultNotAllowed {
@@ -582,50 +689,43 @@ impl Sched {
         }
         let timed_out = p.waiting_for_state();
         let (actor, call) = (p.actor, p.call);
-        let step = Step { actor, call, answer: Answer::Pending, fault, timed_out, writes_from };
-        g.steps.push(step);
-        let index = g.steps.len() - 1;
-        p.released = Some(index);
-        let actor = p.actor;
-        p.fault = fault;
         let spends = fault.is_some() || p.costs_fault;
+        p.fault = fault;
         let (group, waker) = (p.group, p.waker.take());
-        if spends {
-            g.faults_left = g.faults_left.saturating_sub(1);
-        }
+        let index = g.admit(actor, call, (fault, spends), timed_out, writes_from);
+        g.parked[pos].released = Some(index);
         g.parked.retain(|q| q.group != group || q.released.is_some());
-        if let Some(a) = g.actors.get_mut(actor) {
-            if a.outer.is_none() {
-                a.outer = Some((index, a.history));
-            }
-        }
         if let Some(w) = waker {
             w.wake();
         }
         true
     }
 
-    /// Parks `alts` as one group; returns its id (the first ticket).
-    fn park(&self, actor: ActorId, alts: impl IntoIterator<Item = ToPark>) -> u64 {
-        let basis = |call: &Call| match (call.kind, call.from, call.vmm) {
-            (CallKind::VmmPutState, Component::Nexus, Some(vmm)) => {
-                self.probes.get().and_then(|p| (p.basis)(vmm))
-            }
-            _ => None,
-        };
-        let alts: Vec<(ToPark, Option<Generation>)> = alts
-            .into_iter()
-            .map(|p| {
-                let b = basis(&p.call);
-                (p, b)
-            })
-            .collect();
+    /// Parks `alts` as one group; returns its id (the first ticket), and the
+    /// admission of one of them if the armed script (`arm`) releases it at once
+    /// (nothing else can move, and it is the script's next step): it is then
+    /// never parked, and its actor goes on without yielding.
+    fn park<A>(&self, actor: ActorId, mut alts: A) -> (u64, Option<Admitted>)
+    where
+        A: AsMut<[ToPark]> + IntoIterator<Item = ToPark>,
+    {
+        for p in alts.as_mut() {
+            p.basis = match (p.call.kind, p.call.from, p.call.vmm) {
+                (CallKind::VmmPutState, Component::Nexus, Some(vmm)) => {
+                    self.probes.get().and_then(|probes| (probes.basis)(vmm))
+                }
+                _ => None,
+            };
+        }
         let mut g = self.lock();
         let group = g.next_ticket + 1;
         // Auto-restart's calls are offered no fault while it is spared.
         let spared =
             g.spare_restart && g.actors.get(actor).is_some_and(|a| a.kind == ActorKind::Restart);
-        for (alt, (p, basis)) in alts.into_iter().enumerate() {
+        if let Some(admitted) = self.admit_own(&mut g, actor, group, (alts.as_mut(), spared)) {
+            return (group, Some(admitted));
+        }
+        for (alt, p) in alts.into_iter().enumerate() {
             g.next_ticket += 1;
             let ticket = g.next_ticket;
             g.parked.push(Parked {
@@ -641,11 +741,90 @@ impl Sched {
                 released: None,
                 waker: None,
                 wait: p.wait,
-                basis,
+                basis: p.basis,
             });
         }
+        Settle::set(&mut g.settle.open, actor, true);
         wake_idle(&mut g);
-        group
+        drop(g);
+        self.follow_script();
+        (group, None)
+    }
+
+    /// `park`'s release at once: if the script's next step is one of `alts`,
+    /// as offered from `group` on, and every other actor is settled, it is
+    /// recorded as `release` would record it once parked, and the group's
+    /// tickets are spent as parking them would.
+    fn admit_own(
+        &self,
+        g: &mut Inner,
+        actor: ActorId,
+        group: u64,
+        (alts, spared): (&[ToPark], bool),
+    ) -> Option<Admitted> {
+        let &(ticket, fault) = g.script.last()?;
+        let alt = usize::try_from(ticket.checked_sub(group)?).ok()?;
+        let p = alts.get(alt)?;
+        let faults = if spared { &[] } else { p.faults };
+        let allowed = fault.is_none_or(|f| g.faults_left > 0 && faults.contains(&f));
+        // A step's count of Nexus's writes is taken before the lock (`release`).
+        let traced = self.probes.get().is_some_and(|p| p.writes.is_some());
+        if g.closed || !allowed || traced || !quiescent(g, Some(actor)) {
+            return None;
+        }
+        g.script.pop();
+        g.next_ticket += alts.len() as u64;
+        let timed_out = waiting_for_state(&p.call, p.wait.as_ref());
+        let spends = fault.is_some() || p.costs_fault;
+        let step = g.admit(actor, p.call, (fault, spends), timed_out, 0);
+        Some(Admitted { alt, step, fault })
+    }
+
+    /// Hands the scheduler steps to release one after another, each once the
+    /// run is quiescent, as the driver would release them between its turns:
+    /// a replayed prefix then runs without going back to the driver (and an
+    /// actor whose own call is next goes on without yielding). Only for steps
+    /// the driver would release unasked and unchecked (`Chooser::replay_ahead`)
+    /// and only in process; anything unexpected (a step not parked, a fault it
+    /// may not meet, an update step queued, which the driver starts between
+    /// steps) disarms the rest, and the driver goes on from there.
+    pub fn arm(&self, steps: impl DoubleEndedIterator<Item = (u64, Option<Fault>)>) {
+        let mut g = self.lock();
+        g.script.clear();
+        g.script.extend(steps.rev());
+    }
+
+    /// Drops the steps `arm` gave: the driver releases what comes next.
+    pub fn disarm(&self) {
+        self.lock().script.clear();
+    }
+
+    /// Releases the script's next step if the run is quiescent and the step is
+    /// parked and may be released as given; disarms the script if it is not.
+    fn follow_script(&self) {
+        let (ticket, fault) = {
+            let mut g = self.lock();
+            let Some(&(ticket, fault)) = g.script.last() else {
+                return;
+            };
+            if !quiescent(&g, None) {
+                return;
+            }
+            let can_fault = g.faults_left > 0;
+            let releasable = !g.closed
+                && g.parked.iter().any(|p| {
+                    p.ticket == ticket
+                        && p.released.is_none()
+                        && fault.is_none_or(|f| can_fault && p.faults.contains(&f))
+                });
+            if !releasable {
+                g.script.clear();
+                return;
+            }
+            g.script.pop();
+            (ticket, fault)
+        };
+        self.release(ticket, fault);
     }
 
     pub(super) fn complete(&self, step: usize, answer: Answer) {
@@ -728,8 +907,10 @@ impl Sched {
             return run(false).await;
         };
         let faults = if inject.is_some() { faults } else { &[] };
-        let group = self.park(actor, [ToPark::call(call, wait, faults)]);
-        let admitted = Admission { sched: Arc::clone(self), group }.await;
+        let admitted = match self.park(actor, [ToPark::call(call, wait, faults)]) {
+            (_, Some(now)) => Some(now),
+            (group, None) => Admission { sched: Arc::clone(self), group }.await,
+        };
         let fault = admitted.and_then(|a| a.fault);
         let out = match (fault, inject) {
             (Some(Fault::Unavailable), Some(i)) if i.callee_refuses => run(true).await,
@@ -767,10 +948,13 @@ impl Sched {
             wait: a.wait,
             faults: &[],
             costs_fault: a.costs_fault,
+            basis: None,
         }));
         parked.push(ToPark { offer: Offer::Done, ..ToPark::call(done, None, &[]) });
-        let group = self.park(actor, parked);
-        let a = Admission { sched: Arc::clone(self), group }.await?;
+        let a = match self.park(actor, parked) {
+            (_, Some(now)) => now,
+            (group, None) => Admission { sched: Arc::clone(self), group }.await?,
+        };
         if a.alt == n {
             self.complete(a.step, Answer::Ack);
         }
@@ -780,12 +964,25 @@ impl Sched {
 
 /// Every actor is done or has a call parked and not yet released: nothing moves
 /// until the scheduler releases something.
-fn quiescent(g: &Inner) -> bool {
-    g.actors.iter().enumerate().all(|(id, a)| {
-        a.done
-            || g.parked.iter().any(|p| p.actor == id && p.released.is_none())
-            || (a.waiting && g.actors.iter().any(|c| c.parent == Some(id) && !c.done))
-    })
+fn quiescent(g: &Inner, parking: Option<ActorId>) -> bool {
+    let by_lists = || {
+        g.actors.iter().enumerate().all(|(id, a)| {
+            a.done
+                || parking == Some(id)
+                || g.parked.iter().any(|p| p.actor == id && p.released.is_none())
+                || (a.waiting && g.actors.iter().any(|c| c.parent == Some(id) && !c.done))
+        })
+    };
+    let s = &g.settle;
+    if s.wide {
+        return by_lists();
+    }
+    let all = u64::MAX >> (64 - g.actors.len().max(1));
+    let all = if g.actors.is_empty() { 0 } else { all };
+    let open = s.open | parking.map_or(0, Settle::bit);
+    let by_bits = (s.done | open | (s.waiting & s.parents)) & all == all;
+    debug_assert_eq!(by_bits, by_lists(), "quiescence's bits disagree with the lists");
+    by_bits
 }
 
 fn wake_idle(g: &mut Inner) {
@@ -804,7 +1001,7 @@ impl Future for Idle<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut g = self.sched.lock();
-        if quiescent(&g) {
+        if quiescent(&g, None) {
             return Poll::Ready(());
         }
         g.idle = Some(cx.waker().clone());
@@ -833,6 +1030,10 @@ impl Future for Admission {
         let mut g = self.sched.lock();
         let group = self.group;
         if g.closed {
+            if let Some(p) = g.parked.iter().find(|p| p.group == group) {
+                let actor = p.actor;
+                Settle::set(&mut g.settle.open, actor, false);
+            }
             g.parked.retain(|p| p.group != group);
             return Poll::Ready(None);
         }
@@ -880,6 +1081,7 @@ impl<F: Future> Future for WaitingForChildren<F> {
             let mut g = self.sched.lock();
             if let Some(a) = g.actors.get_mut(id) {
                 a.waiting = r.is_pending();
+                Settle::set(&mut g.settle.waiting, id, r.is_pending());
             }
             wake_idle(&mut g);
         }
@@ -1098,6 +1300,53 @@ mod tests {
         assert_ne!(hash(&s), with(0, 1), "a live actor's kind is");
     }
 
+    /// An armed script releases its next step once nothing else can move, as
+    /// the driver would between its turns: an actor's own call as it parks
+    /// (never parked, so it goes on at once), another's by waking it. A step
+    /// it may not release as given disarms the rest, for the driver to refuse.
+    #[test]
+    fn an_armed_script_releases_each_step_once_nothing_else_can_move() {
+        let plain = |k| vec![ToPark::call(call(k), None, &Fault::ALL)];
+        let parked = |s: &Sched| -> Vec<u64> {
+            s.lock().parked.iter().filter(|p| p.released.is_none()).map(|p| p.ticket).collect()
+        };
+        let s = Sched::default();
+        let (a, b) = (s.add_actor(ActorKind::Scenario), s.add_actor(ActorKind::User));
+        s.arm([(1, None), (2, None)].into_iter());
+        // b is still running: a's call (ticket 1) waits for it to park.
+        assert!(s.park(a, plain(CallKind::InstanceStop)).1.is_none());
+        assert!(s.steps().is_empty());
+        // Once b parks (ticket 2) nothing else can move: a's call is let go.
+        assert!(s.park(b, plain(CallKind::InstanceStart)).1.is_none());
+        assert_eq!(s.steps().len(), 1);
+        assert_eq!(s.steps()[0].actor, a);
+        // a runs now, so b's call, next in the script, waits for a to park.
+        assert_eq!(parked(&s), [2]);
+        let (t, now) = s.park(a, plain(CallKind::VmmPutState));
+        assert_eq!((t, now.is_none()), (3, true));
+        assert_eq!(s.steps().len(), 2);
+        assert_eq!(s.steps()[1].actor, b);
+        assert_eq!(parked(&s), [3]);
+
+        // An actor's own call next in the script is admitted as it parks.
+        s.arm([(4, None)].into_iter());
+        let (t, now) = s.park(b, plain(CallKind::InstanceStop));
+        assert_eq!(t, 4);
+        let now = now.expect("its own call, with nothing else to move, is admitted at once");
+        assert_eq!((now.alt, now.step, now.fault), (0, 2, None));
+        assert_eq!(parked(&s), [3], "an admitted call is never parked");
+        assert_eq!(s.steps()[2].actor, b);
+
+        // A fault past the budget is not released: the script is dropped, the
+        // call parked, and nothing recorded as an error.
+        s.arm([(5, Some(Fault::Timeout))].into_iter());
+        assert!(s.park(b, plain(CallKind::InstanceStart)).1.is_none());
+        assert_eq!(parked(&s), [3, 5]);
+        assert!(s.lock().script.is_empty());
+        assert!(s.errors().is_empty());
+        assert_eq!(s.steps().len(), 3);
+    }
+
     fn kinds(s: &Sched) -> Vec<(ActorId, Offer, Option<Fault>)> {
         let mut out = Vec::new();
         s.enabled_into(&mut out);
@@ -1113,7 +1362,7 @@ mod tests {
         s.park(a, vec![ToPark::call(call(CallKind::VmmPutState), None, &Fault::ALL)]);
         let alt = |k| ToPark { offer: Offer::Alternative, ..ToPark::call(call(k), None, &[]) };
         let done = ToPark { offer: Offer::Done, ..ToPark::call(call(CallKind::Done), None, &[]) };
-        let group =
+        let (group, _) =
             s.park(b, vec![alt(CallKind::InstanceStop), alt(CallKind::InstanceStart), done]);
         (s, group)
     }
@@ -1156,9 +1405,9 @@ mod tests {
     fn only_outer_answers_enter_an_actors_history() {
         let s = Sched::default();
         let a = s.add_actor(ActorKind::Scenario);
-        let outer = s.park(a, vec![ToPark::call(call(CallKind::InstanceStop), None, &[])]);
+        let (outer, _) = s.park(a, vec![ToPark::call(call(CallKind::InstanceStop), None, &[])]);
         s.release(outer, None);
-        let inner = s.park(a, vec![ToPark::call(call(CallKind::VmmPutState), None, &[])]);
+        let (inner, _) = s.park(a, vec![ToPark::call(call(CallKind::VmmPutState), None, &[])]);
         s.release(inner, None);
         let before = s.lock().actors[a].history;
         s.complete(1, Answer::NoState);

@@ -72,6 +72,13 @@ pub trait Chooser {
         None
     }
 
+    /// The steps from `step` on that `replay` will give and `watch` will skip,
+    /// by ticket and fault: the scheduler may release them as the run gets to
+    /// each (`Sched::arm`). Both are still called for each, after it is taken.
+    fn replay_ahead(&self, _step: usize) -> &[(u32, Option<Fault>)] {
+        &[]
+    }
+
     /// What to do about the invariants once `steps` steps are taken: check
     /// them as usual, or, if the chooser carries the observer of an earlier
     /// run of the same steps, leave them unchecked up to that point and take
