@@ -738,14 +738,16 @@ struct Trail {
 impl Trail {
     /// Every step from the first, in order.
     fn steps(trail: Option<&Trail>) -> Vec<Taken> {
-        let mut segments = Vec::new();
-        let mut at = trail;
-        while let Some(t) = at {
-            segments.push(&t.steps);
-            at = t.parent.as_deref();
+        // Walked twice, from the last segment back: to size the list, then to
+        // fill it from its end, with no list of segments in between.
+        let chain = || std::iter::successors(trail, |t| t.parent.as_deref());
+        let mut end = chain().map(|t| t.steps.len()).sum::<usize>();
+        let mut steps = vec![(0, None); end];
+        for t in chain() {
+            let start = end - t.steps.len();
+            steps[start..end].copy_from_slice(&t.steps);
+            end = start;
         }
-        let mut steps = Vec::with_capacity(segments.iter().map(|s| s.len()).sum());
-        steps.extend(segments.into_iter().rev().flatten().copied());
         steps
     }
 }
@@ -1842,10 +1844,10 @@ impl Search {
                 prefix,
                 replay: Trail::steps(trail.as_deref()),
                 trail,
-                since: Vec::new(),
+                since: Vec::with_capacity(16),
                 wake_with: sleep,
-                sleep: Vec::new(),
-                awake: Vec::new(),
+                sleep: Vec::with_capacity(8),
+                awake: Vec::with_capacity(8),
                 reduce: self.cfg.reduces(),
                 sleep_sets: self.cfg.reduces() && !no_sleep_sets(),
                 proof: self.phase == Phase::Proof,

@@ -883,7 +883,7 @@ fn drive(
         snapshots.is_some().then(|| config.log.new(slog::o!("component" => "scheduler")));
     let mut logged = Vec::new();
     let mut observer = Observer::default();
-    let mut enabled = Vec::new();
+    let mut enabled = Vec::with_capacity(16);
     // Steps the chooser has been handed; those the scheduler released from its
     // script (`Sched::arm`) are handed over once the run stops.
     let mut handed = 0;

@@ -23,6 +23,8 @@ pub struct Observer {
     answered: Vec<bool>,
     /// Nexus's count of deleted VMM rows when last checked.
     rows_deleted: usize,
+    /// Room for one check's events, kept between checks (empty in between).
+    events: Vec<(usize, Event)>,
 }
 
 /// A report the sled agent sends, as an event; a call counts as sent once it is
@@ -90,7 +92,7 @@ impl Observer {
         let names = || world.names();
         // Gathered first, then fed: the visits run under the scheduler's and Nexus's
         // locks, and wording a violation takes Nexus's lock again.
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         let now = world.sched.steps_len();
 
         // Released steps, from the first one whose answer was still outstanding:
@@ -166,9 +168,10 @@ impl Observer {
         {
             events.push((now, Event::TwoVms { instance, vmms }));
         }
-        for (step, e) in &events {
-            self.invariants.on(*step, e, &names);
+        for (step, e) in events.drain(..) {
+            self.invariants.on(step, &e, &names);
         }
+        self.events = events;
         self.check_deletions(world);
     }
 

@@ -371,6 +371,7 @@ impl Sched {
             g.steps.reserve(64);
             g.parked.reserve(16);
             g.actors.reserve(16);
+            g.settle.children.reserve(16);
         }
         Arc::new(sched)
     }
@@ -1042,7 +1043,9 @@ impl Future for Admission {
             p.released.map(|step| (i, step))
         });
         if let Some((pos, step)) = released {
-            let p = g.parked.remove(pos);
+            // Nothing reads the parked calls in order (the choices are sorted,
+            // the fingerprint takes them as a multiset), so none is moved up.
+            let p = g.parked.swap_remove(pos);
             return Poll::Ready(Some(Admitted { alt: p.alt, step, fault: p.fault }));
         }
         // Every call of the group shares the waker: whichever is released wakes it.
