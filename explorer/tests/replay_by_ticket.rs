@@ -3,6 +3,8 @@
 //! run as choosing it from the list, and a ticket not parked is an error. One
 //! that carries the observer of an earlier run hands it over at the end of the
 //! steps it replays, and the invariants come out as if every step was checked.
+//! One that hands the scheduler the steps it will replay (`replay_ahead`) gets
+//! the run it gets releasing each from the driver.
 
 use sledsim_explorer::harness::observe::Observer;
 use sledsim_explorer::harness::schedule::{ChoiceCtx, Chooser, ScheduleError, Watch};
@@ -163,4 +165,66 @@ fn an_observer_handed_over_is_the_one_checking_each_step_gives() {
     let config = RunConfig { inject: Some(harness::Inject::NoGenerationCheck), ..config() };
     assert_eq!(check_handover(&config, 8), [5]);
     assert_eq!(check_handover(&config, 3), [5]);
+}
+
+/// Replays the first `at` of `tickets` unchecked, handing them to the
+/// scheduler up front if `ahead`, and notes what the run offers then.
+struct Ahead {
+    tickets: Vec<(u32, Option<Fault>)>,
+    at: usize,
+    ahead: bool,
+    /// The situation in full and the choices, at step `at`.
+    seen: Option<(Vec<u8>, Vec<String>)>,
+}
+
+impl Chooser for Ahead {
+    fn replay(&mut self, step: usize) -> Option<(u64, Option<Fault>)> {
+        let (t, f) = *self.tickets.get(step).filter(|_| step < self.at)?;
+        Some((u64::from(t), f))
+    }
+
+    fn replay_ahead(&self, step: usize) -> &[(u32, Option<Fault>)] {
+        let ahead = self.tickets.get(step.min(self.at)..self.at).unwrap_or(&[]);
+        if self.ahead {
+            ahead
+        } else {
+            &[]
+        }
+    }
+
+    fn watch(&mut self, steps: usize) -> Watch {
+        if steps < self.at {
+            Watch::Skip
+        } else {
+            Watch::Check
+        }
+    }
+
+    fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+        let choices = ctx.enabled.iter().map(|c| format!("{c:?}")).collect();
+        self.seen = Some((ctx.world.situation(ctx.observer), choices));
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_prefix_the_scheduler_releases_itself_is_the_prefix_the_driver_releases() {
+    // Not traced, as a search runs: the scheduler then admits a call as it parks.
+    let config = RunConfig { trace_writes: false, watcher_passes: 2, user_ops: 2, ..config() };
+    let mut chosen = Scrambled::default();
+    let a = harness::run(&config, &mut chosen).expect("runs");
+    let tickets: Vec<(u32, Option<Fault>)> =
+        chosen.tickets.iter().map(|&(t, f)| (u32::try_from(t).expect("few tickets"), f)).collect();
+    let n = tickets.len();
+    assert!(n > 20, "{n} steps");
+    for at in [1, 2, 5, 9, 14, 20, n - 1, n] {
+        let seen = |ahead| {
+            let mut c = Ahead { tickets: tickets.clone(), at, ahead, seen: None };
+            let end = harness::run_outcome(&config, &mut c).expect("runs").end;
+            (c.seen, format!("{end:?}"))
+        };
+        let (by_driver, by_script) = (seen(false), seen(true));
+        assert!(by_driver.0.is_some() || at == n, "stopped at {at} of {n}");
+        assert_eq!(by_driver, by_script, "after {at} of {} steps", a.steps.len());
+    }
 }

@@ -897,13 +897,16 @@ fn drive(
         }
         world.sched.disarm();
         for k in handed..world.sched.steps_len() {
-            // Skipped and replayed, as `replay_ahead` promised.
+            // Released from the script: skipped and replayed, as
+            // `replay_ahead` promised, so handed over after the fact.
             if let Watch::Take(o) = chooser.watch(k) {
                 observer = *o;
             }
-            chooser.replay(k);
+            let replayed = chooser.replay(k);
+            debug_assert!(replayed.is_some(), "a scripted step the chooser does not replay");
         }
-        // After every step, replayed ones too: the invariants' memory depends on
+        // After every step, replayed ones too (but those `replay_ahead` gives,
+        // which the chooser's `watch` skips): the invariants' memory depends on
         // the order its events come in (a write before or after a vanish), and
         // feeding a replayed prefix's events in one batch gives another order.
         // A chooser that carries the observer an earlier run of its prefix had
@@ -928,11 +931,6 @@ fn drive(
         handed = step + 1;
         if step < config.max_steps {
             if let Some((ticket, fault)) = chooser.replay(step) {
-                if scripted {
-                    let ahead = chooser.replay_ahead(step + 1);
-                    let room = config.max_steps.saturating_sub(step + 1).min(ahead.len());
-                    world.sched.arm(ahead[..room].iter().map(|&(t, f)| (u64::from(t), f)));
-                }
                 if !world.sched.release(ticket, fault) {
                     // Refused (and recorded): the same steps park the same
                     // tickets, so the run is not the one the chooser replays.
@@ -942,6 +940,11 @@ fn drive(
                         wanted: format!("ticket {ticket}"),
                         enabled: "no such call parked".into(),
                     }));
+                }
+                if scripted {
+                    let ahead = chooser.replay_ahead(step + 1);
+                    let room = config.max_steps.saturating_sub(step + 1).min(ahead.len());
+                    world.sched.arm(ahead[..room].iter().map(|&(t, f)| (u64::from(t), f)));
                 }
                 continue;
             }

@@ -3,7 +3,9 @@
 //!
 //! A gate parks its caller until the scheduler releases it. Actors are tasks on one
 //! `LocalPool`; the pool's `run_until_stalled` returns exactly when every actor is
-//! parked at a gate or done, which is when the scheduler picks the next release.
+//! parked at a gate or done, which is when the scheduler picks the next release
+//! (a replayed prefix's steps are released from inside the pool's run, at the
+//! same points: `Sched::arm`).
 //! Which actor is calling is read from a thread-local that the actor's wrapper
 //! future sets while it is polled, so gates need no actor argument and the
 //! components' code is unchanged.
@@ -719,6 +721,10 @@ impl Sched {
             };
         }
         let mut g = self.lock();
+        debug_assert!(
+            g.parked.iter().all(|p| p.actor != actor || p.released.is_some()),
+            "an actor parks one group at a time"
+        );
         let group = g.next_ticket + 1;
         // Auto-restart's calls are offered no fault while it is spared.
         let spared =
@@ -789,6 +795,19 @@ impl Sched {
     /// and only in process; anything unexpected (a step not parked, a fault it
     /// may not meet, an update step queued, which the driver starts between
     /// steps) disarms the rest, and the driver goes on from there.
+    ///
+    /// A step is released as an actor parks and leaves every actor settled;
+    /// where the last to settle finishes instead (or a child of a waiting
+    /// actor does), the driver gets its turn and arms the rest again. A run
+    /// whose steps count Nexus's writes (`Probes::writes`, taken before the
+    /// lock) has its steps released once parked, never as they park.
+    ///
+    /// That a settled run is one whose pool has stalled rests on three things
+    /// the harness keeps: every task on the pool is an actor, added before it
+    /// is spawned (`spawn_on`, `add_check`); an actor has one group parked at a
+    /// time (it waits at it); and an actor blocked in `waiting_for_children`
+    /// is woken only by a child that finishes, which clears its wait first
+    /// (`actor_done`).
     pub fn arm(&self, steps: impl DoubleEndedIterator<Item = (u64, Option<Fault>)>) {
         let mut g = self.lock();
         g.script.clear();
@@ -963,8 +982,9 @@ impl Sched {
     }
 }
 
-/// Every actor is done or has a call parked and not yet released: nothing moves
-/// until the scheduler releases something.
+/// Every actor is done, has a call parked and not yet released (or is
+/// `parking` one now), or waits in `waiting_for_children` for a child still
+/// running: nothing moves until the scheduler releases something.
 fn quiescent(g: &Inner, parking: Option<ActorId>) -> bool {
     let by_lists = || {
         g.actors.iter().enumerate().all(|(id, a)| {
@@ -1043,8 +1063,11 @@ impl Future for Admission {
             p.released.map(|step| (i, step))
         });
         if let Some((pos, step)) = released {
-            // Nothing reads the parked calls in order (the choices are sorted,
-            // the fingerprint takes them as a multiset), so none is moved up.
+            // No order of the parked calls is read: the choices are sorted on
+            // unique keys, the fingerprint takes them as a multiset, a release
+            // finds its call by ticket, and the observer's `Sent` events from
+            // them (`visit_parked`) keep the highest generation per VMM, which
+            // no order changes. So none is moved up.
             let p = g.parked.swap_remove(pos);
             return Poll::Ready(Some(Admitted { alt: p.alt, step, fault: p.fault }));
         }
@@ -1348,6 +1371,176 @@ mod tests {
         assert!(s.lock().script.is_empty());
         assert!(s.errors().is_empty());
         assert_eq!(s.steps().len(), 3);
+    }
+
+    /// One way a step is let go, for `a_call_admitted_as_it_parks_is_recorded_as_if_released`.
+    struct Shape {
+        name: &'static str,
+        kind: ActorKind,
+        /// The group parked: a plain call with these faults, or an offer.
+        alts: fn() -> Vec<ToPark>,
+        alt: u64,
+        fault: Option<Fault>,
+        budget: usize,
+        /// Nexus's writes counted at each release.
+        traced: bool,
+    }
+
+    fn plain(kind: CallKind, faults: &'static [Fault]) -> Vec<ToPark> {
+        vec![ToPark::call(call(kind), None, faults)]
+    }
+
+    fn offered() -> Vec<ToPark> {
+        let alt = |kind, costs_fault| ToPark {
+            offer: Offer::Alternative,
+            costs_fault,
+            ..ToPark::call(call(kind), None, &[])
+        };
+        let done = ToPark { offer: Offer::Done, ..ToPark::call(call(CallKind::Done), None, &[]) };
+        vec![alt(CallKind::InstanceStop, false), alt(CallKind::VmmVanish, true), done]
+    }
+
+    /// A run's scheduler with a scenario parked first (ticket 1), so the group
+    /// under test starts at ticket 2, and the actor under test.
+    fn parked_beside(shape: &Shape) -> (Arc<Sched>, ActorId) {
+        let s = Arc::new(Sched::default());
+        if shape.traced {
+            s.set_probes(Probes {
+                vmm: Box::new(|_| None),
+                writes: Some(Box::new(|| 5)),
+                basis: Box::new(|_| None),
+            });
+        }
+        s.set_fault_budget(shape.budget);
+        s.spare_restart(true);
+        let other = s.add_actor(ActorKind::Scenario);
+        s.park(other, plain(CallKind::InstanceStart, &[]));
+        (Arc::clone(&s), s.add_actor(shape.kind))
+    }
+
+    /// What a step's release left: its record, the budget, the next group's
+    /// ticket, and the situation once the step is answered.
+    fn after_release(s: &Arc<Sched>, actor: ActorId) -> (String, usize, u64, u64) {
+        // As the actor goes on: its admission takes its call off the list.
+        let waker = std::task::Waker::noop();
+        let mut admission = Admission { sched: Arc::clone(s), group: 2 };
+        let _ = Pin::new(&mut admission).poll(&mut Context::from_waker(waker));
+        let steps = s.steps();
+        let shown = format!(
+            "{:?}",
+            steps
+                .iter()
+                .map(|t| (t.actor, t.call, t.fault, t.timed_out, t.writes_from))
+                .collect::<Vec<_>>()
+        );
+        if !steps.is_empty() {
+            s.complete(0, Answer::Ack);
+        }
+        let left = s.lock().faults_left;
+        let next = s.park(actor, plain(CallKind::VmmList, &[])).0;
+        (shown, left, next, hash(s))
+    }
+
+    /// The script's release as a call parks (`admit_own`) records what
+    /// `release` records once it is parked, in every shape a step takes: with
+    /// a fault (spending the budget) or spared one (auto-restart's), an offer's
+    /// alternative past the first (its tickets spent all the same) that costs
+    /// a fault, a wait that times out; a traced run is released as parked.
+    #[test]
+    fn a_call_admitted_as_it_parks_is_recorded_as_if_released() {
+        let shapes = [
+            Shape {
+                name: "plain",
+                kind: ActorKind::Scenario,
+                alts: || plain(CallKind::InstanceStop, &[]),
+                alt: 0,
+                fault: None,
+                budget: 0,
+                traced: false,
+            },
+            Shape {
+                name: "faulted",
+                kind: ActorKind::Scenario,
+                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
+                alt: 0,
+                fault: Some(Fault::Timeout),
+                budget: 1,
+                traced: false,
+            },
+            Shape {
+                name: "spared",
+                kind: ActorKind::Restart,
+                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
+                alt: 0,
+                fault: Some(Fault::Unavailable),
+                budget: 1,
+                traced: false,
+            },
+            Shape {
+                name: "an alternative that costs a fault",
+                kind: ActorKind::Fault,
+                alts: offered,
+                alt: 1,
+                fault: None,
+                budget: 1,
+                traced: false,
+            },
+            Shape {
+                name: "done",
+                kind: ActorKind::User,
+                alts: offered,
+                alt: 2,
+                fault: None,
+                budget: 1,
+                traced: false,
+            },
+            Shape {
+                name: "timed out",
+                kind: ActorKind::Scenario,
+                alts: || {
+                    vec![ToPark::call(call(CallKind::WaitForState), Some(Box::new(|| false)), &[])]
+                },
+                alt: 0,
+                fault: None,
+                budget: 0,
+                traced: false,
+            },
+            Shape {
+                name: "traced",
+                kind: ActorKind::Scenario,
+                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
+                alt: 0,
+                fault: Some(Fault::Unavailable),
+                budget: 1,
+                traced: true,
+            },
+        ];
+        for shape in &shapes {
+            let name = shape.name;
+            let (scripted, actor) = parked_beside(shape);
+            scripted.arm([(2 + shape.alt, shape.fault)].into_iter());
+            let (group, now) = scripted.park(actor, (shape.alts)());
+            assert_eq!(group, 2, "{name}");
+            let (parked, a) = parked_beside(shape);
+            parked.park(a, (shape.alts)());
+            let released = parked.release(2 + shape.alt, shape.fault);
+            match (name, now) {
+                // Refused both ways: the script is dropped, nothing released.
+                ("spared", now) => {
+                    assert!(now.is_none() && !released, "{name}");
+                    assert!(scripted.steps().is_empty() && scripted.lock().script.is_empty());
+                    continue;
+                }
+                // Released by the script once parked, as the driver would.
+                ("traced", now) => assert!(now.is_none() && released, "{name}"),
+                (_, now) => {
+                    let now = now.unwrap_or_else(|| panic!("{name}: admitted as it parks"));
+                    assert_eq!((now.alt as u64, now.step, now.fault), (shape.alt, 0, shape.fault));
+                    assert!(released, "{name}");
+                }
+            }
+            assert_eq!(after_release(&scripted, actor), after_release(&parked, a), "{name}");
+        }
     }
 
     fn kinds(s: &Sched) -> Vec<(ActorId, Offer, Option<Fault>)> {

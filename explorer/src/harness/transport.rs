@@ -168,14 +168,14 @@ impl Links {
         self.wire.as_ref().map(|w| w.runtime.enter())
     }
 
-    /// Runs the actors until each is parked at a gate or done. In process that is
-    /// exactly when the pool stalls; over HTTP, released calls are in flight on
-    /// sockets, so this waits for them. Returns false if the run hung.
     /// Whether the run's components call each other in this process (no wire).
     pub fn in_process(&self) -> bool {
         self.wire.is_none()
     }
 
+    /// Runs the actors until each is parked at a gate or done. In process that is
+    /// exactly when the pool stalls; over HTTP, released calls are in flight on
+    /// sockets, so this waits for them. Returns false if the run hung.
     pub fn run_until_parked(&self, pool: &mut LocalPool, sched: &Sched) -> bool {
         if self.wire.is_none() {
             pool.run_until_stalled();
