@@ -74,6 +74,23 @@ fn unlisted_in_test(kind: CallKind) -> bool {
     tests::UNLISTED.with(|u| u.get() == Some(kind))
 }
 
+/// A test takes a step's instance for another on its thread, to see the
+/// instance rule fire in a run.
+#[cfg(not(test))]
+fn misdirected_in_test(about: Option<InstanceUuid>) -> Option<InstanceUuid> {
+    about
+}
+
+#[cfg(test)]
+fn misdirected_in_test(about: Option<InstanceUuid>) -> Option<InstanceUuid> {
+    let other = |i: InstanceUuid| InstanceUuid::from_u128(i.into_untyped().as_u128() ^ 1);
+    if tests::MISDIRECTED.with(std::cell::Cell::get) {
+        about.map(other)
+    } else {
+        about
+    }
+}
+
 impl Observer {
     pub fn violations(&self) -> &[Violation] {
         self.invariants.violations()
@@ -188,7 +205,10 @@ impl Observer {
         }
         let rows = world.nexus.deleted_rows_since(self.rows_deleted);
         self.rows_deleted = deleted;
-        let last = world.sched.last_released().map(|(a, c)| (a, c, world.instance_of_call(&c)));
+        let last = world
+            .sched
+            .last_released()
+            .map(|(a, c)| (a, c, misdirected_in_test(world.instance_of_call(&c))));
         for (vmm, instance) in rows {
             if let Some(e) = undeclared_deletion(last, vmm, instance) {
                 world.sched.record_error(e);
@@ -218,6 +238,8 @@ mod tests {
     thread_local! {
         pub(super) static UNLISTED: std::cell::Cell<Option<CallKind>> =
             const { std::cell::Cell::new(None) };
+        pub(super) static MISDIRECTED: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
     }
 
     const VMM: PropolisUuid = PropolisUuid::from_u128(7);
@@ -288,5 +310,35 @@ mod tests {
             ),
             "{found:?}"
         );
+    }
+
+    /// The instance rule in a run: a search of stop-race with a user
+    /// operation and a fault passes as the calls' instances stand, and fails
+    /// at the first row a step of the scenario or the user deletes once each
+    /// call is taken to be about another instance (a watcher's, a check's or
+    /// an update step's deletions stay allowed).
+    #[test]
+    fn a_search_checks_each_deletion_against_the_instance_of_its_step() {
+        let run = crate::harness::RunConfig {
+            scenario: ScenarioKind::StopRace,
+            user_ops: 1,
+            faults: 1,
+            ..crate::harness::RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let cfg =
+            crate::explore::ExploreConfig { threads: 1, ..crate::explore::ExploreConfig::new(run) };
+        let search = |misdirected: bool| {
+            MISDIRECTED.with(|m| m.set(misdirected));
+            let r = crate::explore::explore(&cfg);
+            MISDIRECTED.with(|m| m.set(false));
+            r
+        };
+        assert!(search(false).is_ok_and(|r| r.coverage == crate::explore::Coverage::Exhaustive));
+        let e = search(true).map(|r| r.runs).expect_err("a deletion outside its step's instance");
+        let crate::harness::RunError::Harness(HarnessError::UndeclaredDeletion { actor, .. }) = e
+        else {
+            panic!("{e:?}")
+        };
+        assert!(!actor.reaches_any_row(), "{actor}");
     }
 }
