@@ -150,6 +150,12 @@ fn waiting_for_state(call: &Call, wait: Option<&WaitPred>) -> bool {
     call.kind == CallKind::WaitForState && wait.is_some_and(|w| !w())
 }
 
+/// Whether a call that may meet `faults` may be released with `fault`, with
+/// `faults_left` of the run's budget.
+fn fault_allowed(faults: &[Fault], faults_left: usize, fault: Option<Fault>) -> bool {
+    fault.is_none_or(|f| faults_left > 0 && faults.contains(&f))
+}
+
 #[derive(Debug)]
 struct ActorInfo {
     kind: ActorKind,
@@ -229,14 +235,15 @@ struct Inner {
 
 impl Inner {
     /// Records `actor`'s `call`, released with `fault` (spending one of the
-    /// run's faults if `spends`), as the next step; returns its index. Its
+    /// run's faults if released with one, or if the call `costs_fault`), as
+    /// the next step; returns its index. Its
     /// actor has nothing parked any more, and the step is its outer call
     /// unless one is under way.
     fn admit(
         &mut self,
         actor: ActorId,
         call: Call,
-        (fault, spends): (Option<Fault>, bool),
+        (fault, costs_fault): (Option<Fault>, bool),
         timed_out: bool,
         writes_from: usize,
     ) -> usize {
@@ -249,7 +256,7 @@ impl Inner {
             writes_from,
         });
         let index = self.steps.len() - 1;
-        if spends {
+        if fault.is_some() || costs_fault {
             self.faults_left = self.faults_left.saturating_sub(1);
         }
         Settle::set(&mut self.settle.open, actor, false);
@@ -682,8 +689,7 @@ impl Sched {
             return false;
         };
         let p = &mut g.parked[pos];
-        if fault.is_some_and(|f| !p.faults.contains(&f)) || (fault.is_some() && g.faults_left == 0)
-        {
+        if !fault_allowed(p.faults, g.faults_left, fault) {
             g.errors.push(HarnessError::FaultNotAllowed {
                 call: p.call.kind.label(),
                 fault: fault.map_or("none", Fault::label),
@@ -691,11 +697,10 @@ impl Sched {
             return false;
         }
         let timed_out = p.waiting_for_state();
-        let (actor, call) = (p.actor, p.call);
-        let spends = fault.is_some() || p.costs_fault;
+        let (actor, call, costs_fault) = (p.actor, p.call, p.costs_fault);
         p.fault = fault;
         let (group, waker) = (p.group, p.waker.take());
-        let index = g.admit(actor, call, (fault, spends), timed_out, writes_from);
+        let index = g.admit(actor, call, (fault, costs_fault), timed_out, writes_from);
         g.parked[pos].released = Some(index);
         g.parked.retain(|q| q.group != group || q.released.is_some());
         if let Some(w) = waker {
@@ -772,8 +777,7 @@ impl Sched {
         let &(ticket, fault) = g.script.last()?;
         let alt = usize::try_from(ticket.checked_sub(group)?).ok()?;
         let p = alts.get(alt)?;
-        let faults = if spared { &[] } else { p.faults };
-        let allowed = fault.is_none_or(|f| g.faults_left > 0 && faults.contains(&f));
+        let allowed = fault_allowed(if spared { &[] } else { p.faults }, g.faults_left, fault);
         // A step's count of Nexus's writes is taken before the lock (`release`).
         let traced = self.probes.get().is_some_and(|p| p.writes.is_some());
         if g.closed || !allowed || traced || !quiescent(g, Some(actor)) {
@@ -782,8 +786,7 @@ impl Sched {
         g.script.pop();
         g.next_ticket += alts.len() as u64;
         let timed_out = waiting_for_state(&p.call, p.wait.as_ref());
-        let spends = fault.is_some() || p.costs_fault;
-        let step = g.admit(actor, p.call, (fault, spends), timed_out, 0);
+        let step = g.admit(actor, p.call, (fault, p.costs_fault), timed_out, 0);
         Some(Admitted { alt, step, fault })
     }
 
@@ -830,12 +833,11 @@ impl Sched {
             if !quiescent(&g, None) {
                 return;
             }
-            let can_fault = g.faults_left > 0;
             let releasable = !g.closed
                 && g.parked.iter().any(|p| {
                     p.ticket == ticket
                         && p.released.is_none()
-                        && fault.is_none_or(|f| can_fault && p.faults.contains(&f))
+                        && fault_allowed(p.faults, g.faults_left, fault)
                 });
             if !releasable {
                 g.script.clear();
@@ -1332,7 +1334,7 @@ mod tests {
     /// it may not release as given disarms the rest, for the driver to refuse.
     #[test]
     fn an_armed_script_releases_each_step_once_nothing_else_can_move() {
-        let plain = |k| vec![ToPark::call(call(k), None, &Fault::ALL)];
+        let plain = |k| plain(k, &Fault::ALL);
         let parked = |s: &Sched| -> Vec<u64> {
             s.lock().parked.iter().filter(|p| p.released.is_none()).map(|p| p.ticket).collect()
         };
@@ -1384,6 +1386,13 @@ mod tests {
         budget: usize,
         /// Nexus's writes counted at each release.
         traced: bool,
+    }
+
+    impl Shape {
+        /// Its first alternative, released plain, with no budget, untraced.
+        fn new(name: &'static str, kind: ActorKind, alts: fn() -> Vec<ToPark>) -> Shape {
+            Shape { name, kind, alts, alt: 0, fault: None, budget: 0, traced: false }
+        }
     }
 
     fn plain(kind: CallKind, faults: &'static [Fault]) -> Vec<ToPark> {
@@ -1449,70 +1458,37 @@ mod tests {
     #[test]
     fn a_call_admitted_as_it_parks_is_recorded_as_if_released() {
         let shapes = [
+            Shape::new("plain", ActorKind::Scenario, || plain(CallKind::InstanceStop, &[])),
             Shape {
-                name: "plain",
-                kind: ActorKind::Scenario,
-                alts: || plain(CallKind::InstanceStop, &[]),
-                alt: 0,
-                fault: None,
-                budget: 0,
-                traced: false,
-            },
-            Shape {
-                name: "faulted",
-                kind: ActorKind::Scenario,
-                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
-                alt: 0,
                 fault: Some(Fault::Timeout),
                 budget: 1,
-                traced: false,
+                ..Shape::new("faulted", ActorKind::Scenario, || {
+                    plain(CallKind::VmmPutState, &Fault::ALL)
+                })
             },
             Shape {
-                name: "spared",
-                kind: ActorKind::Restart,
-                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
-                alt: 0,
                 fault: Some(Fault::Unavailable),
                 budget: 1,
-                traced: false,
+                ..Shape::new("spared", ActorKind::Restart, || {
+                    plain(CallKind::VmmPutState, &Fault::ALL)
+                })
             },
             Shape {
-                name: "an alternative that costs a fault",
-                kind: ActorKind::Fault,
-                alts: offered,
                 alt: 1,
-                fault: None,
                 budget: 1,
-                traced: false,
+                ..Shape::new("an alternative that costs a fault", ActorKind::Fault, offered)
             },
+            Shape { alt: 2, budget: 1, ..Shape::new("done", ActorKind::User, offered) },
+            Shape::new("timed out", ActorKind::Scenario, || {
+                vec![ToPark::call(call(CallKind::WaitForState), Some(Box::new(|| false)), &[])]
+            }),
             Shape {
-                name: "done",
-                kind: ActorKind::User,
-                alts: offered,
-                alt: 2,
-                fault: None,
-                budget: 1,
-                traced: false,
-            },
-            Shape {
-                name: "timed out",
-                kind: ActorKind::Scenario,
-                alts: || {
-                    vec![ToPark::call(call(CallKind::WaitForState), Some(Box::new(|| false)), &[])]
-                },
-                alt: 0,
-                fault: None,
-                budget: 0,
-                traced: false,
-            },
-            Shape {
-                name: "traced",
-                kind: ActorKind::Scenario,
-                alts: || plain(CallKind::VmmPutState, &Fault::ALL),
-                alt: 0,
                 fault: Some(Fault::Unavailable),
                 budget: 1,
                 traced: true,
+                ..Shape::new("traced", ActorKind::Scenario, || {
+                    plain(CallKind::VmmPutState, &Fault::ALL)
+                })
             },
         ];
         for shape in &shapes {

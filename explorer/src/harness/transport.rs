@@ -177,7 +177,7 @@ impl Links {
     /// exactly when the pool stalls; over HTTP, released calls are in flight on
     /// sockets, so this waits for them. Returns false if the run hung.
     pub fn run_until_parked(&self, pool: &mut LocalPool, sched: &Sched) -> bool {
-        if self.wire.is_none() {
+        if self.in_process() {
             pool.run_until_stalled();
             return true;
         }
