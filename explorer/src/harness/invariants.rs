@@ -75,8 +75,6 @@ pub enum Ending {
     Deadlock(Vec<String>),
     /// A bound (steps or time) cut the run short: its end cannot be judged.
     Bound(String),
-    /// The explorer stopped the run at a situation it had already expanded.
-    Pruned,
 }
 
 /// What the end-of-run rules read.
@@ -428,8 +426,6 @@ impl Invariants {
     pub fn end(&mut self, step: usize, end: &End, names: &dyn Fn() -> Names) {
         match &end.ending {
             Ending::Finished => {}
-            // A pruned run is the prefix of runs judged elsewhere.
-            Ending::Pruned => return,
             Ending::Bound(why) => {
                 self.inconclusive = Some(why.clone());
                 return;
@@ -843,14 +839,6 @@ mod tests {
         inv.end(12, &end, &Names::default);
         assert!(inv.violations().is_empty());
         assert_eq!(inv.inconclusive(), Some("the step bound (12)"));
-        // A pruned run is judged nowhere.
-        let mut inv = Invariants::default();
-        inv.end(
-            3,
-            &End { ending: Ending::Pruned, outcome: None, ..finished(ExternalState::Failed) },
-            &Names::default,
-        );
-        assert!(inv.violations().is_empty() && inv.inconclusive().is_none());
     }
 
     fn hash_after(events: &[Event]) -> u64 {

@@ -11,7 +11,7 @@ use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::executor::LocalPool;
-use futures::task::LocalSpawnExt;
+use futures::task::LocalSpawn;
 use nexus_stub::{
     DeferredSpawner, DiskView, InstanceView, NexusBugs, NexusConfig, NexusStub, RestartPolicy,
     UpdateOutcome,
@@ -21,6 +21,7 @@ use sled_agent_api::{
     Clock, InstanceUuid, LogicalClock, NexusInternalApi, PropolisUuid, SledAgentApi, SledUuid,
 };
 use slog::Logger;
+use std::future::Future;
 use watcher::{InstanceWatcher, PassCounts, WatcherBugs, WatcherDatastore};
 
 pub mod gates;
@@ -606,28 +607,29 @@ impl World {
                     )
                     .await;
             };
-            spawn(pool, id, &self.sched, Box::pin(fut));
+            spawn(pool, id, &self.sched, fut);
         }
         n
     }
 }
 
-type ActorFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
-fn spawn(pool: &LocalPool, id: usize, sched: &Arc<Sched>, fut: ActorFuture) {
+fn spawn(pool: &LocalPool, id: usize, sched: &Arc<Sched>, fut: impl Future<Output = ()> + 'static) {
     spawn_on(&pool.spawner(), id, sched, fut);
 }
 
-/// Starts an actor's future on the run's pool, tagged with its id.
+/// Starts an actor's future on the run's pool, tagged with its id: boxed once,
+/// with its tag, and handed to the pool as it is.
 pub(super) fn spawn_on(
     spawner: &futures::executor::LocalSpawner,
     id: usize,
     sched: &Arc<Sched>,
-    fut: ActorFuture,
+    fut: impl Future<Output = ()> + 'static,
 ) {
+    let task: std::pin::Pin<Box<dyn Future<Output = ()>>> =
+        Box::pin(Tagged::new(id, Arc::clone(sched), fut));
     // A LocalPool only refuses once shut down (its error says no more), which this
     // harness never does.
-    if spawner.spawn_local(Tagged::new(id, Arc::clone(sched), fut)).is_err() {
+    if spawner.spawn_local_obj(task.into()).is_err() {
         sched.record_error(HarnessError::Spawn { actor: id });
     }
 }
@@ -831,7 +833,7 @@ fn drive(
         Arc::clone(&world.sched),
         Arc::clone(&world.progress),
     );
-    spawn(&pool, scenario_id, &world.sched, Box::pin(fut));
+    spawn(&pool, scenario_id, &world.sched, fut);
     let watcher_id = world.sched.add_actor(ActorKind::Watcher);
     let fut = script::watcher(
         Arc::new(world.watcher(config, clock)),
@@ -840,7 +842,7 @@ fn drive(
         Arc::clone(&world.sched),
         pool.spawner(),
     );
-    spawn(&pool, watcher_id, &world.sched, Box::pin(fut));
+    spawn(&pool, watcher_id, &world.sched, fut);
     let restart_id = world.sched.add_actor(ActorKind::Restart);
     let fut = script::restart(
         Arc::clone(&world.nexus),
@@ -848,7 +850,7 @@ fn drive(
         Arc::clone(&world.progress),
         config.restart_passes,
     );
-    spawn(&pool, restart_id, &world.sched, Box::pin(fut));
+    spawn(&pool, restart_id, &world.sched, fut);
     world.sched.set_fault_budget(config.faults);
     world.sched.spare_restart(!config.findings);
     if config.user_ops > 0 {
@@ -864,7 +866,7 @@ fn drive(
             Arc::clone(&world.progress),
             (config.user_ops, config.findings),
         );
-        spawn(&pool, id, &world.sched, Box::pin(fut));
+        spawn(&pool, id, &world.sched, fut);
     }
     if config.faults > 0 || config.sled_restarts > 0 {
         let id = world.sched.add_actor(ActorKind::Fault);
@@ -874,7 +876,7 @@ fn drive(
             Arc::clone(&world.sched),
             Arc::clone(&world.progress),
         );
-        spawn(&pool, id, &world.sched, Box::pin(fut));
+        spawn(&pool, id, &world.sched, fut);
     }
 
     let _runtime = world.links.enter();

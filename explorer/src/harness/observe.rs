@@ -220,7 +220,9 @@ impl Observer {
         self.check(world);
         let ending = match end {
             RunEnd::Finished => Ending::Finished,
-            RunEnd::Stopped => Ending::Pruned,
+            // The explorer stopped it at a situation it had already expanded:
+            // the prefix of runs judged elsewhere, so no end rule reads it.
+            RunEnd::Stopped => return,
             RunEnd::Deadlock(waiting) => {
                 Ending::Deadlock(waiting.iter().map(ToString::to_string).collect())
             }

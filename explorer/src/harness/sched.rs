@@ -1117,28 +1117,33 @@ impl<F: Future> Future for WaitingForChildren<F> {
     }
 }
 
-/// An actor's future, tagged with its id while it is polled.
-pub struct Tagged {
-    id: ActorId,
-    sched: Arc<Sched>,
-    inner: Pin<Box<dyn Future<Output = ()>>>,
+pin_project_lite::pin_project! {
+    /// An actor's future, tagged with its id while it is polled. Generic over
+    /// the future, so the pool boxes each actor once.
+    pub struct Tagged<F> {
+        id: ActorId,
+        sched: Arc<Sched>,
+        #[pin]
+        inner: F,
+    }
 }
 
-impl Tagged {
-    pub fn new(id: ActorId, sched: Arc<Sched>, inner: Pin<Box<dyn Future<Output = ()>>>) -> Self {
+impl<F: Future<Output = ()>> Tagged<F> {
+    pub fn new(id: ActorId, sched: Arc<Sched>, inner: F) -> Self {
         Tagged { id, sched, inner }
     }
 }
 
-impl Future for Tagged {
+impl<F: Future<Output = ()>> Future for Tagged<F> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let prev = CURRENT.with(|c| c.replace(Some(self.id)));
-        let r = self.inner.as_mut().poll(cx);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let prev = CURRENT.with(|c| c.replace(Some(*this.id)));
+        let r = this.inner.poll(cx);
         CURRENT.with(|c| c.set(prev));
         if r.is_ready() {
-            self.sched.actor_done(self.id);
+            this.sched.actor_done(*this.id);
         }
         r
     }

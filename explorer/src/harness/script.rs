@@ -515,7 +515,7 @@ pub(super) async fn watcher(
             sched.forget_history(super::hash::stable_hash(&(pass, waiting)));
             let w = Arc::clone(&watcher);
             let (run, done) = async move { w.check(&vmm).await }.remote_handle();
-            super::spawn_on(&spawner, id, &sched, Box::pin(run));
+            super::spawn_on(&spawner, id, &sched, run);
             done
         };
         let pass_counts = sched.waiting_for_children(watcher.activate_with(check)).await;
