@@ -222,6 +222,13 @@ pub(crate) struct Db {
 }
 
 impl Db {
+    /// Empty, with room for a short run's logs: a model checker builds a
+    /// Nexus for every schedule it runs, and growing these from nothing was
+    /// a few allocations each time.
+    pub(crate) fn new() -> Db {
+        Db { writes: Vec::with_capacity(16), instance_log: Vec::with_capacity(16), ..Db::default() }
+    }
+
     pub(crate) fn external_state(&self, inst: &InstanceRecord) -> ExternalState {
         match inst.state {
             InstanceState::NoVmm => ExternalState::Stopped,

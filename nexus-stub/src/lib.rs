@@ -213,7 +213,7 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
         spawner: Arc<dyn TaskSpawner>,
     ) -> Arc<Self> {
         let log = log.new(o!("component" => "NexusStub"));
-        let db = Db::default();
+        let db = Db::new();
         let rows_deleted = Arc::clone(&db.deletions);
         Arc::new_cyclic(|this| NexusStub {
             log,

@@ -1,5 +1,5 @@
 //! The deterministic run harness: wires the real components through gates, runs
-//! the actors on one `LocalPool`, and lets a `Chooser` pick every release.
+//! the actors on one `Executor`, and lets a `Chooser` pick every release.
 //!
 //! Nothing here reads the wall clock or real randomness: ids come from Nexus's
 //! counter, timestamps from a `LogicalClock`, maps are `BTreeMap`s, and the order
@@ -10,8 +10,6 @@ use std::fmt;
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::executor::LocalPool;
-use futures::task::LocalSpawn;
 use nexus_stub::{
     DeferredSpawner, DiskView, InstanceView, NexusBugs, NexusConfig, NexusStub, RestartPolicy,
     UpdateOutcome,
@@ -24,6 +22,7 @@ use slog::Logger;
 use std::future::Future;
 use watcher::{InstanceWatcher, PassCounts, WatcherBugs, WatcherDatastore};
 
+pub mod executor;
 pub mod gates;
 pub mod hash;
 pub mod invariants;
@@ -34,6 +33,7 @@ pub mod script;
 pub mod step;
 pub mod transport;
 
+use executor::{Executor, Spawner};
 use gates::Gated;
 use invariants::Violation;
 use observe::Observer;
@@ -575,7 +575,7 @@ impl World {
     }
 
     /// Starts each update step Nexus queued as its own actor. Returns how many.
-    fn spawn_updates(&self, pool: &LocalPool) -> usize {
+    fn spawn_updates(&self, pool: &Executor) -> usize {
         let queued = self.spawner.take();
         let n = queued.len();
         for (instance_id, task) in queued {
@@ -613,25 +613,19 @@ impl World {
     }
 }
 
-fn spawn(pool: &LocalPool, id: usize, sched: &Arc<Sched>, fut: impl Future<Output = ()> + 'static) {
+fn spawn(pool: &Executor, id: usize, sched: &Arc<Sched>, fut: impl Future<Output = ()> + 'static) {
     spawn_on(&pool.spawner(), id, sched, fut);
 }
 
-/// Starts an actor's future on the run's pool, tagged with its id: boxed once,
-/// with its tag, and handed to the pool as it is.
+/// Starts an actor's future on the run's pool, tagged with its id (boxed once,
+/// with its tag).
 pub(super) fn spawn_on(
-    spawner: &futures::executor::LocalSpawner,
+    spawner: &Spawner,
     id: usize,
     sched: &Arc<Sched>,
     fut: impl Future<Output = ()> + 'static,
 ) {
-    let task: std::pin::Pin<Box<dyn Future<Output = ()>>> =
-        Box::pin(Tagged::new(id, Arc::clone(sched), fut));
-    // A LocalPool only refuses once shut down (its error says no more), which this
-    // harness never does.
-    if spawner.spawn_local_obj(task.into()).is_err() {
-        sched.record_error(HarnessError::Spawn { actor: id });
-    }
+    spawner.spawn(Box::pin(Tagged::new(id, Arc::clone(sched), fut)));
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -819,7 +813,7 @@ fn drive(
         }
     }
     let _close = CloseOnDrop(Arc::clone(&world.sched));
-    let mut pool = LocalPool::new();
+    let mut pool = Executor::new();
     let clock: Arc<dyn Clock> = Arc::new(LogicalClock::default());
 
     let scenario_id = world.sched.add_actor(ActorKind::Scenario);

@@ -2,10 +2,10 @@
 //! order, and the log of steps that results.
 //!
 //! A gate parks its caller until the scheduler releases it. Actors are tasks on one
-//! `LocalPool`; the pool's `run_until_stalled` returns exactly when every actor is
+//! `Executor`; its `run_until_stalled` returns exactly when every actor is
 //! parked at a gate or done, which is when the scheduler picks the next release
-//! (a replayed prefix's steps are released from inside the pool's run, at the
-//! same points: `Sched::arm`).
+//! (a replayed prefix's steps are released from inside the executor's run, at
+//! the same points: `Sched::arm`).
 //! Which actor is calling is read from a thread-local that the actor's wrapper
 //! future sets while it is polled, so gates need no actor argument and the
 //! components' code is unchanged.
@@ -41,8 +41,6 @@ pub enum HarnessError {
     UnknownStep { step: usize },
     #[error("offer {group} vanished")]
     OfferVanished { group: u64 },
-    #[error("spawning actor {actor} failed")]
-    Spawn { actor: ActorId },
     #[error("the chooser changed the world at step {step}")]
     ChooserChangedWorld { step: usize },
     #[error("the user chose {name}, which did not exist yet")]

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 use std::future::Future;
 
-use futures::executor::LocalSpawner;
 use futures::FutureExt;
 
 use nexus_stub::{
@@ -499,7 +498,7 @@ pub(super) async fn watcher(
     passes: usize,
     counts: Arc<Mutex<Vec<watcher::PassCounts>>>,
     sched: Arc<Sched>,
-    spawner: LocalSpawner,
+    spawner: super::executor::Spawner,
 ) {
     for pass in 0..passes {
         // Each check is an actor of its own, as omicron runs each as a task; the

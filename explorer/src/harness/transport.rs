@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::executor::LocalPool;
 use futures::future::{select, Either};
 use sim_sled_agent::PokeMode;
 use sled_agent_api::{BoxError, NexusInternalApi, PropolisUuid, SledAgentApi};
@@ -176,7 +175,7 @@ impl Links {
     /// Runs the actors until each is parked at a gate or done. In process that is
     /// exactly when the pool stalls; over HTTP, released calls are in flight on
     /// sockets, so this waits for them. Returns false if the run hung.
-    pub fn run_until_parked(&self, pool: &mut LocalPool, sched: &Sched) -> bool {
+    pub fn run_until_parked(&self, pool: &mut super::executor::Executor, sched: &Sched) -> bool {
         if self.in_process() {
             pool.run_until_stalled();
             return true;

@@ -1,0 +1,236 @@
+//! The run's executor: every actor is a task on the driver's thread, polled in the order it was woken, until none can move.
+//!
+//! futures' `LocalPool` did this before; a search starts a pool for each of its
+//! runs and polls it at every step, and its general machinery (a lock-free
+//! queue of reference-counted task nodes, a second box around each task, and a
+//! queue of spawned tasks drained at every turn) was a twentieth of a search's
+//! instructions. This one keeps the tasks in a list, each with the waker it is
+//! polled with, made once. Tasks are polled first in, first out, as `LocalPool`
+//! polled them: spawned tasks join the queue in the order they were spawned,
+//! woken ones in the order they were woken, each once until it is polled.
+//!
+//! Wakers may be called from other threads (over HTTP, a server's thread
+//! answers a gated call), so the queue is behind a mutex, and a thread blocked
+//! in `run_until` is unparked by every wake.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// The tasks woken and not yet polled, by slot; and the thread to unpark.
+struct Woken {
+    queue: Mutex<VecDeque<usize>>,
+    thread: Thread,
+}
+
+impl Woken {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<usize>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One task's waker: it queues the task once until the task is polled.
+struct TaskWaker {
+    slot: usize,
+    queued: AtomicBool,
+    woken: Arc<Woken>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.woken.queue().push_back(self.slot);
+            self.woken.thread.unpark();
+        }
+    }
+}
+
+/// A task in its slot, with the waker it is polled with.
+struct Slot {
+    task: Task,
+    flag: Arc<TaskWaker>,
+    waker: Waker,
+}
+
+/// The tasks of one run, on the thread that made it.
+pub struct Executor {
+    slots: Vec<Option<Slot>>,
+    spawned: Rc<RefCell<Vec<Task>>>,
+    woken: Arc<Woken>,
+}
+
+/// Spawns onto an executor, from outside it or from one of its tasks.
+#[derive(Clone)]
+pub struct Spawner(Rc<RefCell<Vec<Task>>>);
+
+impl Spawner {
+    /// The task joins the executor's queue at its next turn.
+    pub fn spawn(&self, task: Task) {
+        self.0.borrow_mut().push(task);
+    }
+}
+
+impl Default for Executor {
+    fn default() -> Self {
+        Executor::new()
+    }
+}
+
+impl Executor {
+    pub fn new() -> Executor {
+        // Room for a run's actors up front (a search starts thousands of runs a
+        // second): five or so, a check per listed VMM, an update step per
+        // terminal write.
+        let queue = Mutex::new(VecDeque::with_capacity(16));
+        let woken = Arc::new(Woken { queue, thread: thread::current() });
+        let spawned = Rc::new(RefCell::new(Vec::with_capacity(8)));
+        Executor { slots: Vec::with_capacity(16), spawned, woken }
+    }
+
+    pub fn spawner(&self) -> Spawner {
+        Spawner(Rc::clone(&self.spawned))
+    }
+
+    /// Polls woken tasks until none is: every task has finished or waits for
+    /// a wake that only something outside the pool can give.
+    pub fn run_until_stalled(&mut self) {
+        loop {
+            self.adopt_spawned();
+            let Some(slot) = self.woken.queue().pop_front() else { return };
+            self.poll(slot);
+        }
+    }
+
+    /// Runs the pool and `fut` until `fut` is ready, waiting on this thread for
+    /// wakes from other threads while nothing can move.
+    pub fn run_until<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        let main = Arc::new(TaskWaker {
+            slot: usize::MAX,
+            queued: AtomicBool::new(true),
+            woken: Arc::clone(&self.woken),
+        });
+        let waker = Waker::from(Arc::clone(&main));
+        loop {
+            if main.queued.swap(false, Ordering::AcqRel) {
+                if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    return out;
+                }
+            }
+            self.run_until_stalled();
+            // The main future's wake queues `usize::MAX`, which `poll` skips;
+            // its flag is what says it was woken.
+            if !main.queued.load(Ordering::Acquire) {
+                thread::park();
+            }
+        }
+    }
+
+    /// Gives each spawned task a slot and queues it, in the order spawned.
+    fn adopt_spawned(&mut self) {
+        if self.spawned.borrow().is_empty() {
+            return;
+        }
+        let mut spawned = self.spawned.borrow_mut();
+        for task in spawned.drain(..) {
+            let slot = self.slots.len();
+            let flag = Arc::new(TaskWaker {
+                slot,
+                queued: AtomicBool::new(true),
+                woken: Arc::clone(&self.woken),
+            });
+            let waker = Waker::from(Arc::clone(&flag));
+            self.slots.push(Some(Slot { task, flag, waker }));
+            self.woken.queue().push_back(slot);
+        }
+    }
+
+    fn poll(&mut self, slot: usize) {
+        let Some(Some(s)) = self.slots.get_mut(slot) else { return };
+        // Cleared first: a wake during the poll queues it again.
+        s.flag.queued.store(false, Ordering::Release);
+        if s.task.as_mut().poll(&mut Context::from_waker(&s.waker)).is_ready() {
+            self.slots[slot] = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A task that records its name each time it is polled, and finishes
+    /// after `polls` polls, waking itself in between.
+    fn recorder(log: &Rc<RefCell<Vec<&'static str>>>, name: &'static str, polls: usize) -> Task {
+        let log = Rc::clone(log);
+        let left = Cell::new(polls);
+        Box::pin(std::future::poll_fn(move |cx| {
+            log.borrow_mut().push(name);
+            left.set(left.get() - 1);
+            if left.get() == 0 {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }))
+    }
+
+    #[test]
+    fn tasks_run_in_the_order_spawned_then_woken_until_all_finish() {
+        let mut pool = Executor::new();
+        let log = Rc::default();
+        let s = pool.spawner();
+        s.spawn(recorder(&log, "a", 2));
+        s.spawn(recorder(&log, "b", 1));
+        s.spawn(recorder(&log, "c", 2));
+        pool.run_until_stalled();
+        assert_eq!(*log.borrow(), ["a", "b", "c", "a", "c"]);
+        assert!(pool.slots.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_task_spawned_by_a_task_joins_the_queue_behind_those_woken_before() {
+        let mut pool = Executor::new();
+        let log: Rc<RefCell<Vec<&'static str>>> = Rc::default();
+        let s = pool.spawner();
+        let (inner, l) = (s.clone(), Rc::clone(&log));
+        s.spawn(Box::pin(async move {
+            l.borrow_mut().push("parent");
+            inner.spawn(recorder(&l, "child", 1));
+        }));
+        s.spawn(recorder(&log, "sibling", 2));
+        pool.run_until_stalled();
+        assert_eq!(*log.borrow(), ["parent", "sibling", "child", "sibling"]);
+    }
+
+    #[test]
+    fn a_stalled_pool_waits_for_a_wake_from_another_thread() {
+        let mut pool = Executor::new();
+        let (tx, rx) = futures::channel::oneshot::channel::<u32>();
+        let (done_tx, done_rx) = futures::channel::oneshot::channel::<u32>();
+        pool.spawner().spawn(Box::pin(async move {
+            let _ = done_tx.send(rx.await.unwrap_or(0) + 1);
+        }));
+        pool.run_until_stalled();
+        // The task waits for the other thread; the pool parks until it sends.
+        let sender = thread::spawn(move || {
+            thread::sleep(std::time::Duration::from_millis(20));
+            tx.send(7)
+        });
+        assert_eq!(pool.run_until(done_rx), Ok(8));
+        assert!(sender.join().is_ok_and(|r| r.is_ok()));
+    }
+}
