@@ -7,7 +7,7 @@ use serde::Serialize;
 use sim_sled_agent::RemovalOrdering;
 use slog::{o, Logger};
 
-use sledsim_explorer::explore::{explore, ExploreConfig, ExploreResult, Verdict};
+use sledsim_explorer::explore::{explore, Coverage, ExploreConfig, ExploreResult, Verdict};
 use sledsim_explorer::harness::schedule::Seed7282;
 use sledsim_explorer::harness::{self, RunConfig, RunError, ScenarioKind};
 
@@ -29,6 +29,8 @@ pub const REDUCTION_TARGET: f64 = 3.0;
 pub const CATALOGUE_TARGET: Duration = Duration::from_secs(30);
 /// How long the bench lets each of those searches run.
 const ENVIRONMENT_CAP: Duration = Duration::from_secs(60);
+/// Searches per row with the environment's choices, of which the median counts.
+const ENVIRONMENT_SAMPLES: usize = 5;
 
 /// A proof with the environment's choices: one user operation and one fault.
 #[derive(Debug, Serialize)]
@@ -37,7 +39,11 @@ pub struct WithEnvironment {
     pub threads: usize,
     pub schedules: usize,
     pub states: usize,
+    /// The median search's time (its runs, situations and verdict are the
+    /// ones given here).
     pub ms: f64,
+    /// Every search's time, fastest first.
+    pub samples_ms: Vec<f64>,
     pub exhaustive: bool,
     /// `clean`, `violated` or `inconclusive`.
     pub verdict: &'static str,
@@ -212,6 +218,10 @@ pub enum BenchError {
     NoCounterexample,
     #[error("partial-order reduction changed stop-race's verdict, or added situations")]
     ReductionChangedVerdict,
+    #[error(
+        "the searches of {scenario} on {threads} thread(s) disagreed on the verdict, the coverage or the situations"
+    )]
+    SamplesDisagree { scenario: &'static str, threads: usize },
 }
 
 pub fn measure() -> Result<Bench, BenchError> {
@@ -292,21 +302,40 @@ pub fn measure() -> Result<Bench, BenchError> {
     rows.dedup();
     for (scenario, threads) in rows {
         let run = RunConfig { user_ops: 1, faults: 1, ..config(scenario, fixed) };
-        // Capped, so the bench ends: disk-move's full proof takes minutes today.
+        // Capped, so the bench ends if a change makes a proof take minutes.
         let cfg = ExploreConfig {
             max_schedules: usize::MAX,
             max_time: Some(ENVIRONMENT_CAP),
             threads,
             ..ExploreConfig::new(run)
         };
-        let r = explore(&cfg)?;
+        // The median search of several: one search of a second or two moves by
+        // a fifth with this machine's moment (two threads more than one), and
+        // the row is judged on what the search does, not on that.
+        let mut searches =
+            (0..ENVIRONMENT_SAMPLES).map(|_| explore(&cfg)).collect::<Result<Vec<_>, _>>()?;
+        searches.sort_by_key(|r| r.elapsed);
+        let r = &searches[searches.len() / 2];
+        // The same search every time: only the time and, with threads, the
+        // count of runs may differ. A search the cap cut short reaches what
+        // its time allowed, so only whether it was cut is compared.
+        let exhaustive = |o: &ExploreResult| o.coverage == Coverage::Exhaustive;
+        let same = |o: &ExploreResult| {
+            o.verdict() == r.verdict()
+                && exhaustive(o) == exhaustive(r)
+                && (!exhaustive(o) || o.situations == r.situations)
+        };
+        if !searches.iter().all(same) {
+            return Err(BenchError::SamplesDisagree { scenario: scenario.label(), threads });
+        }
         with_environment.push(WithEnvironment {
             scenario: scenario.label(),
             threads,
             schedules: r.runs,
             states: r.situations,
             ms: r.elapsed.as_secs_f64() * 1e3,
-            exhaustive: r.coverage == sledsim_explorer::explore::Coverage::Exhaustive,
+            samples_ms: searches.iter().map(|s| s.elapsed.as_secs_f64() * 1e3).collect(),
+            exhaustive: exhaustive(r),
             verdict: r.verdict().word(),
             visited_bytes_per_state: r.visited_bytes as f64 / r.situations.max(1) as f64,
         });
@@ -449,10 +478,19 @@ pub fn human(b: &Bench) -> String {
             (v, true) => format!("{v}, exhaustive"),
             (v, false) => format!("{v}: not exhaustive within the bench's 60 s"),
         };
+        let samples: Vec<String> = w.samples_ms.iter().map(|ms| format!("{ms:.0}")).collect();
         s.push_str(&format!(
             "  {:<9} {} thread(s) {:>8} runs, {:>8} situations, {:>9.1} ms, {verdict}; \
-             visited set {:.0} bytes a situation\n",
-            w.scenario, w.threads, w.schedules, w.states, w.ms, w.visited_bytes_per_state
+             visited set {:.0} bytes a situation\n            \
+             the median of {} searches: {} ms\n",
+            w.scenario,
+            w.threads,
+            w.schedules,
+            w.states,
+            w.ms,
+            w.visited_bytes_per_state,
+            w.samples_ms.len(),
+            samples.join(", ")
         ));
     }
     s.push_str(&format!(

@@ -425,8 +425,8 @@ pub fn ranks(enabled: &[Choice], as_fingerprinted: &dyn Fn(Call) -> Call) -> Opt
         crate::harness::hash::stable_hash(&(c.kind.unnumbered(), call, c.offer, c.fault))
     };
     let keys: Vec<u64> = enabled.iter().map(key).collect();
-    // Sorted on the stack where choices are few, as they almost always are: a
-    // search ranks the choices of every situation it reaches.
+    // The sorted copy is on the stack where choices are few, as they almost
+    // always are: a search ranks the choices of every situation it reaches.
     let mut on_stack = [0u64; 16];
     let mut on_heap = Vec::new();
     let sorted = if keys.len() <= on_stack.len() {
