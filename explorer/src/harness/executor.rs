@@ -272,41 +272,42 @@ mod tests {
         assert!(wait.recv_timeout(limit).is_ok(), "still waiting after {limit:?}: a wake was lost");
     }
 
-    #[test]
-    fn a_stalled_pool_waits_for_a_wake_from_another_thread() {
-        within_seconds(stalled_pool_waits);
+    /// Sends `n` from another thread, a moment from now (once this one has
+    /// had time to stall and park).
+    fn send_from_another_thread(
+        tx: futures::channel::oneshot::Sender<u32>,
+        n: u32,
+    ) -> thread::JoinHandle<Result<(), u32>> {
+        thread::spawn(move || {
+            thread::sleep(std::time::Duration::from_millis(20));
+            tx.send(n)
+        })
     }
 
-    fn stalled_pool_waits() {
-        let mut pool = Executor::new();
-        let (tx, rx) = futures::channel::oneshot::channel::<u32>();
-        let (done_tx, done_rx) = futures::channel::oneshot::channel::<u32>();
-        pool.spawner().spawn(Box::pin(async move {
-            let _ = done_tx.send(rx.await.unwrap_or(0) + 1);
-        }));
-        pool.run_until_stalled();
-        // The task waits for the other thread; the pool parks until it sends.
-        let sender = thread::spawn(move || {
-            thread::sleep(std::time::Duration::from_millis(20));
-            tx.send(7)
+    #[test]
+    fn a_stalled_pool_waits_for_a_wake_from_another_thread() {
+        within_seconds(|| {
+            let mut pool = Executor::new();
+            let (tx, rx) = futures::channel::oneshot::channel::<u32>();
+            let (done_tx, done_rx) = futures::channel::oneshot::channel::<u32>();
+            pool.spawner().spawn(Box::pin(async move {
+                let _ = done_tx.send(rx.await.unwrap_or(0) + 1);
+            }));
+            pool.run_until_stalled();
+            // The task waits for the other thread; the pool parks until it sends.
+            let sender = send_from_another_thread(tx, 7);
+            assert_eq!(pool.run_until(done_rx), Ok(8));
+            assert!(sender.join().is_ok_and(|r| r.is_ok()));
         });
-        assert_eq!(pool.run_until(done_rx), Ok(8));
-        assert!(sender.join().is_ok_and(|r| r.is_ok()));
     }
 
     #[test]
     fn run_until_waits_for_its_own_future_woken_from_another_thread() {
-        within_seconds(own_future_woken);
-    }
-
-    fn own_future_woken() {
-        let mut pool = Executor::new();
-        let (tx, rx) = futures::channel::oneshot::channel::<u32>();
-        let sender = thread::spawn(move || {
-            thread::sleep(std::time::Duration::from_millis(20));
-            tx.send(5)
+        within_seconds(|| {
+            let (tx, rx) = futures::channel::oneshot::channel::<u32>();
+            let sender = send_from_another_thread(tx, 5);
+            assert_eq!(Executor::new().run_until(rx), Ok(5));
+            assert!(sender.join().is_ok_and(|r| r.is_ok()));
         });
-        assert_eq!(pool.run_until(rx), Ok(5));
-        assert!(sender.join().is_ok_and(|r| r.is_ok()));
     }
 }
