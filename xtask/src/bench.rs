@@ -219,7 +219,7 @@ pub enum BenchError {
     #[error("partial-order reduction changed stop-race's verdict, or added situations")]
     ReductionChangedVerdict,
     #[error(
-        "the searches of {scenario} on {threads} thread(s) disagreed on the verdict, the coverage or the situations"
+        "the searches of {scenario} on {threads} thread(s) disagreed on the verdict, on being exhaustive or on the situations"
     )]
     SamplesDisagree { scenario: &'static str, threads: usize },
 }

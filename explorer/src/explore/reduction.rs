@@ -425,31 +425,14 @@ pub fn ranks(enabled: &[Choice], as_fingerprinted: &dyn Fn(Call) -> Call) -> Opt
         crate::harness::hash::stable_hash(&(c.kind.unnumbered(), call, c.offer, c.fault))
     };
     let keys: Vec<u64> = enabled.iter().map(key).collect();
-    // The sorted copy is on the stack where choices are few, as they almost
-    // always are: a search ranks the choices of every situation it reaches.
-    let mut on_stack = [0u64; 16];
-    let mut on_heap = Vec::new();
-    let sorted = if keys.len() <= on_stack.len() {
-        on_stack[..keys.len()].copy_from_slice(&keys);
-        &mut on_stack[..keys.len()]
-    } else {
-        on_heap.extend_from_slice(&keys);
-        &mut on_heap[..]
-    };
+    let mut sorted = keys.clone();
     sorted.sort_unstable();
-    let mut distinct = 0;
-    for i in 0..sorted.len() {
-        if i == 0 || sorted[i] != sorted[distinct - 1] {
-            sorted[distinct] = sorted[i];
-            distinct += 1;
-        }
-    }
-    let sorted = &sorted[..distinct];
+    sorted.dedup();
     if sorted.len() > 64 {
         return None;
     }
-    let rank = |k: u64| sorted.binary_search(&k).map_or(0, |r| r as u32);
-    Some(keys.into_iter().map(rank).collect())
+    let rank = |k: &u64| sorted.binary_search(k).map_or(0, |r| r as u32);
+    Some(keys.iter().map(rank).collect())
 }
 
 /// The sleep set as two masks of ranks: which this visit may leave untried (a

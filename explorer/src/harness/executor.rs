@@ -45,9 +45,10 @@ impl Woken {
     }
 }
 
-/// One task's waker: it queues the task once until the task is polled.
+/// One task's waker: it queues the task once until the task is polled. The
+/// future `run_until` waits for has no slot: its flag is all a wake sets.
 struct TaskWaker {
-    slot: usize,
+    slot: Option<usize>,
     queued: AtomicBool,
     woken: Arc<Woken>,
 }
@@ -59,7 +60,9 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
-            self.woken.queue().push_back(self.slot);
+            if let Some(slot) = self.slot {
+                self.woken.queue().push_back(slot);
+            }
             self.woken.thread.unpark();
         }
     }
@@ -126,7 +129,7 @@ impl Executor {
     pub fn run_until<F: Future>(&mut self, fut: F) -> F::Output {
         let mut fut = pin!(fut);
         let main = Arc::new(TaskWaker {
-            slot: usize::MAX,
+            slot: None,
             queued: AtomicBool::new(true),
             woken: Arc::clone(&self.woken),
         });
@@ -138,8 +141,6 @@ impl Executor {
                 }
             }
             self.run_until_stalled();
-            // The main future's wake queues `usize::MAX`, which `poll` skips;
-            // its flag is what says it was woken.
             if !main.queued.load(Ordering::Acquire) {
                 thread::park();
             }
@@ -155,7 +156,7 @@ impl Executor {
         for task in spawned.drain(..) {
             let slot = self.slots.len();
             let flag = Arc::new(TaskWaker {
-                slot,
+                slot: Some(slot),
                 queued: AtomicBool::new(true),
                 woken: Arc::clone(&self.woken),
             });
