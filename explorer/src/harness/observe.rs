@@ -343,4 +343,27 @@ mod tests {
         };
         assert!(!actor.reaches_any_row(), "{actor}");
     }
+    /// The end rules read a run's end through `finish`: the legacy stop
+    /// race's schedule where the watcher fails the VMM breaks rule 9 (the
+    /// scenario fails) once the run is over, and at no step before.
+    #[test]
+    fn the_end_rules_judge_a_run_once_it_is_over() {
+        const FAILED: &str = "scenario.instance_create scenario.vmm_register \
+            scenario.vmm_put_state scenario.instance_stop scenario.vmm_put_state \
+            scenario.vmm_poke scenario.cpapi_instances_put*3 watcher.vmm_list \
+            check1.vmm_get_state check1.vmm_write scenario.cpapi_instances_put \
+            check1.instance_update scenario.wait_for_state watcher.vmm_list restart.done";
+        let config = crate::harness::RunConfig {
+            scenario: ScenarioKind::StopRace,
+            ordering: sim_sled_agent::RemovalOrdering::RemoveThenPublish,
+            ..crate::harness::RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let legacy = crate::replay(&config, FAILED).expect("replays");
+        assert_eq!(legacy.end, RunEnd::Finished);
+        let last = legacy.steps.len();
+        let at_end: Vec<_> = legacy.violations.iter().filter(|v| v.invariant == 9).collect();
+        assert!(!at_end.is_empty(), "{:?}", legacy.violations);
+        assert!(at_end.iter().all(|v| v.step == last), "{at_end:?}");
+        assert!(at_end.iter().any(|v| v.message.contains("scenario failed")), "{at_end:?}");
+    }
 }
