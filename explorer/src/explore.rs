@@ -402,6 +402,10 @@ pub struct ExploreResult {
     pub end_states: std::collections::BTreeSet<String>,
     /// Under `--check-fingerprints`: how much of each audit ran.
     pub audited: Option<Audited>,
+    /// The shards merged into this result (`merge`), or 0 for one search. A
+    /// merged result's runs and situations are the shards' summed: a situation
+    /// two shards reached counts in each.
+    pub merged_shards: usize,
 }
 
 impl ExploreResult {
@@ -1607,6 +1611,7 @@ fn finish(
         elapsed: start.elapsed(),
         end_states: std::mem::take(&mut s.tally.end_states),
         audited: cfg.check_fingerprints.then_some(audited),
+        merged_shards: 0,
     })
 }
 
@@ -1729,6 +1734,7 @@ pub fn merge(cfg: &ExploreConfig, shards: &[ShardResult]) -> Result<ExploreResul
         // A shard's JSON carries no end states, nor what its audits ran.
         end_states: Default::default(),
         audited: None,
+        merged_shards: shards.len(),
     })
 }
 
@@ -2194,11 +2200,11 @@ mod tests {
         let Coverage::Truncated(why) = audited(true).coverage else {
             panic!("the audit found nothing")
         };
-        // At this build: 113 steps kept asleep or kept as siblings, held in a
-        // sleep set, and 40 steps taken (with threads 1 the count is the same
-        // every time; `explore --scenario stop-race --check-fingerprints` with
-        // the rule off gives it again).
-        assert_eq!(why, [Truncation::LeftFree(153)]);
+        // At this build: 150 steps, kept asleep or kept as siblings and held
+        // in a sleep set, or taken (with threads 1 the count is the same every
+        // time; `explore --scenario stop-race --check-fingerprints` with the
+        // rule off gives it again).
+        assert_eq!(why, [Truncation::LeftFree(150)]);
         assert_eq!(
             explore(&ExploreConfig { check_fingerprints: false, ..cfg }).unwrap().audited,
             None
@@ -2229,7 +2235,7 @@ mod tests {
         // Pinned, as the README gives it: the model, the executor's order, the
         // fingerprint and the reduction together decide it, and a change to any
         // of them that moves it should say why.
-        assert_eq!(searched(&stop_race, None, true).0, 24_982, "stop-race U1F1's situations");
+        assert_eq!(searched(&stop_race, None, true).0, 23_937, "stop-race U1F1's situations");
         // The legacy ordering breaks invariants: the proof goes on past them.
         let ordering = sim_sled_agent::RemovalOrdering::RemoveThenPublish;
         check_sleep_sets_keep_every_situation(RunConfig { ordering, ..stop_race.clone() });
@@ -2238,7 +2244,12 @@ mod tests {
         // 2,029 situations go unreached.
         let disk_move =
             RunConfig { scenario: harness::ScenarioKind::DiskMove, user_ops: 0, ..stop_race };
-        check_sleep_sets_keep_every_situation(disk_move);
+        check_sleep_sets_keep_every_situation(disk_move.clone());
+        // With a sled agent's restart too: a start refused with 503 and one
+        // whose answer was lost meet there, and the scenario's failure message
+        // in the fingerprint once parted them a step later, so the situations
+        // reached depended on the order (6,000 to 6,031 of them).
+        check_sleep_sets_keep_every_situation(RunConfig { sled_restarts: 1, ..disk_move });
     }
 
     fn trail(parent: Option<&Arc<Trail>>, tickets: &[u32]) -> Arc<Trail> {

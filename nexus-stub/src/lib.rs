@@ -188,7 +188,7 @@ pub struct NexusStub<S> {
     requests: Mutex<BTreeMap<PropolisUuid, Vec<Generation>>>,
     /// Per VMM, the generation the latest of those requests read, as it calls the
     /// sled agent: which request keeps which generation is not in `requests`,
-    /// so a harness that parks the call takes it from here (`request_basis`).
+    /// so a harness that parks the call takes it from here (`take_request_basis`).
     latest_request: Mutex<BTreeMap<PropolisUuid, Generation>>,
     /// How many VMM rows are soft-deleted (`Db::delete_vmm`): read without
     /// the lock, so a harness sees cheaply whether a step deleted one.
@@ -351,9 +351,12 @@ impl<S: SledAgentApi + 'static> NexusStub<S> {
     /// The generation the stop or reboot now calling the sled agent about `vmm`
     /// read: the basis of the Failed it writes if the VMM is gone. With two such
     /// requests in flight, which holds which decides what follows, so a harness
-    /// that parks the call keeps it with the call.
-    pub fn request_basis(&self, vmm: PropolisUuid) -> Option<Generation> {
-        self.latest_request.lock().unwrap_or_else(|p| p.into_inner()).get(&vmm).copied()
+    /// that parks the call keeps it with the call. Taken, not read: once its
+    /// call has it, the entry is no one's, and a later call about the VMM that
+    /// is not such a request (a start's ensure-running) must not inherit it, or
+    /// two paths alike in all Nexus holds would park that call differently.
+    pub fn take_request_basis(&self, vmm: PropolisUuid) -> Option<Generation> {
+        self.latest_request.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmm)
     }
 
     fn requests_in_flight(&self) -> MutexGuard<'_, BTreeMap<PropolisUuid, Vec<Generation>>> {

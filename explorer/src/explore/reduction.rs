@@ -47,8 +47,10 @@
 //! to the step bound, and once a shard's part is decided), so their number is
 //! the same for any thread count. Before, an order taken first
 //! could pass a situation by: disk-move at explore's defaults gave 183,376 to
-//! 183,421 situations by the order, and gives 192,674 in every order now, in
-//! about 8% more runs.
+//! 183,421 situations by the order, and gave 192,674 in every order then, in
+//! about 8% more runs (187,343 since two fingerprint fixes; a fingerprint
+//! that parts two paths to one situation later makes the order matter too,
+//! which `explorer/tests/fingerprints.rs` checks).
 //!
 //! Of the choice points a disk-move search with one user operation visits,
 //! three in five to three in four (by what was counted) offered a watcher

@@ -400,7 +400,7 @@ impl World {
             vmm: Box::new(move |vmm| {
                 w1.upgrade().and_then(|n| n.vmm(vmm)).map(|r| (r.state, r.gen))
             }),
-            basis: Box::new(move |vmm| w3.upgrade().and_then(|n| n.request_basis(vmm))),
+            basis: Box::new(move |vmm| w3.upgrade().and_then(|n| n.take_request_basis(vmm))),
             writes: config.trace_writes.then(|| -> Box<dyn Fn() -> usize + Send + Sync> {
                 Box::new(move || w2.upgrade().map_or(0, |n| n.vmm_writes_len()))
             }),
@@ -523,7 +523,7 @@ impl World {
 
     /// What the components hold, as a user could read it from their APIs: each
     /// instance's state, Nexus's VMM rows, the sled agent's table, the disk, and
-    /// the scenario's outcome. No fingerprint, no history: two searches compared
+    /// whether the scenario passed. No fingerprint, no history: two searches compared
     /// by these compare what they reached.
     pub fn end_state(&self) -> String {
         let instances: Vec<_> = self
@@ -538,7 +538,10 @@ impl World {
         let orphans = self.sim.orphans();
         let progress = self.progress();
         let disk = progress.disk.and_then(|d| self.nexus.disk(d).ok()).map(|d| d.state);
-        format!("{instances:?} {vmms:?} {sled:?} {orphans:?} {disk:?} {:?}", progress.outcome)
+        // Whether the scenario passed, not its failure's words: what the end
+        // rules weigh and the fingerprint holds (`ScenarioProgress::hash_state`).
+        let passed = progress.outcome.as_ref().map(Result::is_ok);
+        format!("{instances:?} {vmms:?} {sled:?} {orphans:?} {disk:?} {passed:?}")
     }
 
     /// The sled agent's table: each VMM, its state and generation.

@@ -104,7 +104,7 @@ pub struct Probes {
     /// How many VMM writes Nexus has logged (taken at every release), if wanted.
     pub writes: Option<Box<dyn Fn() -> usize + Send + Sync>>,
     /// The generation a Nexus request read before it calls the sled agent
-    /// (`NexusStub::request_basis`), taken when its put-state parks.
+    /// (`NexusStub::take_request_basis`), taken when its put-state parks.
     pub basis: Box<dyn Fn(PropolisUuid) -> Option<Generation> + Send + Sync>,
 }
 
