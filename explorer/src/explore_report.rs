@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::explore::{
     Audited, Counterexample, Coverage, ExploreConfig, ExploreResult, Truncation, Verdict,
 };
-use crate::harness::invariants::invariant_text;
+use crate::harness::invariants::{invariant_text, END_RULES};
 use crate::harness::script::FINDINGS;
 use crate::harness::step::Component;
 use crate::report::{self, StepOut};
@@ -105,6 +105,16 @@ impl<'a> View<'a> {
 
     fn counts_text(&self) -> String {
         let r = self.r;
+        if r.merged_shards > 0 {
+            return format!(
+                "{} runs over {} shards, {} situations summed over them (one two shards reached counts in each), {} violating runs, {:.3} s the longest shard",
+                r.runs,
+                r.merged_shards,
+                r.situations,
+                r.violating_runs,
+                r.elapsed.as_secs_f64()
+            );
+        }
         format!(
             "{} runs, {} distinct situations, {} violating runs, {:.3} s on {} thread(s)",
             r.runs,
@@ -145,8 +155,11 @@ impl<'a> View<'a> {
                     );
                 }
                 if self.step_bound_hit() {
-                    s.push_str(
-                        "; runs cut short by the step bound had their end rules (4, 5) unjudged",
+                    let rules: Vec<String> = END_RULES.iter().map(u8::to_string).collect();
+                    let _ = write!(
+                        s,
+                        "; runs cut short by the step bound had their end rules ({}) unjudged",
+                        rules.join(", ")
                     );
                 }
                 s
@@ -275,6 +288,7 @@ impl<'a> View<'a> {
             "situations": r.situations,
             "violating_runs": r.violating_runs,
             "threads": self.cfg.threads,
+            "merged_shards": r.merged_shards,
             "reduction": if self.cfg.reduces() { "partial-order" } else { "none" },
             "visited_bytes": r.visited_bytes,
             // The contract's names for the same three counts.

@@ -32,6 +32,10 @@ pub const INVARIANTS: [(u8, &str, &str); 12] = [
     (12, "one-vm-per-instance", "at most one VM runs per instance: a VMM its sled agent holds short of Destroyed or Failed, or a VM the sled agent lost track of in a restart and that still runs"),
 ];
 
+/// The rules `Invariants::end` judges once a run is over (7 and 10 are judged
+/// at each step too): a run the step bound cut short leaves these unjudged.
+pub const END_RULES: [u8; 6] = [5, 6, 7, 8, 9, 10];
+
 pub fn invariant_text(n: u8) -> &'static str {
     INVARIANTS.iter().find(|(k, _, _)| *k == n).map_or("?", |(_, _, t)| t)
 }

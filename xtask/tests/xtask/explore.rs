@@ -202,6 +202,9 @@ fn a_run_at_the_step_bound_is_inconclusive_never_a_counterexample() {
     let args =
         ["--scenario", "stop-race", "--ordering", "remove-then-publish", "--max-steps", "12"];
     check_broken(&[&args[..], &NO_ENV].concat(), &[(1, 11), (2, 12)]);
+    let (code, out, _) = xtask(&[&["explore"][..], &args, &NO_ENV].concat());
+    assert_eq!(code, 1);
+    assert!(out.contains("had their end rules (5, 6, 7, 8, 9, 10) unjudged"), "{out}");
     // A proof cut short by the bound knows nothing of what lies past it: here
     // it never sees 8 and 9 break, so the exact search must chase every
     // invariant, not only those the proof found.
@@ -937,7 +940,13 @@ fn check_shards_merge_to_one_search(args: &[&str], code: u8) {
     };
     for n in 1..=3 {
         let files = shard_files(args, n, &format!("{}-{code}", args.join("")));
-        assert_eq!(key(&merged(&files, code)), key(&whole), "{args:?} in {n} shards");
+        let m = merged(&files, code);
+        assert_eq!(key(&m), key(&whole), "{args:?} in {n} shards");
+        // Its counts are the shards' summed, and it says over how many.
+        assert_eq!(
+            (m["merged_shards"].as_u64(), whole["merged_shards"].as_u64()),
+            (Some(n as u64), Some(0))
+        );
         // Each part is a part: fewer situations than the whole (a split that
         // gave every schedule to every shard would merge right too).
         for f in files.iter().filter(|_| n > 1) {
