@@ -850,4 +850,51 @@ mod tests {
                     beside it";
         assert_eq!(audited_text(&a), want);
     }
+
+    fn legacy_stop_race(max_steps: usize) -> ExploreConfig {
+        let run = crate::harness::RunConfig {
+            scenario: crate::harness::ScenarioKind::StopRace,
+            ordering: sim_sled_agent::RemovalOrdering::RemoveThenPublish,
+            max_steps,
+            describe_end: true,
+            ..crate::harness::RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        ExploreConfig { threads: 1, ..ExploreConfig::new(run) }
+    }
+
+    /// A search cut short by the step bound names the rules it left unjudged:
+    /// those `Invariants::end` judges.
+    #[test]
+    fn a_search_at_the_step_bound_names_the_end_rules_it_left_unjudged() {
+        let cfg = legacy_stop_race(12);
+        let r = crate::explore::explore(&cfg).expect("explores");
+        let text = View::new(&cfg, &r).human();
+        assert!(text.contains("had their end rules (5, 6, 7, 8, 9, 10) unjudged"), "{text}");
+    }
+
+    /// One search counts distinct situations; a merge of shards says its
+    /// counts are summed over them, in the text and in JSON.
+    #[test]
+    fn a_merged_result_says_its_counts_are_summed_over_its_shards() {
+        let cfg = legacy_stop_race(200);
+        let mut r = crate::explore::explore(&cfg).expect("explores");
+        let (runs, situations) = (r.runs, r.situations);
+        let one = View::new(&cfg, &r).human();
+        assert!(one.contains(&format!("{runs} runs, {situations} distinct situations")), "{one}");
+        assert_eq!(View::new(&cfg, &r).json()["merged_shards"], 0);
+        r.merged_shards = 2;
+        let merged = View::new(&cfg, &r).human();
+        let want = format!("{runs} runs over 2 shards, {situations} situations summed over them");
+        assert!(merged.contains(&want), "{merged}");
+        let j = View::new(&cfg, &r).json();
+        assert_eq!(
+            (j["merged_shards"].as_u64(), j["situations"].as_u64()),
+            (Some(2), Some(situations as u64))
+        );
+        // The ends it reached, as a user could read them: each ends with
+        // whether the scenario passed, not with its failure's words.
+        let passed = ["Some(true)", "Some(false)", "None"];
+        let said = |e: &String| e.contains("inst1") && passed.iter().any(|p| e.ends_with(p));
+        assert!(!r.end_states.is_empty() && r.end_states.iter().all(said), "{:?}", r.end_states);
+    }
 }
