@@ -144,13 +144,20 @@ fn a_failed_start_and_a_restart_meet_in_one_situation_with_one_future() {
 /// walking the state graph as above, with the watcher checking VMMs still
 /// Creating (omicron before #6455), which is what brings auto-restart's
 /// start there.
-#[test]
-fn a_finished_stops_basis_is_not_left_for_the_next_call_to_its_vmm() {
-    let run = RunConfig {
+/// Stop-race with a user's operation, the watcher checking VMMs still
+/// Creating (omicron before #6455), which is what brings auto-restart's start
+/// where a stop's basis was left.
+fn checking_creating() -> RunConfig {
+    RunConfig {
         user_ops: 1,
         inject: Some(harness::Inject::WatcherChecksCreating),
         ..config(ScenarioKind::StopRace)
-    };
+    }
+}
+
+#[test]
+fn a_finished_stops_basis_is_not_left_for_the_next_call_to_its_vmm() {
+    let run = checking_creating();
     let common = "scenario.instance_create watcher.vmm_list check1.vmm_get_state \
         check1.vmm_write scenario.vmm_register scenario.vmm_put_state check1.instance_update \
         restart.reincarnation restart.instance_start watcher.vmm_list check2.vmm_get_state \
@@ -169,12 +176,7 @@ fn a_finished_stops_basis_is_not_left_for_the_next_call_to_its_vmm() {
 /// leftover kept (the walks beside it do not reach it).
 #[test]
 fn stop_race_with_the_watcher_checking_creating_vmms_merges_soundly() {
-    let run = RunConfig {
-        user_ops: 1,
-        inject: Some(harness::Inject::WatcherChecksCreating),
-        ..config(ScenarioKind::StopRace)
-    };
-    check(run, 10_000);
+    check(checking_creating(), 10_000);
 }
 
 #[test]
