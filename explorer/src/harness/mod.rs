@@ -539,8 +539,8 @@ impl World {
         let progress = self.progress();
         let disk = progress.disk.and_then(|d| self.nexus.disk(d).ok()).map(|d| d.state);
         // Whether the scenario passed, not its failure's words: what the end
-        // rules weigh and the fingerprint holds (`ScenarioProgress::hash_state`).
-        let passed = progress.outcome.as_ref().map(Result::is_ok);
+        // rules weigh and the fingerprint holds.
+        let passed = progress.passed();
         format!("{instances:?} {vmms:?} {sled:?} {orphans:?} {disk:?} {passed:?}")
     }
 

@@ -343,6 +343,7 @@ mod tests {
         };
         assert!(!actor.reaches_any_row(), "{actor}");
     }
+
     /// The end rules read a run's end through `finish`: the legacy stop
     /// race's schedule where the watcher fails the VMM breaks rule 9 (the
     /// scenario fails) once the run is over, and at no step before.

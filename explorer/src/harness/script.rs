@@ -68,18 +68,24 @@ pub struct ScenarioProgress {
 }
 
 impl ScenarioProgress {
-    /// Feeds it into a fingerprint: the end-of-run rules read it. Of the
-    /// outcome, only whether the scenario got to its end and passed: rule 9
-    /// weighs a failure alike whatever its message says, and the message
-    /// tells paths apart that are one situation (a start refused with 503 and
-    /// one whose answer was lost both fail the create, and a sled agent's
-    /// restart then leaves nothing else to tell them by).
+    /// Of the outcome, what a situation holds: whether the scenario got to its
+    /// end (`None`: not yet) and passed. Rule 9 weighs a failure alike whatever
+    /// its message says, and the message tells paths apart that are one
+    /// situation (a start refused with 503 and one whose answer was lost both
+    /// fail the create, and a sled agent's restart then leaves nothing else to
+    /// tell them by).
+    pub fn passed(&self) -> Option<bool> {
+        self.outcome.as_ref().map(Result::is_ok)
+    }
+
+    /// Feeds it into a fingerprint: the end-of-run rules read it; of the
+    /// outcome, only `passed`.
     pub fn hash_state<H: std::hash::Hasher>(&self, h: &mut H) {
         use std::hash::Hash;
-        let ScenarioProgress { instances, disk, outcome, restarting, restart_starting } = self;
+        let ScenarioProgress { instances, disk, outcome: _, restarting, restart_starting } = self;
         instances.hash(h);
         disk.hash(h);
-        outcome.as_ref().map(Result::is_ok).hash(h);
+        self.passed().hash(h);
         restarting.hash(h);
         restart_starting.hash(h);
     }
