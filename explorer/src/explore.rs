@@ -1188,13 +1188,23 @@ struct Swap {
 /// Where taking a swap's two steps in one order led: whether both could be
 /// taken, then the situation's fingerprint (if the run went on to another
 /// choice), what the components held (if it ended there) and what broke.
-type AfterBoth = (bool, Option<u64>, Option<String>, Vec<u8>);
+/// `None`: the step bound ended the run before it got there.
+type AfterBoth = Option<(bool, Option<u64>, Option<String>, Vec<u8>)>;
 
 impl Swap {
-    fn commutes(&self, run: &RunConfig) -> Result<bool, RunError> {
+    /// Whether both orders of the two steps reach one situation; `None` if the
+    /// step bound cut both short of it, which leaves nothing to compare (a
+    /// search that reached the bound is inconclusive already). Cut in one
+    /// order only, they differ: the other ended there, with nothing to do.
+    fn commutes(&self, run: &RunConfig) -> Result<Option<bool>, RunError> {
         let run = RunConfig { describe_end: true, ..run.clone() };
-        let free_first = self.after_both(&run, true)?;
-        Ok(free_first.0 && free_first == self.after_both(&run, false)?)
+        Ok(match (self.after_both(&run, true)?, self.after_both(&run, false)?) {
+            (None, None) => None,
+            (Some(free_first), other_first) => {
+                Some(free_first.0 && Some(free_first) == other_first)
+            }
+            (None, Some(_)) => Some(false),
+        })
     }
 
     fn after_both(&self, run: &RunConfig, free_first: bool) -> Result<AfterBoth, RunError> {
@@ -1207,8 +1217,11 @@ impl Swap {
             end: None,
         };
         let r = harness::run_outcome(run, &mut both)?;
+        if matches!(r.end, RunEnd::StepBound(_)) {
+            return Ok(None);
+        }
         let broke = r.violations.iter().map(|v| v.invariant).collect();
-        Ok((both.took, both.end, r.end_state, broke))
+        Ok(Some((both.took, both.end, r.end_state, broke)))
     }
 }
 
@@ -1262,14 +1275,32 @@ struct Kept {
     expect: Option<Sleeper>,
 }
 
+/// What taking a kept step where it was judged showed (`Kept::woken`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woken {
+    /// It leaves a free step other than the one expected there.
+    LeftFree,
+    /// It leaves none but the one expected.
+    Sound,
+    /// It was not offered there: something taken as independent of it
+    /// disabled it.
+    Disabled,
+    /// The step bound ended the run before the situation after it, which
+    /// leaves nothing to judge.
+    Bounded,
+}
+
 impl Kept {
-    /// Taking the step where it was judged: `Some(true)` if it leaves a free
-    /// step other than the one expected there, `None` if it was not offered
-    /// there (something taken as independent of it disabled it).
-    fn leaves_free(&self, run: &RunConfig) -> Result<Option<bool>, RunError> {
+    /// Takes the step where it was judged.
+    fn woken(&self, run: &RunConfig) -> Result<Woken, RunError> {
         let mut wake = Wake { kept: self, path: Vec::new(), took: false, free: None };
-        harness::run_outcome(run, &mut wake)?;
-        Ok(wake.took.then(|| wake.free.is_some_and(|f| Some(f) != self.expect)))
+        let r = harness::run_outcome(run, &mut wake)?;
+        Ok(match (wake.took, wake.free) {
+            _ if matches!(r.end, RunEnd::StepBound(_)) => Woken::Bounded,
+            (false, _) => Woken::Disabled,
+            (true, Some(f)) if Some(f) != self.expect => Woken::LeftFree,
+            (true, _) => Woken::Sound,
+        })
     }
 }
 
@@ -1339,37 +1370,80 @@ fn futures_agree(run: &RunConfig, a: &[u32], b: &[u32], canonical: bool) -> Resu
         harness::run(run, &mut chooser)
     };
     let (ra, rb) = (go(a)?, go(b)?);
-    let after = |r: &RunResult, from: usize| {
-        let steps: Vec<_> = r
-            .steps
-            .iter()
-            .skip(from)
-            .map(|s| {
-                (r.actors.get(s.actor).map(|k| k.unnumbered()), unapplied(s), s.answer.clone())
-            })
-            .collect();
-        let broke: Vec<_> = r
+    let (fa, fb) = (Future::of(&ra, a.len()), Future::of(&rb, b.len()));
+    // Where the step bound cut a future, the two are compared as far as it
+    // went: what lies past the bound, no search within it reaches. A future
+    // that ended must have gone past where the other was cut, which went on.
+    let Some(seen) = fa.cut.into_iter().chain(fb.cut).min() else {
+        let agree =
+            fa.steps.len() == fb.steps.len() && (0..fa.steps.len()).all(|k| fa.agrees(&fb, k));
+        return Ok(agree && fa.broke(usize::MAX) == fb.broke(usize::MAX) && ra.end == rb.end);
+    };
+    let went_past = |f: &Future<'_>| f.cut.is_some() || f.steps.len() > seen;
+    let agree = went_past(&fa) && went_past(&fb) && (0..seen).all(|k| fa.agrees(&fb, k));
+    Ok(agree && fa.broke(seen) == fb.broke(seen))
+}
+
+/// A run's steps after a path (`futures_agree`), and how many there were if
+/// the step bound cut it.
+struct Future<'r> {
+    run: &'r RunResult,
+    from: usize,
+    steps: &'r [Step],
+    cut: Option<usize>,
+}
+
+impl<'r> Future<'r> {
+    fn of(run: &'r RunResult, from: usize) -> Self {
+        let steps = run.steps.get(from..).unwrap_or(&[]);
+        let cut = matches!(run.end, RunEnd::StepBound(_)).then_some(steps.len());
+        Future { run, from, steps, cut }
+    }
+
+    /// The invariants broken in the first `seen` steps, by step from the path.
+    fn broke(&self, seen: usize) -> Vec<(u8, usize)> {
+        let after =
+            |v: &&harness::invariants::Violation| v.step > self.from && v.step - self.from <= seen;
+        self.run
             .violations
             .iter()
-            .filter(|v| v.step > from)
-            .map(|v| (v.invariant, v.step - from))
-            .collect();
-        (steps, broke, r.end.clone())
-    };
-    Ok(after(&ra, a.len()) == after(&rb, b.len()))
+            .filter(after)
+            .map(|v| (v.invariant, v.step - self.from))
+            .collect()
+    }
+
+    /// Whether its `k`th step agrees with `other`'s: the same kind of actor,
+    /// call and answer. A step's answer comes when its call returns, which a
+    /// run the bound cut may not have reached: pending there is not known,
+    /// not different, and a check's write is then compared without what it
+    /// carried, as `unapplied` compares one that did not apply.
+    fn agrees(&self, other: &Future<'_>, k: usize) -> bool {
+        let (x, y) = (&self.steps[k], &other.steps[k]);
+        let cut = self.cut.is_some() || other.cut.is_some();
+        let pending = cut && (x.answer == Answer::Pending || y.answer == Answer::Pending);
+        let call = |s: &Step| if pending { check_write_bare(s.call) } else { unapplied(s) };
+        let kind = |f: &Future<'_>, s: &Step| f.run.actors.get(s.actor).map(|k| k.unnumbered());
+        kind(self, x) == kind(other, y) && call(x) == call(y) && (pending || x.answer == y.answer)
+    }
 }
 
 /// A step's call as two futures are compared: a check's write that did not
 /// apply without what it carried, as the fingerprint leaves it out of a check's
 /// stale write (`sched::stale_write_call`): its check learns only "not applied".
 fn unapplied(s: &Step) -> Call {
-    let dropped = s.call.kind == CallKind::VmmWrite
-        && s.call.from == Component::Watcher
-        && matches!(s.answer, Answer::Write { applied: false });
-    if dropped {
-        Call { arg: Arg::None, ..s.call }
+    if matches!(s.answer, Answer::Write { applied: false }) {
+        check_write_bare(s.call)
     } else {
         s.call
+    }
+}
+
+/// `call` without what it carries if it is a check's write.
+fn check_write_bare(call: Call) -> Call {
+    if call.kind == CallKind::VmmWrite && call.from == Component::Watcher {
+        Call { arg: Arg::None, ..call }
+    } else {
+        call
     }
 }
 
@@ -1510,7 +1584,7 @@ fn search<'p>(
     }
     let mut not_free = 0;
     for swap in &tally.swaps.kept {
-        if !swap.commutes(&cfg.run)? {
+        if swap.commutes(&cfg.run)? == Some(false) {
             not_free += 1;
         }
     }
@@ -1519,10 +1593,10 @@ fn search<'p>(
     }
     let (mut left_free, mut disabled) = (tally.left_free, tally.disabled);
     for kept in &tally.kept.kept {
-        match kept.leaves_free(&cfg.run)? {
-            Some(true) => left_free += 1,
-            Some(false) => {}
-            None => disabled += 1,
+        match kept.woken(&cfg.run)? {
+            Woken::LeftFree => left_free += 1,
+            Woken::Disabled => disabled += 1,
+            Woken::Sound | Woken::Bounded => {}
         }
     }
     if left_free > 0 {
@@ -2209,6 +2283,36 @@ mod tests {
             explore(&ExploreConfig { check_fingerprints: false, ..cfg }).unwrap().audited,
             None
         );
+    }
+
+    /// Under a tight step bound every audit still replays, but a case the bound
+    /// cut is compared only as far as it went: a future cut short, an answer
+    /// still pending at the bound, a swap or a kept step whose situation lies
+    /// past it. The search is inconclusive for the bound alone, not for
+    /// mismatches that were the bound's doing.
+    #[test]
+    fn the_audits_judge_only_what_the_step_bound_left() {
+        let run = RunConfig {
+            scenario: harness::ScenarioKind::StopRace,
+            user_ops: 1,
+            faults: 1,
+            ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        for max_steps in [8, 12] {
+            let cfg = ExploreConfig {
+                threads: 1,
+                check_fingerprints: true,
+                ..ExploreConfig::new(RunConfig { max_steps, ..run.clone() })
+            };
+            let r = explore(&cfg).expect("explores");
+            let a = r.audited.expect("audited");
+            assert!(a.merges.0 > 200 && a.free_steps.0 > 100 && a.kept_asleep.0 > 50, "{a:?}");
+            let Coverage::Truncated(why) = r.coverage else { panic!("the bound cut no run") };
+            assert!(
+                matches!(why[..], [Truncation::StepBound { max_steps: m, runs }] if m == max_steps && runs > 0),
+                "{max_steps} steps: {why:?}"
+            );
+        }
     }
 
     #[test]
