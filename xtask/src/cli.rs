@@ -795,6 +795,11 @@ fn explore_merge(a: &MergeArgs, out: &mut dyn Write) -> Result<u8, Fail> {
 fn read_shard(path: &std::path::Path) -> Result<(Vec<String>, ShardResult), Fail> {
     let bad = |why: &str| Fail::Usage(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read it ({e})")))?;
+    // What a shard's job leaves when its explore failed before its JSON (a
+    // harness fault exits 1 like a violation, with nothing on stdout).
+    if text.trim().is_empty() {
+        return Err(bad("empty: its explore wrote no result (see that job's stderr)"));
+    }
     let j: serde_json::Value =
         serde_json::from_str(&text).map_err(|_| bad("not the JSON of explore --shard"))?;
     let not_shard = || bad("not the JSON of explore --shard K/N --json");

@@ -1004,7 +1004,14 @@ fn bad_shards_are_usage_errors() {
     let plain = std::env::temp_dir().join(format!("sledsim-plain-{}.json", std::process::id()));
     std::fs::write(&plain, json(&["explore", "--scenario", "stop-race"], 0).to_string()).unwrap();
     check_usage_error(&["explore-merge", plain.to_str().unwrap()]);
-    for f in a.iter().chain(&b).chain([&plain, &other]) {
+    // What a shard's job leaves when its explore failed before writing JSON.
+    let empty = std::env::temp_dir().join(format!("sledsim-empty-{}.json", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let args = ["explore-merge", a[0].to_str().unwrap(), empty.to_str().unwrap()];
+    check_usage_error(&args);
+    let (_, _, err) = crate::xtask(&args);
+    assert!(err.contains("empty: its explore wrote no result"), "{err}");
+    for f in a.iter().chain(&b).chain([&plain, &other, &empty]) {
         let _ = std::fs::remove_file(f);
     }
 }
