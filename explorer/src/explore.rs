@@ -352,13 +352,16 @@ impl Verdict {
 /// asleep (each taken where it was judged). Each phase replays at most
 /// `AUDITS_REPLAYED` of each, the first met (with several threads, which come
 /// first is timing). A step a run took and held asleep in its siblings is
-/// judged in that run, every one: `taken` counts those.
+/// judged in that run, every one: `taken` counts those. `past_bound` counts
+/// the free steps and kept steps replayed but not judged, their situation
+/// lying past the step bound, where no search within it goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audited {
     pub merges: (usize, usize),
     pub free_steps: (usize, usize),
     pub kept_asleep: (usize, usize),
     pub taken: usize,
+    pub past_bound: usize,
 }
 
 impl Audited {
@@ -369,6 +372,7 @@ impl Audited {
             free_steps: sum(self.free_steps, o.free_steps),
             kept_asleep: sum(self.kept_asleep, o.kept_asleep),
             taken: self.taken + o.taken,
+            past_bound: self.past_bound + o.past_bound,
         }
     }
 
@@ -1188,23 +1192,25 @@ struct Swap {
 /// Where taking a swap's two steps in one order led: whether both could be
 /// taken, then the situation's fingerprint (if the run went on to another
 /// choice), what the components held (if it ended there) and what broke.
-/// `None`: the step bound ended the run before it got there.
-type AfterBoth = Option<(bool, Option<u64>, Option<String>, Vec<u8>)>;
+type AfterBoth = (bool, Option<u64>, Option<String>, Vec<u8>);
 
 impl Swap {
-    /// Whether both orders of the two steps reach one situation; `None` if the
-    /// step bound cut both short of it, which leaves nothing to compare (a
-    /// search that reached the bound is inconclusive already). Cut in one
-    /// order only, they differ: the other ended there, with nothing to do.
+    /// Whether both orders of the two steps reach one situation; `None` where
+    /// the second step lies past the step bound, which no search within it
+    /// takes. A situation after both at the bound is compared too: the
+    /// replays go to the choice there, one step past the bound.
     fn commutes(&self, run: &RunConfig) -> Result<Option<bool>, RunError> {
-        let run = RunConfig { describe_end: true, ..run.clone() };
-        Ok(match (self.after_both(&run, true)?, self.after_both(&run, false)?) {
-            (None, None) => None,
-            (Some(free_first), other_first) => {
-                Some(free_first.0 && Some(free_first) == other_first)
-            }
-            (None, Some(_)) => Some(false),
-        })
+        let reach = self.path.len() + 2;
+        if reach > run.max_steps {
+            return Ok(None);
+        }
+        let run = RunConfig {
+            describe_end: true,
+            max_steps: run.max_steps.max(reach + 1),
+            ..run.clone()
+        };
+        let free_first = self.after_both(&run, true)?;
+        Ok(Some(free_first.0 && free_first == self.after_both(&run, false)?))
     }
 
     fn after_both(&self, run: &RunConfig, free_first: bool) -> Result<AfterBoth, RunError> {
@@ -1217,11 +1223,8 @@ impl Swap {
             end: None,
         };
         let r = harness::run_outcome(run, &mut both)?;
-        if matches!(r.end, RunEnd::StepBound(_)) {
-            return Ok(None);
-        }
         let broke = r.violations.iter().map(|v| v.invariant).collect();
-        Ok(Some((both.took, both.end, r.end_state, broke)))
+        Ok((both.took, both.end, r.end_state, broke))
     }
 }
 
@@ -1285,8 +1288,8 @@ enum Woken {
     /// It was not offered there: something taken as independent of it
     /// disabled it.
     Disabled,
-    /// The step bound ended the run before the situation after it, which
-    /// leaves nothing to judge.
+    /// The situation after it lies at the step bound, where no search
+    /// within it chooses: nothing to judge.
     Bounded,
 }
 
@@ -1364,86 +1367,58 @@ pub fn one_future(run: &RunConfig, a: &[u32], b: &[u32]) -> Result<bool, RunErro
 
 /// `one_future`, played on with ties broken by what a choice is (`canonical`)
 /// or by its actor's number, which two paths to one situation may differ in.
+/// Where the step bound cut either future, both are played again as far as
+/// the shorter went and compared in full there: what lies past it no search
+/// within the bound reaches, while a future that ended sooner, or a call
+/// answered in one and still pending in the other, is a difference.
 fn futures_agree(run: &RunConfig, a: &[u32], b: &[u32], canonical: bool) -> Result<bool, RunError> {
-    let go = |p: &[u32]| {
+    let go = |p: &[u32], run: &RunConfig| {
         let mut chooser = PrefixThenHappy { prefix: p.to_vec(), path: Vec::new(), canonical };
         harness::run(run, &mut chooser)
     };
-    let (ra, rb) = (go(a)?, go(b)?);
-    let (fa, fb) = (Future::of(&ra, a.len()), Future::of(&rb, b.len()));
-    // Where the step bound cut a future, the two are compared as far as it
-    // went: what lies past the bound, no search within it reaches. A future
-    // that ended must have gone past where the other was cut, which went on.
-    let Some(seen) = fa.cut.into_iter().chain(fb.cut).min() else {
-        let agree =
-            fa.steps.len() == fb.steps.len() && (0..fa.steps.len()).all(|k| fa.agrees(&fb, k));
-        return Ok(agree && fa.broke(usize::MAX) == fb.broke(usize::MAX) && ra.end == rb.end);
+    let (ra, rb) = (go(a, run)?, go(b, run)?);
+    let cut = |r: &RunResult, from: usize| {
+        matches!(r.end, RunEnd::StepBound(_)).then(|| r.steps.len().saturating_sub(from))
     };
-    let went_past = |f: &Future<'_>| f.cut.is_some() || f.steps.len() > seen;
-    let agree = went_past(&fa) && went_past(&fb) && (0..seen).all(|k| fa.agrees(&fb, k));
-    Ok(agree && fa.broke(seen) == fb.broke(seen))
+    let Some(seen) = cut(&ra, a.len()).into_iter().chain(cut(&rb, b.len())).min() else {
+        return Ok(after(&ra, a.len()) == after(&rb, b.len()));
+    };
+    let again = |p: &[u32]| go(p, &RunConfig { max_steps: p.len() + seen, ..run.clone() });
+    let (ra, rb) = (again(a)?, again(b)?);
+    Ok(after(&ra, a.len()) == after(&rb, b.len()))
 }
 
-/// A run's steps after a path (`futures_agree`), and how many there were if
-/// the step bound cut it.
-struct Future<'r> {
-    run: &'r RunResult,
-    from: usize,
-    steps: &'r [Step],
-    cut: Option<usize>,
-}
+/// What `futures_agree` compares of a run after its first `from` steps: each
+/// step's kind of actor, call and answer, what broke and when, and how it
+/// ended (cut by the bound, wherever the bound was).
+type After = (Vec<(Option<ActorKind>, Call, Answer)>, Vec<(u8, usize)>, RunEnd);
 
-impl<'r> Future<'r> {
-    fn of(run: &'r RunResult, from: usize) -> Self {
-        let steps = run.steps.get(from..).unwrap_or(&[]);
-        let cut = matches!(run.end, RunEnd::StepBound(_)).then_some(steps.len());
-        Future { run, from, steps, cut }
-    }
-
-    /// The invariants broken in the first `seen` steps, by step from the path.
-    fn broke(&self, seen: usize) -> Vec<(u8, usize)> {
-        let after =
-            |v: &&harness::invariants::Violation| v.step > self.from && v.step - self.from <= seen;
-        self.run
-            .violations
-            .iter()
-            .filter(after)
-            .map(|v| (v.invariant, v.step - self.from))
-            .collect()
-    }
-
-    /// Whether its `k`th step agrees with `other`'s: the same kind of actor,
-    /// call and answer. A step's answer comes when its call returns, which a
-    /// run the bound cut may not have reached: pending there is not known,
-    /// not different, and a check's write is then compared without what it
-    /// carried, as `unapplied` compares one that did not apply.
-    fn agrees(&self, other: &Future<'_>, k: usize) -> bool {
-        let (x, y) = (&self.steps[k], &other.steps[k]);
-        let cut = self.cut.is_some() || other.cut.is_some();
-        let pending = cut && (x.answer == Answer::Pending || y.answer == Answer::Pending);
-        let call = |s: &Step| if pending { check_write_bare(s.call) } else { unapplied(s) };
-        let kind = |f: &Future<'_>, s: &Step| f.run.actors.get(s.actor).map(|k| k.unnumbered());
-        kind(self, x) == kind(other, y) && call(x) == call(y) && (pending || x.answer == y.answer)
-    }
+/// `r` as `futures_agree` compares it, from step `from` on.
+fn after(r: &RunResult, from: usize) -> After {
+    let steps = r.steps.iter().skip(from);
+    let steps = steps
+        .map(|s| (r.actors.get(s.actor).map(|k| k.unnumbered()), unapplied(s), s.answer.clone()))
+        .collect();
+    let broke = r.violations.iter().filter(|v| v.step > from);
+    let broke = broke.map(|v| (v.invariant, v.step - from)).collect();
+    let end = match r.end {
+        RunEnd::StepBound(_) => RunEnd::StepBound(0),
+        ref end => end.clone(),
+    };
+    (steps, broke, end)
 }
 
 /// A step's call as two futures are compared: a check's write that did not
 /// apply without what it carried, as the fingerprint leaves it out of a check's
 /// stale write (`sched::stale_write_call`): its check learns only "not applied".
 fn unapplied(s: &Step) -> Call {
-    if matches!(s.answer, Answer::Write { applied: false }) {
-        check_write_bare(s.call)
+    let dropped = s.call.kind == CallKind::VmmWrite
+        && s.call.from == Component::Watcher
+        && matches!(s.answer, Answer::Write { applied: false });
+    if dropped {
+        Call { arg: Arg::None, ..s.call }
     } else {
         s.call
-    }
-}
-
-/// `call` without what it carries if it is a check's write.
-fn check_write_bare(call: Call) -> Call {
-    if call.kind == CallKind::VmmWrite && call.from == Component::Watcher {
-        Call { arg: Arg::None, ..call }
-    } else {
-        call
     }
 }
 
@@ -1582,10 +1557,12 @@ fn search<'p>(
     if collisions > 0 {
         truncated.push(Truncation::FingerprintCollision(collisions));
     }
-    let mut not_free = 0;
+    let (mut not_free, mut past_bound) = (0, 0);
     for swap in &tally.swaps.kept {
-        if swap.commutes(&cfg.run)? == Some(false) {
-            not_free += 1;
+        match swap.commutes(&cfg.run)? {
+            Some(true) => {}
+            Some(false) => not_free += 1,
+            None => past_bound += 1,
         }
     }
     if not_free > 0 {
@@ -1596,7 +1573,8 @@ fn search<'p>(
         match kept.woken(&cfg.run)? {
             Woken::LeftFree => left_free += 1,
             Woken::Disabled => disabled += 1,
-            Woken::Sound | Woken::Bounded => {}
+            Woken::Bounded => past_bound += 1,
+            Woken::Sound => {}
         }
     }
     if left_free > 0 {
@@ -1610,6 +1588,7 @@ fn search<'p>(
         free_steps: tally.swaps.counts(),
         kept_asleep: tally.kept.counts(),
         taken: tally.takes_audited,
+        past_bound,
     };
     Ok(Searched {
         audited,
@@ -2241,6 +2220,59 @@ mod tests {
             !futures_agree(&run, &a, &b, false).expect("plays on"),
             "by actor number they differ"
         );
+        // Cut by the step bound, they agree as far as both go, and the other
+        // pairs still differ there.
+        for extra in [4, 10] {
+            let run = RunConfig { max_steps: b.len() + extra, ..run.clone() };
+            assert!(one_future(&run, &a, &b).expect("plays on"), "{extra} steps on");
+            assert!(!one_future(&run, &a, &a[..a.len() - 1]).expect("plays on"), "{extra} on");
+            assert!(!futures_agree(&run, &a, &b, false).expect("plays on"), "{extra} on");
+        }
+    }
+
+    /// Records the `happy` run's path and the tickets offered at each step.
+    #[derive(Default)]
+    struct Offered {
+        path: Vec<u32>,
+        tickets: Vec<Vec<u64>>,
+    }
+
+    impl Chooser for Offered {
+        fn choose(&mut self, ctx: &ChoiceCtx<'_>) -> Result<Option<usize>, ScheduleError> {
+            self.tickets.push(ctx.enabled.iter().map(|c| c.ticket).collect());
+            let pick = by_priority(ctx.enabled, false);
+            self.path.extend(pick.map(|i| u32::try_from(i).unwrap_or(u32::MAX)));
+            Ok(pick)
+        }
+    }
+
+    /// Two steps that do not commute, swapped as `--check-fingerprints` swaps a
+    /// free step with another, are told apart wherever the step bound lets the
+    /// search take both, even when the situation after them lies at the bound;
+    /// past it, they are not judged.
+    #[test]
+    fn a_swap_is_judged_up_to_the_step_bound() {
+        let run = RunConfig {
+            scenario: harness::ScenarioKind::StopRace,
+            ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let mut happy = Offered::default();
+        harness::run_outcome(&run, &mut happy).expect("runs");
+        let mut pairs = happy.tickets.iter().enumerate().flat_map(|(p, offered)| {
+            let path = &happy.path[..p];
+            (0..offered.len()).flat_map(move |free| {
+                let others = offered.iter().filter(move |&&t| t != offered[free]);
+                others.map(move |&other| Swap { path: path.to_vec(), free, other })
+            })
+        });
+        let swap = pairs
+            .find(|s| s.commutes(&run).expect("replays") == Some(false))
+            .expect("two steps of the stop race that do not commute");
+        let at =
+            |max_steps| swap.commutes(&RunConfig { max_steps, ..run.clone() }).expect("replays");
+        let p = swap.path.len();
+        assert_eq!(at(p + 2), Some(false), "the situation after both is at the bound");
+        assert_eq!(at(p + 1), None, "the second step is past the bound");
     }
 
     /// `--check-fingerprints` takes each step a proof kept asleep where it was
@@ -2285,11 +2317,12 @@ mod tests {
         );
     }
 
-    /// Under a tight step bound every audit still replays, but a case the bound
-    /// cut is compared only as far as it went: a future cut short, an answer
-    /// still pending at the bound, a swap or a kept step whose situation lies
-    /// past it. The search is inconclusive for the bound alone, not for
-    /// mismatches that were the bound's doing.
+    /// Under a tight step bound the audits judge what lies within it: two
+    /// futures the bound cut at different lengths are compared as far as the
+    /// shorter went, and a free step or kept step whose situation lies past
+    /// the bound is counted, not judged. The search is inconclusive for the
+    /// bound alone, not for mismatches of the bound's making; and an audit
+    /// that finds fault within the bound still does.
     #[test]
     fn the_audits_judge_only_what_the_step_bound_left() {
         let run = RunConfig {
@@ -2298,7 +2331,7 @@ mod tests {
             faults: 1,
             ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
         };
-        for max_steps in [8, 12] {
+        for max_steps in [8, 12, 24] {
             let cfg = ExploreConfig {
                 threads: 1,
                 check_fingerprints: true,
@@ -2307,22 +2340,51 @@ mod tests {
             let r = explore(&cfg).expect("explores");
             let a = r.audited.expect("audited");
             assert!(a.merges.0 > 200 && a.free_steps.0 > 100 && a.kept_asleep.0 > 50, "{a:?}");
+            assert!(a.past_bound > 0, "{a:?}");
             let Coverage::Truncated(why) = r.coverage else { panic!("the bound cut no run") };
             assert!(
                 matches!(why[..], [Truncation::StepBound { max_steps: m, runs }] if m == max_steps && runs > 0),
                 "{max_steps} steps: {why:?}"
             );
+            // What the audits judge, they still judge: with every sleeper kept,
+            // some leave a free step behind within the bound.
+            if max_steps < 24 {
+                continue;
+            }
+            KEEP_EVERY_SLEEPER.with(|k| k.set(true));
+            let r = explore(&cfg);
+            KEEP_EVERY_SLEEPER.with(|k| k.set(false));
+            let Coverage::Truncated(why) = r.expect("explores").coverage else { panic!("cut") };
+            assert!(why.iter().any(|t| matches!(t, Truncation::LeftFree(n) if *n > 0)), "{why:?}");
         }
     }
 
     #[test]
     fn audits_add_up_over_phases_and_say_when_they_sampled() {
-        let a = Audited { merges: (2, 3), free_steps: (4, 4), kept_asleep: (1, 1), taken: 5 };
-        let b = Audited { merges: (1, 1), free_steps: (2, 6), kept_asleep: (0, 2), taken: 7 };
-        let sum = Audited { merges: (3, 4), free_steps: (6, 10), kept_asleep: (1, 3), taken: 12 };
+        let a = Audited {
+            merges: (2, 3),
+            free_steps: (4, 4),
+            kept_asleep: (1, 1),
+            taken: 5,
+            past_bound: 1,
+        };
+        let b = Audited {
+            merges: (1, 1),
+            free_steps: (2, 6),
+            kept_asleep: (0, 2),
+            taken: 7,
+            past_bound: 2,
+        };
+        let sum = Audited {
+            merges: (3, 4),
+            free_steps: (6, 10),
+            kept_asleep: (1, 3),
+            taken: 12,
+            past_bound: 3,
+        };
         assert_eq!(a.add(b), sum);
         assert!(a.sampled() && b.sampled());
-        let all = Audited { merges: (2, 2), free_steps: (4, 4), kept_asleep: (1, 1), taken: 5 };
+        let all = Audited { merges: (2, 2), free_steps: (4, 4), kept_asleep: (1, 1), ..a };
         assert!(!all.sampled());
     }
 

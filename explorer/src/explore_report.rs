@@ -311,6 +311,7 @@ impl<'a> View<'a> {
                     "free_steps": pair(a.free_steps),
                     "kept_asleep": pair(a.kept_asleep),
                     "taken": a.taken,
+                    "past_bound": a.past_bound,
                     "all": !a.sampled(),
                 })
             }),
@@ -824,8 +825,14 @@ fn audited_text(a: &Audited) -> String {
             format!("{replayed} of {met} {what} (the first met)")
         }
     };
+    let past = match a.past_bound {
+        0 => String::new(),
+        n => format!(
+            "; {n} of the free steps and steps kept asleep led past the step bound and were not judged"
+        ),
+    };
     format!(
-        "{}, {}, {}, and all {} steps a run took kept asleep beside it",
+        "{}, {}, {}, and all {} steps a run took kept asleep beside it{past}",
         part(a.merges, "merges"),
         part(a.free_steps, "free steps taken both ways"),
         part(a.kept_asleep, "steps kept asleep"),
@@ -844,11 +851,18 @@ mod tests {
             free_steps: (8_595, 8_595),
             kept_asleep: (0, 0),
             taken: 2_334,
+            past_bound: 0,
         };
         let want = "20000 of 32952 merges (the first met), all 8595 free steps taken both \
                     ways, all 0 steps kept asleep, and all 2334 steps a run took kept asleep \
                     beside it";
         assert_eq!(audited_text(&a), want);
+        let past = audited_text(&Audited { past_bound: 7, ..a });
+        assert!(past.starts_with(want), "{past}");
+        assert!(
+            past.ends_with("; 7 of the free steps and steps kept asleep led past the step bound and were not judged"),
+            "{past}"
+        );
     }
 
     fn legacy_stop_race(max_steps: usize) -> ExploreConfig {
