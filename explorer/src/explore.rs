@@ -353,8 +353,9 @@ impl Verdict {
 /// `AUDITS_REPLAYED` of each, the first met (with several threads, which come
 /// first is timing). A step a run took and held asleep in its siblings is
 /// judged in that run, every one: `taken` counts those. `past_bound` counts
-/// the free steps and kept steps replayed but not judged, their situation
-/// lying past the step bound, where no search within it goes.
+/// the cases the step bound left unjudged: free steps whose second step lies
+/// past it (not replayed), and kept steps whose next situation lies at it,
+/// where no choice is made (replayed, not judged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audited {
     pub merges: (usize, usize),
@@ -1195,10 +1196,11 @@ struct Swap {
 type AfterBoth = (bool, Option<u64>, Option<String>, Vec<u8>);
 
 impl Swap {
-    /// Whether both orders of the two steps reach one situation; `None` where
-    /// the second step lies past the step bound, which no search within it
-    /// takes. A situation after both at the bound is compared too: the
-    /// replays go to the choice there, one step past the bound.
+    /// Whether both orders of the two steps reach one situation; `None`,
+    /// without a replay, where the second step lies past the step bound, which
+    /// no search within it takes. A situation after both at the bound is
+    /// compared too: the replays raise the bound by one only so that the
+    /// chooser is asked there, and stop.
     fn commutes(&self, run: &RunConfig) -> Result<Option<bool>, RunError> {
         let reach = self.path.len() + 2;
         if reach > run.max_steps {
@@ -2224,6 +2226,10 @@ mod tests {
         // pairs still differ there.
         for extra in [4, 10] {
             let run = RunConfig { max_steps: b.len() + extra, ..run.clone() };
+            let mut happy =
+                PrefixThenHappy { prefix: b.to_vec(), path: Vec::new(), canonical: true };
+            let cut = harness::run(&run, &mut happy).expect("plays on").end;
+            assert!(matches!(cut, RunEnd::StepBound(_)), "{extra} on: the bound cuts it: {cut:?}");
             assert!(one_future(&run, &a, &b).expect("plays on"), "{extra} steps on");
             assert!(!one_future(&run, &a, &a[..a.len() - 1]).expect("plays on"), "{extra} on");
             assert!(!futures_agree(&run, &a, &b, false).expect("plays on"), "{extra} on");
@@ -2265,9 +2271,18 @@ mod tests {
                 others.map(move |&other| Swap { path: path.to_vec(), free, other })
             })
         });
+        // Both orders take both steps and part only in where they lead: what
+        // the situation after both holds, which lies at the bound below.
+        let after = |s: &Swap, free_first| {
+            let run = RunConfig { describe_end: true, max_steps: s.path.len() + 3, ..run.clone() };
+            s.after_both(&run, free_first).expect("replays")
+        };
         let swap = pairs
-            .find(|s| s.commutes(&run).expect("replays") == Some(false))
-            .expect("two steps of the stop race that do not commute");
+            .find(|s| {
+                let (x, y) = (after(s, true), after(s, false));
+                x.0 && y.0 && x.1.is_some() && y.1.is_some() && x.1 != y.1
+            })
+            .expect("two steps of the stop race that lead apart in either order");
         let at =
             |max_steps| swap.commutes(&RunConfig { max_steps, ..run.clone() }).expect("replays");
         let p = swap.path.len();

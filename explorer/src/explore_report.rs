@@ -828,7 +828,7 @@ fn audited_text(a: &Audited) -> String {
     let past = match a.past_bound {
         0 => String::new(),
         n => format!(
-            "; {n} of the free steps and steps kept asleep led past the step bound and were not judged"
+            "; {n} of those free steps and kept steps reached the step bound and were not judged"
         ),
     };
     format!(
@@ -860,7 +860,9 @@ mod tests {
         let past = audited_text(&Audited { past_bound: 7, ..a });
         assert!(past.starts_with(want), "{past}");
         assert!(
-            past.ends_with("; 7 of the free steps and steps kept asleep led past the step bound and were not judged"),
+            past.ends_with(
+                "; 7 of those free steps and kept steps reached the step bound and were not judged"
+            ),
             "{past}"
         );
     }
