@@ -2236,6 +2236,24 @@ mod tests {
         }
     }
 
+    /// What a future holds of a run: the steps after the path and the
+    /// invariants broken after it, numbered from the path's end.
+    #[test]
+    fn a_future_counts_what_breaks_after_its_path_from_there() {
+        let run = RunConfig {
+            ordering: sim_sled_agent::RemovalOrdering::RemoveThenPublish,
+            ..RunConfig::new(slog::Logger::root(slog::Discard, slog::o!()))
+        };
+        let r = crate::replay(&run, "seed-7282").expect("runs");
+        let v = r.violations.first().expect("the legacy ordering breaks an invariant");
+        let at = |from: usize| after(&r, from);
+        assert_eq!(at(v.step - 3).1.first(), Some(&(v.invariant, 3)));
+        assert_eq!(at(v.step - 1).1.first(), Some(&(v.invariant, 1)));
+        // Each invariant's first break alone is kept, so none of its is after.
+        assert!(!at(v.step).1.iter().any(|&(k, _)| k == v.invariant), "{:?}", at(v.step).1);
+        assert_eq!(at(v.step).0.len(), r.steps.len() - v.step);
+    }
+
     /// Records the `happy` run's path and the tickets offered at each step.
     #[derive(Default)]
     struct Offered {
@@ -2356,6 +2374,12 @@ mod tests {
             let a = r.audited.expect("audited");
             assert!(a.merges.0 > 200 && a.free_steps.0 > 100 && a.kept_asleep.0 > 50, "{a:?}");
             assert!(a.past_bound > 0, "{a:?}");
+            if max_steps == 8 {
+                // At this build, with one thread: 79 free steps whose second
+                // step lies past the bound and 47 kept steps whose next
+                // situation lies at it.
+                assert_eq!(a.past_bound, 126, "{a:?}");
+            }
             let Coverage::Truncated(why) = r.coverage else { panic!("the bound cut no run") };
             assert!(
                 matches!(why[..], [Truncation::StepBound { max_steps: m, runs }] if m == max_steps && runs > 0),
@@ -2376,27 +2400,16 @@ mod tests {
 
     #[test]
     fn audits_add_up_over_phases_and_say_when_they_sampled() {
-        let a = Audited {
-            merges: (2, 3),
-            free_steps: (4, 4),
-            kept_asleep: (1, 1),
-            taken: 5,
-            past_bound: 1,
+        let audited = |merges, free_steps, kept_asleep, (taken, past_bound)| Audited {
+            merges,
+            free_steps,
+            kept_asleep,
+            taken,
+            past_bound,
         };
-        let b = Audited {
-            merges: (1, 1),
-            free_steps: (2, 6),
-            kept_asleep: (0, 2),
-            taken: 7,
-            past_bound: 2,
-        };
-        let sum = Audited {
-            merges: (3, 4),
-            free_steps: (6, 10),
-            kept_asleep: (1, 3),
-            taken: 12,
-            past_bound: 3,
-        };
+        let a = audited((2, 3), (4, 4), (1, 1), (5, 1));
+        let b = audited((1, 1), (2, 6), (0, 2), (7, 2));
+        let sum = audited((3, 4), (6, 10), (1, 3), (12, 3));
         assert_eq!(a.add(b), sum);
         assert!(a.sampled() && b.sampled());
         let all = Audited { merges: (2, 2), free_steps: (4, 4), kept_asleep: (1, 1), ..a };
