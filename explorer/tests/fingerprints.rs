@@ -136,14 +136,6 @@ fn a_failed_start_and_a_restart_meet_in_one_situation_with_one_future() {
     check(RunConfig { faults: 1, sled_restarts: 1, ..config(ScenarioKind::StopRace) }, 1000);
 }
 
-/// Two paths to one situation, where a stop's request to the sled agent has
-/// returned on one and is parked on the other: Nexus kept the generation the
-/// finished one read (the basis of its Failed write) after it returned, and
-/// auto-restart's ensure-running of the same VMM, parked next, took that
-/// leftover as its own, telling the two paths apart one step on. Found by
-/// walking the state graph as above, with the watcher checking VMMs still
-/// Creating (omicron before #6455), which is what brings auto-restart's
-/// start there.
 /// Stop-race with a user's operation, the watcher checking VMMs still
 /// Creating (omicron before #6455), which is what brings auto-restart's start
 /// where a stop's basis was left.
@@ -155,6 +147,12 @@ fn checking_creating() -> RunConfig {
     }
 }
 
+/// Two paths to one situation, where a stop's request to the sled agent has
+/// returned on one and is parked on the other: Nexus kept the generation the
+/// finished one read (the basis of its Failed write) after it returned, and
+/// auto-restart's ensure-running of the same VMM, parked next, took that
+/// leftover as its own, telling the two paths apart one step on. Found by
+/// walking the state graph as above, in `checking_creating`.
 #[test]
 fn a_finished_stops_basis_is_not_left_for_the_next_call_to_its_vmm() {
     let run = checking_creating();
